@@ -1,0 +1,111 @@
+package policies
+
+import "time"
+
+// Effect is the outcome of a rule or a decision. The zero value is deny, so
+// a Decision that was never filled in fails closed.
+type Effect uint8
+
+const (
+	// EffectDeny refuses the request.
+	EffectDeny Effect = iota
+	// EffectAllow lets the request through.
+	EffectAllow
+	// EffectStepUp refuses the request until a person approves it.
+	EffectStepUp
+)
+
+// String returns the effect's name as written in policy YAML.
+func (e Effect) String() string {
+	switch e {
+	case EffectAllow:
+		return "allow"
+	case EffectStepUp:
+		return "step_up"
+	default:
+		return "deny"
+	}
+}
+
+// Request holds every attribute a decision may read. The authz package
+// builds it from a validated CheckRequest; nothing in it is trusted more
+// than its comment says.
+type Request struct {
+	// Subject is the caller's SPIFFE ID, validated (from the mTLS peer).
+	Subject string
+	// Destination is the destination principal Envoy reported; may be empty.
+	Destination string
+	// Host is the :authority, lowercased. Client-set: never identity.
+	Host string
+	// Method is the HTTP method, upper-case.
+	Method string
+	// Path is the normalized request path, without query or fragment.
+	Path string
+	// GRPCService and GRPCMethod are set for gRPC requests
+	// (path /pkg.Service/Method with content-type application/grpc).
+	GRPCService string
+	GRPCMethod  string
+	// Intent and Task are the declared intent and task: from a verified
+	// mandate when one is presented, else from the x-mandate-intent and
+	// x-mandate-task headers. Empty when none was declared.
+	Intent string
+	Task   string
+	// Labels are the route's context_extensions: set by the operator in
+	// Envoy's config, trusted.
+	Labels map[string]string
+	// Headers are the request headers, names lowercased. Client-set.
+	Headers map[string]string
+	// Mandate is the verified mandate the request carries, nil when none.
+	Mandate *Mandate
+	// Now is the decision time (conditions may read it as `now`).
+	Now time.Time
+}
+
+// Mandate is the part of a verified mandate token that policies can see.
+type Mandate struct {
+	ID     string
+	Issuer string
+	Task   string
+	Intent string
+	// Chain lists the SPIFFE IDs of the delegation chain from the root
+	// holder to the current holder (the last element is the subject).
+	Chain     []string
+	ExpiresAt time.Time
+}
+
+// Decision is the result of evaluating a Set against a Request.
+type Decision struct {
+	Effect Effect
+	// Policy and Rule name the rule that decided; empty when no rule
+	// matched (then Effect is EffectDeny and Reason is ReasonNoMatch).
+	Policy string
+	Rule   string
+	Reason Reason
+	// DryRun lists what dry_run policies would have decided: the
+	// strongest dry-run match (deny > step_up > allow), or nil.
+	DryRun *Match
+	// Cacheable is false when the decision read something that is not
+	// part of the cache key (for example `now` in a condition).
+	Cacheable bool
+}
+
+// Match names one rule that matched and its effect.
+type Match struct {
+	Policy string
+	Rule   string
+	Effect Effect
+}
+
+// Reason is a short machine-readable code explaining a decision. It is
+// safe to return to clients: it never carries policy internals.
+type Reason string
+
+// Reason codes of policy evaluation.
+const (
+	ReasonAllowed        Reason = "allowed"
+	ReasonDeniedByRule   Reason = "denied_by_rule"
+	ReasonStepUpRequired Reason = "step_up_required"
+	ReasonNoMatch        Reason = "no_matching_rule"
+	ReasonConditionError Reason = "condition_error"
+	ReasonNoPolicy       Reason = "no_policy"
+)
