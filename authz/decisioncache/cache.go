@@ -1,0 +1,151 @@
+// Package decisioncache keeps recent authorization decisions for a short
+// time, keyed on every input the decision read.
+//
+// Keys are built with a Key builder that length-prefixes each field, so two
+// different inputs can never produce the same byte string. Every entry is
+// tagged with the state epoch it was computed under and its own expiry; a
+// lookup under a newer epoch, or after the expiry, is a miss. That closes
+// the race in which a fill computed before a revocation lands in the cache
+// after it: the fill carries the old epoch and is never served again.
+package decisioncache
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// Entry is a cached decision.
+type Entry struct {
+	Effect  uint8
+	Policy  string
+	Rule    string
+	Reason  string
+	DryRun  string // "policy/rule=effect" of the dry-run match, or ""
+	Epoch   uint64
+	Expires time.Time
+}
+
+// Config sizes the cache.
+type Config struct {
+	// MaxEntries bounds the number of decisions kept (approximately).
+	MaxEntries int64
+	// TTL is how long a decision is kept at most.
+	TTL time.Duration
+	// Now returns the current time; defaults to time.Now.
+	Now func() time.Time
+}
+
+// Cache is a bounded, TTL-limited decision cache. A nil *Cache is valid
+// and caches nothing.
+type Cache struct {
+	c   *ristretto.Cache[[]byte, *Entry]
+	ttl time.Duration
+	now func() time.Time
+}
+
+// New returns a Cache.
+func New(cfg Config) (*Cache, error) {
+	if cfg.MaxEntries <= 0 {
+		return nil, errors.New("decisioncache: MaxEntries must be positive")
+	}
+	if cfg.TTL <= 0 {
+		return nil, errors.New("decisioncache: TTL must be positive")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	c, err := ristretto.NewCache(&ristretto.Config[[]byte, *Entry]{
+		NumCounters:        cfg.MaxEntries * 10,
+		MaxCost:            cfg.MaxEntries,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+		Metrics:            true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("decisioncache: %w", err)
+	}
+	return &Cache{c: c, ttl: cfg.TTL, now: cfg.Now}, nil
+}
+
+// Get returns the decision stored under key, if it was computed under
+// epoch and has not expired.
+func (c *Cache) Get(key []byte, epoch uint64) (*Entry, bool) {
+	if c == nil {
+		return nil, false
+	}
+	e, ok := c.c.Get(key)
+	if !ok || e.Epoch != epoch || !c.now().Before(e.Expires) {
+		return nil, false
+	}
+	return e, true
+}
+
+// Set stores e under key. The entry expires after the cache's TTL or at
+// notAfter (for example the mandate's expiry), whichever comes first; a
+// zero notAfter means no extra limit. Set may drop the entry under load.
+func (c *Cache) Set(key []byte, e *Entry, notAfter time.Time) {
+	if c == nil {
+		return
+	}
+	now := c.now()
+	exp := now.Add(c.ttl)
+	if !notAfter.IsZero() && notAfter.Before(exp) {
+		exp = notAfter
+	}
+	ttl := exp.Sub(now)
+	if ttl <= 0 {
+		return
+	}
+	e.Expires = exp
+	c.c.SetWithTTL(key, e, 1, ttl)
+}
+
+// Wait blocks until buffered writes are applied (tests and benchmarks).
+func (c *Cache) Wait() {
+	if c != nil {
+		c.c.Wait()
+	}
+}
+
+// Close stops the cache's goroutines.
+func (c *Cache) Close() {
+	if c != nil {
+		c.c.Close()
+	}
+}
+
+// Stats returns hits, misses and dropped sets as counted by ristretto.
+func (c *Cache) Stats() (hits, misses, dropped uint64) {
+	if c == nil {
+		return 0, 0, 0
+	}
+	m := c.c.Metrics
+	return m.Hits(), m.Misses(), m.SetsDropped()
+}
+
+// Key builds an unambiguous cache key: each field is written as a
+// uvarint length followed by its bytes.
+type Key struct {
+	b []byte
+}
+
+// Reset empties the key for reuse.
+func (k *Key) Reset() { k.b = k.b[:0] }
+
+// String appends a string field.
+func (k *Key) String(s string) {
+	k.b = binary.AppendUvarint(k.b, uint64(len(s)))
+	k.b = append(k.b, s...)
+}
+
+// Uint appends an integer field.
+func (k *Key) Uint(v uint64) {
+	k.b = binary.AppendUvarint(k.b, v)
+}
+
+// Bytes returns the key. It is valid until the next Reset.
+func (k *Key) Bytes() []byte { return k.b }

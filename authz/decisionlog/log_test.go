@@ -1,0 +1,93 @@
+package decisionlog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func TestRecordsAreJSON(t *testing.T) {
+	var buf syncBuf
+	l, err := New(context.Background(), Config{Out: slog.New(slog.NewJSONHandler(&buf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Log(&Record{DecisionID: "d1", Subject: "spiffe://example.org/a", Result: "allow", Rule: "r1",
+		Chain: []string{"spiffe://example.org/p"}, CacheHit: true, Latency: 1500 * time.Nanosecond})
+	l.Log(&Record{DecisionID: "d2", Result: "deny", Reason: "no_matching_rule"})
+	l.Close()
+
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("got %d lines, want 2: %q", len(lines), buf.String())
+	}
+	var rec map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &rec); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]any{"decision_id": "d1", "subject": "spiffe://example.org/a", "result": "allow",
+		"rule": "r1", "cache_hit": true, "latency_ns": float64(1500)} {
+		if rec[k] != want {
+			t.Errorf("%s = %v, want %v", k, rec[k], want)
+		}
+	}
+	if l.Written() != 2 || l.Dropped() != 0 {
+		t.Fatalf("written %d dropped %d", l.Written(), l.Dropped())
+	}
+}
+
+// blockingWriter holds every write until released, so the queue fills.
+type blockingWriter struct{ release chan struct{} }
+
+func (b *blockingWriter) Write(p []byte) (int, error) { <-b.release; return len(p), nil }
+
+func TestFullQueueDropsAndCounts(t *testing.T) {
+	w := &blockingWriter{release: make(chan struct{})}
+	var drops int
+	l, err := New(context.Background(), Config{
+		Out:       slog.New(slog.NewJSONHandler(w, nil)),
+		QueueSize: 2,
+		OnDrop:    func() { drops++ },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One record may be taken by the writer goroutine; at most 2 more fit.
+	for i := 0; i < 10; i++ {
+		l.Log(&Record{DecisionID: "x"})
+	}
+	if l.Dropped() < 7 || uint64(drops) != l.Dropped() {
+		t.Fatalf("dropped %d (callback %d), want >= 7", l.Dropped(), drops)
+	}
+	close(w.release)
+	l.Close()
+	if got := l.Written() + l.Dropped(); got != 10 {
+		t.Fatalf("written+dropped = %d, want 10 (a record was lost uncounted)", got)
+	}
+}
+
+func TestNilLogger(t *testing.T) {
+	var l *Logger
+	l.Log(&Record{})
+	if _, err := New(context.Background(), Config{}); err == nil {
+		t.Fatal("New accepted a nil Out")
+	}
+}

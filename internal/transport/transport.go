@@ -1,0 +1,160 @@
+// Package transport sets up the gRPC transport security Mandate's servers
+// and clients use: mTLS with X509-SVIDs from the SPIFFE Workload API, peers
+// authorized by SPIFFE ID, and plaintext only on loopback, only when
+// explicitly asked for.
+package transport
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/mandate-dev/mandate/policies/pattern"
+)
+
+// Config says how to secure one side of a connection.
+type Config struct {
+	// WorkloadAPI is the Workload API socket address (unix:///path). When
+	// empty, the SPIFFE_ENDPOINT_SOCKET environment variable is used.
+	WorkloadAPI string
+	// Allowed are SPIFFE ID patterns (policies/pattern globs) of the peers
+	// to accept. Required with mTLS.
+	Allowed []string
+	// Insecure selects plaintext. Only allowed on loopback addresses.
+	Insecure bool
+}
+
+// Source is an open Workload API X.509 source; Close releases it.
+type Source struct {
+	x509 *workloadapi.X509Source
+}
+
+// Close releases the source.
+func (s *Source) Close() error {
+	if s == nil || s.x509 == nil {
+		return nil
+	}
+	return s.x509.Close()
+}
+
+// ID returns the workload's own SPIFFE ID.
+func (s *Source) ID() (spiffeid.ID, error) {
+	svid, err := s.x509.GetX509SVID()
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("transport: %w", err)
+	}
+	return svid.ID, nil
+}
+
+// Open connects to the Workload API and waits for the first SVID.
+func Open(ctx context.Context, workloadAPI string) (*Source, error) {
+	var opts []workloadapi.X509SourceOption
+	if workloadAPI != "" {
+		opts = append(opts, workloadapi.WithClientOptions(workloadapi.WithAddr(workloadAPI)))
+	}
+	src, err := workloadapi.NewX509Source(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("transport: workload API: %w", err)
+	}
+	return &Source{x509: src}, nil
+}
+
+// Authorizer accepts peers whose SPIFFE ID matches one of the patterns.
+func Authorizer(allowed []string) (tlsconfig.Authorizer, error) {
+	if len(allowed) == 0 {
+		return nil, errors.New("transport: no allowed peer SPIFFE IDs configured")
+	}
+	pats := make([]pattern.Pattern, 0, len(allowed))
+	for _, a := range allowed {
+		if !strings.HasPrefix(a, "spiffe://") {
+			return nil, fmt.Errorf("transport: allowed peer %q is not a SPIFFE ID pattern", a)
+		}
+		p, err := pattern.Compile(a)
+		if err != nil {
+			return nil, fmt.Errorf("transport: allowed peer: %w", err)
+		}
+		pats = append(pats, p)
+	}
+	return func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+		s := id.String()
+		for _, p := range pats {
+			if p.Match(s) {
+				return nil
+			}
+		}
+		return fmt.Errorf("transport: peer %q is not allowed", s)
+	}, nil
+}
+
+// ServerOption returns the grpc.ServerOption securing a server listening
+// on listenAddr, and the source to close when the server stops (nil for
+// plaintext).
+func ServerOption(ctx context.Context, listenAddr string, cfg Config) (grpc.ServerOption, *Source, error) {
+	if cfg.Insecure {
+		if err := CheckLoopback(listenAddr); err != nil {
+			return nil, nil, err
+		}
+		return grpc.Creds(insecure.NewCredentials()), nil, nil
+	}
+	auth, err := Authorizer(cfg.Allowed)
+	if err != nil {
+		return nil, nil, err
+	}
+	src, err := Open(ctx, cfg.WorkloadAPI)
+	if err != nil {
+		return nil, nil, err
+	}
+	tc := tlsconfig.MTLSServerConfig(src.x509, src.x509, auth)
+	return grpc.Creds(credentials.NewTLS(tc)), src, nil
+}
+
+// DialOption returns the grpc.DialOption for a client of target.
+func DialOption(ctx context.Context, target string, cfg Config) (grpc.DialOption, *Source, error) {
+	if cfg.Insecure {
+		if err := CheckLoopback(target); err != nil {
+			return nil, nil, err
+		}
+		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil, nil
+	}
+	auth, err := Authorizer(cfg.Allowed)
+	if err != nil {
+		return nil, nil, err
+	}
+	src, err := Open(ctx, cfg.WorkloadAPI)
+	if err != nil {
+		return nil, nil, err
+	}
+	tc := tlsconfig.MTLSClientConfig(src.x509, src.x509, auth)
+	return grpc.WithTransportCredentials(credentials.NewTLS(tc)), src, nil
+}
+
+// CheckLoopback refuses an address that is not on loopback (127.0.0.0/8,
+// ::1, localhost) or a unix socket.
+func CheckLoopback(addr string) error {
+	if strings.HasPrefix(addr, "unix:") || strings.HasPrefix(addr, "/") {
+		return nil
+	}
+	addr = strings.TrimPrefix(addr, "dns:///")
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("transport: plaintext address %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("transport: plaintext is allowed only on a loopback address, not %q", addr)
+	}
+	return nil
+}
