@@ -1,0 +1,218 @@
+package policies
+
+import (
+	"reflect"
+
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/ref"
+	"cel.dev/cel-go/common/types/traits"
+	"cel.dev/cel-go/interpreter"
+)
+
+// This file exposes a *Request to CEL without building maps per request:
+// the activation resolves variables lazily and the `request`, `mandate`,
+// `labels` and `request.headers` values are thin views over the Go fields.
+// Every view type is pointer-shaped, so handing it to CEL allocates
+// nothing. Rarely used operations (iteration, equality, conversion) build
+// a full CEL map on demand.
+
+// activation resolves the documented CEL variables from a Request.
+type activation struct{ r *Request }
+
+var _ interpreter.Activation = activation{}
+
+func (a activation) ResolveName(name string) (any, bool) {
+	r := a.r
+	switch name {
+	case varSubject:
+		return types.String(r.Subject), true
+	case varDestination:
+		return types.String(r.Destination), true
+	case varIntent:
+		return types.String(r.Intent), true
+	case varTask:
+		return types.String(r.Task), true
+	case varRequest:
+		return objVal[reqFields]{reqFields{r}}, true
+	case varLabels:
+		return strMap(r.Labels), true
+	case varMandate:
+		if r.Mandate == nil {
+			return types.NullValue, true
+		}
+		return objVal[mandateFields]{mandateFields{r.Mandate}}, true
+	case varChain:
+		if r.Mandate == nil {
+			return types.NewStringList(types.DefaultTypeAdapter, nil), true
+		}
+		return types.NewStringList(types.DefaultTypeAdapter, r.Mandate.Chain), true
+	case varNow:
+		return types.Timestamp{Time: r.Now}, true
+	}
+	return nil, false
+}
+
+func (activation) Parent() interpreter.Activation { return nil }
+
+// fields is a fixed set of named attributes read lazily.
+type fields interface {
+	lookup(name string) (ref.Val, bool)
+	names() []string
+}
+
+type reqFields struct{ r *Request }
+
+var requestFieldNames = []string{"method", "path", "host", "grpc_service", "grpc_method", "headers"}
+
+func (f reqFields) names() []string { return requestFieldNames }
+
+func (f reqFields) lookup(name string) (ref.Val, bool) {
+	switch name {
+	case "method":
+		return types.String(f.r.Method), true
+	case "path":
+		return types.String(f.r.Path), true
+	case "host":
+		return types.String(f.r.Host), true
+	case "grpc_service":
+		return types.String(f.r.GRPCService), true
+	case "grpc_method":
+		return types.String(f.r.GRPCMethod), true
+	case "headers":
+		return strMap(f.r.Headers), true
+	}
+	return nil, false
+}
+
+type mandateFields struct{ m *Mandate }
+
+var mandateFieldNames = []string{"id", "issuer", "task", "intent", "chain"}
+
+func (f mandateFields) names() []string { return mandateFieldNames }
+
+func (f mandateFields) lookup(name string) (ref.Val, bool) {
+	switch name {
+	case "id":
+		return types.String(f.m.ID), true
+	case "issuer":
+		return types.String(f.m.Issuer), true
+	case "task":
+		return types.String(f.m.Task), true
+	case "intent":
+		return types.String(f.m.Intent), true
+	case "chain":
+		return types.NewStringList(types.DefaultTypeAdapter, f.m.Chain), true
+	}
+	return nil, false
+}
+
+// objVal is a CEL map(string, dyn) view over fields.
+type objVal[F fields] struct{ f F }
+
+var _ traits.Mapper = objVal[reqFields]{}
+
+func (o objVal[F]) full() traits.Mapper {
+	m := make(map[ref.Val]ref.Val, len(o.f.names()))
+	for _, n := range o.f.names() {
+		v, _ := o.f.lookup(n)
+		m[types.String(n)] = v
+	}
+	return types.NewRefValMap(types.DefaultTypeAdapter, m)
+}
+
+func (o objVal[F]) Find(key ref.Val) (ref.Val, bool) {
+	k, ok := key.(types.String)
+	if !ok {
+		return types.MaybeNoSuchOverloadErr(key), false
+	}
+	return o.f.lookup(string(k))
+}
+
+func (o objVal[F]) Get(key ref.Val) ref.Val {
+	v, found := o.Find(key)
+	if !found {
+		if v != nil {
+			return v
+		}
+		return types.NewErr("no such key: %v", key)
+	}
+	return v
+}
+
+func (o objVal[F]) Contains(key ref.Val) ref.Val {
+	v, found := o.Find(key)
+	if !found && v != nil {
+		return v
+	}
+	return types.Bool(found)
+}
+
+func (o objVal[F]) Size() ref.Val                    { return types.Int(len(o.f.names())) }
+func (o objVal[F]) Iterator() traits.Iterator        { return o.full().Iterator() }
+func (o objVal[F]) Equal(other ref.Val) ref.Val      { return o.full().Equal(other) }
+func (o objVal[F]) Type() ref.Type                   { return types.MapType }
+func (o objVal[F]) Value() any                       { return o.full().Value() }
+func (o objVal[F]) ConvertToType(t ref.Type) ref.Val { return convertMap(o, o.full(), t) }
+func (o objVal[F]) ConvertToNative(t reflect.Type) (any, error) {
+	return o.full().ConvertToNative(t)
+}
+
+// strMap is a CEL map(string, string) view over a Go map.
+type strMap map[string]string
+
+var _ traits.Mapper = strMap(nil)
+
+func (m strMap) full() traits.Mapper {
+	return types.NewStringStringMap(types.DefaultTypeAdapter, m)
+}
+
+func (m strMap) Find(key ref.Val) (ref.Val, bool) {
+	k, ok := key.(types.String)
+	if !ok {
+		return types.MaybeNoSuchOverloadErr(key), false
+	}
+	v, found := m[string(k)]
+	if !found {
+		return nil, false
+	}
+	return types.String(v), true
+}
+
+func (m strMap) Get(key ref.Val) ref.Val {
+	v, found := m.Find(key)
+	if !found {
+		if v != nil {
+			return v
+		}
+		return types.NewErr("no such key: %v", key)
+	}
+	return v
+}
+
+func (m strMap) Contains(key ref.Val) ref.Val {
+	v, found := m.Find(key)
+	if !found && v != nil {
+		return v
+	}
+	return types.Bool(found)
+}
+
+func (m strMap) Size() ref.Val                    { return types.Int(len(m)) }
+func (m strMap) Iterator() traits.Iterator        { return m.full().Iterator() }
+func (m strMap) Equal(other ref.Val) ref.Val      { return m.full().Equal(other) }
+func (m strMap) Type() ref.Type                   { return types.MapType }
+func (m strMap) Value() any                       { return map[string]string(m) }
+func (m strMap) ConvertToType(t ref.Type) ref.Val { return convertMap(m, m.full(), t) }
+func (m strMap) ConvertToNative(t reflect.Type) (any, error) {
+	return m.full().ConvertToNative(t)
+}
+
+func convertMap(self ref.Val, full traits.Mapper, t ref.Type) ref.Val {
+	switch t {
+	case types.MapType:
+		return self
+	case types.TypeType:
+		return types.MapType
+	}
+	return full.ConvertToType(t)
+}
