@@ -1,0 +1,467 @@
+// Package xdsclient is the delta-ADS client a mandate-authz replica uses to
+// follow the control plane: it subscribes to every mandate.v1 resource type
+// (wildcard), validates each type's whole resource set, hands the result to
+// Apply, and only then ACKs, so an ACK means "this replica enforces it".
+// A set that does not validate (or that Apply refuses) is NACKed with the
+// reason and the last good set of that type stays in force; the types are
+// independent, so a bad Policy never holds back a Revocation.
+package xdsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/policies"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
+// State is everything a replica enforces, as last applied. Each type holds
+// the last set that validated; types never synced hold their empty value
+// (Policies from policies.Compile(nil), which denies everything).
+type State struct {
+	Policies    *policies.Set
+	Revocations *revocation.Set
+	Approvals   []*mandatev1.Approval
+	Keys        []*mandatev1.VerificationKey
+	// Versions maps type URL to the control plane's version of the set
+	// applied; a type never applied is absent.
+	Versions map[string]string
+}
+
+// Clock is the time source for backoff, heartbeats and LastContact.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Config configures a Client.
+type Config struct {
+	// Conn is the connection to the control plane. When nil, Target and
+	// DialOptions are used to create one (and Close closes it).
+	Conn        grpc.ClientConnInterface
+	Target      string
+	DialOptions []grpc.DialOption
+	// NodeID identifies this replica to the control plane (node.id).
+	NodeID string
+	Logger *slog.Logger
+	// Apply installs a new State. It is called from Run's goroutine, one
+	// call at a time, before the update is ACKed; an error NACKs it.
+	Apply func(State) error
+	// Clock defaults to the real clock.
+	Clock Clock
+	// BackoffMin and BackoffMax bound the jittered exponential reconnect
+	// delay (defaults 100ms and 30s).
+	BackoffMin, BackoffMax time.Duration
+	// Heartbeat is how often an idle stream asks the server for a
+	// (usually empty) response, which proves the control plane alive for
+	// LastContact (default 30s; negative disables).
+	Heartbeat time.Duration
+	// Registerer receives the client's metrics; nil keeps them private.
+	Registerer prometheus.Registerer
+}
+
+type typeData struct {
+	// received is what the server believes this replica holds: every
+	// resource it sent, valid or not. Deltas apply on top of it.
+	received map[string]entry
+	// good is the last set that validated and was applied.
+	good       compiled
+	version    string
+	applied    bool
+	pendingErr error
+}
+
+// Client follows the control plane. Create it with New and call Run.
+type Client struct {
+	cfg     Config
+	log     *slog.Logger
+	clock   Clock
+	ads     discovery.AggregatedDiscoveryServiceClient
+	owned   *grpc.ClientConn
+	min     time.Duration
+	max     time.Duration
+	hb      time.Duration
+	running atomic.Bool
+
+	// Owned by the Run goroutine.
+	types map[string]*typeData
+	rng   *rand.Rand
+
+	synced      atomic.Bool
+	lastContact atomic.Int64 // unix nanoseconds; 0 = never
+
+	m metrics
+}
+
+type metrics struct {
+	applied   *prometheus.CounterVec
+	nacks     *prometheus.CounterVec
+	connected prometheus.Gauge
+	lastSync  prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (metrics, error) {
+	m := metrics{
+		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mandate", Subsystem: "xds_client", Name: "updates_applied_total",
+			Help: "Resource updates validated, applied and ACKed, by type.",
+		}, []string{"type"}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mandate", Subsystem: "xds_client", Name: "nacks_total",
+			Help: "Resource updates rejected (NACKed), by type.",
+		}, []string{"type"}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "mandate", Subsystem: "xds_client", Name: "connected",
+			Help: "1 while an ADS stream to the control plane is delivering responses.",
+		}),
+		lastSync: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "mandate", Subsystem: "xds_client", Name: "last_sync_timestamp_seconds",
+			Help: "Unix time of the last update applied and ACKed.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.applied, m.nacks, m.connected, m.lastSync} {
+			if err := reg.Register(c); err != nil {
+				return metrics{}, fmt.Errorf("xdsclient: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// New validates cfg and builds a Client. It does not connect.
+func New(cfg Config) (*Client, error) {
+	if cfg.NodeID == "" {
+		return nil, errors.New("xdsclient: empty NodeID")
+	}
+	if cfg.Apply == nil {
+		return nil, errors.New("xdsclient: nil Apply")
+	}
+	if cfg.Logger == nil {
+		return nil, errors.New("xdsclient: nil Logger")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = 100 * time.Millisecond
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 30 * time.Second
+	}
+	if cfg.BackoffMax < cfg.BackoffMin {
+		return nil, fmt.Errorf("xdsclient: BackoffMax %v below BackoffMin %v", cfg.BackoffMax, cfg.BackoffMin)
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = 30 * time.Second
+	}
+	c := &Client{
+		cfg: cfg, log: cfg.Logger, clock: cfg.Clock,
+		min: cfg.BackoffMin, max: cfg.BackoffMax, hb: cfg.Heartbeat,
+		types: map[string]*typeData{},
+		rng:   rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+	}
+	empty, err := policies.Compile(nil)
+	if err != nil {
+		return nil, fmt.Errorf("xdsclient: compile empty policy set: %w", err)
+	}
+	for _, t := range mandatev1.TypeURLs() {
+		c.types[t] = &typeData{received: map[string]entry{}}
+	}
+	c.types[mandatev1.PolicyTypeURL].good.policies = empty
+	c.types[mandatev1.RevocationTypeURL].good.revocations = revocation.Empty()
+	if c.m, err = newMetrics(cfg.Registerer); err != nil {
+		return nil, err
+	}
+	conn := cfg.Conn
+	if conn == nil {
+		if cfg.Target == "" {
+			return nil, errors.New("xdsclient: neither Conn nor Target set")
+		}
+		if len(cfg.DialOptions) == 0 {
+			return nil, errors.New("xdsclient: Target needs DialOptions (at least transport credentials)")
+		}
+		cc, err := grpc.NewClient(cfg.Target, cfg.DialOptions...)
+		if err != nil {
+			return nil, fmt.Errorf("xdsclient: dial %s: %w", cfg.Target, err)
+		}
+		c.owned, conn = cc, cc
+	}
+	c.ads = discovery.NewAggregatedDiscoveryServiceClient(conn)
+	return c, nil
+}
+
+// Close closes the connection New created from Target; it does nothing
+// when the caller passed Conn.
+func (c *Client) Close() error {
+	if c.owned != nil {
+		return c.owned.Close()
+	}
+	return nil
+}
+
+// Synced reports whether the first response of every resource type has
+// been validated and applied. It stays true across reconnects.
+func (c *Client) Synced() bool { return c.synced.Load() }
+
+// LastContact is the last time a response arrived from the control plane
+// (heartbeats included); the zero time when none ever did.
+func (c *Client) LastContact() time.Time {
+	n := c.lastContact.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// Run follows the control plane until ctx ends, reconnecting with
+// jittered exponential backoff. It returns ctx's error. Run must not be
+// called twice at once.
+func (c *Client) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("xdsclient: Run already running")
+	}
+	defer c.running.Store(false)
+	backoff := c.min
+	for {
+		got, err := c.runStream(ctx)
+		c.m.connected.Set(0)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if got {
+			backoff = c.min
+		}
+		// Equal jitter: somewhere in [backoff/2, backoff].
+		wait := backoff/2 + time.Duration(c.rng.Int64N(int64(backoff/2)+1))
+		c.log.Warn("xds stream to control plane ended; reconnecting", "error", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.clock.After(wait):
+		}
+		backoff = min(backoff*2, c.max)
+	}
+}
+
+// runStream runs one delta ADS stream; got reports whether any response
+// arrived on it.
+func (c *Client) runStream(ctx context.Context) (got bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	stream, err := c.ads.DeltaAggregatedResources(sctx)
+	if err != nil {
+		return false, fmt.Errorf("xdsclient: open stream: %w", err)
+	}
+	for i, t := range mandatev1.TypeURLs() {
+		req := &discovery.DeltaDiscoveryRequest{
+			TypeUrl:                 t,
+			ResourceNamesSubscribe:  []string{"*"},
+			InitialResourceVersions: c.knownVersions(t),
+		}
+		if i == 0 {
+			req.Node = &core.Node{Id: c.cfg.NodeID}
+		}
+		if err := stream.Send(req); err != nil {
+			return false, fmt.Errorf("xdsclient: subscribe: %w", err)
+		}
+	}
+
+	respCh := make(chan *discovery.DeltaDiscoveryResponse)
+	errCh := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				errCh <- err
+				return
+			}
+			select {
+			case respCh <- r:
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
+
+	var hb <-chan time.Time
+	if c.hb > 0 {
+		hb = c.clock.After(c.hb)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return got, ctx.Err()
+		case err := <-errCh:
+			return got, fmt.Errorf("xdsclient: receive: %w", err)
+		case r := <-respCh:
+			if !got {
+				got = true
+				c.m.connected.Set(1)
+				c.log.Info("xds stream to control plane established")
+			}
+			c.lastContact.Store(c.clock.Now().UnixNano())
+			if err := stream.Send(c.handle(r)); err != nil {
+				return got, fmt.Errorf("xdsclient: send ack: %w", err)
+			}
+		case <-hb:
+			// A request with no nonce makes the server answer with
+			// whatever changed (often nothing): a liveness probe.
+			req := &discovery.DeltaDiscoveryRequest{TypeUrl: mandatev1.RevocationTypeURL}
+			if err := stream.Send(req); err != nil {
+				return got, fmt.Errorf("xdsclient: send heartbeat: %w", err)
+			}
+			hb = c.clock.After(c.hb)
+		}
+	}
+}
+
+func (c *Client) knownVersions(typeURL string) map[string]string {
+	td := c.types[typeURL]
+	if len(td.received) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(td.received))
+	for n, e := range td.received {
+		out[n] = e.version
+	}
+	return out
+}
+
+// handle processes one response and returns the ACK or NACK to send.
+func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDiscoveryRequest {
+	t := r.GetTypeUrl()
+	reply := &discovery.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: r.GetNonce()}
+	td := c.types[t]
+	if td == nil {
+		reply.ErrorDetail = nack("unsupported resource type %q", t)
+		c.log.Warn("xds response of unsupported type rejected", "type", t)
+		return reply
+	}
+	version := r.GetSystemVersionInfo()
+	changed := len(r.GetResources()) > 0 || len(r.GetRemovedResources()) > 0
+	var malformed error
+	for _, name := range r.GetRemovedResources() {
+		delete(td.received, name)
+	}
+	for _, res := range r.GetResources() {
+		if res.GetName() == "" {
+			malformed = errors.New("resource with an empty name")
+			continue
+		}
+		td.received[res.GetName()] = entry{version: res.GetVersion(), res: res.GetResource()}
+	}
+
+	var err error
+	switch {
+	case malformed != nil:
+		err = malformed
+	case !changed && td.applied && td.pendingErr == nil:
+		// Nothing new (a heartbeat, or a reconnect with nothing missed).
+		if version != td.version {
+			prevVersion := td.version
+			td.version = version
+			if err := c.cfg.Apply(c.state()); err != nil {
+				td.version = prevVersion
+				td.pendingErr = fmt.Errorf("apply: %w", err)
+				return c.reject(reply, t, version, td.pendingErr)
+			}
+		}
+		c.accepted(t, td, version, false)
+		return reply
+	case !changed && td.pendingErr != nil:
+		err = td.pendingErr
+	default:
+		var comp compiled
+		comp, err = validate(t, td.received)
+		if err == nil {
+			prev, prevVersion := td.good, td.version
+			td.good, td.version = comp, version
+			if aerr := c.cfg.Apply(c.state()); aerr != nil {
+				td.good, td.version = prev, prevVersion
+				err = fmt.Errorf("apply: %w", aerr)
+			}
+		}
+	}
+	if err != nil {
+		td.pendingErr = err
+		return c.reject(reply, t, version, err)
+	}
+	td.pendingErr = nil
+	c.accepted(t, td, version, true)
+	return reply
+}
+
+func (c *Client) reject(reply *discovery.DeltaDiscoveryRequest, t, version string, err error) *discovery.DeltaDiscoveryRequest {
+	reply.ErrorDetail = nack("%s version %s rejected: %v", short(t), version, err)
+	c.m.nacks.WithLabelValues(short(t)).Inc()
+	c.log.Warn("xds update rejected; keeping the last good set", "type", short(t), "version", version, "error", err)
+	return reply
+}
+
+func (c *Client) accepted(t string, td *typeData, version string, changed bool) {
+	first := !td.applied
+	td.applied, td.version = true, version
+	now := c.clock.Now()
+	c.m.lastSync.Set(float64(now.UnixNano()) / 1e9)
+	if changed || first {
+		c.m.applied.WithLabelValues(short(t)).Inc()
+		c.log.Info("xds update applied", "type", short(t), "version", version, "resources", len(td.received))
+	}
+	if first && !c.synced.Load() {
+		for _, x := range c.types {
+			if !x.applied {
+				return
+			}
+		}
+		c.synced.Store(true)
+		c.log.Info("xds synced with control plane")
+	}
+}
+
+// state builds the State from every type's last good set.
+func (c *Client) state() State {
+	s := State{
+		Policies:    c.types[mandatev1.PolicyTypeURL].good.policies,
+		Revocations: c.types[mandatev1.RevocationTypeURL].good.revocations,
+		Approvals:   slices.Clone(c.types[mandatev1.ApprovalTypeURL].good.approvals),
+		Keys:        slices.Clone(c.types[mandatev1.VerificationKeyTypeURL].good.keys),
+		Versions:    map[string]string{},
+	}
+	for t, td := range c.types {
+		if td.applied || td.version != "" {
+			s.Versions[t] = td.version
+		}
+	}
+	return s
+}
+
+func nack(format string, args ...any) *rpcstatus.Status {
+	return &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: fmt.Sprintf(format, args...)}
+}

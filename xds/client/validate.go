@@ -1,0 +1,250 @@
+package xdsclient
+
+import (
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/policies"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
+// entry is one resource as the server sent it: kept raw so that the set
+// the server believes we hold is tracked even when it does not validate.
+type entry struct {
+	version string
+	res     *anypb.Any
+}
+
+// compiled is the validated form of one type's resources.
+type compiled struct {
+	policies    *policies.Set
+	revocations *revocation.Set
+	approvals   []*mandatev1.Approval
+	keys        []*mandatev1.VerificationKey
+}
+
+// decode unmarshals every entry into a fresh M, in name order.
+func decode[M proto.Message](typeURL string, entries map[string]entry, fresh func() M) ([]M, error) {
+	names := make([]string, 0, len(entries))
+	for n := range entries {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	out := make([]M, 0, len(names))
+	for _, n := range names {
+		e := entries[n]
+		if e.res == nil {
+			return nil, fmt.Errorf("%s %q: no resource body", short(typeURL), n)
+		}
+		if e.res.GetTypeUrl() != typeURL {
+			return nil, fmt.Errorf("%s %q: resource has type %q", short(typeURL), n, e.res.GetTypeUrl())
+		}
+		m := fresh()
+		if err := proto.Unmarshal(e.res.GetValue(), m); err != nil {
+			return nil, fmt.Errorf("%s %q: decode: %w", short(typeURL), n, err)
+		}
+		if got := any(m).(interface{ GetName() string }).GetName(); got != n {
+			return nil, fmt.Errorf("%s %q: resource names itself %q", short(typeURL), n, got)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// validate checks a whole type's resource set and compiles it.
+func validate(typeURL string, entries map[string]entry) (compiled, error) {
+	switch typeURL {
+	case mandatev1.PolicyTypeURL:
+		ps, err := decode(typeURL, entries, func() *mandatev1.Policy { return &mandatev1.Policy{} })
+		if err != nil {
+			return compiled{}, err
+		}
+		set, err := compilePolicies(ps)
+		return compiled{policies: set}, err
+	case mandatev1.RevocationTypeURL:
+		rs, err := decode(typeURL, entries, func() *mandatev1.Revocation { return &mandatev1.Revocation{} })
+		if err != nil {
+			return compiled{}, err
+		}
+		set, err := RevocationSet(rs)
+		return compiled{revocations: set}, err
+	case mandatev1.ApprovalTypeURL:
+		as, err := decode(typeURL, entries, func() *mandatev1.Approval { return &mandatev1.Approval{} })
+		if err != nil {
+			return compiled{}, err
+		}
+		for _, a := range as {
+			if err := ValidateApproval(a); err != nil {
+				return compiled{}, err
+			}
+		}
+		return compiled{approvals: as}, nil
+	case mandatev1.VerificationKeyTypeURL:
+		ks, err := decode(typeURL, entries, func() *mandatev1.VerificationKey { return &mandatev1.VerificationKey{} })
+		if err != nil {
+			return compiled{}, err
+		}
+		for _, k := range ks {
+			if err := ValidateKey(k); err != nil {
+				return compiled{}, err
+			}
+		}
+		return compiled{keys: ks}, nil
+	}
+	return compiled{}, fmt.Errorf("unsupported resource type %q", typeURL)
+}
+
+// compilePolicies parses every Policy resource (in name order) and
+// compiles them together, as the replica will enforce them.
+func compilePolicies(ps []*mandatev1.Policy) (*policies.Set, error) {
+	var all []*policies.Policy
+	for _, p := range ps {
+		if len(p.GetSource()) == 0 {
+			return nil, fmt.Errorf("Policy %q: empty source", p.GetName())
+		}
+		if v := p.GetVersion(); v != "" && v != mandatev1.PolicyVersion(p.GetSource()) {
+			return nil, fmt.Errorf("Policy %q: version %q does not match the content hash of its source", p.GetName(), v)
+		}
+		file := p.GetSourceFile()
+		if file == "" {
+			file = p.GetName()
+		}
+		parsed, err := policies.Parse(file, p.GetSource())
+		if err != nil {
+			return nil, fmt.Errorf("Policy %q: %w", p.GetName(), err)
+		}
+		all = append(all, parsed...)
+	}
+	set, err := policies.Compile(all)
+	if err != nil {
+		return nil, fmt.Errorf("compile policy set: %w", err)
+	}
+	return set, nil
+}
+
+// RevocationRecord converts a Revocation resource into a revocation.Record
+// and validates it.
+func RevocationRecord(r *mandatev1.Revocation) (revocation.Record, error) {
+	if r == nil {
+		return revocation.Record{}, errors.New("xdsclient: nil revocation")
+	}
+	kind, err := revocation.ParseKind(r.GetKind())
+	if err != nil {
+		return revocation.Record{}, fmt.Errorf("Revocation %q: %w", r.GetName(), err)
+	}
+	expires, err := timeOf(r.GetExpires())
+	if err != nil {
+		return revocation.Record{}, fmt.Errorf("Revocation %q: expires: %w", r.GetName(), err)
+	}
+	created, err := timeOf(r.GetCreatedAt())
+	if err != nil {
+		return revocation.Record{}, fmt.Errorf("Revocation %q: created_at: %w", r.GetName(), err)
+	}
+	rec := revocation.Record{
+		ID: r.GetName(), Kind: kind, Value: r.GetValue(),
+		Intents: slices.Clone(r.GetIntents()), Expires: expires,
+		Reason: r.GetReason(), CreatedAt: created, CreatedBy: r.GetCreatedBy(),
+	}
+	if err := rec.Validate(); err != nil {
+		return revocation.Record{}, fmt.Errorf("Revocation %q: %w", r.GetName(), err)
+	}
+	return rec, nil
+}
+
+// RevocationSet converts and indexes Revocation resources.
+func RevocationSet(rs []*mandatev1.Revocation) (*revocation.Set, error) {
+	recs := make([]revocation.Record, 0, len(rs))
+	for _, r := range rs {
+		rec, err := RevocationRecord(r)
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, rec)
+	}
+	set, err := revocation.NewSet(recs)
+	if err != nil {
+		return nil, fmt.Errorf("revocation set: %w", err)
+	}
+	return set, nil
+}
+
+// ValidateApproval checks that an Approval names its subject, approver and
+// expiry. An expired approval is valid (it simply no longer applies).
+func ValidateApproval(a *mandatev1.Approval) error {
+	if a == nil {
+		return errors.New("xdsclient: nil approval")
+	}
+	switch {
+	case a.GetName() == "":
+		return errors.New("Approval: empty name")
+	case !strings.HasPrefix(a.GetSubject(), "spiffe://"):
+		return fmt.Errorf("Approval %q: subject %q is not a SPIFFE ID", a.GetName(), a.GetSubject())
+	case a.GetApprovedBy() == "":
+		return fmt.Errorf("Approval %q: no approved_by", a.GetName())
+	case a.GetMethod() == "" && a.GetPath() == "" && a.GetGrpc() == "":
+		return fmt.Errorf("Approval %q: names no method, path or grpc method", a.GetName())
+	}
+	if a.GetExpires() == nil {
+		return fmt.Errorf("Approval %q: no expiry", a.GetName())
+	}
+	if _, err := timeOf(a.GetExpires()); err != nil {
+		return fmt.Errorf("Approval %q: expires: %w", a.GetName(), err)
+	}
+	return nil
+}
+
+// ValidateKey checks that a VerificationKey is a raw Ed25519 public key
+// for "EdDSA" with a sane validity window.
+func ValidateKey(k *mandatev1.VerificationKey) error {
+	if k == nil {
+		return errors.New("xdsclient: nil key")
+	}
+	if k.GetName() == "" {
+		return errors.New("VerificationKey: empty name")
+	}
+	if k.GetAlgorithm() != "EdDSA" {
+		return fmt.Errorf("VerificationKey %q: algorithm %q, want EdDSA", k.GetName(), k.GetAlgorithm())
+	}
+	if n := len(k.GetPublicKey()); n != ed25519.PublicKeySize {
+		return fmt.Errorf("VerificationKey %q: public key is %d bytes, want %d", k.GetName(), n, ed25519.PublicKeySize)
+	}
+	nb, err := timeOf(k.GetNotBefore())
+	if err != nil {
+		return fmt.Errorf("VerificationKey %q: not_before: %w", k.GetName(), err)
+	}
+	na, err := timeOf(k.GetNotAfter())
+	if err != nil {
+		return fmt.Errorf("VerificationKey %q: not_after: %w", k.GetName(), err)
+	}
+	if !nb.IsZero() && !na.IsZero() && !nb.Before(na) {
+		return fmt.Errorf("VerificationKey %q: not_before is not before not_after", k.GetName())
+	}
+	return nil
+}
+
+// timeOf converts an optional timestamp; nil gives the zero time.
+func timeOf(ts *timestamppb.Timestamp) (time.Time, error) {
+	if ts == nil {
+		return time.Time{}, nil
+	}
+	if err := ts.CheckValid(); err != nil {
+		return time.Time{}, err
+	}
+	return ts.AsTime(), nil
+}
+
+func short(typeURL string) string {
+	if i := strings.LastIndexByte(typeURL, '.'); i >= 0 {
+		return typeURL[i+1:]
+	}
+	return typeURL
+}

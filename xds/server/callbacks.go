@@ -1,0 +1,217 @@
+package xdsserver
+
+import (
+	"context"
+	"strconv"
+	"unicode/utf8"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+const (
+	maxNodeIDLen    = 512
+	maxNackErrLen   = 2048
+	maxOpenNonces   = 64
+	unknownNodeNote = "xdsserver: the first request of a stream must carry node.id"
+)
+
+func (s *Server) callbacks() serverv3.Callbacks {
+	return serverv3.CallbackFuncs{
+		StreamOpenFunc: func(_ context.Context, id int64, _ string) error {
+			s.openStream(streamKey{delta: false, id: id})
+			return nil
+		},
+		StreamClosedFunc: func(id int64, _ *core.Node) { s.closeStream(streamKey{delta: false, id: id}) },
+		StreamRequestFunc: func(id int64, r *discovery.DiscoveryRequest) error {
+			return s.onRequest(streamKey{delta: false, id: id}, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail())
+		},
+		StreamResponseFunc: func(_ context.Context, id int64, r *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+			resp.VersionInfo = s.onResponse(streamKey{delta: false, id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+		},
+		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error {
+			s.openStream(streamKey{delta: true, id: id})
+			return nil
+		},
+		DeltaStreamClosedFunc: func(id int64, _ *core.Node) { s.closeStream(streamKey{delta: true, id: id}) },
+		StreamDeltaRequestFunc: func(id int64, r *discovery.DeltaDiscoveryRequest) error {
+			return s.onRequest(streamKey{delta: true, id: id}, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail())
+		},
+		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
+			resp.SystemVersionInfo = s.onResponse(streamKey{delta: true, id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+		},
+		FetchRequestFunc: func(context.Context, *discovery.DiscoveryRequest) error {
+			return status.Error(codes.Unimplemented, "xdsserver: REST fetch is not served")
+		},
+	}
+}
+
+func (s *Server) openStream(k streamKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.streams[k] = &streamState{nonces: map[string]sent{}}
+}
+
+func (s *Server) closeStream(k streamKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.streams[k]
+	delete(s.streams, k)
+	if st == nil || st.node == "" {
+		return
+	}
+	if n := s.nodes[st.node]; n != nil {
+		n.streams--
+		if n.streams <= 0 {
+			n.streams = 0
+			n.disconnectedAt = s.now()
+			s.log.Info("xds replica disconnected", "node", st.node)
+		}
+	}
+	s.updateConnectedLocked()
+	s.notifyLocked()
+}
+
+func (s *Server) updateConnectedLocked() {
+	c := 0
+	for _, n := range s.nodes {
+		if n.streams > 0 {
+			c++
+		}
+	}
+	s.m.connected.Set(float64(c))
+}
+
+func validNodeID(id string) bool {
+	if id == "" || len(id) > maxNodeIDLen || !utf8.ValidString(id) {
+		return false
+	}
+	for _, r := range id {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, detail *rpcstatus.Status) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.streams[k]
+	if st == nil {
+		return nil
+	}
+	now := s.now()
+	if st.node == "" {
+		id := node.GetId()
+		if !validNodeID(id) {
+			return status.Error(codes.InvalidArgument, unknownNodeNote)
+		}
+		st.node = id
+		n := s.nodes[id]
+		if n == nil {
+			n = &nodeState{types: map[string]*nodeType{}}
+			s.nodes[id] = n
+		}
+		if n.streams == 0 {
+			n.connectedSince = now
+			s.log.Info("xds replica connected", "node", id, "delta", k.delta)
+		}
+		n.streams++
+		s.updateConnectedLocked()
+		s.notifyLocked()
+	}
+	n := s.nodes[st.node]
+	if n == nil { // pruned cannot happen while a stream is open; be safe
+		return nil
+	}
+	n.lastSeen = now
+	if nonce == "" {
+		return nil
+	}
+	sn, ok := st.nonces[nonce]
+	if !ok || sn.typeURL != typeURL {
+		return nil // stale or foreign nonce: not an answer to a response we track
+	}
+	// Answers come in order per type: forget this and older nonces.
+	seq, _ := strconv.ParseUint(nonce, 10, 64)
+	for k2, v := range st.nonces {
+		if v.typeURL == typeURL && v.seq <= seq {
+			delete(st.nonces, k2)
+		}
+	}
+	nt := n.typeLocked(typeURL)
+	if detail == nil {
+		if !nt.hasAck || sn.version > nt.acked {
+			if t, ok := s.types[typeURL].setAt[sn.version]; ok {
+				s.m.propagation.WithLabelValues(shortType(typeURL)).Observe(now.Sub(t).Seconds())
+			}
+			nt.acked, nt.hasAck, nt.ackedAt = sn.version, true, now
+		}
+		if nt.hasNack && nt.nacked <= nt.acked {
+			nt.hasNack, nt.nackErr = false, ""
+		}
+	} else {
+		msg := detail.GetMessage()
+		if len(msg) > maxNackErrLen {
+			msg = msg[:maxNackErrLen]
+		}
+		nt.nacked, nt.hasNack, nt.nackedAt, nt.nackErr = sn.version, true, now, msg
+		s.m.nacks.WithLabelValues(shortType(typeURL)).Inc()
+		s.log.Warn("xds replica rejected resources", "node", st.node, "type", shortType(typeURL),
+			"version", sn.version, "error", msg)
+	}
+	s.notifyLocked()
+	return nil
+}
+
+// onResponse records a response about to be sent and returns the version
+// to put in it (the cache's version shifted by the type's base).
+func (s *Server) onResponse(k streamKey, typeURL, nonce, cacheVersion string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ts := s.types[typeURL]
+	if ts == nil {
+		return cacheVersion
+	}
+	cv, err := strconv.ParseUint(cacheVersion, 10, 64)
+	if err != nil {
+		s.log.Error("xds cache produced a non-numeric version", "type", shortType(typeURL), "version", cacheVersion)
+		return cacheVersion
+	}
+	v := ts.base + cv
+	s.m.pushes.WithLabelValues(shortType(typeURL)).Inc()
+	st := s.streams[k]
+	if st == nil {
+		return format(v)
+	}
+	seq, _ := strconv.ParseUint(nonce, 10, 64)
+	st.nonces[nonce] = sent{typeURL: typeURL, version: v, seq: seq}
+	if len(st.nonces) > maxOpenNonces {
+		var oldest string
+		var min uint64 = ^uint64(0)
+		for k2, x := range st.nonces {
+			if x.seq < min {
+				oldest, min = k2, x.seq
+			}
+		}
+		delete(st.nonces, oldest)
+	}
+	if n := s.nodes[st.node]; n != nil {
+		n.typeLocked(typeURL).sent = v
+	}
+	return format(v)
+}
+
+func (n *nodeState) typeLocked(typeURL string) *nodeType {
+	nt := n.types[typeURL]
+	if nt == nil {
+		nt = &nodeType{}
+		n.types[typeURL] = nt
+	}
+	return nt
+}

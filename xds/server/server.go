@@ -1,0 +1,484 @@
+// Package xdsserver serves Mandate's resources (mandate.v1 Policy,
+// Revocation, Approval, VerificationKey) to mandate-authz replicas over
+// delta and state-of-the-world ADS, built on go-control-plane, and tracks
+// which replica has ACKed or NACKed which version of each type.
+//
+// Versions are per type, monotonically increasing integers formatted as
+// decimal strings. Each effective Set* call raises the type's version by
+// one; a Set* that changes nothing keeps the version. The version a replica
+// sees in a response (system_version_info in delta, version_info in SotW) is
+// the same number Set* returned.
+package xdsserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	gcplog "github.com/envoyproxy/go-control-plane/pkg/log"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
+// Option configures a Server.
+type Option func(*options) error
+
+type options struct {
+	reg       prometheus.Registerer
+	initial   map[string]uint64
+	now       func() time.Time
+	retention time.Duration
+}
+
+// WithRegisterer registers the server's metrics with reg. Without it the
+// metrics are kept but not exported.
+func WithRegisterer(reg prometheus.Registerer) Option {
+	return func(o *options) error {
+		if reg == nil {
+			return errors.New("xdsserver: nil prometheus registerer")
+		}
+		o.reg = reg
+		return nil
+	}
+}
+
+// WithInitialVersion starts typeURL's version at v instead of 0, so that a
+// restarted control plane keeps counting from the version it persisted.
+func WithInitialVersion(typeURL string, v uint64) Option {
+	return func(o *options) error {
+		if !knownType(typeURL) {
+			return fmt.Errorf("xdsserver: unknown type URL %q", typeURL)
+		}
+		o.initial[typeURL] = v
+		return nil
+	}
+}
+
+// WithClock sets the time source used for status timestamps and latency.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) error {
+		if now == nil {
+			return errors.New("xdsserver: nil clock")
+		}
+		o.now = now
+		return nil
+	}
+}
+
+// WithStatusRetention sets how long a disconnected replica stays in
+// Status (default 15 minutes).
+func WithStatusRetention(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return errors.New("xdsserver: negative status retention")
+		}
+		o.retention = d
+		return nil
+	}
+}
+
+func knownType(typeURL string) bool { return slices.Contains(mandatev1.TypeURLs(), typeURL) }
+
+// TypeStatus is what one replica reported for one resource type.
+type TypeStatus struct {
+	// SentVersion is the last version pushed to the replica.
+	SentVersion string
+	// AckedVersion is the highest version the replica ACKed, and when.
+	AckedVersion string
+	AckedAt      time.Time
+	// NackedVersion is the last version the replica rejected, with the
+	// message of its error_detail; empty when it never NACKed or when it
+	// ACKed a later version since.
+	NackedVersion string
+	NackError     string
+	NackedAt      time.Time
+}
+
+// ReplicaStatus is the state of one replica, keyed by its node id.
+type ReplicaStatus struct {
+	NodeID    string
+	Connected bool
+	// Streams is the number of open ADS streams carrying this node id.
+	Streams        int
+	ConnectedSince time.Time
+	LastSeen       time.Time
+	// Types is keyed by type URL.
+	Types map[string]TypeStatus
+}
+
+type typeState struct {
+	cache   *cachev3.LinearCache
+	base    uint64 // version = base + cache version
+	version uint64
+	current map[string]proto.Message
+	setAt   map[uint64]time.Time
+}
+
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
+type sent struct {
+	typeURL string
+	version uint64
+	seq     uint64
+}
+
+type streamState struct {
+	node   string
+	nonces map[string]sent
+}
+
+type nodeState struct {
+	streams        int
+	connectedSince time.Time
+	lastSeen       time.Time
+	disconnectedAt time.Time
+	types          map[string]*nodeType
+}
+
+type nodeType struct {
+	sent, acked, nacked uint64
+	hasAck, hasNack     bool
+	ackedAt, nackedAt   time.Time
+	nackErr             string
+}
+
+// Server is an ADS server for Mandate's resource types. Create it with New.
+type Server struct {
+	log  *slog.Logger
+	now  func() time.Time
+	keep time.Duration
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	xds    serverv3.Server
+
+	setMu sync.Mutex // serializes Set* calls
+
+	mu      sync.Mutex
+	types   map[string]*typeState
+	streams map[streamKey]*streamState
+	nodes   map[string]*nodeState
+	changed chan struct{} // closed and replaced on every status change
+
+	m metrics
+}
+
+type metrics struct {
+	connected   prometheus.Gauge
+	nacks       *prometheus.CounterVec
+	pushes      *prometheus.CounterVec
+	propagation *prometheus.HistogramVec
+	version     *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) (metrics, error) {
+	m := metrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "mandate", Subsystem: "xds_server", Name: "connected_replicas",
+			Help: "Replicas (distinct node ids) with at least one open ADS stream.",
+		}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mandate", Subsystem: "xds_server", Name: "nacks_total",
+			Help: "NACKs received from replicas, by resource type.",
+		}, []string{"type"}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mandate", Subsystem: "xds_server", Name: "pushes_total",
+			Help: "Discovery responses sent to replicas, by resource type.",
+		}, []string{"type"}),
+		propagation: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "mandate", Subsystem: "xds_server", Name: "propagation_seconds",
+			Help:    "Time from a Set to a replica's ACK of that version, by resource type.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}, []string{"type"}),
+		version: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "mandate", Subsystem: "xds_server", Name: "version",
+			Help: "Current version of each resource type.",
+		}, []string{"type"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.connected, m.nacks, m.pushes, m.propagation, m.version} {
+			if err := reg.Register(c); err != nil {
+				return metrics{}, fmt.Errorf("xdsserver: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// New builds a Server. Call Register to serve it and Close to end it.
+func New(logger *slog.Logger, opts ...Option) (*Server, error) {
+	if logger == nil {
+		return nil, errors.New("xdsserver: nil logger")
+	}
+	o := options{initial: map[string]uint64{}, now: time.Now, retention: 15 * time.Minute}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	m, err := newMetrics(o.reg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		log:     logger,
+		now:     o.now,
+		keep:    o.retention,
+		types:   map[string]*typeState{},
+		streams: map[streamKey]*streamState{},
+		nodes:   map[string]*nodeState{},
+		changed: make(chan struct{}),
+		m:       m,
+	}
+	glog := cacheLogger(logger)
+	mux := &cachev3.MuxCache{
+		Classify:      func(r *cachev3.Request) string { return r.GetTypeUrl() },
+		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return r.GetTypeUrl() },
+		Caches:        map[string]cachev3.Cache{},
+	}
+	for _, t := range mandatev1.TypeURLs() {
+		c := cachev3.NewLinearCache(t, cachev3.WithLogger(glog))
+		s.types[t] = &typeState{cache: c, base: o.initial[t], version: o.initial[t],
+			current: map[string]proto.Message{}, setAt: map[uint64]time.Time{}}
+		mux.Caches[t] = c
+		m.version.WithLabelValues(shortType(t)).Set(float64(o.initial[t]))
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.xds = serverv3.NewServer(s.ctx, mux, s.callbacks())
+	return s, nil
+}
+
+// Register adds the aggregated discovery service (delta and SotW ADS) to g.
+func (s *Server) Register(g *grpc.Server) {
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+}
+
+// Close ends every open stream. The Server cannot be used after Close.
+func (s *Server) Close() { s.cancel() }
+
+// SetPolicies replaces the whole set of Policy resources (keyed by name)
+// and returns the resulting version.
+func (s *Server) SetPolicies(res map[string]*mandatev1.Policy) (string, error) {
+	return setTyped(s, mandatev1.PolicyTypeURL, res)
+}
+
+// SetRevocations replaces the whole set of Revocation resources.
+func (s *Server) SetRevocations(res map[string]*mandatev1.Revocation) (string, error) {
+	return setTyped(s, mandatev1.RevocationTypeURL, res)
+}
+
+// SetApprovals replaces the whole set of Approval resources.
+func (s *Server) SetApprovals(res map[string]*mandatev1.Approval) (string, error) {
+	return setTyped(s, mandatev1.ApprovalTypeURL, res)
+}
+
+// SetKeys replaces the whole set of VerificationKey resources.
+func (s *Server) SetKeys(res map[string]*mandatev1.VerificationKey) (string, error) {
+	return setTyped(s, mandatev1.VerificationKeyTypeURL, res)
+}
+
+type named interface {
+	proto.Message
+	GetName() string
+}
+
+func setTyped[M named](s *Server, typeURL string, res map[string]M) (string, error) {
+	msgs := make(map[string]proto.Message, len(res))
+	for name, r := range res {
+		var zero M
+		if any(r) == any(zero) {
+			return "", fmt.Errorf("xdsserver: %s %q: nil resource", shortType(typeURL), name)
+		}
+		if name == "" || r.GetName() != name {
+			return "", fmt.Errorf("xdsserver: %s: key %q does not match resource name %q", shortType(typeURL), name, r.GetName())
+		}
+		msgs[name] = proto.Clone(r)
+	}
+	return s.set(typeURL, msgs)
+}
+
+func (s *Server) set(typeURL string, msgs map[string]proto.Message) (string, error) {
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
+
+	s.mu.Lock()
+	ts := s.types[typeURL]
+	update := map[string]types.Resource{}
+	var del []string
+	for name, m := range msgs {
+		if old, ok := ts.current[name]; !ok || !proto.Equal(old, m) {
+			update[name] = m
+		}
+	}
+	for name := range ts.current {
+		if _, ok := msgs[name]; !ok {
+			del = append(del, name)
+		}
+	}
+	if len(update) == 0 && len(del) == 0 {
+		v := ts.version
+		s.mu.Unlock()
+		return format(v), nil
+	}
+	next := ts.version + 1
+	ts.setAt[next] = s.now()
+	for v := range ts.setAt {
+		if v+1024 < next {
+			delete(ts.setAt, v)
+		}
+	}
+	s.mu.Unlock()
+
+	// The linear cache raises its version by exactly one per call, so
+	// base + cache version stays equal to ts.version.
+	err := ts.cache.UpdateResources(update, del)
+
+	s.mu.Lock()
+	ts.version = next
+	ts.current = msgs
+	s.mu.Unlock()
+	s.m.version.WithLabelValues(shortType(typeURL)).Set(float64(next))
+	s.log.Info("xds resources set", "type", shortType(typeURL), "version", next,
+		"updated", len(update), "removed", len(del), "total", len(msgs))
+	if err != nil {
+		return format(next), fmt.Errorf("xdsserver: notify watches for %s: %w", shortType(typeURL), err)
+	}
+	return format(next), nil
+}
+
+// Versions returns the current version of every type, keyed by type URL.
+func (s *Server) Versions() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]string, len(s.types))
+	for t, ts := range s.types {
+		out[t] = format(ts.version)
+	}
+	return out
+}
+
+// Status returns every connected replica, and disconnected ones for the
+// retention period, sorted by node id.
+func (s *Server) Status() []ReplicaStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pruneLocked()
+	out := make([]ReplicaStatus, 0, len(s.nodes))
+	for id, n := range s.nodes {
+		rs := ReplicaStatus{NodeID: id, Connected: n.streams > 0, Streams: n.streams,
+			ConnectedSince: n.connectedSince, LastSeen: n.lastSeen, Types: map[string]TypeStatus{}}
+		for t, nt := range n.types {
+			st := TypeStatus{}
+			if nt.sent > 0 || nt.hasAck || nt.hasNack {
+				st.SentVersion = format(nt.sent)
+			}
+			if nt.hasAck {
+				st.AckedVersion, st.AckedAt = format(nt.acked), nt.ackedAt
+			}
+			if nt.hasNack {
+				st.NackedVersion, st.NackError, st.NackedAt = format(nt.nacked), nt.nackErr, nt.nackedAt
+			}
+			rs.Types[t] = st
+		}
+		out = append(out, rs)
+	}
+	slices.SortFunc(out, func(a, b ReplicaStatus) int {
+		switch {
+		case a.NodeID < b.NodeID:
+			return -1
+		case a.NodeID > b.NodeID:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// WaitAcked blocks until every connected replica has ACKed a version of
+// typeURL at least version, or ctx ends. With no replica connected it
+// returns nil at once: check Status to tell "nobody" from "everybody".
+func (s *Server) WaitAcked(ctx context.Context, typeURL, version string) error {
+	if !knownType(typeURL) {
+		return fmt.Errorf("xdsserver: unknown type URL %q", typeURL)
+	}
+	want, err := strconv.ParseUint(version, 10, 64)
+	if err != nil {
+		return fmt.Errorf("xdsserver: bad version %q: %w", version, err)
+	}
+	for {
+		s.mu.Lock()
+		var lagging []string
+		for id, n := range s.nodes {
+			if n.streams == 0 {
+				continue
+			}
+			nt := n.types[typeURL]
+			if nt == nil || !nt.hasAck || nt.acked < want {
+				lagging = append(lagging, id)
+			}
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		if len(lagging) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			slices.Sort(lagging)
+			return fmt.Errorf("xdsserver: waiting for %s version %s: replicas not acked: %v: %w",
+				shortType(typeURL), version, lagging, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+func (s *Server) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (s *Server) pruneLocked() {
+	now := s.now()
+	for id, n := range s.nodes {
+		if n.streams == 0 && now.Sub(n.disconnectedAt) > s.keep {
+			delete(s.nodes, id)
+		}
+	}
+}
+
+func format(v uint64) string { return strconv.FormatUint(v, 10) }
+
+// shortType turns a type URL into the message name for labels and logs.
+func shortType(typeURL string) string {
+	const prefix = "type.googleapis.com/mandate.v1."
+	if len(typeURL) > len(prefix) && typeURL[:len(prefix)] == prefix {
+		return typeURL[len(prefix):]
+	}
+	return typeURL
+}
+
+// cacheLogger routes go-control-plane's logs to slog; its info-level lines
+// (one per watch) go to debug.
+func cacheLogger(l *slog.Logger) gcplog.Logger {
+	return gcplog.LoggerFuncs{
+		DebugFunc: func(f string, a ...any) { l.Debug(fmt.Sprintf(f, a...), "component", "go-control-plane") },
+		InfoFunc:  func(f string, a ...any) { l.Debug(fmt.Sprintf(f, a...), "component", "go-control-plane") },
+		WarnFunc:  func(f string, a ...any) { l.Warn(fmt.Sprintf(f, a...), "component", "go-control-plane") },
+		ErrorFunc: func(f string, a ...any) { l.Error(fmt.Sprintf(f, a...), "component", "go-control-plane") },
+	}
+}
