@@ -1,0 +1,389 @@
+// Package envoy_test checks every Envoy bootstrap and Istio/Kubernetes
+// manifest under envoy/ against the real API types (go-control-plane and
+// istio.io/api, decoded strictly and validated) and against Mandate's own
+// wiring rules: the things Envoy or Istio would accept that would make
+// Mandate bypassable or fail open.
+package envoy_test
+
+import (
+	"encoding/json"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/reflect/protoregistry"
+)
+
+// expectedFiles must exist; the walk checks these and anything else added.
+var expectedFiles = []string{
+	"sidecar.yaml",
+	"front-proxy.yaml",
+	"xds-bootstrap.yaml",
+	"istio/mesh-config.yaml",
+	"istio/authorization-policy.yaml",
+	"istio/mandate-authz.yaml",
+	"istio/mandate-cp.yaml",
+	"istio/spire-identities.yaml",
+}
+
+// configFiles walks the envoy/ directory and returns every config file in it.
+// A .yml file is an error, so that nothing escapes the check by its extension.
+func configFiles(t *testing.T) []string {
+	t.Helper()
+	var files []string
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if d.Name() == "testdata" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		switch filepath.Ext(path) {
+		case ".yaml":
+			files = append(files, filepath.ToSlash(path))
+		case ".yml", ".json":
+			t.Errorf("%s: configs must be .yaml files so that this test checks them", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walk: %v", err)
+	}
+	for _, f := range expectedFiles {
+		if !slices.Contains(files, f) {
+			t.Errorf("expected config %s is missing", f)
+		}
+	}
+	return files
+}
+
+func isEnvoyBootstrap(path string) bool { return !strings.HasPrefix(path, "istio/") }
+
+func mustTypes(t *testing.T) *protoregistry.Types {
+	t.Helper()
+	types, err := envoyTypes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return types
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestConfigs checks every YAML file under envoy/.
+func TestConfigs(t *testing.T) {
+	types := mustTypes(t)
+	mf := newManifests()
+	for _, path := range configFiles(t) {
+		t.Run(path, func(t *testing.T) {
+			data := readFile(t, path)
+			if isEnvoyBootstrap(path) {
+				v, err := checkEnvoy(data, types)
+				if err != nil {
+					t.Fatalf("Envoy would reject %s: %v", path, err)
+				}
+				for _, s := range v {
+					t.Errorf("wiring rule broken: %s", s)
+				}
+				return
+			}
+			if err := mf.add(path, data); err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+		})
+	}
+	t.Run("istio/cross-checks", func(t *testing.T) {
+		for _, s := range mf.check() {
+			t.Errorf("wiring rule broken: %s", s)
+		}
+	})
+}
+
+// TestEnvoyConfigsRejected proves the checks can fail: each case mutates a
+// good config and must be refused, by Envoy's own validation (wantErr) or by
+// Mandate's wiring rules (wantViolation).
+func TestEnvoyConfigsRejected(t *testing.T) {
+	types := mustTypes(t)
+	const (
+		extAuthz   = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+		perRoute   = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+		hcm        = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+		downstream = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+		upstream   = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+	)
+	tests := []struct {
+		name          string
+		file          string
+		mutate        func(t *testing.T, doc map[string]any)
+		wantErr       string
+		wantViolation string
+	}{
+		{
+			name: "unknown field in ext_authz",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, extAuthz, func(m map[string]any) { m["fail_closed"] = true })
+			},
+			wantErr: "fail_closed",
+		},
+		{
+			name:    "unknown top-level field",
+			file:    "xds-bootstrap.yaml",
+			mutate:  func(_ *testing.T, doc map[string]any) { doc["dynamic_resource"] = map[string]any{} },
+			wantErr: "dynamic_resource",
+		},
+		{
+			name: "typed_config type outside the allow-list",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, "envoy.extensions.filters.http.router.v3.Router", func(m map[string]any) {
+					m["@type"] = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+				})
+			},
+			wantErr: "lua",
+		},
+		{
+			name: "invalid message inside an Any (empty stat_prefix)",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, hcm, func(m map[string]any) { m["stat_prefix"] = "" })
+			},
+			wantErr: "StatPrefix",
+		},
+		{
+			name: "invalid enum inside an Any",
+			file: "front-proxy.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, extAuthz, func(m map[string]any) { m["transport_api_version"] = "V4" })
+			},
+			wantErr: "V4",
+		},
+		{
+			name: "negative check timeout",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, extAuthz, func(m map[string]any) { field(t, m, "grpc_service")["timeout"] = "-0.25s" })
+			},
+			wantViolation: "timeout",
+		},
+		{
+			name: "check timeout past the budget",
+			file: "front-proxy.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, extAuthz, func(m map[string]any) { field(t, m, "grpc_service")["timeout"] = "5s" })
+			},
+			wantViolation: "timeout",
+		},
+		{
+			name: "failure_mode_allow true",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, extAuthz, func(m map[string]any) { m["failure_mode_allow"] = true })
+			},
+			wantViolation: "failure_mode_allow",
+		},
+		{
+			name: "include_peer_certificate missing",
+			file: "front-proxy.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, extAuthz, func(m map[string]any) { delete(m, "include_peer_certificate") })
+			},
+			wantViolation: "include_peer_certificate",
+		},
+		{
+			name: "shadow mode",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, extAuthz, func(m map[string]any) { m["shadow_mode"] = true })
+			},
+			wantViolation: "shadow_mode",
+		},
+		{
+			name: "ext_authz disabled on a prefix route",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, perRoute, func(m map[string]any) {
+					if _, ok := m["check_settings"]; ok {
+						delete(m, "check_settings")
+						m["disabled"] = true
+					}
+				})
+			},
+			wantViolation: "exact path",
+		},
+		{
+			name: "route without context_extensions",
+			file: "front-proxy.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, perRoute, func(m map[string]any) {
+					if cs, ok := m["check_settings"].(map[string]any); ok {
+						delete(cs["context_extensions"].(map[string]any), "resource")
+					}
+				})
+			},
+			wantViolation: "context_extensions.resource",
+		},
+		{
+			name: "x-mandate reaches the upstream",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, hcm, func(m map[string]any) {
+					for _, vh := range field(t, m, "route_config")["virtual_hosts"].([]any) {
+						delete(vh.(map[string]any), "request_headers_to_remove")
+					}
+				})
+			},
+			wantViolation: "x-mandate",
+		},
+		{
+			name: "client certificate details forwarded from the client",
+			file: "front-proxy.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, hcm, func(m map[string]any) { m["forward_client_cert_details"] = "APPEND_FORWARD" })
+			},
+			wantViolation: "forward_client_cert_details",
+		},
+		{
+			name: "escaped slashes passed through",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, hcm, func(m map[string]any) { m["path_with_escaped_slashes_action"] = "KEEP_UNCHANGED" })
+			},
+			wantViolation: "path_with_escaped_slashes_action",
+		},
+		{
+			name: "router before ext_authz",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, hcm, func(m map[string]any) { slices.Reverse(m["http_filters"].([]any)) })
+			},
+			wantViolation: "router filter must be last",
+		},
+		{
+			name: "client certificate optional",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, downstream, func(m map[string]any) { m["require_client_certificate"] = false })
+			},
+			wantViolation: "require_client_certificate",
+		},
+		{
+			name: "authorizer SPIFFE ID not pinned",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, upstream, func(m map[string]any) {
+					cvc := field(t, field(t, m, "common_tls_context"), "combined_validation_context")
+					field(t, cvc, "default_validation_context")["match_typed_subject_alt_names"] = []any{
+						map[string]any{"san_type": "URI", "matcher": map[string]any{"prefix": "spiffe://example.org/"}},
+					}
+				})
+			},
+			wantViolation: "pinned",
+		},
+		{
+			name: "admin reachable from the network",
+			file: "front-proxy.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				field(t, field(t, field(t, doc, "admin"), "address"), "socket_address")["address"] = "0.0.0.0"
+			},
+			wantViolation: "admin",
+		},
+		{
+			name: "listeners from a file instead of ADS",
+			file: "xds-bootstrap.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				field(t, doc, "dynamic_resources")["lds_config"] = map[string]any{
+					"path_config_source": map[string]any{"path": "/etc/envoy/lds.yaml"}, "resource_api_version": "V3",
+				}
+			},
+			wantViolation: "lds_config must come over ADS",
+		},
+		{
+			name: "control plane without TLS",
+			file: "xds-bootstrap.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				for _, c := range field(t, doc, "static_resources")["clusters"].([]any) {
+					if c.(map[string]any)["name"] == "mandate_cp" {
+						delete(c.(map[string]any), "transport_socket")
+					}
+				}
+			},
+			wantViolation: "cluster mandate_cp",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := yamlDoc(t, readFile(t, tt.file))
+			tt.mutate(t, doc)
+			data, err := json.Marshal(doc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := checkEnvoy(data, types)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one mentioning %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected decode error: %v", err)
+			}
+			if !slices.ContainsFunc(v, func(s string) bool { return strings.Contains(s, tt.wantViolation) }) {
+				t.Fatalf("violations %q, want one mentioning %q", v, tt.wantViolation)
+			}
+		})
+	}
+}
+
+// onTyped calls fn on every JSON object in doc whose "@type" names typeName,
+// and fails the test when there is none (a mutation that matches nothing
+// would make its case pass for the wrong reason).
+func onTyped(t *testing.T, doc any, typeName string, fn func(map[string]any)) {
+	t.Helper()
+	n := 0
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if v["@type"] == "type.googleapis.com/"+typeName {
+				n++
+				fn(v)
+			}
+			for _, c := range v {
+				walk(c)
+			}
+		case []any:
+			for _, c := range v {
+				walk(c)
+			}
+		}
+	}
+	walk(doc)
+	if n == 0 {
+		t.Fatalf("no %s in the config", typeName)
+	}
+}
+
+// field returns the JSON object under key, failing the test if it is absent.
+func field(t *testing.T, m map[string]any, key string) map[string]any {
+	t.Helper()
+	v, ok := m[key].(map[string]any)
+	if !ok {
+		t.Fatalf("no object %q in %v", key, m)
+	}
+	return v
+}
