@@ -313,7 +313,7 @@ func (v *Verifier) verify(token string, ks *keySet, now int64) (*cacheEntry, err
 		return nil, errorf(ReasonBadClaims, "lifetime %v over the limit %v", ttl, v.maxTTL)
 	}
 	iat := c.IssuedAt * int64(time.Second)
-	if iat < key.from-int64(v.skew) {
+	if key.from != math.MinInt64 && iat < key.from-int64(v.skew) {
 		return nil, errorf(ReasonUnknownKey, "issued before key %q became valid", h.Kid)
 	}
 	// iat <= nbf (Validate), so nbf bounds the start of validity; a token
