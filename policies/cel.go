@@ -18,14 +18,46 @@ const (
 	varDestination = "destination"
 	varIntent      = "intent"
 	varTask        = "task"
-	varRequest     = "request"
+	varRequest     = "request" // only as the prefix of request.* variables
+	varHeaders     = "request.headers"
 	varLabels      = "labels"
 	varMandate     = "mandate"
 	varChain       = "chain"
 	varNow         = "now"
 )
 
+// celVarNames are the names a comprehension variable must not shadow
+// for the header and clock analysis to stay exact.
 var celVarNames = []string{varSubject, varDestination, varIntent, varTask, varRequest, varLabels, varMandate, varChain, varNow}
+
+// requestVars are the request.* variables, declared as qualified names so
+// the type checker knows each one's exact type (in particular that header
+// values are strings: indexing a dyn map would leave the value's type to
+// inference, and int(request.headers["x"]) would then pick int(int)).
+var requestVars = []struct {
+	name string
+	typ  *cel.Type
+}{
+	{"request.method", cel.StringType},
+	{"request.path", cel.StringType},
+	{"request.host", cel.StringType},
+	{"request.grpc_service", cel.StringType},
+	{"request.grpc_method", cel.StringType},
+	{varHeaders, cel.MapType(cel.StringType, cel.StringType)},
+}
+
+// mandateVars are the mandate.* variables; `mandate` itself is dyn (null
+// or a map) so that `mandate == null` type-checks.
+var mandateVars = []struct {
+	name string
+	typ  *cel.Type
+}{
+	{"mandate.id", cel.StringType},
+	{"mandate.issuer", cel.StringType},
+	{"mandate.task", cel.StringType},
+	{"mandate.intent", cel.StringType},
+	{"mandate.chain", cel.ListType(cel.StringType)},
+}
 
 const (
 	// MaxConditionLength is the longest `when` expression accepted.
@@ -37,12 +69,11 @@ const (
 
 // newCELEnv builds the environment every condition of a Set compiles in.
 func newCELEnv() (*cel.Env, error) {
-	env, err := cel.NewEnv(
+	opts := []cel.EnvOption{
 		cel.Variable(varSubject, cel.StringType),
 		cel.Variable(varDestination, cel.StringType),
 		cel.Variable(varIntent, cel.StringType),
 		cel.Variable(varTask, cel.StringType),
-		cel.Variable(varRequest, cel.MapType(cel.StringType, cel.DynType)),
 		cel.Variable(varLabels, cel.MapType(cel.StringType, cel.StringType)),
 		cel.Variable(varMandate, cel.DynType),
 		cel.Variable(varChain, cel.ListType(cel.StringType)),
@@ -50,7 +81,14 @@ func newCELEnv() (*cel.Env, error) {
 		ext.Strings(),
 		cel.ParserExpressionSizeLimit(MaxConditionLength),
 		cel.ParserRecursionLimit(64),
-	)
+	}
+	for _, v := range requestVars {
+		opts = append(opts, cel.Variable(v.name, v.typ))
+	}
+	for _, v := range mandateVars {
+		opts = append(opts, cel.Variable(v.name, v.typ))
+	}
+	env, err := cel.NewEnv(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("policies: building CEL environment: %w", err)
 	}
@@ -129,34 +167,38 @@ func (a *analysis) walk(e celast.Expr) {
 		switch e.AsIdent() {
 		case varNow:
 			a.usesNow = true
-		case varRequest:
-			// The request map used as a whole value: anything in it,
-			// headers included, may be read.
+		case varHeaders:
+			// The headers map used as a value (iterated, passed to a
+			// function, indexed by a computed key): any header may be read.
 			a.allHeaders = true
 		}
 	case celast.SelectKind:
 		sel := e.AsSelect()
-		if a.access(sel.Operand(), sel.FieldName(), sel.IsTestOnly()) {
+		op := sel.Operand()
+		switch {
+		case isIdent(op, varHeaders):
+			a.addKey(sel.FieldName())
+			return
+		case isIdent(op, varMandate):
+			if !contains(mandateFieldNames, sel.FieldName()) {
+				a.errs = append(a.errs, fmt.Errorf("mandate has no field %q (fields: %s)", sel.FieldName(), strings.Join(mandateFieldNames, ", ")))
+			}
 			return
 		}
-		a.walk(sel.Operand())
+		a.walk(op)
 	case celast.CallKind:
 		call := e.AsCall()
 		args := call.Args()
 		switch {
 		case call.FunctionName() == "_[_]" && len(args) == 2:
-			if lit, ok := stringLiteral(args[1]); ok && a.access(args[0], lit, false) {
+			if lit, ok := stringLiteral(args[1]); ok && isIdent(args[0], varHeaders) {
+				a.addKey(lit)
 				return
 			}
 		case call.FunctionName() == "@in" && len(args) == 2:
-			if lit, ok := stringLiteral(args[0]); ok {
-				if isHeaders(args[1]) {
-					a.addKey(lit)
-					return
-				}
-				if isIdent(args[1], varRequest) {
-					return // a presence test on the request's own fields
-				}
+			if lit, ok := stringLiteral(args[0]); ok && isIdent(args[1], varHeaders) {
+				a.addKey(lit)
+				return
 			}
 		}
 		if call.IsMemberFunction() {
@@ -181,12 +223,10 @@ func (a *analysis) walk(e celast.Expr) {
 	case celast.ComprehensionKind:
 		c := e.AsComprehension()
 		for _, v := range []string{c.IterVar(), c.IterVar2(), c.AccuVar()} {
-			for _, n := range celVarNames {
-				if v == n {
-					// A loop variable shadows a request variable: give
-					// up on precision and assume the worst.
-					a.allHeaders, a.usesNow = true, true
-				}
+			if contains(celVarNames, v) {
+				// A loop variable shadows a request variable: give up
+				// on precision and assume the worst.
+				a.allHeaders, a.usesNow = true, true
 			}
 		}
 		a.walk(c.IterRange())
@@ -197,60 +237,12 @@ func (a *analysis) walk(e celast.Expr) {
 	}
 }
 
-// access handles operand.key / operand["key"] / has(operand.key) and
-// reports whether it consumed the expression.
-func (a *analysis) access(operand celast.Expr, key string, testOnly bool) bool {
-	if operand.Kind() == celast.IdentKind {
-		switch operand.AsIdent() {
-		case varRequest:
-			if !contains(requestFieldNames, key) {
-				a.errs = append(a.errs, fmt.Errorf("request has no field %q (fields: %s)", key, strings.Join(requestFieldNames, ", ")))
-				return true
-			}
-			if key == "headers" && !testOnly {
-				// The headers map used as a value (iterated, passed
-				// to a function, indexed by a computed key).
-				a.allHeaders = true
-			}
-			return true
-		case varMandate:
-			if !contains(mandateFieldNames, key) {
-				a.errs = append(a.errs, fmt.Errorf("mandate has no field %q (fields: %s)", key, strings.Join(mandateFieldNames, ", ")))
-			}
-			return true
-		}
-		return false
-	}
-	if isHeaders(operand) {
-		a.addKey(key)
-		return true
-	}
-	return false
-}
-
 func (a *analysis) addKey(key string) {
 	if key != strings.ToLower(key) {
 		a.errs = append(a.errs, fmt.Errorf("header %q is never present: request header names are lowercase", key))
 		return
 	}
 	a.keys[key] = true
-}
-
-// isHeaders reports whether e is request.headers or request["headers"].
-func isHeaders(e celast.Expr) bool {
-	switch e.Kind() {
-	case celast.SelectKind:
-		sel := e.AsSelect()
-		return !sel.IsTestOnly() && sel.FieldName() == "headers" && isIdent(sel.Operand(), varRequest)
-	case celast.CallKind:
-		call := e.AsCall()
-		if call.FunctionName() != "_[_]" || len(call.Args()) != 2 {
-			return false
-		}
-		lit, ok := stringLiteral(call.Args()[1])
-		return ok && lit == "headers" && isIdent(call.Args()[0], varRequest)
-	}
-	return false
 }
 
 func isIdent(e celast.Expr, name string) bool {

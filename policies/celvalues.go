@@ -2,6 +2,7 @@ package policies
 
 import (
 	"reflect"
+	"strings"
 
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
@@ -10,8 +11,9 @@ import (
 )
 
 // This file exposes a *Request to CEL without building maps per request:
-// the activation resolves variables lazily and the `request`, `mandate`,
-// `labels` and `request.headers` values are thin views over the Go fields.
+// the activation resolves variables lazily (request.* and mandate.* are
+// qualified variable names) and the `mandate`, `labels` and
+// `request.headers` values are thin views over the Go fields.
 // Every view type is pointer-shaped, so handing it to CEL allocates
 // nothing. Rarely used operations (iteration, equality, conversion) build
 // a full CEL map on demand.
@@ -32,8 +34,18 @@ func (a activation) ResolveName(name string) (any, bool) {
 		return types.String(r.Intent), true
 	case varTask:
 		return types.String(r.Task), true
-	case varRequest:
-		return objVal[reqFields]{reqFields{r}}, true
+	case "request.method":
+		return types.String(r.Method), true
+	case "request.path":
+		return types.String(r.Path), true
+	case "request.host":
+		return types.String(r.Host), true
+	case "request.grpc_service":
+		return types.String(r.GRPCService), true
+	case "request.grpc_method":
+		return types.String(r.GRPCMethod), true
+	case varHeaders:
+		return strMap(r.Headers), true
 	case varLabels:
 		return strMap(r.Labels), true
 	case varMandate:
@@ -49,6 +61,14 @@ func (a activation) ResolveName(name string) (any, bool) {
 	case varNow:
 		return types.Timestamp{Time: r.Now}, true
 	}
+	if field, ok := strings.CutPrefix(name, "mandate."); ok {
+		if r.Mandate == nil {
+			// Reading a mandate field without a mandate is an error, so
+			// a condition cannot mistake "no mandate" for empty fields.
+			return types.NewErr("no mandate: %s is not set", name), true
+		}
+		return mandateFields{r.Mandate}.lookup(field)
+	}
 	return nil, false
 }
 
@@ -58,30 +78,6 @@ func (activation) Parent() interpreter.Activation { return nil }
 type fields interface {
 	lookup(name string) (ref.Val, bool)
 	names() []string
-}
-
-type reqFields struct{ r *Request }
-
-var requestFieldNames = []string{"method", "path", "host", "grpc_service", "grpc_method", "headers"}
-
-func (f reqFields) names() []string { return requestFieldNames }
-
-func (f reqFields) lookup(name string) (ref.Val, bool) {
-	switch name {
-	case "method":
-		return types.String(f.r.Method), true
-	case "path":
-		return types.String(f.r.Path), true
-	case "host":
-		return types.String(f.r.Host), true
-	case "grpc_service":
-		return types.String(f.r.GRPCService), true
-	case "grpc_method":
-		return types.String(f.r.GRPCMethod), true
-	case "headers":
-		return strMap(f.r.Headers), true
-	}
-	return nil, false
 }
 
 type mandateFields struct{ m *Mandate }
@@ -109,7 +105,7 @@ func (f mandateFields) lookup(name string) (ref.Val, bool) {
 // objVal is a CEL map(string, dyn) view over fields.
 type objVal[F fields] struct{ f F }
 
-var _ traits.Mapper = objVal[reqFields]{}
+var _ traits.Mapper = objVal[mandateFields]{}
 
 func (o objVal[F]) full() traits.Mapper {
 	m := make(map[ref.Val]ref.Val, len(o.f.names()))

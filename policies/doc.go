@@ -70,27 +70,34 @@
 // is compiled, and each evaluation is bounded by ConditionCostLimit.
 // Variables:
 //
-//	subject      string   caller's SPIFFE ID
-//	destination  string   destination principal ("" when unknown)
-//	intent       string   declared intent ("" when none)
-//	task         string   declared task id ("" when none)
-//	request      map      method, path, host, grpc_service, grpc_method
-//	                      (strings) and headers (map(string, string),
-//	                      names lowercase; a missing header is an error,
-//	                      test with has(request.headers["x"]) or
-//	                      "x" in request.headers)
-//	labels       map(string, string)  the route's context_extensions
-//	mandate      dyn      null without a verified mandate, else a map with
-//	                      id, issuer, task, intent (strings) and chain
-//	                      (list of SPIFFE IDs, root first); guard with
-//	                      mandate != null
-//	chain        list(string)  the mandate's delegation chain; [] without
-//	                      a mandate
-//	now          timestamp the decision time
+//	subject               string  caller's SPIFFE ID
+//	destination           string  destination principal ("" when unknown)
+//	intent                string  declared intent ("" when none)
+//	task                  string  declared task id ("" when none)
+//	request.method        string  HTTP method, upper-case
+//	request.path          string  normalized path
+//	request.host          string  host (:authority), lowercase
+//	request.grpc_service  string  "" unless a gRPC request
+//	request.grpc_method   string  "" unless a gRPC request
+//	request.headers       map(string, string)  names lowercase; reading a
+//	                      missing header is an error: guard with
+//	                      "x" in request.headers or has(request.headers.x)
+//	labels                map(string, string)  the route's context_extensions
+//	mandate               dyn     null without a verified mandate, else a map
+//	                      with the fields below; test with mandate != null
+//	mandate.id, mandate.issuer, mandate.task, mandate.intent  string
+//	mandate.chain         list(string)  delegation chain, root first
+//	chain                 list(string)  mandate.chain, or [] without a mandate
+//	now                   timestamp  the decision time
+//
+// request.* and mandate.* are qualified variable names, typed exactly:
+// `request` alone is not a value. Reading a mandate.* variable without a
+// mandate is an error (so the condition fails closed).
 //
 // Decisions that evaluated a condition reading `now` are not cacheable.
 // Set.HeaderKeys lists the header names conditions read by constant name
-// (request.headers["x"], request.headers.x, has(...), "x" in ...);
+// (request.headers["x"], request.headers.x, has(request.headers.x),
+// "x" in request.headers);
 // Set.ReadsAllHeaders reports a condition reading headers in any other way.
 // A decision cache must key on those headers. Conditions naming an unknown
 // request or mandate field, or an upper-case header name, do not compile.

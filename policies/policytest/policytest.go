@@ -1,0 +1,323 @@
+// Package policytest runs policy test suites, like `opa test`: YAML
+// documents of kind PolicyTest, kept in *_test.yaml files next to the
+// policies, each listing requests and the decision expected for each.
+//
+//	apiVersion: mandate.dev/v1
+//	kind: PolicyTest
+//	metadata: {name: support-agent-tests}
+//	cases:
+//	  - name: support agent reads a ticket of its task
+//	    request:
+//	      subject: spiffe://example.org/agent/support/a1
+//	      destination: spiffe://example.org/svc/tickets
+//	      host: tickets.internal
+//	      method: GET
+//	      path: /tickets/T-1
+//	      # grpc: tickets.v1.Tickets/Get   # sets grpcService/grpcMethod,
+//	      #                                # path /tickets.v1.Tickets/Get, POST
+//	      intent: support.read
+//	      task: T-1
+//	      headers: {x-ticket-id: T-1}      # names are lowercased, as Envoy does
+//	      labels: {resource: tickets}
+//	      mandate: {id: m1, issuer: ..., task: T-1, intent: support.read, chain: [...]}
+//	      now: 2026-01-01T12:00:00Z        # default DefaultNow
+//	    expect:
+//	      effect: allow                    # allow | deny | step_up (required)
+//	      policy: support-agent            # optional
+//	      rule: read-tickets-for-task      # optional
+//	      reason: allowed                  # optional reason code
+//	      dryRun: {effect: deny, policy: ..., rule: ...}  # optional; effect none = no dry-run match
+//
+// When a mandate is given and the request sets no intent or task, they
+// are taken from the mandate, as the authorizer does.
+package policytest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/mandate-dev/mandate/policies"
+	"github.com/mandate-dev/mandate/policies/internal/yamldoc"
+)
+
+// KindPolicyTest is the kind of a policy test document.
+const KindPolicyTest = "PolicyTest"
+
+// DefaultNow is the decision time of cases that do not set request.now.
+var DefaultNow = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Suite is one PolicyTest document.
+type Suite struct {
+	APIVersion string   `yaml:"apiVersion"`
+	Kind       string   `yaml:"kind"`
+	Metadata   Metadata `yaml:"metadata"`
+	Cases      []Case   `yaml:"cases"`
+	// File is the file the suite was read from.
+	File string `yaml:"-"`
+}
+
+// Metadata names a suite.
+type Metadata struct {
+	Name        string `yaml:"name"`
+	Description string `yaml:"description,omitempty"`
+}
+
+// Case is one request and the decision expected for it.
+type Case struct {
+	Name    string  `yaml:"name"`
+	Request Request `yaml:"request"`
+	Expect  Expect  `yaml:"expect"`
+}
+
+// Request is a case's request, as policies.Request in YAML.
+type Request struct {
+	Subject     string            `yaml:"subject"`
+	Destination string            `yaml:"destination,omitempty"`
+	Host        string            `yaml:"host,omitempty"`
+	Method      string            `yaml:"method,omitempty"`
+	Path        string            `yaml:"path,omitempty"`
+	GRPC        string            `yaml:"grpc,omitempty"`
+	GRPCService string            `yaml:"grpcService,omitempty"`
+	GRPCMethod  string            `yaml:"grpcMethod,omitempty"`
+	Intent      string            `yaml:"intent,omitempty"`
+	Task        string            `yaml:"task,omitempty"`
+	Headers     map[string]string `yaml:"headers,omitempty"`
+	Labels      map[string]string `yaml:"labels,omitempty"`
+	Mandate     *Mandate          `yaml:"mandate,omitempty"`
+	Now         *time.Time        `yaml:"now,omitempty"`
+}
+
+// Mandate is a case's verified mandate.
+type Mandate struct {
+	ID     string   `yaml:"id"`
+	Issuer string   `yaml:"issuer,omitempty"`
+	Task   string   `yaml:"task,omitempty"`
+	Intent string   `yaml:"intent,omitempty"`
+	Chain  []string `yaml:"chain,omitempty"`
+}
+
+// Expect is the expected decision. Empty optional fields are not checked.
+type Expect struct {
+	Effect string       `yaml:"effect"`
+	Policy string       `yaml:"policy,omitempty"`
+	Rule   string       `yaml:"rule,omitempty"`
+	Reason string       `yaml:"reason,omitempty"`
+	DryRun *ExpectMatch `yaml:"dryRun,omitempty"`
+}
+
+// ExpectMatch is an expected dry-run match; Effect "none" expects none.
+type ExpectMatch struct {
+	Effect string `yaml:"effect"`
+	Policy string `yaml:"policy,omitempty"`
+	Rule   string `yaml:"rule,omitempty"`
+}
+
+// Error locates a problem in a test file.
+type Error struct {
+	File  string
+	Suite string
+	Case  string
+	Field string
+	Err   error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File + ": ")
+	}
+	if e.Suite != "" {
+		fmt.Fprintf(&b, "suite %q: ", e.Suite)
+	}
+	if e.Case != "" {
+		fmt.Fprintf(&b, "case %q: ", e.Case)
+	}
+	if e.Field != "" {
+		b.WriteString(e.Field + ": ")
+	}
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// LoadDir loads every test file (policies.TestFiles) under dir.
+func LoadDir(dir string) ([]*Suite, error) {
+	files, err := policies.TestFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		out  []*Suite
+		errs []error
+	)
+	for _, f := range files {
+		ss, err := LoadFile(f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, ss...)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// LoadFile loads the suites of one test file.
+func LoadFile(path string) ([]*Suite, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("policytest: %w", err)
+	}
+	if st.Size() > yamldoc.MaxSize {
+		return nil, fmt.Errorf("policytest: %s: %d bytes exceeds the %d byte limit", path, st.Size(), yamldoc.MaxSize)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("policytest: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes and validates the PolicyTest documents of a YAML stream.
+func Parse(filename string, data []byte) ([]*Suite, error) {
+	docs, err := yamldoc.Split(data)
+	if err != nil {
+		return nil, &Error{File: filename, Err: err}
+	}
+	var (
+		out  []*Suite
+		errs []error
+	)
+	add := func(suite, cas, field string, err error) {
+		errs = append(errs, &Error{File: filename, Suite: suite, Case: cas, Field: field, Err: err})
+	}
+	for _, d := range docs {
+		s := &Suite{}
+		if err := yamldoc.Decode(d, s); err != nil {
+			if errors.Is(err, yamldoc.ErrEmpty) {
+				continue
+			}
+			add("", "", fmt.Sprintf("document at line %d", d.Line), err)
+			continue
+		}
+		s.File = filename
+		name := s.Metadata.Name
+		if s.APIVersion != policies.APIVersion {
+			add(name, "", "apiVersion", fmt.Errorf("must be %q, got %q", policies.APIVersion, s.APIVersion))
+		}
+		if s.Kind != KindPolicyTest {
+			add(name, "", "kind", fmt.Errorf("must be %q, got %q", KindPolicyTest, s.Kind))
+		}
+		if name == "" {
+			add(name, "", "metadata.name", errors.New("required"))
+		}
+		if len(s.Cases) == 0 {
+			add(name, "", "cases", errors.New("a suite needs at least one case"))
+		}
+		seen := map[string]bool{}
+		for i, c := range s.Cases {
+			cname := c.Name
+			if cname == "" {
+				cname = fmt.Sprintf("#%d", i)
+				add(name, cname, "name", errors.New("required"))
+			} else if seen[c.Name] {
+				add(name, cname, "name", errors.New("duplicate case name in this suite"))
+			}
+			seen[c.Name] = true
+			for _, err := range checkCase(&c) {
+				var fe fieldError
+				if errors.As(err, &fe) {
+					add(name, cname, fe.field, fe.err)
+				}
+			}
+		}
+		out = append(out, s)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+type fieldError struct {
+	field string
+	err   error
+}
+
+func (e fieldError) Error() string { return e.field + ": " + e.err.Error() }
+
+func checkCase(c *Case) []error {
+	var errs []error
+	if _, ok := policies.ParseEffect(c.Expect.Effect); !ok {
+		errs = append(errs, fieldError{"expect.effect", fmt.Errorf("must be allow, deny or step_up, got %q", c.Expect.Effect)})
+	}
+	if dr := c.Expect.DryRun; dr != nil {
+		if _, ok := policies.ParseEffect(dr.Effect); !ok && dr.Effect != "none" {
+			errs = append(errs, fieldError{"expect.dryRun.effect", fmt.Errorf("must be allow, deny, step_up or none, got %q", dr.Effect)})
+		}
+	}
+	r := &c.Request
+	if r.GRPC != "" {
+		svc, method, ok := strings.Cut(r.GRPC, "/")
+		if !ok || svc == "" || method == "" || strings.Contains(method, "/") {
+			errs = append(errs, fieldError{"request.grpc", fmt.Errorf("%q must be pkg.Service/Method", r.GRPC)})
+		}
+		if r.GRPCService != "" || r.GRPCMethod != "" {
+			errs = append(errs, fieldError{"request.grpc", errors.New("set grpc or grpcService/grpcMethod, not both")})
+		}
+	}
+	return errs
+}
+
+// Build turns a case's request into the policies.Request the authorizer
+// would build.
+func (r *Request) Build() *policies.Request {
+	out := &policies.Request{
+		Subject:     r.Subject,
+		Destination: r.Destination,
+		Host:        strings.ToLower(r.Host),
+		Method:      r.Method,
+		Path:        r.Path,
+		GRPCService: r.GRPCService,
+		GRPCMethod:  r.GRPCMethod,
+		Intent:      r.Intent,
+		Task:        r.Task,
+		Labels:      r.Labels,
+		Now:         DefaultNow,
+	}
+	if r.GRPC != "" {
+		out.GRPCService, out.GRPCMethod, _ = strings.Cut(r.GRPC, "/")
+		if out.Path == "" {
+			out.Path = "/" + r.GRPC
+		}
+		if out.Method == "" {
+			out.Method = "POST"
+		}
+	}
+	if len(r.Headers) > 0 {
+		out.Headers = make(map[string]string, len(r.Headers))
+		for k, v := range r.Headers {
+			out.Headers[strings.ToLower(k)] = v
+		}
+	}
+	if r.Mandate != nil {
+		m := r.Mandate
+		out.Mandate = &policies.Mandate{ID: m.ID, Issuer: m.Issuer, Task: m.Task, Intent: m.Intent, Chain: m.Chain}
+		if out.Intent == "" {
+			out.Intent = m.Intent
+		}
+		if out.Task == "" {
+			out.Task = m.Task
+		}
+	}
+	if r.Now != nil {
+		out.Now = *r.Now
+	}
+	return out
+}
