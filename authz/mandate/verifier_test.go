@@ -348,9 +348,11 @@ func TestVerifyRejects(t *testing.T) {
 			want: ReasonMalformed,
 		},
 		{
-			name:  "oversized token",
-			token: func(t *testing.T, f *fixture) string { return f.sign(t, nil) + strings.Repeat("A", DefaultMaxTokenBytes) },
-			want:  ReasonTooLarge,
+			name: "oversized token",
+			token: func(t *testing.T, f *fixture) string {
+				return f.sign(t, nil) + strings.Repeat("A", DefaultMaxTokenBytes)
+			},
+			want: ReasonTooLarge,
 		},
 		{
 			name: "oversized but validly signed",
@@ -424,9 +426,11 @@ func TestVerifyRejects(t *testing.T) {
 			want:  ReasonMalformed,
 		},
 		{
-			name:  "two parts",
-			token: func(t *testing.T, f *fixture) string { return strings.Join(strings.Split(f.sign(t, nil), ".")[:2], ".") },
-			want:  ReasonMalformed,
+			name: "two parts",
+			token: func(t *testing.T, f *fixture) string {
+				return strings.Join(strings.Split(f.sign(t, nil), ".")[:2], ".")
+			},
+			want: ReasonMalformed,
 		},
 		{
 			name:  "header not JSON",
