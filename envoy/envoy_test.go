@@ -172,6 +172,16 @@ func TestEnvoyConfigsRejected(t *testing.T) {
 			wantErr: "V4",
 		},
 		{
+			name: "invalid message inside a map of Any (per-route override missing)",
+			file: "sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, perRoute, func(m map[string]any) {
+					delete(m, "disabled")
+				})
+			},
+			wantErr: "Override",
+		},
+		{
 			name: "negative check timeout",
 			file: "sidecar.yaml",
 			mutate: func(t *testing.T, doc map[string]any) {

@@ -817,3 +817,172 @@ func (mf *manifests) checkIdentities(v *violations) {
 		}
 	}
 }
+
+// loadManifests decodes every file under istio/, after applying edit to the
+// content of the file named edited.
+func loadManifests(t *testing.T, edited string, edit func([]byte) []byte) (*manifests, error) {
+	t.Helper()
+	mf := newManifests()
+	found := false
+	for _, path := range configFiles(t) {
+		if isEnvoyBootstrap(path) {
+			continue
+		}
+		data := readFile(t, path)
+		if path == edited {
+			found = true
+			data = edit(data)
+		}
+		if err := mf.add(path, data); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	if !found {
+		t.Fatalf("no file %s", edited)
+	}
+	return mf, nil
+}
+
+// TestIstioManifestsRejected proves the Istio and Kubernetes checks can
+// fail: each case edits one manifest and must be refused.
+func TestIstioManifestsRejected(t *testing.T) {
+	tests := []struct {
+		name          string
+		file          string
+		old, new      string
+		wantErr       string
+		wantViolation string
+	}{
+		{
+			name: "CUSTOM provider not in the mesh config",
+			file: "istio/authorization-policy.yaml",
+			old:  "    name: mandate\n", new: "    name: mandate-v2\n",
+			wantViolation: `CUSTOM provider "mandate-v2"`,
+		},
+		{
+			name: "unknown field in an AuthorizationPolicy spec",
+			file: "istio/authorization-policy.yaml",
+			old:  "  action: CUSTOM\n", new: "  action: CUSTOM\n  failOpen: false\n",
+			wantErr: "failOpen",
+		},
+		{
+			name: "unknown enum value",
+			file: "istio/authorization-policy.yaml",
+			old:  "  action: CUSTOM\n", new: "  action: EXTERNAL\n",
+			wantErr: "EXTERNAL",
+		},
+		{
+			name: "wildcard exemption",
+			file: "istio/authorization-policy.yaml",
+			old:  `"/healthz"`, new: `"/healthz*"`,
+			wantViolation: "exact path",
+		},
+		{
+			name: "permissive mTLS",
+			file: "istio/authorization-policy.yaml",
+			old:  "mode: STRICT", new: "mode: PERMISSIVE",
+			wantViolation: "STRICT PeerAuthentication",
+		},
+		{
+			name: "provider fails open",
+			file: "istio/mesh-config.yaml",
+			old:  "failOpen: false", new: "failOpen: true",
+			wantViolation: "failOpen",
+		},
+		{
+			name: "provider points at a port no Service exposes",
+			file: "istio/mesh-config.yaml",
+			old:  "port: 9191", new: "port: 9192",
+			wantViolation: "no Service",
+		},
+		{
+			name: "unknown field in meshConfig",
+			file: "istio/mesh-config.yaml",
+			old:  "failOpen: false", new: "failOpen: false\n      failClosed: true",
+			wantErr: "failClosed",
+		},
+		{
+			name: "unknown flag",
+			file: "istio/mandate-authz.yaml",
+			old:  "--listen=:9191", new: "--listen-addr=:9191",
+			wantViolation: "unknown flag --listen-addr",
+		},
+		{
+			name: "single authz replica",
+			file: "istio/mandate-authz.yaml",
+			old:  "replicas: 2", new: "replicas: 1",
+			wantViolation: "at least 2 replicas",
+		},
+		{
+			name: "readiness probe on the wrong port",
+			file: "istio/mandate-authz.yaml",
+			old:  "path: /readyz\n            port: metrics", new: "path: /readyz\n            port: grpc",
+			wantViolation: "probe /readyz",
+		},
+		{
+			name: "typo in a Deployment field",
+			file: "istio/mandate-authz.yaml",
+			old:  "readinessProbe:", new: "readynessProbe:",
+			wantErr: "readynessProbe",
+		},
+		{
+			name: "DestinationRule does not pin the authorizer",
+			file: "istio/mandate-authz.yaml",
+			old:  "      - spiffe://example.org/mandate/authz", new: "      - spiffe://example.org/mandate/other",
+			wantViolation: "subjectAltNames",
+		},
+		{
+			name: "data dir not on the volume",
+			file: "istio/mandate-cp.yaml",
+			old:  "--data-dir=/var/lib/mandate-cp", new: "--data-dir=/tmp/mandate-cp",
+			wantViolation: "--data-dir",
+		},
+		{
+			name: "control plane rolling update",
+			file: "istio/mandate-cp.yaml",
+			old:  "type: Recreate", new: "type: RollingUpdate",
+			wantViolation: "Recreate",
+		},
+		{
+			name: "xDS clients not allowed on the control plane",
+			file: "istio/mandate-cp.yaml",
+			old:  "--allowed-caller=spiffe://example.org/mandate/authz", new: "--allowed-caller=spiffe://example.org/mandate/auth",
+			wantViolation: "must admit",
+		},
+		{
+			name: "SPIRE issues another ID than the one pinned",
+			file: "istio/spire-identities.yaml",
+			old:  "/mandate/authz\"", new: "/mandate/authorizer\"",
+			wantViolation: "but the configs pin",
+		},
+		{
+			name: "unchecked kind",
+			file: "istio/spire-identities.yaml",
+			old:  "kind: ClusterSPIFFEID\nmetadata:\n  name: mandate-cp", new: "kind: ClusterFederatedTrustDomain\nmetadata:\n  name: mandate-cp",
+			wantErr: "unchecked kind",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mf, err := loadManifests(t, tt.file, func(b []byte) []byte {
+				if !bytes.Contains(b, []byte(tt.old)) {
+					t.Fatalf("%s does not contain %q", tt.file, tt.old)
+				}
+				return bytes.Replace(b, []byte(tt.old), []byte(tt.new), 1)
+			})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one mentioning %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected decode error: %v", err)
+			}
+			v := mf.check()
+			if !slices.ContainsFunc(v, func(s string) bool { return strings.Contains(s, tt.wantViolation) }) {
+				t.Fatalf("violations %q, want one mentioning %q", v, tt.wantViolation)
+			}
+		})
+	}
+}
