@@ -542,6 +542,9 @@ func (mf *manifests) checkDeployments(v *violations) {
 			v.addf("%s: not a Mandate binary", where)
 			continue
 		}
+		if !slices.Contains(mf.namespaces, d.Metadata.Namespace) {
+			v.addf("%s: namespace %q is not declared in these manifests", where, d.Metadata.Namespace)
+		}
 		pod := d.Spec.Template
 		if !selects(d.Spec.Selector.MatchLabels, pod.Metadata.Labels) {
 			v.addf("%s: selector does not match the pod labels", where)
