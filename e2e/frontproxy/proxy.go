@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"strings"
 	"sync"
 	"time"
 
@@ -266,8 +265,11 @@ func addrOf(ln net.Listener) string {
 // Close shuts both listeners down, waiting for in-flight requests until ctx ends.
 func (l *Listeners) Close(ctx context.Context) error {
 	err := l.srv.Shutdown(ctx)
+	if err != nil {
+		_ = l.srv.Close()
+	}
 	l.wg.Wait()
-	if err != nil && !strings.Contains(err.Error(), "closed") {
+	if err != nil {
 		return fmt.Errorf("frontproxy: shutdown: %w", err)
 	}
 	return nil

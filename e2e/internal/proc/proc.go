@@ -284,3 +284,24 @@ func Run(ctx context.Context, path string, args ...string) (string, error) {
 	}
 	return string(out), nil
 }
+
+// WaitFile polls until path exists with a non-empty content (written
+// atomically by the process, e.g. an -addr-file) and returns it.
+func WaitFile(ctx context.Context, path string) ([]byte, error) {
+	var b []byte
+	err := Poll(ctx, 20*time.Millisecond, func(context.Context) error {
+		var err error
+		b, err = os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if len(b) == 0 {
+			return errors.New("empty")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("proc: waiting for %s: %w", path, err)
+	}
+	return b, nil
+}
