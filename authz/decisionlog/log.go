@@ -135,7 +135,6 @@ func (l *Logger) run(ctx context.Context) {
 func (l *Logger) write(ctx context.Context, r *Record) {
 	attrs := []slog.Attr{
 		slog.String("decision_id", r.DecisionID),
-		slog.Time("time", r.Time),
 		slog.String("result", r.Result),
 		slog.String("reason", r.Reason),
 		slog.String("subject", r.Subject),
@@ -154,6 +153,15 @@ func (l *Logger) write(ctx context.Context, r *Record) {
 		slog.Bool("cache_hit", r.CacheHit),
 		slog.Int64("latency_ns", r.Latency.Nanoseconds()),
 	}
-	l.out.LogAttrs(ctx, slog.LevelInfo, "decision", attrs...)
+	// The record's time is the decision's, not the time it was written.
+	t := r.Time
+	if t.IsZero() {
+		t = time.Now()
+	}
+	rec := slog.NewRecord(t, slog.LevelInfo, "decision", 0)
+	rec.AddAttrs(attrs...)
+	if h := l.out.Handler(); h.Enabled(ctx, slog.LevelInfo) {
+		_ = h.Handle(ctx, rec)
+	}
 	l.written.Add(1)
 }

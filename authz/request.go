@@ -1,0 +1,114 @@
+package authz
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"strings"
+
+	"github.com/mandate-dev/mandate/authz/headers"
+	"github.com/mandate-dev/mandate/authz/identity"
+	"github.com/mandate-dev/mandate/authz/reqpath"
+	"github.com/mandate-dev/mandate/policies"
+)
+
+// ReasonError is an error carrying a reason code that is safe to send to
+// the client.
+type ReasonError struct {
+	Reason string
+	Err    error
+}
+
+func (e *ReasonError) Error() string {
+	if e.Err == nil {
+		return "authz: " + e.Reason
+	}
+	return "authz: " + e.Reason + ": " + e.Err.Error()
+}
+
+func (e *ReasonError) Unwrap() error { return e.Err }
+
+// reasonOf extracts the client-safe reason code of a parser error; an
+// error of unknown kind is reported as bad_request, never by its text.
+func reasonOf(err error) string {
+	var idErr *identity.Error
+	if errors.As(err, &idErr) {
+		return string(idErr.Reason)
+	}
+	var pathErr *reqpath.Error
+	if errors.As(err, &pathErr) {
+		return string(pathErr.Reason)
+	}
+	var hdrErr *headers.Error
+	if errors.As(err, &hdrErr) {
+		return string(hdrErr.Reason)
+	}
+	var rErr *ReasonError
+	if errors.As(err, &rErr) {
+		return rErr.Reason
+	}
+	return reasonBadRequest
+}
+
+var errBadMethod = errors.New("authz: method is not an HTTP token")
+
+// validMethod accepts an HTTP method token (RFC 9110), as sent.
+func validMethod(m string) (string, error) {
+	if m == "" || len(m) > 32 {
+		return "", errBadMethod
+	}
+	for i := 0; i < len(m); i++ {
+		c := m[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return "", errBadMethod
+		}
+	}
+	return m, nil
+}
+
+var errBadHost = errors.New("authz: bad host")
+
+// normalizeHost lowercases the authority and strips a port. The host is
+// client-set and never identity; policies may still match on it.
+func normalizeHost(h string) (string, error) {
+	if len(h) > 255 {
+		return "", errBadHost
+	}
+	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.HasSuffix(h, "]") {
+		port := h[i+1:]
+		for j := 0; j < len(port); j++ {
+			if port[j] < '0' || port[j] > '9' {
+				return "", errBadHost
+			}
+		}
+		h = h[:i]
+	}
+	lower := true
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case c >= 'A' && c <= 'Z':
+			lower = false
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '.', c == '[', c == ']', c == ':', c == '_':
+		default:
+			return "", errBadHost
+		}
+	}
+	if !lower {
+		h = strings.ToLower(h)
+	}
+	return h, nil
+}
+
+// stepUpID names an approval request: the same subject, task, action and
+// rule always get the same id, so repeated attempts wait on one approval.
+func stepUpID(r *policies.Request, policy, rule string) string {
+	h := sha256.New()
+	for _, f := range []string{r.Subject, r.Task, r.Method, r.Path, r.GRPCService, r.GRPCMethod, policy, rule} {
+		var n [4]byte
+		n[0], n[1], n[2], n[3] = byte(len(f)>>24), byte(len(f)>>16), byte(len(f)>>8), byte(len(f))
+		h.Write(n[:])
+		h.Write([]byte(f))
+	}
+	return "ar-" + hex.EncodeToString(h.Sum(nil)[:10])
+}

@@ -1,0 +1,68 @@
+package authz
+
+import (
+	"strconv"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+
+	"github.com/mandate-dev/mandate/policies"
+)
+
+// Header names Mandate reads or writes.
+const (
+	HeaderDecisionID = "x-mandate-decision-id"
+	HeaderMandate    = "x-mandate"
+)
+
+func allowResponse(decisionID string) *authv3.CheckResponse {
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.OK)},
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers: []*corev3.HeaderValueOption{{
+				Header:       &corev3.HeaderValue{Key: HeaderDecisionID, Value: decisionID},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			}},
+			// The upstream never sees the mandate: it is a credential for
+			// this hop only.
+			HeadersToRemove: []string{HeaderMandate},
+		}},
+	}
+}
+
+// denyResponse is RPC OK with PERMISSION_DENIED and a small JSON body that
+// names the decision and a reason code, never policy internals.
+func denyResponse(decisionID string, out *outcome) *authv3.CheckResponse {
+	code := typev3.StatusCode_Forbidden
+	if out.effect == policies.EffectStepUp {
+		code = typev3.StatusCode_Unauthorized
+	}
+	body := make([]byte, 0, 96)
+	body = append(body, `{"decision_id":`...)
+	body = strconv.AppendQuote(body, decisionID)
+	body = append(body, `,"reason":`...)
+	body = strconv.AppendQuote(body, out.reason)
+	hdrs := []*corev3.HeaderValueOption{
+		{Header: &corev3.HeaderValue{Key: "content-type", Value: "application/json"}},
+		{Header: &corev3.HeaderValue{Key: HeaderDecisionID, Value: decisionID}},
+	}
+	if out.approval != "" {
+		body = append(body, `,"approval_request":`...)
+		body = strconv.AppendQuote(body, out.approval)
+		hdrs = append(hdrs, &corev3.HeaderValueOption{
+			Header: &corev3.HeaderValue{Key: "www-authenticate", Value: `Mandate-Approval request="` + out.approval + `"`},
+		})
+	}
+	body = append(body, "}\n"...)
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied)},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: code},
+			Headers: hdrs,
+			Body:    string(body),
+		}},
+	}
+}

@@ -1,0 +1,451 @@
+// Package authz is Mandate's decision point: an Envoy ext_authz v3 Check
+// server that decides every request on the caller's SPIFFE identity, its
+// declared intent or mandate, the current revocations and the policies.
+package authz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/mandate-dev/mandate/authz/decisioncache"
+	"github.com/mandate-dev/mandate/authz/decisionlog"
+	"github.com/mandate-dev/mandate/authz/headers"
+	"github.com/mandate-dev/mandate/authz/identity"
+	"github.com/mandate-dev/mandate/authz/reqpath"
+	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/policies"
+)
+
+// StaleMode says what a replica past its staleness budget refuses.
+type StaleMode int
+
+const (
+	// StaleDenyAll denies every request.
+	StaleDenyAll StaleMode = iota
+	// StaleDenySensitive denies requests to routes labelled
+	// sensitivity=high and keeps deciding the others.
+	StaleDenySensitive
+)
+
+// Staleness reports whether the replica has been cut off from the control
+// plane for longer than its budget.
+type Staleness interface {
+	Stale() bool
+}
+
+// DecisionLogger receives one record per decision. Log must not block.
+type DecisionLogger interface {
+	Log(r *decisionlog.Record)
+}
+
+// Config wires a Server.
+type Config struct {
+	// Identity resolves and validates the caller. Required.
+	Identity *identity.Resolver
+	// State is where policies, revocations and approvals are read. Required.
+	State *StateStore
+	// Cache keeps recent decisions; nil disables caching.
+	Cache *decisioncache.Cache
+	// Log receives decision records; nil disables the decision log.
+	Log DecisionLogger
+	// Metrics, when set, are updated on every decision.
+	Metrics *Metrics
+	// Mandates verifies x-mandate tokens. Without it, a request carrying
+	// a mandate is denied (it cannot be checked).
+	Mandates MandateVerifier
+	// Staleness, when set, makes the server fail closed (per StaleMode)
+	// while it reports stale.
+	Staleness Staleness
+	StaleMode StaleMode
+	// OnOutOfIntent is called (from the request path: keep it cheap and
+	// non-blocking) for each denial of a request outside its declared
+	// intent or mandate scope. Drift detection counts these.
+	OnOutOfIntent func(OutOfIntent)
+	// OnStepUp is called for each step_up denial that no approval covers,
+	// so the control plane can list the pending approval request.
+	OnStepUp func(StepUpRequest)
+	// Now is the decision clock; defaults to time.Now.
+	Now func() time.Time
+	// Logger receives operational events (recovered panics). Defaults to
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// OutOfIntent describes a denial outside a declared intent or scope.
+type OutOfIntent struct {
+	Subject   string
+	Task      string
+	Intent    string
+	MandateID string
+	Reason    string
+	Time      time.Time
+}
+
+// StepUpRequest describes a request waiting for a person's approval.
+type StepUpRequest struct {
+	ID      string
+	Subject string
+	Task    string
+	Intent  string
+	Method  string
+	Path    string
+	GRPC    string
+	Policy  string
+	Rule    string
+	Time    time.Time
+}
+
+// Server implements envoy.service.auth.v3.Authorization.
+type Server struct {
+	authv3.UnimplementedAuthorizationServer
+
+	cfg     Config
+	now     func() time.Time
+	logger  *slog.Logger
+	ids     *idGen
+	keyPool sync.Pool
+}
+
+// NewServer validates cfg and returns a Server.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Identity == nil {
+		return nil, errors.New("authz: Identity is required")
+	}
+	if cfg.State == nil {
+		return nil, errors.New("authz: State is required")
+	}
+	ids, err := newIDGen()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, now: cfg.Now, logger: cfg.Logger, ids: ids}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.logger == nil {
+		s.logger = slog.Default()
+	}
+	s.keyPool.New = func() any { return new(decisioncache.Key) }
+	return s, nil
+}
+
+// Reason codes the server adds to those of the parsers and policies.
+const (
+	reasonNotReady      = "not_ready"
+	reasonStale         = "stale_state"
+	reasonInternalError = "internal_error"
+	reasonBadRequest    = "bad_request"
+	reasonBadMethod     = "bad_method"
+	reasonBadHost       = "bad_host"
+	reasonRevoked       = "revoked"
+	reasonDowngraded    = "downgraded"
+	reasonApproved      = "approved"
+	reasonIntentClash   = "intent_mismatch"
+	reasonNoVerifier    = "mandate_unverifiable"
+)
+
+// outcome is what decide concluded.
+type outcome struct {
+	effect   policies.Effect
+	reason   string
+	policy   string
+	rule     string
+	dryRun   string
+	cacheHit  bool
+	evaluated bool   // policies were evaluated (a cache miss)
+	approval  string // step-up approval request id
+}
+
+// Check decides one request. It never returns an error: every failure is
+// a deny (RPC OK, status PERMISSION_DENIED), so Envoy's failure_mode_allow
+// can never turn a refusal into a pass.
+func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
+	start := time.Now()
+	rec := decisionlog.Record{DecisionID: s.ids.next()}
+	defer func() {
+		if p := recover(); p != nil {
+			if m := s.cfg.Metrics; m != nil {
+				m.panics.Inc()
+			}
+			s.logger.Error("authz: panic in decision, denied", "decision_id", rec.DecisionID,
+				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			out := outcome{effect: policies.EffectDeny, reason: reasonInternalError}
+			resp = denyResponse(rec.DecisionID, &out)
+			err = nil
+			s.finish(&rec, &out, start)
+		}
+	}()
+	out := s.decide(ctx, req, &rec)
+	if out.effect == policies.EffectAllow {
+		resp = allowResponse(rec.DecisionID)
+	} else {
+		resp = denyResponse(rec.DecisionID, &out)
+	}
+	s.finish(&rec, &out, start)
+	return resp, nil
+}
+
+func (s *Server) finish(rec *decisionlog.Record, out *outcome, start time.Time) {
+	lat := time.Since(start)
+	result := out.effect.String()
+	if m := s.cfg.Metrics; m != nil {
+		m.latency.Observe(lat.Seconds())
+		m.decisions.WithLabelValues(result, out.reason).Inc()
+		if out.rule != "" {
+			m.ruleHits.WithLabelValues(out.policy, out.rule, result).Inc()
+		}
+		if out.cacheHit {
+			m.cacheHits.Inc()
+		} else if out.evaluated {
+			m.cacheMisses.Inc()
+		}
+	}
+	if s.cfg.Log == nil {
+		return
+	}
+	rec.Result = result
+	rec.Reason = out.reason
+	rec.Policy = out.policy
+	rec.Rule = out.rule
+	rec.DryRun = out.dryRun
+	rec.CacheHit = out.cacheHit
+	rec.Latency = lat
+	s.cfg.Log.Log(rec)
+}
+
+func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *decisionlog.Record) outcome {
+	now := s.now()
+	rec.Time = now
+	st := s.cfg.State.Load()
+	if st == nil || st.Policies == nil {
+		return deny(reasonNotReady)
+	}
+	rec.PolicyVersion = st.PolicyVersion()
+	if err := ctx.Err(); err != nil {
+		return deny(reasonInternalError)
+	}
+
+	attrs := req.GetAttributes()
+	httpReq := attrs.GetRequest().GetHttp()
+	if httpReq == nil {
+		return deny(reasonBadRequest)
+	}
+	hdrs := httpReq.GetHeaders()
+
+	caller, err := s.cfg.Identity.Caller(attrs.GetSource(), hdrs)
+	if err != nil {
+		return deny(reasonOf(err))
+	}
+	r := policies.Request{Subject: caller.String(), Now: now, Headers: hdrs, Labels: attrs.GetContextExtensions()}
+	rec.Subject = r.Subject
+
+	if stale := s.cfg.Staleness; stale != nil && stale.Stale() {
+		if s.cfg.StaleMode == StaleDenyAll || r.Labels["sensitivity"] == "high" {
+			return deny(reasonStale)
+		}
+	}
+
+	if r.Destination, err = s.cfg.Identity.Destination(attrs.GetDestination()); err != nil {
+		return deny(reasonOf(err))
+	}
+	rec.Destination = r.Destination
+	if r.Method, err = validMethod(httpReq.GetMethod()); err != nil {
+		return deny(reasonBadMethod)
+	}
+	rec.Method = r.Method
+	if r.Path, _, err = reqpath.Normalize(httpReq.GetPath()); err != nil {
+		rec.Path = truncate(httpReq.GetPath(), 256)
+		return deny(reasonOf(err))
+	}
+	rec.Path = r.Path
+	if r.Host, err = normalizeHost(httpReq.GetHost()); err != nil {
+		return deny(reasonBadHost)
+	}
+	rec.Host = r.Host
+	if svc, m, ok := reqpath.GRPC(r.Path, hdrs["content-type"]); ok {
+		r.GRPCService, r.GRPCMethod = svc, m
+	}
+	if r.Intent, err = headers.Intent(hdrs); err != nil {
+		return deny(reasonOf(err))
+	}
+	if r.Task, err = headers.Task(hdrs); err != nil {
+		return deny(reasonOf(err))
+	}
+	rec.Intent, rec.Task = r.Intent, r.Task
+
+	token, err := headers.Mandate(hdrs)
+	if err != nil {
+		return deny(reasonOf(err))
+	}
+	var chainIDs []string
+	var notAfter time.Time
+	if token != "" {
+		if s.cfg.Mandates == nil {
+			return deny(reasonNoVerifier)
+		}
+		v, err := s.cfg.Mandates.VerifyRequest(token, &r)
+		if v != nil {
+			rec.MandateID = v.Mandate.ID
+			rec.Chain = v.Mandate.Chain
+			rec.Intent, rec.Task = r.Intent, r.Task
+		}
+		if err != nil {
+			out := deny(reasonOf(err))
+			if v != nil && v.OutOfScope {
+				s.outOfIntent(&r, rec.MandateID, out.reason, now)
+			}
+			return out
+		}
+		r.Mandate = &v.Mandate
+		chainIDs = v.ChainIDs
+		notAfter = v.Mandate.ExpiresAt
+	}
+
+	// Revocations are consulted on every request, cache hit or not.
+	if verdict := st.Revocations.Check(now, revocation.Query{
+		Subject: r.Subject, Task: r.Task, Intent: r.Intent, Chain: chainIDs,
+	}); verdict.Revoked {
+		if verdict.Downgraded {
+			out := deny(reasonDowngraded)
+			s.outOfIntent(&r, rec.MandateID, out.reason, now)
+			return out
+		}
+		return deny(reasonRevoked)
+	}
+
+	out := s.evaluate(st, &r, notAfter)
+	if out.effect == policies.EffectStepUp {
+		d := policies.Decision{Policy: out.policy, Rule: out.rule}
+		if _, ok := st.Approvals.Find(now, &r, &d); ok {
+			out.effect, out.reason = policies.EffectAllow, reasonApproved
+		} else {
+			out.approval = stepUpID(&r, out.policy, out.rule)
+			if s.cfg.OnStepUp != nil {
+				s.cfg.OnStepUp(StepUpRequest{
+					ID: out.approval, Subject: r.Subject, Task: r.Task, Intent: r.Intent,
+					Method: r.Method, Path: r.Path, GRPC: grpcName(&r), Policy: out.policy, Rule: out.rule, Time: now,
+				})
+			}
+		}
+	}
+	if out.effect == policies.EffectDeny && out.reason == string(policies.ReasonNoMatch) && (r.Intent != "" || r.Mandate != nil) {
+		s.outOfIntent(&r, rec.MandateID, out.reason, now)
+	}
+	return out
+}
+
+// evaluate returns the policy decision for r, from the cache when it can.
+func (s *Server) evaluate(st *State, r *policies.Request, notAfter time.Time) outcome {
+	cache := s.cfg.Cache
+	var key *decisioncache.Key
+	if cache != nil {
+		key = s.keyPool.Get().(*decisioncache.Key)
+		defer s.keyPool.Put(key)
+		buildKey(key, st, r)
+		if e, ok := cache.Get(key.Bytes(), st.Epoch); ok {
+			return outcome{effect: policies.Effect(e.Effect), reason: e.Reason, policy: e.Policy,
+				rule: e.Rule, dryRun: e.DryRun, cacheHit: true}
+		}
+	}
+	d := st.Policies.Evaluate(r)
+	out := outcome{effect: d.Effect, reason: string(d.Reason), policy: d.Policy, rule: d.Rule, evaluated: true}
+	if d.DryRun != nil {
+		out.dryRun = d.DryRun.Policy + "/" + d.DryRun.Rule + "=" + d.DryRun.Effect.String()
+	}
+	if cache != nil && d.Cacheable && d.Reason != policies.ReasonConditionError {
+		cache.Set(key.Bytes(), &decisioncache.Entry{
+			Effect: uint8(d.Effect), Policy: d.Policy, Rule: d.Rule, Reason: out.reason,
+			DryRun: out.dryRun, Epoch: st.Epoch,
+		}, notAfter)
+	}
+	return out
+}
+
+// buildKey writes every input the policy evaluation can read.
+func buildKey(k *decisioncache.Key, st *State, r *policies.Request) {
+	k.Reset()
+	k.Uint(st.Epoch)
+	k.String(r.Subject)
+	k.String(r.Destination)
+	k.String(r.Host)
+	k.String(r.Method)
+	k.String(r.Path)
+	k.String(r.GRPCService)
+	k.String(r.GRPCMethod)
+	k.String(r.Intent)
+	k.String(r.Task)
+	if r.Mandate != nil {
+		k.Uint(1)
+		k.String(r.Mandate.ID)
+	} else {
+		k.Uint(0)
+	}
+	appendSorted(k, r.Labels)
+	if st.Policies.ReadsAllHeaders() {
+		appendSorted(k, r.Headers)
+		return
+	}
+	for _, h := range st.Policies.HeaderKeys() {
+		v, ok := r.Headers[h]
+		if ok {
+			k.Uint(1)
+		} else {
+			k.Uint(0)
+		}
+		k.String(v)
+	}
+}
+
+// appendSorted writes a map's entries in key order, preceded by their count.
+func appendSorted(k *decisioncache.Key, m map[string]string) {
+	k.Uint(uint64(len(m)))
+	if len(m) == 0 {
+		return
+	}
+	var stack [8]string
+	keys := stack[:0]
+	for name := range m {
+		keys = append(keys, name)
+	}
+	slices.Sort(keys)
+	for _, name := range keys {
+		k.String(name)
+		k.String(m[name])
+	}
+}
+
+func (s *Server) outOfIntent(r *policies.Request, mandateID, reason string, now time.Time) {
+	if m := s.cfg.Metrics; m != nil {
+		m.driftDenies.WithLabelValues(reason).Inc()
+	}
+	if s.cfg.OnOutOfIntent != nil {
+		s.cfg.OnOutOfIntent(OutOfIntent{Subject: r.Subject, Task: r.Task, Intent: r.Intent,
+			MandateID: mandateID, Reason: reason, Time: now})
+	}
+}
+
+func deny(reason string) outcome {
+	return outcome{effect: policies.EffectDeny, reason: reason}
+}
+
+func grpcName(r *policies.Request) string {
+	if r.GRPCService == "" {
+		return ""
+	}
+	return r.GRPCService + "/" + r.GRPCMethod
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,334 @@
+// Command mandate-authz is Mandate's decision point: an Envoy ext_authz v3
+// gRPC server. It runs standalone on a policy directory, or fed by
+// mandate-cp over delta ADS.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/mandate-dev/mandate/authz"
+	"github.com/mandate-dev/mandate/authz/decisioncache"
+	"github.com/mandate-dev/mandate/authz/decisionlog"
+	"github.com/mandate-dev/mandate/authz/identity"
+	"github.com/mandate-dev/mandate/authz/policydir"
+	"github.com/mandate-dev/mandate/internal/opshttp"
+	"github.com/mandate-dev/mandate/internal/transport"
+	"github.com/mandate-dev/mandate/policies"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "mandate-authz:", err)
+		os.Exit(1)
+	}
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+type options struct {
+	listen, metricsAddr, policyDir, xdsServer, workloadAPI, nodeID string
+	trustDomains, allowedCallers, trustedProxies, cpIDs          listFlag
+	plaintext, pprof                                             bool
+	cacheTTL, staleBudget                                        time.Duration
+	cacheSize                                                    int64
+	staleMode, decisionLog, logLevel                             string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("mandate-authz", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:9191", "address of the ext_authz gRPC server")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9090", "address of /metrics, /healthz and /readyz (empty: off)")
+	fs.StringVar(&o.policyDir, "policy-dir", "", "standalone mode: load and watch this policy directory")
+	fs.StringVar(&o.xdsServer, "xds-server", "", "control plane mode: mandate-cp's xDS address")
+	fs.StringVar(&o.nodeID, "node-id", "", "xDS node id (default: hostname-pid)")
+	fs.Var(&o.cpIDs, "cp-id", "SPIFFE ID pattern of the control plane to accept (repeatable; default spiffe://<trust-domain>/mandate/cp)")
+	fs.StringVar(&o.workloadAPI, "workload-api", "", "SPIFFE Workload API socket (default: $SPIFFE_ENDPOINT_SOCKET)")
+	fs.Var(&o.trustDomains, "trust-domain", "trust domain callers may belong to (repeatable; default example.org)")
+	fs.Var(&o.allowedCallers, "allowed-caller", "SPIFFE ID pattern allowed to call Check over mTLS, e.g. the Envoy sidecars (repeatable)")
+	fs.Var(&o.trustedProxies, "trusted-proxy", "SPIFFE ID of a proxy whose x-forwarded-client-cert is believed (repeatable)")
+	fs.BoolVar(&o.plaintext, "plaintext", false, "development only: serve without mTLS; refused unless --listen is a loopback address")
+	fs.DurationVar(&o.cacheTTL, "cache-ttl", 2*time.Second, "how long a decision is cached (0: no cache)")
+	fs.Int64Var(&o.cacheSize, "cache-size", 100_000, "decisions kept in the cache")
+	fs.DurationVar(&o.staleBudget, "stale-budget", 30*time.Second, "control plane mode: fail closed after this long without the control plane")
+	fs.StringVar(&o.staleMode, "stale-mode", "all", "what a stale replica denies: all | sensitive (routes labelled sensitivity=high)")
+	fs.StringVar(&o.decisionLog, "decision-log", "stdout", "decision log destination: stdout | stderr | off | a file path")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug | info | warn | error")
+	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the metrics address")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if (o.policyDir == "") == (o.xdsServer == "") {
+		return nil, errors.New("exactly one of --policy-dir (standalone) and --xds-server (control plane) is required")
+	}
+	if len(o.trustDomains) == 0 {
+		o.trustDomains = listFlag{"example.org"}
+	}
+	if o.staleMode != "all" && o.staleMode != "sensitive" {
+		return nil, fmt.Errorf("--stale-mode must be all or sensitive, not %q", o.staleMode)
+	}
+	if !o.plaintext && len(o.allowedCallers) == 0 {
+		return nil, errors.New("--allowed-caller is required with mTLS (or use --plaintext on loopback for development)")
+	}
+	return o, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: parseLevel(o.logLevel)}))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := authz.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+
+	var tds []spiffeid.TrustDomain
+	for _, name := range o.trustDomains {
+		td, err := identity.ParseTrustDomain(name)
+		if err != nil {
+			return fmt.Errorf("--trust-domain: %w", err)
+		}
+		tds = append(tds, td)
+	}
+	var proxies []spiffeid.ID
+	for _, p := range o.trustedProxies {
+		id, err := identity.ParseID(p)
+		if err != nil {
+			return fmt.Errorf("--trusted-proxy: %w", err)
+		}
+		proxies = append(proxies, id)
+	}
+	resolver, err := identity.New(identity.Config{TrustDomains: tds, TrustedProxies: proxies})
+	if err != nil {
+		return err
+	}
+
+	var cache *decisioncache.Cache
+	if o.cacheTTL > 0 {
+		if cache, err = decisioncache.New(decisioncache.Config{MaxEntries: o.cacheSize, TTL: o.cacheTTL}); err != nil {
+			return err
+		}
+		defer cache.Close()
+	}
+
+	var dlog authz.DecisionLogger
+	if o.decisionLog != "off" {
+		w, closeLog, err := openLog(o.decisionLog, stdout, stderr)
+		if err != nil {
+			return err
+		}
+		defer closeLog()
+		l, err := decisionlog.New(ctx, decisionlog.Config{
+			Out:    slog.New(slog.NewJSONHandler(w, nil)),
+			OnDrop: metrics.LogDropped,
+		})
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		dlog = l
+	}
+
+	store := authz.NewStateStore(nil)
+	staleMode := authz.StaleDenyAll
+	if o.staleMode == "sensitive" {
+		staleMode = authz.StaleDenySensitive
+	}
+	cfg := authz.Config{
+		Identity:  resolver,
+		State:     store,
+		Cache:     cache,
+		Log:       dlog,
+		Metrics:   metrics,
+		StaleMode: staleMode,
+		Logger:    logger,
+	}
+
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	ready := func() error {
+		if store.Load() == nil {
+			return errors.New("no policy set loaded yet")
+		}
+		if cfg.Staleness != nil && cfg.Staleness.Stale() {
+			return errors.New("cut off from the control plane past the staleness budget")
+		}
+		return nil
+	}
+	refreshHealth := func() {
+		st := healthpb.HealthCheckResponse_NOT_SERVING
+		if ready() == nil {
+			st = healthpb.HealthCheckResponse_SERVING
+		}
+		hs.SetServingStatus("", st)
+		hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, st)
+	}
+
+	errc := make(chan error, 4)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	if o.policyDir != "" {
+		w, err := policydir.New(policydir.Config{
+			Dir:        o.policyDir,
+			Logger:     logger,
+			Registerer: reg,
+			Apply: func(set *policies.Set) {
+				store.Update(func(s *authz.State) { s.Policies = set })
+				refreshHealth()
+			},
+		})
+		if err != nil {
+			return err
+		}
+		if err := w.Load(); err != nil {
+			return err
+		}
+		go func() { errc <- w.Run(ctx) }()
+	} else {
+		stale, err := startXDS(ctx, o, store, &cfg, reg, logger, refreshHealth, errc)
+		if err != nil {
+			return err
+		}
+		cfg.Staleness = stale
+	}
+
+	srv, err := authz.NewServer(cfg)
+	if err != nil {
+		return err
+	}
+	credOpt, src, err := transport.ServerOption(ctx, o.listen, transport.Config{
+		WorkloadAPI: o.workloadAPI, Allowed: o.allowedCallers, Insecure: o.plaintext,
+	})
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	gs := grpc.NewServer(credOpt, grpc.MaxRecvMsgSize(1<<20))
+	authv3.RegisterAuthorizationServer(gs, srv)
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+
+	lis, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	go func() { errc <- gs.Serve(lis) }()
+	logger.Info("mandate-authz serving", "addr", lis.Addr().String(), "mtls", !o.plaintext,
+		"mode", map[bool]string{true: "standalone", false: "control-plane"}[o.policyDir != ""])
+
+	var hsrv *http.Server
+	if o.metricsAddr != "" {
+		mlis, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listen: %w", err)
+		}
+		hsrv = &http.Server{Handler: opshttp.Handler(reg, ready, o.pprof), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := hsrv.Serve(mlis); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+		logger.Info("metrics serving", "addr", mlis.Addr().String())
+	}
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			logger.Info("shutting down")
+			stopped := make(chan struct{})
+			go func() { gs.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(5 * time.Second):
+				gs.Stop()
+			}
+			if hsrv != nil {
+				sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = hsrv.Shutdown(sctx)
+				c()
+			}
+			return nil
+		case err := <-errc:
+			if err != nil {
+				return err
+			}
+		case <-tick.C:
+			refreshHealth()
+			if cfg.Staleness != nil {
+				if cfg.Staleness.Stale() {
+					metrics.SetStale(true)
+				} else {
+					metrics.SetStale(false)
+				}
+			}
+		}
+	}
+}
+
+func openLog(dest string, stdout, stderr io.Writer) (io.Writer, func(), error) {
+	switch dest {
+	case "stdout":
+		return stdout, func() {}, nil
+	case "stderr":
+		return stderr, func() {}, nil
+	}
+	f, err := os.OpenFile(dest, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+	if err != nil {
+		return nil, nil, fmt.Errorf("decision log: %w", err)
+	}
+	return f, func() { _ = f.Close() }, nil
+}
+
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}
