@@ -107,6 +107,7 @@ func validate(typeURL string, entries map[string]entry) (compiled, error) {
 // compiles them together, as the replica will enforce them.
 func compilePolicies(ps []*mandatev1.Policy) (*policies.Set, error) {
 	var all []*policies.Policy
+	byResource := make([][]*policies.Policy, 0, len(ps))
 	for _, p := range ps {
 		if len(p.GetSource()) == 0 {
 			return nil, fmt.Errorf("Policy %q: empty source", p.GetName())
@@ -123,9 +124,21 @@ func compilePolicies(ps []*mandatev1.Policy) (*policies.Set, error) {
 			return nil, fmt.Errorf("Policy %q: %w", p.GetName(), err)
 		}
 		all = append(all, parsed...)
+		byResource = append(byResource, parsed)
 	}
 	set, err := policies.Compile(all)
 	if err != nil {
+		// Name the resources that fail on their own; when none does the
+		// conflict is between resources (duplicate names, for example).
+		var culprits []string
+		for i, parsed := range byResource {
+			if _, e := policies.Compile(parsed); e != nil {
+				culprits = append(culprits, fmt.Sprintf("%q", ps[i].GetName()))
+			}
+		}
+		if len(culprits) > 0 {
+			return nil, fmt.Errorf("Policy %s: compile: %w", strings.Join(culprits, ", "), err)
+		}
 		return nil, fmt.Errorf("compile policy set: %w", err)
 	}
 	return set, nil
