@@ -3,7 +3,6 @@ package mandate
 import (
 	"bytes"
 	"crypto/ed25519"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	jose "github.com/go-jose/go-jose/v4"
 )
@@ -199,11 +197,10 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	}
 	now := v.clock.Now().UnixNano()
 	ks := v.keys.Load()
-	var digest [32]byte
+	var h uint64
 	if v.cache != nil {
-		// The token bytes are only read, never retained or modified.
-		digest = sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token)))
-		if e := v.cache.get(&digest); e != nil && e.gen == ks.gen {
+		h = v.cache.hash(token)
+		if e := v.cache.get(h, token); e != nil && e.gen == ks.gen {
 			if err := e.check(now); err != nil {
 				return nil, err
 			}
@@ -215,7 +212,7 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 		return nil, err
 	}
 	if v.cache != nil {
-		v.cache.put(&digest, e, now)
+		v.cache.put(h, token, e, now)
 	}
 	return e.claims, nil
 }

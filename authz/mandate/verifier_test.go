@@ -684,3 +684,20 @@ func TestReasonOf(t *testing.T) {
 		t.Fatal("ReasonOf does not see through wrapping")
 	}
 }
+
+// TestCacheExactHit: entries are filed by a 64-bit hash, but a hit needs the
+// very same token; a colliding different token is a miss.
+func TestCacheExactHit(t *testing.T) {
+	c := newVerifyCache(16)
+	e := &cacheEntry{claims: baseClaims(t0)}
+	c.put(42, "token-a", e, 0)
+	if got := c.get(42, "token-a"); got != e {
+		t.Fatal("exact token missed")
+	}
+	if got := c.get(42, "token-b"); got != nil {
+		t.Fatal("colliding token hit another token's entry")
+	}
+	if got := c.get(43, "token-a"); got != nil {
+		t.Fatal("hit under the wrong hash")
+	}
+}
