@@ -14,8 +14,9 @@ import (
 //
 // Conditions fail closed: an evaluation error in a deny or step_up rule's
 // condition makes the decision Deny with ReasonConditionError (naming that
-// rule); in an allow rule's condition it makes that rule not match, and
-// if no other rule allows, the decision is Deny with ReasonConditionError.
+// rule), also when another step_up rule matched; in an allow rule's
+// condition it makes that rule not match, and if no other rule allows,
+// the decision is Deny with ReasonConditionError.
 //
 // Dry-run rules never change Effect: the strongest dry-run match is
 // reported in DryRun (a dry-run deny or step_up rule whose condition
@@ -28,64 +29,82 @@ func (s *Set) Evaluate(r *Request) Decision {
 	}
 	var arr [32]int32
 	cands := s.root.candidates(r.Subject, arr[:0])
-	d := Decision{Effect: EffectDeny, Reason: ReasonNoMatch, Cacheable: true}
-	var allowErr *rule
-	i := 0
-	for ; i < len(cands) && int(cands[i]) < s.firstDry; i++ {
-		ru := &s.rules[cands[i]]
-		if !ru.matchStatic(r) {
-			continue
-		}
-		ok, err := ru.evalCond(r, &d)
-		if err != nil {
-			if ru.effect == EffectAllow {
-				if allowErr == nil {
-					allowErr = ru
-				}
-				continue
-			}
-			d.Effect, d.Reason, d.Policy, d.Rule = EffectDeny, ReasonConditionError, ru.policy, ru.name
-			break
-		}
-		if !ok {
-			continue
-		}
-		d.Effect, d.Policy, d.Rule = ru.effect, ru.policy, ru.name
-		switch ru.effect {
-		case EffectAllow:
-			d.Reason = ReasonAllowed
-		case EffectStepUp:
-			d.Reason = ReasonStepUpRequired
-		default:
-			d.Reason = ReasonDeniedByRule
-		}
-		break
+	d := Decision{Cacheable: true}
+	reason, ru, i := s.decide(r, cands, 0, s.firstDry, &d)
+	d.Effect, d.Reason = reasonEffect(reason), reason
+	if ru != nil {
+		d.Policy, d.Rule = ru.policy, ru.name
 	}
-	if d.Reason == ReasonNoMatch && allowErr != nil {
-		d.Reason, d.Policy, d.Rule = ReasonConditionError, allowErr.policy, allowErr.name
+	for i < len(cands) && int(cands[i]) < s.firstDry {
+		i++
 	}
-	for ; i < len(cands); i++ {
-		if int(cands[i]) < s.firstDry {
-			continue
-		}
-		ru := &s.rules[cands[i]]
-		if !ru.matchStatic(r) {
-			continue
-		}
-		ok, err := ru.evalCond(r, &d)
-		if err != nil {
-			if ru.effect == EffectAllow {
-				continue
-			}
-			d.DryRun = &Match{Policy: ru.policy, Rule: ru.name, Effect: EffectDeny}
-			break
-		}
-		if ok {
-			d.DryRun = &Match{Policy: ru.policy, Rule: ru.name, Effect: ru.effect}
-			break
+	if i < len(cands) {
+		reason, ru, _ := s.decide(r, cands, i, len(s.rules), &d)
+		// A failed dry-run allow rule is just no match; a failed deny or
+		// step_up rule is reported as the deny it would enforce.
+		if ru != nil && (reason != ReasonConditionError || ru.effect != EffectAllow) {
+			d.DryRun = &Match{Policy: ru.policy, Rule: ru.name, Effect: reasonEffect(reason)}
 		}
 	}
 	return d
+}
+
+func reasonEffect(r Reason) Effect {
+	switch r {
+	case ReasonAllowed:
+		return EffectAllow
+	case ReasonStepUpRequired:
+		return EffectStepUp
+	}
+	return EffectDeny
+}
+
+// decide applies the decision semantics to the candidates cands[from:]
+// whose ids are below end (candidates are sorted: deny rules, then
+// step_up, then allow, each in load order). It returns the reason, the
+// deciding rule (nil for no match) and the index of the first candidate
+// it did not consider.
+func (s *Set) decide(r *Request, cands []int32, from, end int, d *Decision) (Reason, *rule, int) {
+	var stepUp, allowErr *rule
+	i := from
+	for ; i < len(cands) && int(cands[i]) < end; i++ {
+		ru := &s.rules[cands[i]]
+		if stepUp != nil && ru.effect != EffectStepUp {
+			// A step_up matched and every step_up rule has been checked
+			// for errors: step_up it is.
+			break
+		}
+		if !ru.matchStatic(r) {
+			continue
+		}
+		ok, err := ru.evalCond(r, d)
+		switch {
+		case err != nil && ru.effect == EffectAllow:
+			if allowErr == nil {
+				allowErr = ru
+			}
+		case err != nil:
+			// Fail closed: a deny or step_up rule that cannot be decided
+			// denies, and outranks a step_up that matched.
+			return ReasonConditionError, ru, i + 1
+		case !ok:
+		case ru.effect == EffectDeny:
+			return ReasonDeniedByRule, ru, i + 1
+		case ru.effect == EffectStepUp:
+			if stepUp == nil {
+				stepUp = ru
+			}
+		default:
+			return ReasonAllowed, ru, i + 1
+		}
+	}
+	switch {
+	case stepUp != nil:
+		return ReasonStepUpRequired, stepUp, i
+	case allowErr != nil:
+		return ReasonConditionError, allowErr, i
+	}
+	return ReasonNoMatch, nil, i
 }
 
 // evalCond evaluates the rule's condition (true without one) and marks
