@@ -45,7 +45,10 @@ func TestReopenKeepsEverything(t *testing.T) {
 		do   func() error
 	}{
 		{"policy", func() error { _, err := s.PutPolicy(ctx, pol); return err }},
-		{"policy 2", func() error { _, err := s.PutPolicy(ctx, &mandatev1.Policy{Name: "p2", Source: []byte("y")}); return err }},
+		{"policy 2", func() error {
+			_, err := s.PutPolicy(ctx, &mandatev1.Policy{Name: "p2", Source: []byte("y")})
+			return err
+		}},
 		{"delete policy 2", func() error { _, err := s.DeletePolicy(ctx, "p2"); return err }},
 		{"revocation", func() error {
 			_, err := s.PutRevocation(ctx, revocation("r1"), AuditEntry{Actor: "spiffe://example.org/user/ops", Action: "revoke", Object: "r1"})
@@ -62,7 +65,9 @@ func TestReopenKeepsEverything(t *testing.T) {
 		{"signing key", func() error {
 			return s.PutSigningKey(ctx, SigningKey{ID: "k1", Algorithm: "EdDSA", Private: priv, CreatedAt: time.Unix(100, 0).UTC()})
 		}},
-		{"audit", func() error { return s.Audit(ctx, AuditEntry{Actor: "spiffe://example.org/user/ops", Action: "apply", Object: "p1"}) }},
+		{"audit", func() error {
+			return s.Audit(ctx, AuditEntry{Actor: "spiffe://example.org/user/ops", Action: "apply", Object: "p1"})
+		}},
 	}
 	for _, st := range steps {
 		if err := st.do(); err != nil {
