@@ -426,6 +426,12 @@ func (e *Env) RegisterBinary(ctx context.Context, spiffeID, binary string) error
 	return e.Register(ctx, spiffeID, sel)
 }
 
+// CreateEntry creates a registration entry like Register but does not wait
+// for the agent to sync it: create several, then call WaitSynced once.
+func (e *Env) CreateEntry(ctx context.Context, spiffeID string, selectors ...string) error {
+	return e.createEntry(ctx, spiffeID, selectors)
+}
+
 func (e *Env) createEntry(ctx context.Context, spiffeID string, selectors []string) error {
 	id, err := spiffeid.FromString(spiffeID)
 	if err != nil {
