@@ -29,7 +29,7 @@ mkdir -p "$CACHE"
 # A lock so two concurrent runs (CI jobs sharing a cache) do not build twice.
 exec 9>"$CACHE/.install-$SPIRE_VERSION.lock"
 if command -v flock >/dev/null 2>&1; then
-	log "waiting for the install lock"
+	log "taking the install lock"
 	flock 9
 	if have_binaries "$DEST"; then
 		log "SPIRE $SPIRE_VERSION was installed by a concurrent run in $DEST"

@@ -46,9 +46,11 @@ type Response struct {
 
 // Session drives a testagent started in serve mode.
 type Session struct {
-	p     *proc.Process
-	mu    sync.Mutex
-	lines chan []byte
+	p      *proc.Process
+	mu     sync.Mutex
+	lines  chan []byte
+	closed chan struct{}
+	once   sync.Once
 }
 
 // Start runs binary (a testagent) with args plus "-mode serve", the extra
@@ -63,15 +65,20 @@ func Start(t testing.TB, name, binary string, env []string, args ...string) (*Se
 	if err != nil {
 		return nil, fmt.Errorf("agentproto: %w", err)
 	}
-	s := &Session{p: p, lines: make(chan []byte)}
+	s := &Session{p: p, lines: make(chan []byte), closed: make(chan struct{})}
 	go func() {
 		defer close(s.lines)
 		sc := bufio.NewScanner(p.Stdout())
 		sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
 		for sc.Scan() {
-			s.lines <- append([]byte(nil), sc.Bytes()...)
+			select {
+			case s.lines <- append([]byte(nil), sc.Bytes()...):
+			case <-s.closed:
+				return
+			}
 		}
 	}()
+	t.Cleanup(func() { _ = s.Close() })
 	return s, nil
 }
 
@@ -110,6 +117,9 @@ func (s *Session) Do(ctx context.Context, cmd Command) (Response, error) {
 
 // Close ends the session: closes stdin (the agent exits) and stops the process.
 func (s *Session) Close() error {
-	s.p.Stdin().Close()
+	s.once.Do(func() {
+		close(s.closed)
+		s.p.Stdin().Close()
+	})
 	return s.p.Stop()
 }
