@@ -65,6 +65,7 @@ if [[ -e "$DEST" ]]; then
 	# An incomplete leftover (no lock available, or a manual copy): replace it.
 	rm -rf "$DEST"
 fi
+chmod 755 "$TMP"
 mv "$TMP" "$DEST"
 trap - EXIT
 log "installed SPIRE $SPIRE_VERSION in $DEST"
