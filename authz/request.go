@@ -6,6 +6,8 @@ import (
 	"errors"
 	"strings"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
 	"github.com/mandate-dev/mandate/authz/headers"
 	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/authz/reqpath"
@@ -111,4 +113,23 @@ func stepUpID(r *policies.Request, policy, rule string) string {
 		h.Write([]byte(f))
 	}
 	return "ar-" + hex.EncodeToString(h.Sum(nil)[:10])
+}
+
+// flattenHeaderMap turns Envoy's raw header_map (sent with
+// encode_raw_headers) into the form of the headers field: names lowercased,
+// repeated names merged with ",".
+func flattenHeaderMap(hs []*corev3.HeaderValue) map[string]string {
+	out := make(map[string]string, len(hs))
+	for _, h := range hs {
+		k := strings.ToLower(h.GetKey())
+		v := h.GetValue()
+		if raw := h.GetRawValue(); len(raw) > 0 {
+			v = string(raw)
+		}
+		if prev, ok := out[k]; ok {
+			v = prev + "," + v
+		}
+		out[k] = v
+	}
+	return out
 }

@@ -18,19 +18,34 @@ const (
 	HeaderMandate    = "x-mandate"
 )
 
+// allowParts holds every message of an allow response in one allocation.
+type allowParts struct {
+	resp   authv3.CheckResponse
+	status rpcstatus.Status
+	ok     authv3.CheckResponse_OkResponse
+	okResp authv3.OkHttpResponse
+	opts   [1]*corev3.HeaderValueOption
+	opt    corev3.HeaderValueOption
+	hv     corev3.HeaderValue
+}
+
+// removeOnAllow is shared by every allow response; never modified. The
+// upstream never sees the mandate: it is a credential for this hop only.
+var removeOnAllow = []string{HeaderMandate}
+
 func allowResponse(decisionID string) *authv3.CheckResponse {
-	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(codes.OK)},
-		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-			Headers: []*corev3.HeaderValueOption{{
-				Header:       &corev3.HeaderValue{Key: HeaderDecisionID, Value: decisionID},
-				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-			}},
-			// The upstream never sees the mandate: it is a credential for
-			// this hop only.
-			HeadersToRemove: []string{HeaderMandate},
-		}},
-	}
+	p := &allowParts{}
+	p.status.Code = int32(codes.OK)
+	p.hv.Key, p.hv.Value = HeaderDecisionID, decisionID
+	p.opt.Header = &p.hv
+	p.opt.AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	p.opts[0] = &p.opt
+	p.okResp.Headers = p.opts[:]
+	p.okResp.HeadersToRemove = removeOnAllow
+	p.ok.OkResponse = &p.okResp
+	p.resp.Status = &p.status
+	p.resp.HttpResponse = &p.ok
+	return &p.resp
 }
 
 // denyResponse is RPC OK with PERMISSION_DENIED and a small JSON body that

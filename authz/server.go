@@ -239,6 +239,10 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 		return deny(reasonBadRequest)
 	}
 	hdrs := httpReq.GetHeaders()
+	if len(hdrs) == 0 && len(httpReq.GetHeaderMap().GetHeaders()) > 0 {
+		// Envoy with encode_raw_headers sends header_map instead.
+		hdrs = flattenHeaderMap(httpReq.GetHeaderMap().GetHeaders())
+	}
 
 	caller, err := s.cfg.Identity.Caller(attrs.GetSource(), hdrs)
 	if err != nil {
@@ -393,7 +397,7 @@ func buildKey(k *decisioncache.Key, st *State, r *policies.Request) {
 		appendSorted(k, r.Headers)
 		return
 	}
-	for _, h := range st.Policies.HeaderKeys() {
+	for _, h := range st.headerKeys {
 		v, ok := r.Headers[h]
 		if ok {
 			k.Uint(1)

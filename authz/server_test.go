@@ -260,6 +260,20 @@ func TestDecisions(t *testing.T) {
 	}
 }
 
+func TestRawHeaderMap(t *testing.T) {
+	h := newHarness(t, nil)
+	req := checkReq("GET", "/queue")
+	req.Attributes.Request.Http.Headers = nil
+	req.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: ":path", RawValue: []byte("/queue")},
+		{Key: "X-Mandate-Intent", RawValue: []byte("a")},
+		{Key: "x-mandate-intent", RawValue: []byte("b")},
+	}}
+	if res := h.check(t, req); res.allowed || res.reason != "duplicate_header" {
+		t.Fatalf("repeated intent in header_map: %+v", res)
+	}
+}
+
 func TestAllowResponseShape(t *testing.T) {
 	h := newHarness(t, nil)
 	res := h.check(t, checkReq("GET", "/queue", hdr("x-mandate-task", "T-1")))

@@ -21,6 +21,9 @@ type State struct {
 	Epoch uint64
 	// Loaded is when this state was installed.
 	Loaded time.Time
+
+	// headerKeys caches Policies.HeaderKeys() for the cache key.
+	headerKeys []string
 }
 
 // PolicyVersion returns the policy set's version, or "" without one.
@@ -68,6 +71,10 @@ func (s *StateStore) Update(fn func(next *State)) *State {
 	}
 	if next.Approvals == nil {
 		next.Approvals = &ApprovalSet{}
+	}
+	next.headerKeys = nil
+	if next.Policies != nil {
+		next.headerKeys = next.Policies.HeaderKeys()
 	}
 	s.epoch++
 	next.Epoch = s.epoch

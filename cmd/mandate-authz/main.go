@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,6 +32,7 @@ import (
 	"github.com/mandate-dev/mandate/authz/decisioncache"
 	"github.com/mandate-dev/mandate/authz/decisionlog"
 	"github.com/mandate-dev/mandate/authz/identity"
+	"github.com/mandate-dev/mandate/authz/mandate"
 	"github.com/mandate-dev/mandate/authz/policydir"
 	"github.com/mandate-dev/mandate/internal/opshttp"
 	"github.com/mandate-dev/mandate/internal/transport"
@@ -60,6 +62,7 @@ func (l *listFlag) Set(v string) error {
 
 type options struct {
 	listen, metricsAddr, policyDir, xdsServer, workloadAPI, nodeID string
+	addrFile, mandateIssuer, mandateAudience, mandateKeys         string
 	trustDomains, allowedCallers, trustedProxies, cpIDs          listFlag
 	plaintext, pprof                                             bool
 	cacheTTL, staleBudget                                        time.Duration
@@ -89,6 +92,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.decisionLog, "decision-log", "stdout", "decision log destination: stdout | stderr | off | a file path")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug | info | warn | error")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the metrics address")
+	fs.StringVar(&o.addrFile, "addr-file", "", "write the bound addresses as JSON to this file once serving (for --listen 127.0.0.1:0)")
+	fs.StringVar(&o.mandateIssuer, "mandate-issuer", "", "issuer of mandates to accept (default spiffe://<first trust domain>/mandate/cp)")
+	fs.StringVar(&o.mandateAudience, "mandate-audience", "mandate", "audience mandates must name")
+	fs.StringVar(&o.mandateKeys, "mandate-keys", "", "standalone mode: JSON file of mandate verification keys [{\"kid\":..., \"public_key\": base64 Ed25519}]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -103,6 +110,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.staleMode != "all" && o.staleMode != "sensitive" {
 		return nil, fmt.Errorf("--stale-mode must be all or sensitive, not %q", o.staleMode)
+	}
+	if o.mandateIssuer == "" {
+		o.mandateIssuer = "spiffe://" + o.trustDomains[0] + "/mandate/cp"
+	}
+	if o.mandateKeys != "" && o.xdsServer != "" {
+		return nil, errors.New("--mandate-keys is for standalone mode; with --xds-server keys come from the control plane")
 	}
 	if !o.plaintext && len(o.allowedCallers) == 0 {
 		return nil, errors.New("--allowed-caller is required with mTLS (or use --plaintext on loopback for development)")
@@ -171,6 +184,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		dlog = l
 	}
 
+	verifier, err := mandate.NewVerifier(mandate.VerifierConfig{Issuer: o.mandateIssuer, Audience: o.mandateAudience})
+	if err != nil {
+		return err
+	}
+	if o.mandateKeys != "" {
+		keys, err := readKeys(o.mandateKeys)
+		if err != nil {
+			return err
+		}
+		if err := verifier.SetKeys(keys); err != nil {
+			return err
+		}
+	}
+
 	store := authz.NewStateStore(nil)
 	staleMode := authz.StaleDenyAll
 	if o.staleMode == "sensitive" {
@@ -182,6 +209,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Cache:     cache,
 		Log:       dlog,
 		Metrics:   metrics,
+		Mandates:  authz.NewMandates(verifier),
 		StaleMode: staleMode,
 		Logger:    logger,
 	}
@@ -229,7 +257,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		go func() { errc <- w.Run(ctx) }()
 	} else {
-		stale, err := startXDS(ctx, o, store, &cfg, reg, logger, refreshHealth, errc)
+		stale, err := startXDS(ctx, o, store, verifier, &cfg, reg, logger, refreshHealth, errc)
 		if err != nil {
 			return err
 		}
@@ -257,6 +285,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	go func() { errc <- gs.Serve(lis) }()
+	addrs := map[string]string{"grpc": lis.Addr().String()}
 	logger.Info("mandate-authz serving", "addr", lis.Addr().String(), "mtls", !o.plaintext,
 		"mode", map[bool]string{true: "standalone", false: "control-plane"}[o.policyDir != ""])
 
@@ -273,6 +302,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 		logger.Info("metrics serving", "addr", mlis.Addr().String())
+		addrs["metrics"] = mlis.Addr().String()
+	}
+	if o.addrFile != "" {
+		if err := writeAddrFile(o.addrFile, addrs); err != nil {
+			return err
+		}
 	}
 
 	tick := time.NewTicker(time.Second)
@@ -323,6 +358,39 @@ func openLog(dest string, stdout, stderr io.Writer) (io.Writer, func(), error) {
 		return nil, nil, fmt.Errorf("decision log: %w", err)
 	}
 	return f, func() { _ = f.Close() }, nil
+}
+
+// writeAddrFile writes addrs atomically, so a reader never sees half.
+func writeAddrFile(path string, addrs map[string]string) error {
+	b, err := json.Marshal(addrs)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("addr file: %w", err)
+	}
+	return os.Rename(tmp, path)
+}
+
+// readKeys reads standalone verification keys.
+func readKeys(path string) ([]mandate.Key, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--mandate-keys: %w", err)
+	}
+	var raw []struct {
+		KID       string `json:"kid"`
+		PublicKey []byte `json:"public_key"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, fmt.Errorf("--mandate-keys %s: %w", path, err)
+	}
+	keys := make([]mandate.Key, 0, len(raw))
+	for _, k := range raw {
+		keys = append(keys, mandate.Key{ID: k.KID, Public: k.PublicKey})
+	}
+	return keys, nil
 }
 
 func parseLevel(s string) slog.Level {

@@ -1,0 +1,97 @@
+package authz
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+)
+
+// benchPolicies returns n rules, each for its own agent subject, with a
+// CEL condition reading a header and the task.
+func benchPolicies(n int) string {
+	var b strings.Builder
+	b.WriteString("apiVersion: mandate.dev/v1\nkind: Policy\nmetadata: {name: bench}\nspec:\n  rules:\n")
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, `    - name: r%d
+      effect: allow
+      subjects: ["spiffe://example.org/agent/a%d"]
+      intents: [support.read]
+      actions: [{methods: [GET], paths: ["/tickets/**"]}]
+      when: 'request.headers["x-ticket"].startsWith(task)'
+`, i, i)
+	}
+	b.WriteString(`    - name: no-secrets
+      effect: deny
+      subjects: ["spiffe://example.org/**"]
+      actions: [{paths: ["/secrets/**"]}]
+`)
+	return b.String()
+}
+
+func benchHarness(b *testing.B, rules int) *harness {
+	// No decision log: this measures the handler alone.
+	h := newHarness(b, func(c *Config) { c.Log = nil })
+	set := compile(b, benchPolicies(rules))
+	h.store.Update(func(s *State) { s.Policies = set })
+	return h
+}
+
+// BenchmarkCheck measures the Check handler in process: a cache hit, and a
+// miss (every request distinct, CEL condition evaluated), at 10 and 10,000
+// rules.
+func BenchmarkCheck(b *testing.B) {
+	ctx := context.Background()
+	for _, rules := range []int{10, 10_000} {
+		b.Run(fmt.Sprintf("hit/rules=%d", rules), func(b *testing.B) {
+			h := benchHarness(b, rules)
+			req := checkReq("GET", "/tickets/1", principal("spiffe://example.org/agent/a7"),
+				hdr("x-mandate-intent", "support.read"), hdr("x-mandate-task", "T"), hdr("x-ticket", "T-1"))
+			if res := h.check(b, req); !res.allowed {
+				b.Fatalf("bench request denied: %+v", res)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := h.srv.Check(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			hits, _, _ := h.cache.Stats()
+			if hits < uint64(b.N)/2 {
+				b.Fatalf("only %d cache hits in %d iterations", hits, b.N)
+			}
+		})
+		b.Run(fmt.Sprintf("miss/rules=%d", rules), func(b *testing.B) {
+			h := benchHarness(b, rules)
+			// Every request is distinct (path and the header the condition
+			// reads), so each one evaluates policies and CEL. Requests are
+			// prepared up front; a new state epoch every len(reqs)
+			// iterations keeps repeats from hitting the cache.
+			reqs := make([]*authv3.CheckRequest, 1<<14)
+			for i := range reqs {
+				t := strconv.Itoa(i)
+				reqs[i] = checkReq("GET", "/tickets/"+t, principal("spiffe://example.org/agent/a"+strconv.Itoa(i%rules)),
+					hdr("x-mandate-intent", "support.read"), hdr("x-mandate-task", "T"), hdr("x-ticket", "T-"+t))
+			}
+			if res := h.check(b, reqs[1]); !res.allowed {
+				b.Fatalf("bench request denied: %+v", res)
+			}
+			set := h.store.Load().Policies
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if i%len(reqs) == 0 {
+					h.store.Update(func(s *State) { s.Policies = set })
+				}
+				if _, err := h.srv.Check(ctx, reqs[i%len(reqs)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
