@@ -2,17 +2,129 @@ package main
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 
 	"github.com/mandate-dev/mandate/authz"
 	"github.com/mandate-dev/mandate/authz/mandate"
+	"github.com/mandate-dev/mandate/internal/transport"
+	xdsclient "github.com/mandate-dev/mandate/xds/client"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
-// startXDS connects to the control plane. Wired once the xDS client lands.
+// startXDS follows the control plane: every validated push is installed
+// in store before it is ACKed. Nothing is installed until every resource
+// type has synced once, so a replica never allows on a partial view (it
+// is not ready and denies until then).
 func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier *mandate.Verifier, cfg *authz.Config,
 	reg prometheus.Registerer, logger *slog.Logger, onApply func(), errc chan<- error) (authz.Staleness, error) {
-	return nil, errors.New("--xds-server: control plane mode is not available in this build")
+	cpIDs := []string(o.cpIDs)
+	if len(cpIDs) == 0 {
+		cpIDs = []string{"spiffe://" + o.trustDomains[0] + "/mandate/cp"}
+	}
+	dialOpt, src, err := transport.DialOption(ctx, o.xdsServer, transport.Config{
+		WorkloadAPI: o.workloadAPI, Allowed: cpIDs, Insecure: o.plaintext,
+	})
+	if err != nil {
+		return nil, err
+	}
+	nodeID := o.nodeID
+	if nodeID == "" {
+		host, _ := os.Hostname()
+		nodeID = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	var synced atomic.Bool
+	c, err := xdsclient.New(xdsclient.Config{
+		Target:      o.xdsServer,
+		DialOptions: []grpc.DialOption{dialOpt},
+		NodeID:      nodeID,
+		Logger:      logger,
+		Registerer:  reg,
+		Heartbeat:   o.staleBudget / 3,
+		Apply: func(s xdsclient.State) error {
+			keys, err := verificationKeys(s.Keys)
+			if err != nil {
+				return err
+			}
+			if err := verifier.SetKeys(keys); err != nil {
+				return err
+			}
+			if len(s.Versions) < len(mandatev1.TypeURLs()) {
+				// Partial view: keep denying until every type is in.
+				return nil
+			}
+			approvals := authz.NewApprovalSet(approvalsOf(s.Approvals))
+			store.Update(func(st *authz.State) {
+				st.Policies, st.Revocations, st.Approvals = s.Policies, s.Revocations, approvals
+			})
+			if !synced.Swap(true) {
+				logger.Info("synced with the control plane", "node_id", nodeID, "versions", s.Versions)
+			}
+			onApply()
+			return nil
+		},
+	})
+	if err != nil {
+		_ = src.Close()
+		return nil, err
+	}
+	go func() {
+		err := c.Run(ctx)
+		_ = c.Close()
+		_ = src.Close()
+		if ctx.Err() != nil {
+			err = nil
+		}
+		errc <- err
+	}()
+	return &staleness{c: c, budget: o.staleBudget, now: time.Now}, nil
+}
+
+// staleness reports a replica cut off from the control plane for longer
+// than its budget.
+type staleness struct {
+	c      *xdsclient.Client
+	budget time.Duration
+	now    func() time.Time
+}
+
+func (s *staleness) Stale() bool {
+	last := s.c.LastContact()
+	return !last.IsZero() && s.now().Sub(last) > s.budget
+}
+
+func verificationKeys(in []*mandatev1.VerificationKey) ([]mandate.Key, error) {
+	out := make([]mandate.Key, 0, len(in))
+	for _, k := range in {
+		if k.GetAlgorithm() != "EdDSA" {
+			return nil, fmt.Errorf("verification key %s: algorithm %q, want EdDSA", k.GetName(), k.GetAlgorithm())
+		}
+		key := mandate.Key{ID: k.GetName(), Public: k.GetPublicKey()}
+		if t := k.GetNotBefore(); t != nil {
+			key.NotBefore = t.AsTime()
+		}
+		if t := k.GetNotAfter(); t != nil {
+			key.NotAfter = t.AsTime()
+		}
+		out = append(out, key)
+	}
+	return out, nil
+}
+
+func approvalsOf(in []*mandatev1.Approval) []authz.Approval {
+	out := make([]authz.Approval, 0, len(in))
+	for _, a := range in {
+		out = append(out, authz.Approval{
+			ID: a.GetName(), Subject: a.GetSubject(), Task: a.GetTask(), Method: a.GetMethod(),
+			Path: a.GetPath(), GRPC: a.GetGrpc(), Policy: a.GetPolicy(), Rule: a.GetRule(),
+			Expires: a.GetExpires().AsTime(),
+		})
+	}
+	return out
 }

@@ -29,12 +29,15 @@ type command struct {
 	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
+// commands merges the command groups; each group lives in its own file.
 func commands() map[string]command {
-	return map[string]command{
-		"validate": {"check policy files: mandatectl validate DIR|FILE...", runValidate},
-		"test":     {"run policy test cases: mandatectl test DIR", runTest},
-		"check":    {"send one Envoy-shaped CheckRequest to mandate-authz and print the decision", runCheck},
+	all := map[string]command{}
+	for _, group := range []map[string]command{policyCommands(), operatorCommands(), mandateCommands()} {
+		for name, c := range group {
+			all[name] = c
+		}
 	}
+	return all
 }
 
 func main() {

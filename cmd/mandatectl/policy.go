@@ -11,6 +11,14 @@ import (
 	"github.com/mandate-dev/mandate/policies/policytest"
 )
 
+func policyCommands() map[string]command {
+	return map[string]command{
+		"validate": {"check policy files: mandatectl validate DIR|FILE...", runValidate},
+		"test":     {"run policy test cases: mandatectl test DIR", runTest},
+		"check":    {"send one Envoy-shaped CheckRequest to mandate-authz and print the decision", runCheck},
+	}
+}
+
 func loadPath(path string) (*policies.Set, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
