@@ -1,0 +1,210 @@
+package plane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+	xdsserver "github.com/mandate-dev/mandate/xds/server"
+)
+
+// Status returns every replica the xDS server knows, sorted by node id.
+func (p *Plane) Status() []xdsserver.ReplicaStatus { return p.xds.Status() }
+
+// Lag returns how long the oldest version of typeURL that the replica has
+// not ACKed has been committed; zero when it is up to date.
+func (p *Plane) Lag(rs xdsserver.ReplicaStatus, typeURL string) time.Duration {
+	cur, err := strconv.ParseUint(p.xds.Versions()[typeURL], 10, 64)
+	if err != nil {
+		return 0
+	}
+	var acked uint64
+	if ts, ok := rs.Types[typeURL]; ok && ts.AckedVersion != "" {
+		acked, _ = strconv.ParseUint(ts.AckedVersion, 10, 64)
+	}
+	if acked >= cur {
+		return 0
+	}
+	p.cmu.Lock()
+	defer p.cmu.Unlock()
+	oldest := time.Time{}
+	for v, at := range p.commits[typeURL] {
+		if v > acked && (oldest.IsZero() || at.Before(oldest)) {
+			oldest = at
+		}
+	}
+	if oldest.IsZero() {
+		oldest = p.started
+	}
+	if d := p.now().Sub(oldest); d > 0 {
+		return d
+	}
+	return 0
+}
+
+// WaitAcked returns when every connected replica has ACKed typeURL at
+// version or later, with how many replicas that is (0 when none is
+// connected: the caller must say so). A replica that NACKs the version
+// (or a later one) ends the wait at once with a *NackError.
+func (p *Plane) WaitAcked(ctx context.Context, typeURL, version string) (int, error) {
+	want, err := strconv.ParseUint(version, 10, 64)
+	if err != nil {
+		return 0, invalid("version %q is not a number", version)
+	}
+	if !knownType(typeURL) {
+		return 0, invalid("unknown type URL %q", typeURL)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.xds.WaitAcked(wctx, typeURL, version) }()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				if ne := p.nacked(typeURL, want); ne != nil {
+					return 0, ne
+				}
+				return 0, fmt.Errorf("plane: %w", err)
+			}
+			return p.ackedCount(typeURL, want), nil
+		case <-tick.C:
+			if ne := p.nacked(typeURL, want); ne != nil {
+				cancel()
+				<-done
+				return 0, ne
+			}
+		}
+	}
+}
+
+func knownType(t string) bool {
+	for _, u := range mandatev1.TypeURLs() {
+		if u == t {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Plane) nacked(typeURL string, want uint64) *NackError {
+	for _, rs := range p.xds.Status() {
+		if !rs.Connected {
+			continue
+		}
+		ts := rs.Types[typeURL]
+		if ts.NackedVersion == "" {
+			continue
+		}
+		n, _ := strconv.ParseUint(ts.NackedVersion, 10, 64)
+		a, _ := strconv.ParseUint(ts.AckedVersion, 10, 64)
+		if n >= want && (ts.AckedVersion == "" || a < want) {
+			return &NackError{Node: rs.NodeID, Version: ts.NackedVersion, Message: ts.NackError}
+		}
+	}
+	return nil
+}
+
+func (p *Plane) ackedCount(typeURL string, want uint64) int {
+	n := 0
+	for _, rs := range p.xds.Status() {
+		if !rs.Connected {
+			continue
+		}
+		if a, err := strconv.ParseUint(rs.Types[typeURL].AckedVersion, 10, 64); err == nil && a >= want {
+			n++
+		}
+	}
+	return n
+}
+
+// IsNack reports whether err is a replica's rejection.
+func IsNack(err error) bool {
+	var ne *NackError
+	return errors.As(err, &ne)
+}
+
+// lagCollector exports per-replica, per-type lag and the connected flag
+// at scrape time.
+type lagCollector struct{ p *Plane }
+
+var (
+	lagDesc = prometheus.NewDesc("mandate_cp_replica_lag_seconds",
+		"How long the oldest change a replica has not ACKed has been committed (0 = up to date), by node and type.",
+		[]string{"node", "type"}, nil)
+	staleDesc = prometheus.NewDesc("mandate_cp_replica_last_seen_seconds",
+		"Seconds since a replica last sent anything on its ADS stream, by node.",
+		[]string{"node"}, nil)
+)
+
+func (c lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lagDesc; ch <- staleDesc }
+
+func (c lagCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.p.now()
+	for _, rs := range c.p.Status() {
+		if !rs.Connected {
+			continue
+		}
+		for _, t := range mandatev1.TypeURLs() {
+			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, c.p.Lag(rs, t).Seconds(), rs.NodeID, short(t))
+		}
+		if !rs.LastSeen.IsZero() {
+			ch <- prometheus.MustNewConstMetric(staleDesc, prometheus.GaugeValue, now.Sub(rs.LastSeen).Seconds(), rs.NodeID)
+		}
+	}
+}
+
+// LineDiff returns a minimal line diff of a and b: unchanged lines are
+// prefixed "  ", removed "- ", added "+ ". Inputs longer than 4000 lines
+// are shown as whole removal and addition.
+func LineDiff(a, b string) string {
+	x, y := strings.Split(strings.TrimSuffix(a, "\n"), "\n"), strings.Split(strings.TrimSuffix(b, "\n"), "\n")
+	var out strings.Builder
+	if len(x) > 4000 || len(y) > 4000 {
+		for _, l := range x {
+			out.WriteString("- " + l + "\n")
+		}
+		for _, l := range y {
+			out.WriteString("+ " + l + "\n")
+		}
+		return out.String()
+	}
+	// lcs[i][j] = LCS length of x[i:], y[j:]
+	lcs := make([][]int32, len(x)+1)
+	for i := range lcs {
+		lcs[i] = make([]int32, len(y)+1)
+	}
+	for i := len(x) - 1; i >= 0; i-- {
+		for j := len(y) - 1; j >= 0; j-- {
+			if x[i] == y[j] {
+				lcs[i][j] = lcs[i+1][j+1] + 1
+			} else {
+				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
+			}
+		}
+	}
+	i, j := 0, 0
+	for i < len(x) || j < len(y) {
+		switch {
+		case i < len(x) && j < len(y) && x[i] == y[j]:
+			out.WriteString("  " + x[i] + "\n")
+			i++
+			j++
+		case i < len(x) && (j == len(y) || lcs[i+1][j] >= lcs[i][j+1]):
+			out.WriteString("- " + x[i] + "\n")
+			i++
+		default:
+			out.WriteString("+ " + y[j] + "\n")
+			j++
+		}
+	}
+	return out.String()
+}
