@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/mandate-dev/mandate/internal/envoyreq"
+)
+
+func TestFlagValidation(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no mode", []string{"--plaintext"}, "exactly one of --policy-dir"},
+		{"both modes", []string{"--plaintext", "--policy-dir", "x", "--xds-server", "y"}, "exactly one of --policy-dir"},
+		{"mTLS without allowed callers", []string{"--policy-dir", "x"}, "--allowed-caller is required"},
+		{"bad stale mode", []string{"--plaintext", "--policy-dir", "x", "--stale-mode", "some"}, "--stale-mode"},
+		{"keys with xds", []string{"--plaintext", "--xds-server", "127.0.0.1:1", "--mandate-keys", "k.json"}, "--mandate-keys is for standalone"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseFlags(tt.args, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("parseFlags(%q) = %v, want an error containing %q", tt.args, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestPlaintextRefusedOffLoopback(t *testing.T) {
+	err := run(context.Background(), []string{"--policy-dir", "../../policies/examples", "--plaintext",
+		"--listen", "0.0.0.0:0", "--metrics-addr", ""}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("run = %v, want a loopback refusal", err)
+	}
+}
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *lockedBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// TestStandalone runs the binary's run function as the quick start does,
+// on the example policies, and checks an allow, a deny, readiness, the
+// decision log and a clean shutdown.
+func TestStandalone(t *testing.T) {
+	dir := t.TempDir()
+	addrFile := filepath.Join(dir, "addrs.json")
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr lockedBuf
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--policy-dir", "../../policies/examples", "--plaintext",
+			"--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--addr-file", addrFile}, &stdout, &stderr)
+	}()
+	var addrs map[string]string
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if b, err := os.ReadFile(addrFile); err == nil && json.Unmarshal(b, &addrs) == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run exited early: %v\n%s", err, stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no addr file; stderr:\n%s", stderr.String())
+		}
+	}
+
+	resp, err := http.Get("http://" + addrs["metrics"] + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("/readyz = %d after loading policies", resp.StatusCode)
+	}
+
+	conn, err := grpc.NewClient(addrs["grpc"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := authv3.NewAuthorizationClient(conn)
+	p := envoyreq.Params{
+		Principal: "spiffe://example.org/agent/support/a1", Destination: "spiffe://example.org/svc/tickets",
+		Method: "GET", Path: "/tickets/T-1", Host: "tickets.internal",
+		Headers:           [][2]string{{"x-mandate-intent", "support.read"}, {"x-mandate-task", "T-1"}, {"x-ticket-id", "T-1"}},
+		ContextExtensions: map[string]string{"resource": "tickets"},
+	}
+	cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+	defer ccancel()
+	allow, err := c.Check(cctx, envoyreq.Build(p))
+	if err != nil || allow.GetStatus().GetCode() != int32(codes.OK) {
+		t.Fatalf("allow case: %v %v", allow, err)
+	}
+	p.Path = "/tickets/T-2"
+	deny, err := c.Check(cctx, envoyreq.Build(p))
+	if err != nil || deny.GetStatus().GetCode() != int32(codes.PermissionDenied) {
+		t.Fatalf("deny case: %v %v", deny, err)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run returned %v on shutdown", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not stop after cancel")
+	}
+	// The decision log was flushed on shutdown: one record per decision.
+	var results []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("decision log line %q: %v", line, err)
+		}
+		results = append(results, rec["result"].(string)+"/"+rec["reason"].(string))
+	}
+	if strings.Join(results, " ") != "allow/allowed deny/no_matching_rule" {
+		t.Fatalf("decision log results %v", results)
+	}
+}
