@@ -154,11 +154,11 @@ const (
 
 // outcome is what decide concluded.
 type outcome struct {
-	effect   policies.Effect
-	reason   string
-	policy   string
-	rule     string
-	dryRun   string
+	effect    policies.Effect
+	reason    string
+	policy    string
+	rule      string
+	dryRun    string
 	cacheHit  bool
 	evaluated bool   // policies were evaluated (a cache miss)
 	approval  string // step-up approval request id

@@ -348,14 +348,16 @@ func TestRevocationBeatsFillRace(t *testing.T) {
 	r := policies.Request{Subject: "spiffe://example.org/agent/support/a1", Destination: "spiffe://example.org/svc/tickets",
 		Host: "tickets.internal", Method: "GET", Path: "/queue", Headers: req.Attributes.Request.Http.Headers}
 	buildKey(&k, st, &r)
-	h.store.Update(func(s *State) { s.Policies = compile(t, `
+	h.store.Update(func(s *State) {
+		s.Policies = compile(t, `
 apiVersion: mandate.dev/v1
 kind: Policy
 metadata: {name: empty}
 spec:
   rules:
     - {name: other, effect: allow, subjects: ["spiffe://example.org/other"]}
-`) })
+`)
+	})
 	h.cache.Set(append([]byte(nil), k.Bytes()...), &decisioncache.Entry{Effect: uint8(policies.EffectAllow), Epoch: st.Epoch}, time.Time{})
 	h.cache.Wait()
 	if res := h.check(t, req); res.allowed {

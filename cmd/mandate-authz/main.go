@@ -62,12 +62,12 @@ func (l *listFlag) Set(v string) error {
 
 type options struct {
 	listen, metricsAddr, policyDir, xdsServer, workloadAPI, nodeID string
-	addrFile, mandateIssuer, mandateAudience, mandateKeys         string
-	trustDomains, allowedCallers, trustedProxies, cpIDs          listFlag
-	plaintext, pprof                                             bool
-	cacheTTL, staleBudget                                        time.Duration
-	cacheSize                                                    int64
-	staleMode, decisionLog, logLevel                             string
+	addrFile, mandateIssuer, mandateAudience, mandateKeys          string
+	trustDomains, allowedCallers, trustedProxies, cpIDs            listFlag
+	plaintext, pprof                                               bool
+	cacheTTL, staleBudget                                          time.Duration
+	cacheSize                                                      int64
+	staleMode, decisionLog, logLevel                               string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
