@@ -749,3 +749,12 @@ func short(typeURL string) string {
 	}
 	return typeURL
 }
+
+// AuditLog returns audit entries not older than since, oldest first.
+func (p *Plane) AuditLog(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error) {
+	out, err := p.st.AuditLog(ctx, since, limit)
+	if err != nil {
+		return nil, fmt.Errorf("plane: %w", err)
+	}
+	return out, nil
+}

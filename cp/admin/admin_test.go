@@ -1,0 +1,328 @@
+package admin
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+	xdsserver "github.com/mandate-dev/mandate/xds/server"
+	"github.com/mandate-dev/mandate/xds/store"
+)
+
+const goodPolicy = `apiVersion: mandate.dev/v1
+kind: Policy
+metadata:
+  name: reader
+spec:
+  rules:
+    - name: read
+      effect: allow
+      subjects: ["spiffe://example.org/agent/*"]
+`
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// serve starts the Admin service over a real plane on lis with creds.
+func serve(t *testing.T, lis net.Listener, creds credentials.TransportCredentials, cfg AuthConfig) (*plane.Plane, *prometheus.Registry) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs, err := xdsserver.New(discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plane.New(ctx, st, xs, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	auth, err := NewAuth(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := New(p, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.Creds(creds), grpc.UnaryInterceptor(auth.Unary()))
+	RegisterServer(g, svc)
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(func() { g.Stop(); xs.Close(); _ = st.Close() })
+	return p, reg
+}
+
+func plaintextClient(t *testing.T, allow bool) (*Client, *prometheus.Registry) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, reg := serve(t, lis, insecure.NewCredentials(), AuthConfig{AllowPlaintext: allow, UID: os.Getuid()})
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return NewClient(cc), reg
+}
+
+func TestAdminOverPlaintext(t *testing.T) {
+	ctx := context.Background()
+	c, reg := plaintextClient(t, true)
+
+	bad := &mandatev1.Policy{Name: "bad", SourceFile: "policies/bad.yaml",
+		Source: []byte(strings.Replace(goodPolicy, "effect: allow", "effect: perhaps", 1))}
+	_, err := c.ApplyPolicies(ctx, &mandatev1.ApplyPoliciesRequest{Policies: []*mandatev1.Policy{bad}})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "policies/bad.yaml") ||
+		!strings.Contains(err.Error(), `rule "read"`) {
+		t.Fatalf("invalid apply: %v", err)
+	}
+
+	good := &mandatev1.Policy{Name: "reader", SourceFile: "reader.yaml", Source: []byte(goodPolicy)}
+	diff, err := c.ApplyPolicies(ctx, &mandatev1.ApplyPoliciesRequest{Policies: []*mandatev1.Policy{good}, DryRun: true})
+	if err != nil || len(diff.GetChanges()) != 1 || diff.GetChanges()[0].GetChange() != "added" {
+		t.Fatalf("diff: %v %v", diff, err)
+	}
+	res, err := c.ApplyPolicies(ctx, &mandatev1.ApplyPoliciesRequest{Policies: []*mandatev1.Policy{good}})
+	if err != nil || res.GetVersion() != "1" {
+		t.Fatalf("apply: %v %v", res, err)
+	}
+	list, err := c.ListPolicies(ctx, &mandatev1.ListPoliciesRequest{})
+	if err != nil || len(list.GetPolicies()) != 1 || list.GetPolicies()[0].GetVersion() != mandatev1.PolicyVersion([]byte(goodPolicy)) {
+		t.Fatalf("list: %v %v", list, err)
+	}
+
+	revTests := []struct {
+		name string
+		req  *mandatev1.RevokeRequest
+		code codes.Code
+	}{
+		{"subject", &mandatev1.RevokeRequest{Kind: "subject", Value: "spiffe://example.org/agent/a", Ttl: durationpb.New(time.Hour), Reason: "leak"}, codes.OK},
+		{"downgrade", &mandatev1.RevokeRequest{Kind: "task", Value: "t1", Intents: []string{"read"}, Ttl: durationpb.New(time.Minute)}, codes.OK},
+		{"bad kind", &mandatev1.RevokeRequest{Kind: "user", Value: "x", Ttl: durationpb.New(time.Hour)}, codes.InvalidArgument},
+		{"no ttl", &mandatev1.RevokeRequest{Kind: "task", Value: "x"}, codes.InvalidArgument},
+		{"negative ttl", &mandatev1.RevokeRequest{Kind: "task", Value: "x", Ttl: durationpb.New(-time.Hour)}, codes.InvalidArgument},
+		{"not spiffe", &mandatev1.RevokeRequest{Kind: "subject", Value: "bob", Ttl: durationpb.New(time.Hour)}, codes.InvalidArgument},
+		{"empty value", &mandatev1.RevokeRequest{Kind: "mandate", Ttl: durationpb.New(time.Hour)}, codes.InvalidArgument},
+	}
+	for _, tt := range revTests {
+		r, err := c.Revoke(ctx, tt.req)
+		if status.Code(err) != tt.code {
+			t.Errorf("%s: code %v (%v), want %v", tt.name, status.Code(err), err, tt.code)
+			continue
+		}
+		if tt.code == codes.OK && (r.GetRecord().GetCreatedBy() != PlaintextActor || r.GetRecord().GetName() == "") {
+			t.Errorf("%s: record %v", tt.name, r.GetRecord())
+		}
+	}
+	rl, err := c.ListRevocations(ctx, &mandatev1.ListRevocationsRequest{})
+	if err != nil || len(rl.GetRevocations()) != 2 || rl.GetVersion() != "2" {
+		t.Fatalf("revocations: %v %v", rl, err)
+	}
+
+	w, err := c.WaitAcked(ctx, &mandatev1.WaitAckedRequest{TypeUrl: mandatev1.RevocationTypeURL, Version: "2"})
+	if err != nil || w.GetReplicas() != 0 {
+		t.Fatalf("wait with no replicas: %v %v", w, err)
+	}
+	if _, err := c.WaitAcked(ctx, &mandatev1.WaitAckedRequest{TypeUrl: "nope", Version: "2"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("wait on an unknown type: %v", err)
+	}
+	st, err := c.Status(ctx, &mandatev1.StatusRequest{})
+	if err != nil || st.GetVersions()[mandatev1.PolicyTypeURL] != "1" {
+		t.Fatalf("status: %v %v", st, err)
+	}
+	if _, err := c.DeletePolicy(ctx, &mandatev1.DeletePolicyRequest{Name: "nope"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("delete missing: %v", err)
+	}
+
+	audit, err := c.AuditLog(ctx, &mandatev1.AuditLogRequest{})
+	if err != nil || len(audit.GetEntries()) != 3 {
+		t.Fatalf("audit: %v %v", audit, err)
+	}
+	for _, e := range audit.GetEntries() {
+		if e.GetActor() != PlaintextActor || e.GetTime() == nil {
+			t.Errorf("audit entry %v", e)
+		}
+	}
+	if n := testutil.ToFloat64(mustCounter(t, reg, "ApplyPolicies", "InvalidArgument")); n != 1 {
+		t.Errorf("admin_requests_total{ApplyPolicies,InvalidArgument} = %v", n)
+	}
+}
+
+func mustCounter(t *testing.T, reg *prometheus.Registry, method, code string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "mandate_cp_admin_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["method"] == method && labels["code"] == code {
+				g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "x"})
+				g.Set(m.GetCounter().GetValue())
+				return g
+			}
+		}
+	}
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: "x"})
+}
+
+func TestPlaintextRefusedUnlessAllowed(t *testing.T) {
+	c, _ := plaintextClient(t, false)
+	_, err := c.Status(context.Background(), &mandatev1.StatusRequest{})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("plaintext call without --plaintext: %v", err)
+	}
+}
+
+func TestAuthorize(t *testing.T) {
+	a, err := NewAuth(AuthConfig{Operators: []string{"spiffe://example.org/mandate/operator*"}, UID: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		p    Peer
+		ok   bool
+	}{
+		{"operator", Peer{SPIFFEID: "spiffe://example.org/mandate/operator", UID: -1}, true},
+		{"operator-2", Peer{SPIFFEID: "spiffe://example.org/mandate/operator-2", UID: -1}, true},
+		{"agent", Peer{SPIFFEID: "spiffe://example.org/agent/a", UID: -1}, false},
+		{"other domain", Peer{SPIFFEID: "spiffe://evil.org/mandate/operator", UID: -1}, false},
+		{"same uid", Peer{UID: 1000}, true},
+		{"root", Peer{UID: 0}, true},
+		{"other uid", Peer{UID: 1001}, false},
+		{"plaintext not allowed", Peer{Actor: PlaintextActor, UID: -1}, false},
+		{"nothing", Peer{UID: -1}, false},
+	}
+	for _, tt := range tests {
+		if err := a.Authorize(tt.p); (err == nil) != tt.ok {
+			t.Errorf("%s: %v", tt.name, err)
+		}
+	}
+	if _, err := NewAuth(AuthConfig{Operators: []string{"operator"}}); err == nil {
+		t.Error("non-SPIFFE operator pattern accepted")
+	}
+}
+
+func TestUnixSocketPeerCred(t *testing.T) {
+	dir, err := os.MkdirTemp("", "adm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "a.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, lis, UnixCredentials{}, AuthConfig{UID: os.Getuid()})
+	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := NewClient(cc)
+	r, err := c.Revoke(context.Background(), &mandatev1.RevokeRequest{Kind: "task", Value: "t", Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "unix:uid=" + strconv.Itoa(os.Getuid()); r.GetRecord().GetCreatedBy() != want {
+		t.Fatalf("actor %q, want %q", r.GetRecord().GetCreatedBy(), want)
+	}
+}
+
+// selfSigned returns a certificate with a SPIFFE URI SAN (or none).
+func selfSigned(t *testing.T, id string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	if id != "" {
+		u, _ := url.Parse(id)
+		tmpl.URIs = []*url.URL{u}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func TestMTLSActorIsPeerSPIFFEID(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvCreds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{selfSigned(t, "spiffe://example.org/mandate/cp")},
+		ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12})
+	serve(t, lis, srvCreds, AuthConfig{Operators: []string{"spiffe://example.org/mandate/operator"}})
+	dial := func(id string) *Client {
+		cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+			Certificates: []tls.Certificate{selfSigned(t, id)}, InsecureSkipVerify: true}))) //nolint:gosec // test: identity is checked server-side
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cc.Close() })
+		return NewClient(cc)
+	}
+	ctx := context.Background()
+	tests := []struct {
+		id   string
+		code codes.Code
+	}{
+		{"spiffe://example.org/mandate/operator", codes.OK},
+		{"spiffe://example.org/agent/a", codes.PermissionDenied},
+		{"", codes.Unauthenticated},
+	}
+	for _, tt := range tests {
+		r, err := dial(tt.id).Revoke(ctx, &mandatev1.RevokeRequest{Kind: "task", Value: "t", Ttl: durationpb.New(time.Hour)})
+		if status.Code(err) != tt.code {
+			t.Errorf("%q: %v, want %v", tt.id, err, tt.code)
+			continue
+		}
+		if err == nil && r.GetRecord().GetCreatedBy() != tt.id {
+			t.Errorf("actor %q, want %q", r.GetRecord().GetCreatedBy(), tt.id)
+		}
+	}
+}

@@ -1,0 +1,225 @@
+// Package admin serves mandate.v1.Admin, the operator API of mandate-cp,
+// over the plane: apply and diff policies, revoke and downgrade, status,
+// wait for replicas, audit log. Callers are authorized by Auth (operators
+// by SPIFFE ID over mTLS, local users over a unix socket).
+package admin
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+	xdsserver "github.com/mandate-dev/mandate/xds/server"
+	"github.com/mandate-dev/mandate/xds/store"
+)
+
+// Plane is what the service needs of *plane.Plane.
+type Plane interface {
+	ApplyPolicySet(ctx context.Context, ps []*mandatev1.Policy, prune, dryRun bool, actor string) (plane.ApplyResult, error)
+	DeletePolicy(ctx context.Context, name, actor string) (string, error)
+	Policies() ([]*mandatev1.Policy, string)
+	RevokeRecord(ctx context.Context, r revocation.Record, actor string) (*mandatev1.Revocation, string, error)
+	Revocations(includeExpired bool) ([]*mandatev1.Revocation, string)
+	Status() []xdsserver.ReplicaStatus
+	Lag(rs xdsserver.ReplicaStatus, typeURL string) time.Duration
+	Versions() map[string]string
+	WaitAcked(ctx context.Context, typeURL, version string) (int, error)
+	AuditLog(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error)
+}
+
+// Limits of the API.
+const (
+	DefaultWait  = 30 * time.Second
+	MaxWait      = 10 * time.Minute
+	MaxAuditRows = 10000
+)
+
+// Service implements Server.
+type Service struct {
+	p   Plane
+	log *slog.Logger
+	now func() time.Time
+}
+
+// New returns the service.
+func New(p Plane, logger *slog.Logger) (*Service, error) {
+	if p == nil || logger == nil {
+		return nil, errors.New("admin: plane and logger are required")
+	}
+	return &Service{p: p, log: logger, now: time.Now}, nil
+}
+
+var _ Server = (*Service)(nil)
+
+func actor(ctx context.Context) string {
+	if p, ok := CallerFrom(ctx); ok {
+		return p.Actor
+	}
+	if p, err := PeerOf(ctx); err == nil {
+		return p.Actor
+	}
+	return "unknown"
+}
+
+// rpcError maps plane errors to gRPC statuses; anything unexpected is
+// logged and answered without detail.
+func (s *Service) rpcError(ctx context.Context, method string, err error) error {
+	var inv *plane.InvalidError
+	var nack *plane.NackError
+	switch {
+	case errors.As(err, &inv):
+		return status.Error(codes.InvalidArgument, inv.Error())
+	case errors.Is(err, plane.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.As(err, &nack):
+		return status.Error(codes.FailedPrecondition, nack.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "canceled")
+	}
+	s.log.Error("admin call failed", "method", method, "actor", actor(ctx), "error", err)
+	return status.Error(codes.Internal, "internal error (see the control plane log)")
+}
+
+// ApplyPolicies implements Server.
+func (s *Service) ApplyPolicies(ctx context.Context, in *mandatev1.ApplyPoliciesRequest) (*mandatev1.ApplyPoliciesResponse, error) {
+	res, err := s.p.ApplyPolicySet(ctx, in.GetPolicies(), in.GetPrune(), in.GetDryRun(), actor(ctx))
+	if err != nil {
+		return nil, s.rpcError(ctx, "ApplyPolicies", err)
+	}
+	out := &mandatev1.ApplyPoliciesResponse{Version: res.Version}
+	for _, c := range res.Changes {
+		out.Changes = append(out.Changes, &mandatev1.PolicyChange{Name: c.Name, Change: c.Kind, Diff: c.Diff})
+	}
+	return out, nil
+}
+
+// DeletePolicy implements Server.
+func (s *Service) DeletePolicy(ctx context.Context, in *mandatev1.DeletePolicyRequest) (*mandatev1.DeletePolicyResponse, error) {
+	if in.GetName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "policy name required")
+	}
+	v, err := s.p.DeletePolicy(ctx, in.GetName(), actor(ctx))
+	if err != nil {
+		return nil, s.rpcError(ctx, "DeletePolicy", err)
+	}
+	return &mandatev1.DeletePolicyResponse{Version: v}, nil
+}
+
+// ListPolicies implements Server.
+func (s *Service) ListPolicies(context.Context, *mandatev1.ListPoliciesRequest) (*mandatev1.ListPoliciesResponse, error) {
+	ps, v := s.p.Policies()
+	return &mandatev1.ListPoliciesResponse{Policies: ps, Version: v}, nil
+}
+
+// Revoke implements Server.
+func (s *Service) Revoke(ctx context.Context, in *mandatev1.RevokeRequest) (*mandatev1.RevokeResponse, error) {
+	kind, err := revocation.ParseKind(in.GetKind())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, "kind must be subject, task or mandate")
+	}
+	if in.GetTtl() == nil {
+		return nil, status.Error(codes.InvalidArgument, "ttl required: a revocation always expires")
+	}
+	if err := in.GetTtl().CheckValid(); err != nil || in.GetTtl().AsDuration() <= 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl must be a positive duration")
+	}
+	now := s.now()
+	rec, v, err := s.p.RevokeRecord(ctx, revocation.Record{
+		Kind: kind, Value: in.GetValue(), Intents: in.GetIntents(), Reason: in.GetReason(),
+		Expires: now.Add(in.GetTtl().AsDuration()), CreatedAt: now,
+	}, actor(ctx))
+	if err != nil {
+		return nil, s.rpcError(ctx, "Revoke", err)
+	}
+	return &mandatev1.RevokeResponse{Record: rec, Version: v}, nil
+}
+
+// ListRevocations implements Server.
+func (s *Service) ListRevocations(_ context.Context, in *mandatev1.ListRevocationsRequest) (*mandatev1.ListRevocationsResponse, error) {
+	rs, v := s.p.Revocations(in.GetIncludeExpired())
+	return &mandatev1.ListRevocationsResponse{Revocations: rs, Version: v}, nil
+}
+
+// Status implements Server.
+func (s *Service) Status(context.Context, *mandatev1.StatusRequest) (*mandatev1.StatusResponse, error) {
+	out := &mandatev1.StatusResponse{Versions: s.p.Versions()}
+	for _, rs := range s.p.Status() {
+		r := &mandatev1.ReplicaStatus{NodeId: rs.NodeID, Connected: rs.Connected, Streams: int32(rs.Streams),
+			ConnectedSince: ts(rs.ConnectedSince), LastSeen: ts(rs.LastSeen)}
+		for _, t := range mandatev1.TypeURLs() {
+			st, ok := rs.Types[t]
+			if !ok {
+				continue
+			}
+			r.Types = append(r.Types, &mandatev1.ReplicaTypeStatus{
+				TypeUrl: t, SentVersion: st.SentVersion, AckedVersion: st.AckedVersion, AckedAt: ts(st.AckedAt),
+				NackedVersion: st.NackedVersion, NackError: st.NackError, NackedAt: ts(st.NackedAt),
+				Lag: durationpb.New(s.p.Lag(rs, t)),
+			})
+		}
+		out.Replicas = append(out.Replicas, r)
+	}
+	return out, nil
+}
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+// WaitAcked implements Server.
+func (s *Service) WaitAcked(ctx context.Context, in *mandatev1.WaitAckedRequest) (*mandatev1.WaitAckedResponse, error) {
+	timeout := DefaultWait
+	if d := in.GetTimeout(); d != nil {
+		if d.CheckValid() != nil || d.AsDuration() <= 0 {
+			return nil, status.Error(codes.InvalidArgument, "timeout must be a positive duration")
+		}
+		timeout = min(d.AsDuration(), MaxWait)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	n, err := s.p.WaitAcked(ctx, in.GetTypeUrl(), in.GetVersion())
+	if err != nil {
+		return nil, s.rpcError(ctx, "WaitAcked", err)
+	}
+	return &mandatev1.WaitAckedResponse{Replicas: int32(n), Elapsed: durationpb.New(time.Since(start))}, nil
+}
+
+// AuditLog implements Server.
+func (s *Service) AuditLog(ctx context.Context, in *mandatev1.AuditLogRequest) (*mandatev1.AuditLogResponse, error) {
+	limit := int(in.GetLimit())
+	if limit <= 0 || limit > MaxAuditRows {
+		limit = MaxAuditRows
+	}
+	var since time.Time
+	if in.GetSince() != nil {
+		if err := in.GetSince().CheckValid(); err != nil {
+			return nil, status.Error(codes.InvalidArgument, "bad since timestamp")
+		}
+		since = in.GetSince().AsTime()
+	}
+	es, err := s.p.AuditLog(ctx, since, limit)
+	if err != nil {
+		return nil, s.rpcError(ctx, "AuditLog", err)
+	}
+	out := &mandatev1.AuditLogResponse{}
+	for _, e := range es {
+		out.Entries = append(out.Entries, &mandatev1.AuditEntry{Seq: e.Seq, Time: ts(e.Time), Actor: e.Actor,
+			Action: e.Action, Object: e.Object, Detail: e.Detail})
+	}
+	return out, nil
+}
