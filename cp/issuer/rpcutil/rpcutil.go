@@ -1,0 +1,179 @@
+// Package rpcutil holds the small gRPC helpers the mandate services of
+// mandate-cp share: hand-written unary method descriptors for the services
+// of proto/mandate/v1/mandates.proto (the module generates only message
+// code), and the caller's identity from its mTLS certificate.
+package rpcutil
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// PlaintextActor is the identity of a caller on a plaintext loopback
+// connection (--plaintext dev mode).
+const PlaintextActor = "plaintext:loopback"
+
+// DevCallerHeader is the metadata key a plaintext loopback caller may use,
+// in dev mode only, to say which SPIFFE ID it acts as (mandatectl --dev-as).
+const DevCallerHeader = "x-mandate-dev-caller"
+
+// Unary returns the descriptor of a unary method whose handler is fn. The
+// handler ignores the registered service value: fn is a closure over it.
+func Unary[Req any, Resp proto.Message, PReq interface {
+	*Req
+	proto.Message
+}](name string, fn func(context.Context, PReq) (Resp, error)) grpc.MethodDesc {
+	return grpc.MethodDesc{
+		MethodName: name,
+		Handler: func(_ any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+			in := PReq(new(Req))
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			if icpt == nil {
+				return fn(ctx, in)
+			}
+			info := &grpc.UnaryServerInfo{Server: nil, FullMethod: name}
+			return icpt(ctx, in, info, func(ctx context.Context, req any) (any, error) {
+				return fn(ctx, req.(PReq))
+			})
+		},
+	}
+}
+
+// Service builds a service descriptor for grpc.Server.RegisterService; the
+// implementation value to register with it can be anything (handlers are
+// closures).
+func Service(name string, methods ...grpc.MethodDesc) *grpc.ServiceDesc {
+	for i := range methods {
+		// UnaryServerInfo.FullMethod must be the full name.
+		m := methods[i]
+		full := "/" + name + "/" + m.MethodName
+		h := m.Handler
+		methods[i].Handler = func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+			if icpt == nil {
+				return h(srv, ctx, dec, nil)
+			}
+			return h(srv, ctx, dec, func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+				info.FullMethod = full
+				return icpt(ctx, req, info, handler)
+			})
+		}
+	}
+	return &grpc.ServiceDesc{
+		ServiceName: name,
+		HandlerType: (*any)(nil),
+		Methods:     methods,
+		Streams:     []grpc.StreamDesc{},
+		Metadata:    "mandate/v1/mandates.proto",
+	}
+}
+
+// Identify returns the caller's identity: the SPIFFE ID of its X509-SVID
+// on an mTLS connection. On a plaintext connection from loopback it
+// returns PlaintextActor, or, when dev is set and the caller sent
+// DevCallerHeader with a SPIFFE ID, that ID. Any other connection is
+// refused with Unauthenticated.
+func Identify(ctx context.Context, dev bool) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", status.Error(codes.Unauthenticated, "no peer")
+	}
+	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+		certs := ti.State.PeerCertificates
+		if len(certs) == 0 {
+			return "", status.Error(codes.Unauthenticated, "no client certificate")
+		}
+		id, err := x509svid.IDFromCert(certs[0])
+		if err != nil {
+			return "", status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
+		}
+		return id.String(), nil
+	}
+	if !dev || !loopback(p.Addr) {
+		return "", status.Error(codes.Unauthenticated, "caller is not on an mTLS connection")
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(DevCallerHeader); len(v) == 1 {
+			id, err := spiffeid.FromString(v[0])
+			if err != nil {
+				return "", status.Errorf(codes.InvalidArgument, "%s: %v", DevCallerHeader, err)
+			}
+			return id.String(), nil
+		} else if len(v) > 1 {
+			return "", status.Errorf(codes.InvalidArgument, "%s given %d times", DevCallerHeader, len(v))
+		}
+	}
+	return PlaintextActor, nil
+}
+
+func loopback(a net.Addr) bool {
+	if a == nil {
+		return false
+	}
+	if a.Network() == "unix" {
+		return true
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Code maps an error to a gRPC status error: errors that already carry a
+// status keep it, context errors become Canceled/DeadlineExceeded, the
+// rest get code c.
+func Code(c codes.Code, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return status.Error(c, err.Error())
+}
+
+// CheckLen refuses a string field longer than max bytes.
+func CheckLen(field, s string, max int) error {
+	if len(s) > max {
+		return status.Errorf(codes.InvalidArgument, "%s: %d bytes, limit %d", field, len(s), max)
+	}
+	return nil
+}
+
+// Trim shortens s for a log or audit detail.
+func Trim(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// Join is strings.Join for details, with "-" for an empty list.
+func Join(l []string) string {
+	if len(l) == 0 {
+		return "-"
+	}
+	return fmt.Sprint(strings.Join(l, ","))
+}
