@@ -82,9 +82,9 @@ func TestHistogramQuantile(t *testing.T) {
 	// The delta removes earlier observations.
 	before := samples{`mandate_authz_check_duration_seconds_bucket{le="1e-06"}`: 0,
 		`mandate_authz_check_duration_seconds_bucket{le="2.5e-06"}`: 50,
-		`mandate_authz_check_duration_seconds_bucket{le="5e-06"}`: 50,
-		`mandate_authz_check_duration_seconds_bucket{le="1e-05"}`: 50,
-		`mandate_authz_check_duration_seconds_bucket{le="+Inf"}`: 50}
+		`mandate_authz_check_duration_seconds_bucket{le="5e-06"}`:   50,
+		`mandate_authz_check_duration_seconds_bucket{le="1e-05"}`:   50,
+		`mandate_authz_check_duration_seconds_bucket{le="+Inf"}`:    50}
 	d := histogramDelta(before, after, "mandate_authz_check_duration_seconds")
 	if got := quantile(0.5, d); math.Abs(got-4.0625e-6) > 1e-12 { // rank 25 of 40 in 2.5..5µs
 		t.Errorf("delta quantile(0.5) = %g, want 4.0625e-06", got)
