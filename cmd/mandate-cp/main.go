@@ -1,0 +1,322 @@
+// Command mandate-cp is Mandate's control plane: it stores policies,
+// revocations, approvals and keys durably (bbolt under --data-dir),
+// validates every write, serves them to mandate-authz replicas over xDS
+// and tracks which replica ACKed which version. Operators use the Admin
+// API (mTLS, or a local unix socket) through mandatectl.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/mandate-dev/mandate/cp/admin"
+	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/internal/opshttp"
+	"github.com/mandate-dev/mandate/internal/transport"
+	xdsserver "github.com/mandate-dev/mandate/xds/server"
+	"github.com/mandate-dev/mandate/xds/store"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "mandate-cp:", err)
+		os.Exit(1)
+	}
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+type options struct {
+	xdsListen, adminListen, adminSocket, dataDir, metricsAddr, addrFile string
+	trustDomain, workloadAPI, logLevel                                  string
+	operators, replicaIDs, adminPeers                                   listFlag
+	plaintext                                                           bool
+	shutdownGrace                                                       time.Duration
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("mandate-cp", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.xdsListen, "xds-listen", "127.0.0.1:18000", "address of the xDS (delta ADS) server replicas subscribe to")
+	fs.StringVar(&o.adminListen, "admin-listen", "127.0.0.1:18001", "address of the Admin gRPC API (mTLS; empty: off)")
+	fs.StringVar(&o.adminSocket, "admin-socket", "", "also serve the Admin API on this unix socket, for local root or this process's user")
+	fs.StringVar(&o.dataDir, "data-dir", "", "directory of the durable store (required)")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9091", "address of /metrics, /healthz and /readyz (empty: off)")
+	fs.StringVar(&o.addrFile, "addr-file", "", "write the bound addresses as JSON ({\"xds\",\"admin\",\"metrics\",\"socket\"}) to this file once serving")
+	fs.StringVar(&o.trustDomain, "trust-domain", "example.org", "trust domain of the default identities")
+	fs.Var(&o.operators, "allowed-caller", "SPIFFE ID pattern of operators allowed to use the Admin API (repeatable; default spiffe://<td>/mandate/operator*)")
+	fs.Var(&o.operators, "operator-id", "alias of --allowed-caller")
+	fs.Var(&o.replicaIDs, "replica-id", "SPIFFE ID pattern of replicas allowed to subscribe to xDS (repeatable; default spiffe://<td>/mandate/authz)")
+	fs.Var(&o.adminPeers, "admin-peer", "extra SPIFFE ID pattern admitted on the admin listener for other services, e.g. orchestrators (repeatable)")
+	fs.StringVar(&o.workloadAPI, "workload-api", "", "SPIFFE Workload API socket (default: $SPIFFE_ENDPOINT_SOCKET)")
+	fs.BoolVar(&o.plaintext, "plaintext", false, "development only: no mTLS on xDS and admin; refused unless both listen on loopback")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug | info | warn | error")
+	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 5*time.Second, "how long a graceful shutdown waits for calls in flight")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.dataDir == "" {
+		return nil, errors.New("--data-dir is required")
+	}
+	if o.xdsListen == "" {
+		return nil, errors.New("--xds-listen is required")
+	}
+	if len(o.operators) == 0 {
+		o.operators = listFlag{"spiffe://" + o.trustDomain + "/mandate/operator*"}
+	}
+	if len(o.replicaIDs) == 0 {
+		o.replicaIDs = listFlag{"spiffe://" + o.trustDomain + "/mandate/authz"}
+	}
+	return o, nil
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: parseLevel(o.logLevel)}))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	st, err := store.Open(ctx, o.dataDir)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			logger.Error("closing the store", "error", err)
+		}
+	}()
+	xopts, err := plane.ServerOptions(ctx, st)
+	if err != nil {
+		return err
+	}
+	xs, err := xdsserver.New(logger, append(xopts, xdsserver.WithRegisterer(reg))...)
+	if err != nil {
+		return err
+	}
+	defer xs.Close()
+	pl, err := plane.New(ctx, st, xs, logger, plane.WithRegisterer(reg))
+	if err != nil {
+		return err
+	}
+
+	errc := make(chan error, 8)
+	addrs := map[string]string{}
+	var servers []*grpc.Server
+
+	// xDS: replicas only.
+	xcred, xsrc, err := transport.ServerOption(ctx, o.xdsListen, transport.Config{
+		WorkloadAPI: o.workloadAPI, Allowed: o.replicaIDs, Insecure: o.plaintext,
+	})
+	if err != nil {
+		return fmt.Errorf("xds: %w", err)
+	}
+	defer xsrc.Close()
+	xg := grpc.NewServer(xcred,
+		grpc.MaxConcurrentStreams(1000),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
+	xs.Register(xg)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(xg, hs)
+	xlis, err := net.Listen("tcp", o.xdsListen)
+	if err != nil {
+		return fmt.Errorf("xds listen: %w", err)
+	}
+	servers = append(servers, xg)
+	go func() { errc <- serveErr("xds", xg.Serve(xlis)) }()
+	addrs["xds"] = xlis.Addr().String()
+
+	auth, err := admin.NewAuth(admin.AuthConfig{Operators: o.operators, AllowPlaintext: o.plaintext,
+		UID: os.Getuid(), Registerer: reg})
+	if err != nil {
+		return err
+	}
+	svc, err := admin.New(pl, logger)
+	if err != nil {
+		return err
+	}
+	register := func(g *grpc.Server) {
+		admin.RegisterServer(g, svc)
+		healthpb.RegisterHealthServer(g, hs)
+		reflection.Register(g)
+		// Other control-plane services (mandates, approvals, replica
+		// reports) register here on the same servers.
+	}
+
+	if o.adminListen != "" {
+		allowed := slices.Concat(o.operators, o.replicaIDs, o.adminPeers)
+		acred, asrc, err := transport.ServerOption(ctx, o.adminListen, transport.Config{
+			WorkloadAPI: o.workloadAPI, Allowed: allowed, Insecure: o.plaintext,
+		})
+		if err != nil {
+			return fmt.Errorf("admin: %w", err)
+		}
+		defer asrc.Close()
+		ag := grpc.NewServer(acred, grpc.UnaryInterceptor(auth.Unary()), grpc.MaxRecvMsgSize(16<<20))
+		register(ag)
+		alis, err := net.Listen("tcp", o.adminListen)
+		if err != nil {
+			return fmt.Errorf("admin listen: %w", err)
+		}
+		servers = append(servers, ag)
+		go func() { errc <- serveErr("admin", ag.Serve(alis)) }()
+		addrs["admin"] = alis.Addr().String()
+	}
+	if o.adminSocket != "" {
+		slis, err := listenUnix(o.adminSocket)
+		if err != nil {
+			return err
+		}
+		sg := grpc.NewServer(grpc.Creds(admin.UnixCredentials{}), grpc.UnaryInterceptor(auth.Unary()), grpc.MaxRecvMsgSize(16<<20))
+		register(sg)
+		servers = append(servers, sg)
+		go func() { errc <- serveErr("admin socket", sg.Serve(slis)) }()
+		addrs["socket"] = o.adminSocket
+	}
+
+	var hsrv *http.Server
+	if o.metricsAddr != "" {
+		mlis, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listen: %w", err)
+		}
+		hsrv = &http.Server{Handler: opshttp.Handler(reg, func() error { return nil }, false), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := hsrv.Serve(mlis); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("metrics: %w", err)
+			}
+		}()
+		addrs["metrics"] = mlis.Addr().String()
+	}
+	if o.addrFile != "" {
+		if err := writeAddrFile(o.addrFile, addrs); err != nil {
+			return err
+		}
+	}
+	logger.Info("mandate-cp serving", "addrs", addrs, "mtls", !o.plaintext, "data_dir", o.dataDir,
+		"operators", []string(o.operators), "replicas", []string(o.replicaIDs))
+
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down")
+	case err = <-errc:
+		logger.Error("server failed", "error", err)
+	}
+	hs.Shutdown()
+	// Streams to replicas are long-lived: end them, then drain admin calls.
+	xs.Close()
+	for _, g := range servers {
+		stopped := make(chan struct{})
+		go func() { g.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(o.shutdownGrace):
+			g.Stop()
+		}
+	}
+	if hsrv != nil {
+		sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = hsrv.Shutdown(sctx)
+		c()
+	}
+	if o.adminSocket != "" {
+		_ = os.Remove(o.adminSocket)
+	}
+	return err
+}
+
+func serveErr(what string, err error) error {
+	if err == nil || errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// listenUnix listens on path, replacing a stale socket left by a crash,
+// and makes it reachable only by this user (root bypasses the mode).
+func listenUnix(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("--admin-socket %s exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("--admin-socket %s is in use by another process", path)
+		}
+		_ = os.Remove(path)
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = lis.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	return lis, nil
+}
+
+// writeAddrFile writes addrs atomically, so a reader never sees half.
+func writeAddrFile(path string, addrs map[string]string) error {
+	b, err := json.Marshal(addrs)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("addr file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("addr file: %w", err)
+	}
+	return nil
+}
+
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}
