@@ -100,19 +100,9 @@ func Authorizer(allowed []string) (tlsconfig.Authorizer, error) {
 // on listenAddr, and the source to close when the server stops (nil for
 // plaintext).
 func ServerOption(ctx context.Context, listenAddr string, cfg Config) (grpc.ServerOption, *Source, error) {
-	if cfg.Insecure {
-		if err := CheckLoopback(listenAddr); err != nil {
-			return nil, nil, err
-		}
-		return grpc.Creds(insecure.NewCredentials()), nil, nil
-	}
-	auth, err := Authorizer(cfg.Allowed)
-	if err != nil {
-		return nil, nil, err
-	}
-	src, err := Open(ctx, cfg.WorkloadAPI)
-	if err != nil {
-		return nil, nil, err
+	src, auth, err := prepare(ctx, listenAddr, cfg)
+	if err != nil || src == nil {
+		return grpc.Creds(insecure.NewCredentials()), nil, err
 	}
 	tc := tlsconfig.MTLSServerConfig(src.x509, src.x509, auth)
 	return grpc.Creds(credentials.NewTLS(tc)), src, nil
@@ -120,11 +110,19 @@ func ServerOption(ctx context.Context, listenAddr string, cfg Config) (grpc.Serv
 
 // DialOption returns the grpc.DialOption for a client of target.
 func DialOption(ctx context.Context, target string, cfg Config) (grpc.DialOption, *Source, error) {
+	src, auth, err := prepare(ctx, target, cfg)
+	if err != nil || src == nil {
+		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil, err
+	}
+	tc := tlsconfig.MTLSClientConfig(src.x509, src.x509, auth)
+	return grpc.WithTransportCredentials(credentials.NewTLS(tc)), src, nil
+}
+
+// prepare checks a plaintext address (returning a nil source), or opens
+// the Workload API source and the peer authorizer for mTLS.
+func prepare(ctx context.Context, addr string, cfg Config) (*Source, tlsconfig.Authorizer, error) {
 	if cfg.Insecure {
-		if err := CheckLoopback(target); err != nil {
-			return nil, nil, err
-		}
-		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil, nil
+		return nil, nil, CheckLoopback(addr)
 	}
 	auth, err := Authorizer(cfg.Allowed)
 	if err != nil {
@@ -134,8 +132,7 @@ func DialOption(ctx context.Context, target string, cfg Config) (grpc.DialOption
 	if err != nil {
 		return nil, nil, err
 	}
-	tc := tlsconfig.MTLSClientConfig(src.x509, src.x509, auth)
-	return grpc.WithTransportCredentials(credentials.NewTLS(tc)), src, nil
+	return src, auth, nil
 }
 
 // CheckLoopback refuses an address that is not on loopback (127.0.0.0/8,
