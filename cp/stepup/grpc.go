@@ -1,0 +1,107 @@
+package stepup
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mandate-dev/mandate/cp/issuer/rpcutil"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
+// ServiceName is the gRPC name of the Approvals service.
+const ServiceName = "mandate.v1.Approvals"
+
+// Register adds the Approvals service to gs. Every call must pass
+// Config.Operator.
+func (s *Service) Register(gs *grpc.Server) {
+	gs.RegisterService(rpcutil.Service(ServiceName,
+		rpcutil.Unary("List", s.listRPC),
+		rpcutil.Unary("Approve", s.approveRPC),
+		rpcutil.Unary("Deny", s.denyRPC),
+	), struct{}{})
+}
+
+func (s *Service) operator(ctx context.Context) (string, error) {
+	if s.cfg.Operator == nil {
+		return "", status.Error(codes.PermissionDenied, "stepup: no operator authorization configured")
+	}
+	actor, err := s.cfg.Operator(ctx)
+	if err != nil {
+		return "", rpcutil.Code(codes.PermissionDenied, err)
+	}
+	return actor, nil
+}
+
+func (s *Service) listRPC(ctx context.Context, in *mandatev1.ListApprovalRequestsRequest) (*mandatev1.ListApprovalRequestsResponse, error) {
+	if _, err := s.operator(ctx); err != nil {
+		return nil, err
+	}
+	out := &mandatev1.ListApprovalRequestsResponse{}
+	for _, r := range s.List(in.GetAll()) {
+		out.Requests = append(out.Requests, ToProto(r))
+	}
+	return out, nil
+}
+
+func (s *Service) approveRPC(ctx context.Context, in *mandatev1.ApproveStepUpRequest) (*mandatev1.ApproveStepUpResponse, error) {
+	actor, err := s.operator(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := rpcutil.CheckLen("id", in.GetId(), maxIDLen); err != nil {
+		return nil, err
+	}
+	var window = in.GetWindow().AsDuration()
+	if in.GetWindow() == nil {
+		window = 0
+	} else if window <= 0 {
+		return nil, status.Error(codes.InvalidArgument, "window must be positive")
+	}
+	r, v, err := s.Approve(ctx, actor, in.GetId(), window)
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &mandatev1.ApproveStepUpResponse{Request: ToProto(r), Version: v}, nil
+}
+
+func (s *Service) denyRPC(ctx context.Context, in *mandatev1.DenyStepUpRequest) (*mandatev1.DenyStepUpResponse, error) {
+	actor, err := s.operator(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := rpcutil.CheckLen("id", in.GetId(), maxIDLen); err != nil {
+		return nil, err
+	}
+	r, v, err := s.Deny(ctx, actor, in.GetId(), in.GetReason())
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &mandatev1.DenyStepUpResponse{Request: ToProto(r), Version: v}, nil
+}
+
+const maxIDLen = 64
+
+func statusOf(err error) error {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, ErrDecided):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return rpcutil.Code(codes.InvalidArgument, err)
+}
+
+// ToProto converts a request to its message.
+func ToProto(r Request) *mandatev1.ApprovalRequest {
+	return &mandatev1.ApprovalRequest{
+		Id: r.ID, Subject: r.Subject, Task: r.Task, Intent: r.Intent, Method: r.Method, Path: r.Path,
+		Grpc: r.GRPC, Policy: r.Policy, Rule: r.Rule, FirstSeen: timestamppb.New(r.FirstSeen),
+		LastSeen: timestamppb.New(r.LastSeen), Count: r.Count, State: r.State, DecidedBy: r.DecidedBy,
+		Expires: timestamppb.New(r.Expires),
+	}
+}

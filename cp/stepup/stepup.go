@@ -1,0 +1,303 @@
+// Package stepup keeps the step-up approval requests replicas report (a
+// step_up rule denied a request and handed out an approval-request id),
+// and lets operators approve them (an Approval resource that lets matching
+// requests through for a short window) or deny them. Every decision is in
+// the audit trail with the operator's identity.
+package stepup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
+// Plane is what the approvals need of cp/plane.
+type Plane interface {
+	PutApproval(ctx context.Context, a *mandatev1.Approval, actor string) (string, error)
+	DeleteApproval(ctx context.Context, name, actor string) (string, error)
+	Audit(ctx context.Context, actor, action, object, detail string) error
+}
+
+// States of a request.
+const (
+	StatePending  = "pending"
+	StateApproved = "approved"
+	StateDenied   = "denied"
+)
+
+// Defaults of Config.
+const (
+	DefaultWindow     = 5 * time.Minute
+	DefaultMaxWindow  = time.Hour
+	DefaultPendingTTL = time.Hour
+	DefaultMaxPending = 10_000
+)
+
+// Config configures a Service.
+type Config struct {
+	Plane Plane
+	// Operator authorizes an operator call and returns its identity (the
+	// admin API's authorization). Required for the gRPC service.
+	Operator func(ctx context.Context) (string, error)
+	// Window is the default approval window (--approval-window); MaxWindow
+	// caps what an operator may ask for.
+	Window, MaxWindow time.Duration
+	// PendingTTL is how long an unanswered request is kept after it was
+	// last reported; decided ones are kept as long for the record.
+	PendingTTL time.Duration
+	// MaxPending bounds memory: past it, the least recently seen requests
+	// are forgotten.
+	MaxPending int
+	Now        func() time.Time
+	Logger     *slog.Logger
+}
+
+// Request is one approval request.
+type Request struct {
+	ID, Subject, Task, Intent, Method, Path, GRPC, Policy, Rule string
+	FirstSeen, LastSeen                                         time.Time
+	Count                                                       uint64
+	State                                                       string
+	DecidedBy                                                   string
+	// Expires: when a pending request is forgotten, or when an approval
+	// window ends.
+	Expires time.Time
+}
+
+// Event is one step-up denial a replica reported.
+type Event struct {
+	ID, Subject, Task, Intent, Method, Path, GRPC, Policy, Rule string
+	Time                                                        time.Time
+}
+
+// Service holds the requests. It is safe for concurrent use.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+
+	mu   sync.Mutex
+	reqs map[string]*Request
+}
+
+// New validates cfg.
+func New(cfg Config) (*Service, error) {
+	if cfg.Plane == nil {
+		return nil, errors.New("stepup: Plane is required")
+	}
+	if cfg.Window == 0 {
+		cfg.Window = DefaultWindow
+	}
+	if cfg.MaxWindow == 0 {
+		cfg.MaxWindow = max(DefaultMaxWindow, cfg.Window)
+	}
+	if cfg.PendingTTL == 0 {
+		cfg.PendingTTL = DefaultPendingTTL
+	}
+	if cfg.MaxPending == 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	switch {
+	case cfg.Window < time.Second || cfg.Window > cfg.MaxWindow:
+		return nil, fmt.Errorf("stepup: approval window %v outside [1s, %v]", cfg.Window, cfg.MaxWindow)
+	case cfg.PendingTTL < time.Second:
+		return nil, fmt.Errorf("stepup: pending TTL %v under one second", cfg.PendingTTL)
+	case cfg.MaxPending < 1:
+		return nil, fmt.Errorf("stepup: max pending %d", cfg.MaxPending)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	l := cfg.Logger
+	if l == nil {
+		l = slog.Default()
+	}
+	return &Service{cfg: cfg, log: l, reqs: map[string]*Request{}}, nil
+}
+
+// Observe records step-up events (already validated): new ids become
+// pending requests, known ones are counted. Events for an id whose
+// approval is active or that was denied are counted but do not reopen it.
+func (s *Service) Observe(events []Event) {
+	now := s.cfg.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.expireLocked(now)
+	for _, ev := range events {
+		r := s.reqs[ev.ID]
+		if r == nil {
+			if len(s.reqs) >= s.cfg.MaxPending {
+				s.evictLocked()
+			}
+			r = &Request{ID: ev.ID, Subject: ev.Subject, Task: ev.Task, Intent: ev.Intent, Method: ev.Method,
+				Path: ev.Path, GRPC: ev.GRPC, Policy: ev.Policy, Rule: ev.Rule,
+				FirstSeen: ev.Time, LastSeen: ev.Time, State: StatePending}
+			s.reqs[ev.ID] = r
+			s.log.Info("step-up approval requested", "id", ev.ID, "subject", ev.Subject, "task", ev.Task,
+				"policy", ev.Policy, "rule", ev.Rule, "method", ev.Method, "path", ev.Path, "grpc", ev.GRPC)
+		}
+		r.Count++
+		if ev.Time.After(r.LastSeen) {
+			r.LastSeen = ev.Time
+		}
+		if ev.Time.Before(r.FirstSeen) {
+			r.FirstSeen = ev.Time
+		}
+		if r.State == StatePending {
+			// Forget a pending request PendingTTL after it was last asked
+			// for (by the cp's clock: replica clocks are not trusted).
+			r.Expires = now.Add(s.cfg.PendingTTL)
+		}
+	}
+}
+
+// evictLocked drops the least recently seen request that is not an active
+// approval (those must stay deniable).
+func (s *Service) evictLocked() {
+	var victim *Request
+	for _, r := range s.reqs {
+		if r.State == StateApproved {
+			continue
+		}
+		if victim == nil || r.LastSeen.Before(victim.LastSeen) {
+			victim = r
+		}
+	}
+	if victim != nil {
+		delete(s.reqs, victim.ID)
+	}
+}
+
+func (s *Service) expireLocked(now time.Time) {
+	for id, r := range s.reqs {
+		// Decided requests stay listed for PendingTTL after they ended.
+		end := r.Expires
+		if r.State != StatePending {
+			end = end.Add(s.cfg.PendingTTL)
+		}
+		if !now.Before(end) {
+			delete(s.reqs, id)
+		}
+	}
+}
+
+// List returns the pending requests (all of them with all), newest first.
+func (s *Service) List(all bool) []Request {
+	now := s.cfg.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.expireLocked(now)
+	out := make([]Request, 0, len(s.reqs))
+	for _, r := range s.reqs {
+		if all || r.State == StatePending {
+			out = append(out, *r)
+		}
+	}
+	slices.SortFunc(out, func(a, b Request) int {
+		if c := b.LastSeen.Compare(a.LastSeen); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out
+}
+
+// ErrNotFound is returned for an unknown (or forgotten) request id.
+var ErrNotFound = errors.New("stepup: no such approval request")
+
+// ErrDecided is returned when approving a request that was denied.
+var ErrDecided = errors.New("stepup: approval request already denied")
+
+// Approve grants request id for window (0: the default window), pushing an
+// Approval bound to its subject, task, policy, rule and action. It returns
+// the request as approved and the Approval version.
+func (s *Service) Approve(ctx context.Context, operator, id string, window time.Duration) (Request, string, error) {
+	if window == 0 {
+		window = s.cfg.Window
+	}
+	if window < time.Second || window > s.cfg.MaxWindow {
+		return Request{}, "", fmt.Errorf("stepup: window %v outside [1s, %v]", window, s.cfg.MaxWindow)
+	}
+	now := s.cfg.Now()
+	s.mu.Lock()
+	s.expireLocked(now)
+	r := s.reqs[id]
+	if r == nil {
+		s.mu.Unlock()
+		return Request{}, "", fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	if r.State == StateDenied {
+		s.mu.Unlock()
+		return Request{}, "", fmt.Errorf("%w: %q by %s", ErrDecided, id, r.DecidedBy)
+	}
+	a := &mandatev1.Approval{
+		Name: r.ID, Subject: r.Subject, Task: r.Task, Method: r.Method, Path: r.Path, Grpc: r.GRPC,
+		Policy: r.Policy, Rule: r.Rule, Expires: timestamppb.New(now.Add(window)), ApprovedBy: operator,
+	}
+	s.mu.Unlock()
+	// The plane stores the Approval with its audit entry (actor = operator).
+	v, err := s.cfg.Plane.PutApproval(ctx, a, operator)
+	if err != nil {
+		return Request{}, "", fmt.Errorf("stepup: push approval: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.reqs[id]; cur != nil {
+		r = cur
+	} else {
+		s.reqs[id] = r
+	}
+	r.State, r.DecidedBy, r.Expires = StateApproved, operator, a.GetExpires().AsTime()
+	s.log.Info("step-up approved", "id", id, "operator", operator, "subject", r.Subject, "task", r.Task,
+		"until", r.Expires, "version", v)
+	return *r, v, nil
+}
+
+// Deny closes request id; an approval already granted for it is withdrawn.
+// It returns the request and, when an Approval was deleted, its version.
+func (s *Service) Deny(ctx context.Context, operator, id, reason string) (Request, string, error) {
+	if len(reason) > 512 {
+		return Request{}, "", errors.New("stepup: reason over 512 bytes")
+	}
+	now := s.cfg.Now()
+	s.mu.Lock()
+	s.expireLocked(now)
+	r := s.reqs[id]
+	if r == nil {
+		s.mu.Unlock()
+		return Request{}, "", fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	wasApproved := r.State == StateApproved
+	r.State, r.DecidedBy, r.Expires = StateDenied, operator, now
+	out := *r
+	s.mu.Unlock()
+
+	version := ""
+	if wasApproved {
+		v, err := s.cfg.Plane.DeleteApproval(ctx, id, operator)
+		if err != nil {
+			return out, "", fmt.Errorf("stepup: withdraw approval: %w", err)
+		}
+		version = v
+	}
+	detail := fmt.Sprintf("subject=%s task=%s policy=%s rule=%s", out.Subject, out.Task, out.Policy, out.Rule)
+	if wasApproved {
+		detail += " approval withdrawn"
+	}
+	if reason != "" {
+		detail += ": " + reason
+	}
+	if err := s.cfg.Plane.Audit(ctx, operator, "approval.deny", "approval/"+id, detail); err != nil {
+		return out, version, fmt.Errorf("stepup: audit: %w", err)
+	}
+	s.log.Info("step-up denied", "id", id, "operator", operator, "withdrawn", wasApproved)
+	return out, version, nil
+}
