@@ -1,7 +1,356 @@
 package main
 
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/mandate-dev/mandate/cp/admin"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
 // operatorCommands are the control-plane operator commands (apply, revoke,
 // status, ...).
 func operatorCommands() map[string]command {
-	return map[string]command{}
+	return map[string]command{
+		"apply":     {"store policy files in mandate-cp: mandatectl apply -f FILE|DIR [--prune] [--wait]", runApply},
+		"diff":      {"show what apply would change (exit 1 when it would): mandatectl diff -f FILE|DIR", runDiff},
+		"delete":    {"delete a stored policy: mandatectl delete NAME [--wait]", runDelete},
+		"get":       {"list stored objects: mandatectl get policies|revocations [-o table|yaml|json]", runGet},
+		"revoke":    {"revoke a subject, task or mandate: mandatectl revoke --subject|--task|--mandate V --for D [--wait]", runRevoke},
+		"downgrade": {"limit a subject or task to intents: mandatectl downgrade --subject|--task V --intents a,b --for D [--wait]", runDowngrade},
+		"status":    {"replicas connected to mandate-cp, the versions each ACKed or NACKed, their lag", runStatus},
+		"audit":     {"the control plane's audit trail: mandatectl audit [--since 1h]", runAudit},
+	}
+}
+
+const (
+	defCPAddr = "127.0.0.1:18001"
+	defCPID   = "spiffe://example.org/mandate/cp"
+)
+
+// adminFlags are connFlags plus the local unix socket.
+type adminFlags struct {
+	connFlags
+	socket string
+}
+
+func (a *adminFlags) register(fs *flag.FlagSet) {
+	a.connFlags.register(fs, defCPAddr, defCPID)
+	fs.StringVar(&a.socket, "socket", "", "use mandate-cp's local admin unix socket instead of --addr")
+}
+
+func (a *adminFlags) client(ctx context.Context) (*admin.Client, func(), error) {
+	if a.socket != "" {
+		abs, err := filepath.Abs(a.socket)
+		if err != nil {
+			return nil, nil, err
+		}
+		conn, err := grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, nil, fmt.Errorf("dial %s: %w", a.socket, err)
+		}
+		return admin.NewClient(conn), func() { _ = conn.Close() }, nil
+	}
+	conn, closeConn, err := a.dial(ctx, defCPID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return admin.NewClient(conn), closeConn, nil
+}
+
+// waitFlags are --wait and --wait-timeout.
+type waitFlags struct {
+	wait    bool
+	timeout time.Duration
+}
+
+func (w *waitFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&w.wait, "wait", false, "return once every connected replica has ACKed the change")
+	fs.DurationVar(&w.timeout, "wait-timeout", 30*time.Second, "how long --wait waits")
+}
+
+// callCtx bounds the whole command: --timeout, stretched by --wait-timeout.
+func callCtx(ctx context.Context, a *adminFlags, w *waitFlags) (context.Context, context.CancelFunc) {
+	d := a.timeout
+	if w != nil && w.wait && w.timeout+a.timeout > d {
+		d = w.timeout + a.timeout
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// parseInterspersed parses flags placed before and after positional
+// arguments ("delete NAME --wait"), returning the positionals.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// rpcErr turns a gRPC error into the server's message.
+func rpcErr(err error) error {
+	if s, ok := status.FromError(err); ok {
+		return fmt.Errorf("%s: %s", strings.ToLower(s.Code().String()), s.Message())
+	}
+	return err
+}
+
+// waitAcked waits for typeURL@version and prints how long it took. what
+// names the change ("revocation r-abc").
+func waitAcked(ctx context.Context, c *admin.Client, w *waitFlags, typeURL, version, what string, stdout, stderr io.Writer) error {
+	fmt.Fprintf(stderr, "waiting for every connected replica to ACK %s version %s ...\n", short(typeURL), version)
+	start := time.Now()
+	resp, err := c.WaitAcked(ctx, &mandatev1.WaitAckedRequest{TypeUrl: typeURL, Version: version, Timeout: durationpb.New(w.timeout)})
+	if err != nil {
+		return fmt.Errorf("%s not confirmed: %w", what, rpcErr(err))
+	}
+	total := time.Since(start)
+	if resp.GetReplicas() == 0 {
+		fmt.Fprintf(stderr, "warning: no replica is connected to the control plane: nothing enforces %s yet (replicas that connect get it first)\n", what)
+		return nil
+	}
+	connected := int(resp.GetReplicas())
+	if st, err := c.Status(ctx, &mandatev1.StatusRequest{}); err == nil {
+		n := 0
+		for _, r := range st.GetReplicas() {
+			if r.GetConnected() {
+				n++
+			}
+		}
+		connected = max(n, connected)
+	}
+	fmt.Fprintf(stdout, "%s enforced by %d/%d replicas in %s\n", what, resp.GetReplicas(), connected, fmtDur(total))
+	return nil
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "0"
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+	}
+	return d.Round(time.Millisecond).String()
+}
+
+func short(typeURL string) string {
+	if i := strings.LastIndexByte(typeURL, '.'); i >= 0 {
+		return strings.ToLower(typeURL[i+1:])
+	}
+	return typeURL
+}
+
+func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return applyOrDiff(ctx, "apply", args, stdout, stderr)
+}
+
+func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return applyOrDiff(ctx, "diff", args, stdout, stderr)
+}
+
+func applyOrDiff(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags(name, stderr)
+	var af adminFlags
+	af.register(fs)
+	var wf waitFlags
+	var files listFlag
+	fs.Var(&files, "f", "policy file or directory (repeatable)")
+	prune := fs.Bool("prune", false, "also delete stored policies that the given files do not hold")
+	if name == "apply" {
+		wf.register(fs)
+	}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(files) == 0 || len(pos) > 0 {
+		return fmt.Errorf("usage: mandatectl %s -f FILE|DIR [-f ...]", name)
+	}
+	ps, err := readPolicyFiles(files)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := callCtx(ctx, &af, &wf)
+	defer cancel()
+	c, closeConn, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	resp, err := c.ApplyPolicies(ctx, &mandatev1.ApplyPoliciesRequest{Policies: ps, DryRun: name == "diff", Prune: *prune})
+	if err != nil {
+		return rpcErr(err)
+	}
+	changed := false
+	for _, ch := range resp.GetChanges() {
+		if ch.GetChange() != "unchanged" {
+			changed = true
+		}
+		if name == "diff" {
+			if ch.GetChange() == "unchanged" {
+				continue
+			}
+			fmt.Fprintf(stdout, "policy/%s %s\n", ch.GetName(), ch.GetChange())
+			if ch.GetDiff() != "" {
+				for _, l := range strings.SplitAfter(ch.GetDiff(), "\n") {
+					if l != "" {
+						fmt.Fprint(stdout, "    "+l)
+					}
+				}
+			}
+			continue
+		}
+		fmt.Fprintf(stdout, "policy/%s %s\n", ch.GetName(), ch.GetChange())
+	}
+	if name == "diff" {
+		if changed {
+			return exitError{code: 1}
+		}
+		fmt.Fprintln(stdout, "no changes")
+		return nil
+	}
+	if !changed {
+		fmt.Fprintf(stdout, "no changes (policy version %s)\n", resp.GetVersion())
+	} else {
+		fmt.Fprintf(stdout, "policy version %s\n", resp.GetVersion())
+	}
+	if wf.wait {
+		return waitAcked(ctx, c, &wf, mandatev1.PolicyTypeURL, resp.GetVersion(), "policy version "+resp.GetVersion(), stdout, stderr)
+	}
+	return nil
+}
+
+func runDelete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("delete", stderr)
+	var af adminFlags
+	af.register(fs)
+	var wf waitFlags
+	wf.register(fs)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: mandatectl delete NAME [--wait]")
+	}
+	name := strings.TrimPrefix(pos[0], "policy/")
+	ctx, cancel := callCtx(ctx, &af, &wf)
+	defer cancel()
+	c, closeConn, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	resp, err := c.DeletePolicy(ctx, &mandatev1.DeletePolicyRequest{Name: name})
+	if err != nil {
+		return rpcErr(err)
+	}
+	fmt.Fprintf(stdout, "policy/%s deleted (policy version %s)\n", name, resp.GetVersion())
+	if wf.wait {
+		return waitAcked(ctx, c, &wf, mandatev1.PolicyTypeURL, resp.GetVersion(), "deletion of policy/"+name, stdout, stderr)
+	}
+	return nil
+}
+
+type revokeOpts struct {
+	subject, task, mandate, reason string
+	intents                        listFlag
+	ttl                            time.Duration
+}
+
+func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return revokeOrDowngrade(ctx, "revoke", args, stdout, stderr)
+}
+
+func runDowngrade(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return revokeOrDowngrade(ctx, "downgrade", args, stdout, stderr)
+}
+
+func revokeOrDowngrade(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags(name, stderr)
+	var af adminFlags
+	af.register(fs)
+	var wf waitFlags
+	wf.register(fs)
+	var o revokeOpts
+	fs.StringVar(&o.subject, "subject", "", "SPIFFE ID or pattern (spiffe://td/team/** ...)")
+	fs.StringVar(&o.task, "task", "", "task id")
+	if name == "revoke" {
+		fs.StringVar(&o.mandate, "mandate", "", "mandate id (its whole delegation subtree)")
+	} else {
+		fs.Var(&o.intents, "intents", "intents still allowed, comma-separated (repeatable)")
+	}
+	fs.DurationVar(&o.ttl, "for", 0, "how long the record applies, e.g. 1h (required: records expire, they are never deleted)")
+	fs.StringVar(&o.reason, "reason", "", "why (kept in the record and the audit trail, never sent to clients)")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	kind, value, n := "", "", 0
+	for k, v := range map[string]string{"subject": o.subject, "task": o.task, "mandate": o.mandate} {
+		if v != "" {
+			kind, value = k, v
+			n++
+		}
+	}
+	var intents []string
+	for _, i := range o.intents {
+		for _, p := range strings.Split(i, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				intents = append(intents, p)
+			}
+		}
+	}
+	switch {
+	case len(pos) > 0 || n != 1:
+		return fmt.Errorf("usage: mandatectl %s: exactly one of --subject, --task%s is required",
+			name, map[bool]string{true: ", --mandate", false: ""}[name == "revoke"])
+	case o.ttl <= 0:
+		return errors.New("--for DURATION is required (for example --for 1h)")
+	case name == "downgrade" && len(intents) == 0:
+		return errors.New("--intents is required")
+	}
+	ctx, cancel := callCtx(ctx, &af, &wf)
+	defer cancel()
+	c, closeConn, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	resp, err := c.Revoke(ctx, &mandatev1.RevokeRequest{Kind: kind, Value: value, Intents: intents,
+		Ttl: durationpb.New(o.ttl), Reason: o.reason})
+	if err != nil {
+		return rpcErr(err)
+	}
+	rec := resp.GetRecord()
+	what := "revocation"
+	if len(intents) > 0 {
+		what = "downgrade"
+	}
+	fmt.Fprintf(stdout, "%s %s: %s %s until %s (revocation version %s)\n", what, rec.GetName(), kind, value,
+		rec.GetExpires().AsTime().Local().Format(time.RFC3339), resp.GetVersion())
+	if wf.wait {
+		return waitAcked(ctx, c, &wf, mandatev1.RevocationTypeURL, resp.GetVersion(), what+" "+rec.GetName(), stdout, stderr)
+	}
+	return nil
 }

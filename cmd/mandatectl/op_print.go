@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"sigs.k8s.io/yaml"
+
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
+func printJSON(w io.Writer, m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, string(b))
+	return nil
+}
+
+func printYAML(w io.Writer, m proto.Message) error {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return err
+	}
+	y, err := yaml.JSONToYAML(b)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(y)
+	return err
+}
+
+func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("get", stderr)
+	var af adminFlags
+	af.register(fs)
+	out := fs.String("o", "table", "output: table | yaml | json")
+	all := fs.Bool("all", false, "revocations: include expired records")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || (*out != "table" && *out != "yaml" && *out != "json") {
+		return errors.New("usage: mandatectl get policies|revocations [-o table|yaml|json] [--all]")
+	}
+	ctx, cancel := callCtx(ctx, &af, nil)
+	defer cancel()
+	c, closeConn, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	switch pos[0] {
+	case "policies", "policy":
+		resp, err := c.ListPolicies(ctx, &mandatev1.ListPoliciesRequest{})
+		if err != nil {
+			return rpcErr(err)
+		}
+		switch *out {
+		case "json":
+			return printJSON(stdout, resp)
+		case "yaml":
+			// The sources themselves, ready to apply again.
+			for i, p := range resp.GetPolicies() {
+				if i > 0 {
+					fmt.Fprintln(stdout, "---")
+				}
+				fmt.Fprintf(stdout, "# policy/%s from %s\n%s", p.GetName(), p.GetSourceFile(), strings.TrimPrefix(string(p.GetSource()), "---\n"))
+				if !strings.HasSuffix(string(p.GetSource()), "\n") {
+					fmt.Fprintln(stdout)
+				}
+			}
+			return nil
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tSOURCE FILE\tCONTENT HASH")
+		for _, p := range resp.GetPolicies() {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", p.GetName(), p.GetSourceFile(), trunc(p.GetVersion(), 19))
+		}
+		_ = tw.Flush()
+		fmt.Fprintf(stdout, "policy version %s\n", resp.GetVersion())
+		return nil
+	case "revocations", "revocation":
+		resp, err := c.ListRevocations(ctx, &mandatev1.ListRevocationsRequest{IncludeExpired: *all})
+		if err != nil {
+			return rpcErr(err)
+		}
+		switch *out {
+		case "json":
+			return printJSON(stdout, resp)
+		case "yaml":
+			return printYAML(stdout, resp)
+		}
+		now := time.Now()
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tKIND\tVALUE\tINTENTS\tEXPIRES\tCREATED BY\tREASON")
+		for _, r := range resp.GetRevocations() {
+			intents := "-"
+			if len(r.GetIntents()) > 0 {
+				intents = strings.Join(r.GetIntents(), ",")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetName(), r.GetKind(), r.GetValue(), intents,
+				until(now, r.GetExpires()), r.GetCreatedBy(), trunc(r.GetReason(), 40))
+		}
+		_ = tw.Flush()
+		fmt.Fprintf(stdout, "revocation version %s\n", resp.GetVersion())
+		return nil
+	}
+	return fmt.Errorf("mandatectl get: unknown object %q (policies or revocations)", pos[0])
+}
+
+func until(now time.Time, ts *timestamppb.Timestamp) string {
+	d := ts.AsTime().Sub(now)
+	if d <= 0 {
+		return "expired"
+	}
+	return "in " + d.Round(time.Second).String()
+}
+
+func trunc(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}
+
+var typeColumns = []struct{ url, name string }{
+	{mandatev1.PolicyTypeURL, "POLICY"},
+	{mandatev1.RevocationTypeURL, "REVOCATION"},
+	{mandatev1.ApprovalTypeURL, "APPROVAL"},
+	{mandatev1.VerificationKeyTypeURL, "KEY"},
+}
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("status", stderr)
+	var af adminFlags
+	af.register(fs)
+	out := fs.String("o", "table", "output: table | json")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := callCtx(ctx, &af, nil)
+	defer cancel()
+	c, closeConn, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	resp, err := c.Status(ctx, &mandatev1.StatusRequest{})
+	if err != nil {
+		return rpcErr(err)
+	}
+	if *out == "json" {
+		return printJSON(stdout, resp)
+	}
+	fmt.Fprint(stdout, "control plane versions:")
+	for _, t := range typeColumns {
+		fmt.Fprintf(stdout, " %s=%s", strings.ToLower(t.name), resp.GetVersions()[t.url])
+	}
+	fmt.Fprintln(stdout)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprint(tw, "NODE\tCONNECTED")
+	for _, t := range typeColumns {
+		fmt.Fprint(tw, "\t"+t.name)
+	}
+	fmt.Fprintln(tw, "\tLAG\tNACK")
+	var nacks []string
+	for _, r := range resp.GetReplicas() {
+		conn := "yes"
+		if !r.GetConnected() {
+			conn = "no"
+			if r.GetLastSeen() != nil {
+				conn = "no (" + time.Since(r.GetLastSeen().AsTime()).Round(time.Second).String() + " ago)"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s", r.GetNodeId(), conn)
+		byType := map[string]*mandatev1.ReplicaTypeStatus{}
+		for _, t := range r.GetTypes() {
+			byType[t.GetTypeUrl()] = t
+		}
+		var lag time.Duration
+		nack := "-"
+		for _, col := range typeColumns {
+			t := byType[col.url]
+			cell := "-"
+			if t != nil {
+				if t.GetAckedVersion() != "" {
+					cell = t.GetAckedVersion()
+				}
+				if t.GetNackedVersion() != "" {
+					cell += " (NACK " + t.GetNackedVersion() + ")"
+					nack = strings.ToLower(col.name) + " " + t.GetNackedVersion() + ": " + trunc(t.GetNackError(), 60)
+					nacks = append(nacks, fmt.Sprintf("%s rejected %s version %s: %s", r.GetNodeId(), strings.ToLower(col.name), t.GetNackedVersion(), t.GetNackError()))
+				}
+				lag = max(lag, t.GetLag().AsDuration())
+			}
+			fmt.Fprint(tw, "\t"+cell)
+		}
+		fmt.Fprintf(tw, "\t%s\t%s\n", fmtDur(lag), nack)
+	}
+	_ = tw.Flush()
+	if len(resp.GetReplicas()) == 0 {
+		fmt.Fprintln(stdout, "no replica has connected")
+	}
+	for _, n := range nacks {
+		fmt.Fprintln(stderr, "NACK:", n)
+	}
+	return nil
+}
+
+func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("audit", stderr)
+	var af adminFlags
+	af.register(fs)
+	since := fs.String("since", "", "only entries newer than this: a duration (1h) or an RFC 3339 time")
+	limit := fs.Int("limit", 1000, "at most this many entries")
+	out := fs.String("o", "table", "output: table | json")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	req := &mandatev1.AuditLogRequest{Limit: int32(*limit)}
+	if *since != "" {
+		if d, err := time.ParseDuration(*since); err == nil {
+			req.Since = timestamppb.New(time.Now().Add(-d))
+		} else if t, err := time.Parse(time.RFC3339, *since); err == nil {
+			req.Since = timestamppb.New(t)
+		} else {
+			return fmt.Errorf("--since %q: want a duration or an RFC 3339 time", *since)
+		}
+	}
+	ctx, cancel := callCtx(ctx, &af, nil)
+	defer cancel()
+	c, closeConn, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	resp, err := c.AuditLog(ctx, req)
+	if err != nil {
+		return rpcErr(err)
+	}
+	if *out == "json" {
+		return printJSON(stdout, resp)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tOBJECT\tDETAIL")
+	for _, e := range resp.GetEntries() {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.GetTime().AsTime().Local().Format(time.RFC3339), e.GetActor(),
+			e.GetAction(), e.GetObject(), trunc(e.GetDetail(), 80))
+	}
+	return tw.Flush()
+}
