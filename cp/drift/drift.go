@@ -1,0 +1,426 @@
+// Package drift turns the out-of-intent denials replicas report into
+// control-plane action: per drift rule, it counts denials per task (or, for
+// requests without a task, per subject) in a sliding window, and past the
+// rule's threshold revokes or downgrades the task by itself, once, recording
+// why in the revocation record and the audit trail.
+//
+// Rules come from a YAML document or from flags:
+//
+//	apiVersion: mandate.dev/v1
+//	kind: DriftPolicy
+//	rules:
+//	  - name: agents
+//	    subjects: ["spiffe://example.org/agent/**"]   # default: every subject
+//	    threshold: 5          # act on the 6th denial within the window
+//	    window: 1m
+//	    action: downgrade     # or revoke
+//	    downgradeIntents: [read]
+//	    duration: 1h          # how long the record lasts (default 1h)
+package drift
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/policies/pattern"
+)
+
+// Plane is what drift needs of cp/plane.
+type Plane interface {
+	Revoke(ctx context.Context, r revocation.Record, actor string) (string, error)
+	Audit(ctx context.Context, actor, action, object, detail string) error
+}
+
+// Actions.
+const (
+	ActionRevoke    = "revoke"
+	ActionDowngrade = "downgrade"
+)
+
+// Rule is one drift rule.
+type Rule struct {
+	Name             string   `json:"name"`
+	Subjects         []string `json:"subjects,omitempty"`
+	Threshold        int      `json:"threshold"`
+	Window           Duration `json:"window"`
+	Action           string   `json:"action"`
+	DowngradeIntents []string `json:"downgradeIntents,omitempty"`
+	Duration         Duration `json:"duration,omitempty"`
+}
+
+// Duration is a time.Duration written as "1m" in YAML.
+type Duration time.Duration
+
+// UnmarshalJSON reads a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	if len(b) < 2 || b[0] != '"' {
+		return fmt.Errorf("duration %s: want a string such as \"1m\"", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+type document struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name string `json:"name,omitempty"`
+	} `json:"metadata,omitempty"`
+	Rules []Rule `json:"rules"`
+}
+
+// ParsePolicy reads a DriftPolicy document (strict: unknown fields and
+// duplicate keys are errors).
+func ParsePolicy(name string, data []byte) ([]Rule, error) {
+	if len(data) > 1<<20 {
+		return nil, fmt.Errorf("drift: %s: document over 1 MiB", name)
+	}
+	var doc document
+	if err := yaml.UnmarshalStrict(data, &doc); err != nil {
+		return nil, fmt.Errorf("drift: %s: %w", name, err)
+	}
+	if doc.APIVersion != "mandate.dev/v1" || doc.Kind != "DriftPolicy" {
+		return nil, fmt.Errorf("drift: %s: want apiVersion mandate.dev/v1, kind DriftPolicy", name)
+	}
+	if _, err := compileRules(doc.Rules); err != nil {
+		return nil, fmt.Errorf("drift: %s: %w", name, err)
+	}
+	return doc.Rules, nil
+}
+
+type rule struct {
+	Rule
+	subjects []pattern.Pattern
+	window   time.Duration
+	duration time.Duration
+}
+
+func compileRules(rs []Rule) ([]rule, error) {
+	if len(rs) > 256 {
+		return nil, fmt.Errorf("%d rules, limit 256", len(rs))
+	}
+	out := make([]rule, 0, len(rs))
+	seen := map[string]bool{}
+	for _, r := range rs {
+		cr := rule{Rule: r, window: time.Duration(r.Window), duration: time.Duration(r.Duration)}
+		switch {
+		case r.Name == "" || len(r.Name) > 128:
+			return nil, errors.New("rule name must be 1..128 bytes")
+		case seen[r.Name]:
+			return nil, fmt.Errorf("rule %q defined twice", r.Name)
+		case r.Threshold < 1 || r.Threshold > 10000:
+			return nil, fmt.Errorf("rule %q: threshold %d outside [1, 10000]", r.Name, r.Threshold)
+		case cr.window < time.Second || cr.window > 24*time.Hour:
+			return nil, fmt.Errorf("rule %q: window %v outside [1s, 24h]", r.Name, cr.window)
+		case r.Action != ActionRevoke && r.Action != ActionDowngrade:
+			return nil, fmt.Errorf("rule %q: action must be revoke or downgrade, got %q", r.Name, r.Action)
+		case r.Action == ActionDowngrade && len(r.DowngradeIntents) == 0:
+			return nil, fmt.Errorf("rule %q: downgrade needs downgradeIntents", r.Name)
+		case r.Action == ActionRevoke && len(r.DowngradeIntents) > 0:
+			return nil, fmt.Errorf("rule %q: downgradeIntents given for a revoke", r.Name)
+		case cr.duration < 0 || cr.duration > 7*24*time.Hour:
+			return nil, fmt.Errorf("rule %q: duration %v outside [0, 168h]", r.Name, cr.duration)
+		}
+		seen[r.Name] = true
+		if cr.duration == 0 {
+			cr.duration = DefaultDuration
+		}
+		for _, in := range r.DowngradeIntents {
+			if err := checkLabel("downgradeIntents", in); err != nil {
+				return nil, fmt.Errorf("rule %q: %w", r.Name, err)
+			}
+		}
+		subjects := r.Subjects
+		if len(subjects) == 0 {
+			subjects = []string{"spiffe://**"}
+		}
+		for _, s := range subjects {
+			if !strings.HasPrefix(s, "spiffe://") {
+				return nil, fmt.Errorf("rule %q: subject %q is not a SPIFFE ID pattern", r.Name, s)
+			}
+			p, err := pattern.Compile(s)
+			if err != nil {
+				return nil, fmt.Errorf("rule %q: %w", r.Name, err)
+			}
+			cr.subjects = append(cr.subjects, p)
+		}
+		out = append(out, cr)
+	}
+	return out, nil
+}
+
+// Defaults.
+const (
+	DefaultDuration = time.Hour
+	DefaultMaxKeys  = 50_000
+)
+
+// Config configures a Detector.
+type Config struct {
+	Plane Plane
+	Rules []Rule
+	// Actor is who the records and audit entries name: mandate-cp's own
+	// SPIFFE ID.
+	Actor string
+	// MaxKeys bounds the tracked (rule, task or subject) keys; past it, the
+	// least recently seen are forgotten.
+	MaxKeys int
+	// Skew is how far in the future an event time may be; later ones are
+	// counted at the cp's now.
+	Skew   time.Duration
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// OutOfIntent is one reported denial (validated).
+type OutOfIntent struct {
+	Subject, Task, Intent, MandateID, Reason string
+	Time                                     time.Time
+}
+
+// Action is what the detector did.
+type Action struct {
+	Rule, Kind, Value, RecordID, Version string
+	Count                                int
+	Reason                               string
+}
+
+type tracker struct {
+	times    []time.Time // ring of the last threshold+1 event times
+	next     int
+	n        int
+	last     time.Time
+	lastWhy  string
+	actedTil time.Time
+}
+
+// Detector counts out-of-intent denials. It is safe for concurrent use.
+type Detector struct {
+	cfg   Config
+	log   *slog.Logger
+	rules []rule
+
+	mu   sync.Mutex
+	keys map[string]*tracker
+}
+
+// New validates cfg.
+func New(cfg Config) (*Detector, error) {
+	if cfg.Plane == nil {
+		return nil, errors.New("drift: Plane is required")
+	}
+	if cfg.Actor == "" {
+		return nil, errors.New("drift: Actor is required")
+	}
+	rules, err := compileRules(cfg.Rules)
+	if err != nil {
+		return nil, fmt.Errorf("drift: %w", err)
+	}
+	if cfg.MaxKeys == 0 {
+		cfg.MaxKeys = DefaultMaxKeys
+	}
+	if cfg.Skew == 0 {
+		cfg.Skew = 30 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	l := cfg.Logger
+	if l == nil {
+		l = slog.Default()
+	}
+	return &Detector{cfg: cfg, log: l, rules: rules, keys: map[string]*tracker{}}, nil
+}
+
+type pending struct {
+	rule  *rule
+	kind  revocation.Kind
+	value string
+	count int
+	why   string
+}
+
+// Observe counts events and acts on every key that crossed its threshold.
+// It returns the actions taken; errors of individual actions are logged and
+// joined.
+func (d *Detector) Observe(ctx context.Context, events []OutOfIntent) ([]Action, error) {
+	now := d.cfg.Now()
+	var todo []pending
+	d.mu.Lock()
+	for _, ev := range events {
+		r := d.match(ev.Subject)
+		if r == nil {
+			continue
+		}
+		t := ev.Time
+		if t.After(now.Add(d.cfg.Skew)) || t.IsZero() {
+			t = now
+		}
+		if !t.After(now.Add(-r.window)) {
+			continue // too old to count
+		}
+		kind, value := revocation.KindTask, ev.Task
+		if value == "" {
+			kind, value = revocation.KindSubject, ev.Subject
+		}
+		key := r.Name + "\x00" + kind.String() + "\x00" + value
+		tr := d.keys[key]
+		if tr == nil {
+			if len(d.keys) >= d.cfg.MaxKeys {
+				d.evictLocked(now)
+			}
+			tr = &tracker{times: make([]time.Time, r.Threshold+1)}
+			d.keys[key] = tr
+		}
+		if now.Before(tr.actedTil) {
+			continue // acted already; the record is still in force
+		}
+		tr.times[tr.next] = t
+		tr.next = (tr.next + 1) % len(tr.times)
+		tr.n = min(tr.n+1, len(tr.times))
+		if t.After(tr.last) {
+			tr.last = t
+		}
+		tr.lastWhy = ev.Reason
+		if tr.n < len(tr.times) {
+			continue
+		}
+		// The ring is full: its oldest entry is at next.
+		oldest, newest := tr.times[tr.next], tr.times[tr.next]
+		for _, x := range tr.times {
+			oldest = minTime(oldest, x)
+			newest = maxTime(newest, x)
+		}
+		if newest.Sub(oldest) > r.window {
+			continue
+		}
+		tr.actedTil = now.Add(r.duration)
+		tr.n, tr.next = 0, 0
+		todo = append(todo, pending{rule: r, kind: kind, value: value, count: r.Threshold + 1,
+			why: fmt.Sprintf("drift: %d out-of-intent requests in %v, last: %s (rule %s)", r.Threshold+1, r.window, tr.lastWhy, r.Name)})
+	}
+	d.mu.Unlock()
+
+	var acts []Action
+	var errs []error
+	for _, p := range todo {
+		a, err := d.act(ctx, now, p)
+		if err != nil {
+			d.log.Error("drift action failed", "rule", p.rule.Name, "value", p.value, "err", err)
+			errs = append(errs, err)
+			// Let a later denial try again.
+			d.mu.Lock()
+			if tr := d.keys[p.rule.Name+"\x00"+p.kind.String()+"\x00"+p.value]; tr != nil {
+				tr.actedTil = time.Time{}
+			}
+			d.mu.Unlock()
+			continue
+		}
+		acts = append(acts, a)
+	}
+	return acts, errors.Join(errs...)
+}
+
+func (d *Detector) act(ctx context.Context, now time.Time, p pending) (Action, error) {
+	rec := revocation.Record{
+		ID: recordID(p.rule.Name, p.kind, p.value, now), Kind: p.kind, Value: p.value,
+		Expires: now.Add(p.rule.duration), Reason: p.why, CreatedAt: now,
+	}
+	action := "drift.revoke"
+	if p.rule.Action == ActionDowngrade {
+		rec.Intents = slices.Clone(p.rule.DowngradeIntents)
+		action = "drift.downgrade"
+	}
+	v, err := d.cfg.Plane.Revoke(ctx, rec, d.cfg.Actor)
+	if err != nil {
+		return Action{}, fmt.Errorf("drift: %s %s %s: %w", p.rule.Action, p.kind, p.value, err)
+	}
+	detail := fmt.Sprintf("record=%s version=%s: %s", rec.ID, v, p.why)
+	if err := d.cfg.Plane.Audit(ctx, d.cfg.Actor, action, p.kind.String()+"/"+p.value, detail); err != nil {
+		d.log.Error("drift audit failed", "err", err)
+	}
+	d.log.Warn("drift threshold crossed", "rule", p.rule.Name, "action", p.rule.Action, "kind", p.kind.String(),
+		"value", p.value, "record", rec.ID, "version", v, "reason", p.why)
+	return Action{Rule: p.rule.Name, Kind: p.kind.String(), Value: p.value, RecordID: rec.ID, Version: v, Count: p.count, Reason: p.why}, nil
+}
+
+// recordID is deterministic per (rule, target, second) so that a retried
+// action cannot create two records within a second.
+func recordID(rule string, k revocation.Kind, value string, now time.Time) string {
+	h := fnv64(rule + "\x00" + k.String() + "\x00" + value)
+	return fmt.Sprintf("drift-%016x-%d", h, now.Unix())
+}
+
+func fnv64(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
+func (d *Detector) match(subject string) *rule {
+	for i := range d.rules {
+		for _, p := range d.rules[i].subjects {
+			if p.Match(subject) {
+				return &d.rules[i]
+			}
+		}
+	}
+	return nil
+}
+
+// evictLocked forgets idle keys (last event outside every window and no
+// record in force), or else the least recently seen one.
+func (d *Detector) evictLocked(now time.Time) {
+	var victimKey string
+	var victim *tracker
+	for k, t := range d.keys {
+		if now.After(t.actedTil) && now.Sub(t.last) > 24*time.Hour {
+			delete(d.keys, k)
+			continue
+		}
+		if victim == nil || t.last.Before(victim.last) {
+			victimKey, victim = k, t
+		}
+	}
+	if len(d.keys) >= d.cfg.MaxKeys && victim != nil {
+		delete(d.keys, victimKey)
+	}
+}
+
+// Tracked returns how many keys are tracked.
+func (d *Detector) Tracked() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.keys)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}

@@ -1,0 +1,62 @@
+package drift
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
+func ts(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }
+
+func TestValidateEvents(t *testing.T) {
+	now := ts(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	okO := func() *mandatev1.OutOfIntentEvent {
+		return &mandatev1.OutOfIntentEvent{Subject: "spiffe://example.org/agent/a", Task: "t1", Intent: "triage", Reason: "no_match", Time: now}
+	}
+	okS := func() *mandatev1.StepUpEvent {
+		return &mandatev1.StepUpEvent{Id: "ar-0123456789abcdef0123", Subject: "spiffe://example.org/agent/a", Task: "t1",
+			Method: "POST", Path: "/payments", Policy: "payments", Rule: "big", Time: now}
+	}
+	if _, err := ValidateOutOfIntent(okO()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ValidateStepUp(okS()); err != nil {
+		t.Fatal(err)
+	}
+	badO := map[string]func(*mandatev1.OutOfIntentEvent){
+		"subject":      func(e *mandatev1.OutOfIntentEvent) { e.Subject = "agent-a" },
+		"task":         func(e *mandatev1.OutOfIntentEvent) { e.Task = "t 1" },
+		"reason":       func(e *mandatev1.OutOfIntentEvent) { e.Reason = "Out Of Scope" },
+		"no reason":    func(e *mandatev1.OutOfIntentEvent) { e.Reason = "" },
+		"mandate id":   func(e *mandatev1.OutOfIntentEvent) { e.MandateId = "a.b" },
+		"no time":      func(e *mandatev1.OutOfIntentEvent) { e.Time = nil },
+		"invalid time": func(e *mandatev1.OutOfIntentEvent) { e.Time = &timestamppb.Timestamp{Seconds: 1 << 62} },
+	}
+	for name, mod := range badO {
+		e := okO()
+		mod(e)
+		if _, err := ValidateOutOfIntent(e); err == nil {
+			t.Errorf("out_of_intent with bad %s accepted", name)
+		}
+	}
+	badS := map[string]func(*mandatev1.StepUpEvent){
+		"id":          func(e *mandatev1.StepUpEvent) { e.Id = "ar-XYZ" },
+		"subject":     func(e *mandatev1.StepUpEvent) { e.Subject = "" },
+		"policy":      func(e *mandatev1.StepUpEvent) { e.Policy = "" },
+		"method":      func(e *mandatev1.StepUpEvent) { e.Method = "post" },
+		"path":        func(e *mandatev1.StepUpEvent) { e.Path = "payments" },
+		"path ctl":    func(e *mandatev1.StepUpEvent) { e.Path = "/a\nb" },
+		"grpc":        func(e *mandatev1.StepUpEvent) { e.Grpc = "nomethod" },
+		"grpc method": func(e *mandatev1.StepUpEvent) { e.Grpc = "a.S/M"; e.Method = "GET" },
+	}
+	for name, mod := range badS {
+		e := okS()
+		mod(e)
+		if _, err := ValidateStepUp(e); err == nil {
+			t.Errorf("step_up with bad %s accepted", name)
+		}
+	}
+}
