@@ -147,7 +147,9 @@ func adminClient(t tb, p *proc) *admin.Client { return admin.NewClient(dial(t, p
 
 type checker struct{ c authv3.AuthorizationClient }
 
-func newChecker(t tb, p *proc) checker { return checker{authv3.NewAuthorizationClient(dial(t, p.addrs["grpc"]))} }
+func newChecker(t tb, p *proc) checker {
+	return checker{authv3.NewAuthorizationClient(dial(t, p.addrs["grpc"]))}
+}
 
 // allowed sends one Check for GET /reports/x by subject.
 func (c checker) allowed(ctx context.Context, subject string) (bool, error) {
