@@ -1,7 +1,345 @@
 package main
 
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/mandate-dev/mandate/cp/admin"
+	"github.com/mandate-dev/mandate/cp/issuer/rpcutil"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
 // mandateCommands are the mandate lifecycle commands (issue, delegate,
 // approve, ...).
 func mandateCommands() map[string]command {
-	return map[string]command{}
+	return map[string]command{
+		"issue":     {"mint a mandate: mandatectl issue --subject ID --task T --intent I --paths /a/** [--methods GET] [--ttl 10m] (token on stdout)", runIssue},
+		"delegate":  {"delegate your mandate: mandatectl delegate --parent TOKEN --to ID --paths ... [--ttl 5m] (token on stdout)", runDelegate},
+		"complete":  {"end a task, revoking every mandate of it and its delegations: mandatectl complete TASK [--reason R] [--wait]", runComplete},
+		"approvals": {"step-up approval requests: mandatectl approvals [--all]", runApprovals},
+		"approve":   {"approve a step-up request: mandatectl approve ID [--for 5m] [--wait]", runApprove},
+		"deny":      {"deny a step-up request (withdraws an approval): mandatectl deny ID [--reason R] [--wait]", runDeny},
+		"inspect":   {"decode a mandate, show chain, scope and times: mandatectl inspect TOKEN [--verify] [--keys FILE]", runInspect},
+	}
+}
+
+// mandateFlags are the admin connection flags plus --dev-as.
+type mandateFlags struct {
+	adminFlags
+	devAs string
+}
+
+func (m *mandateFlags) register(fs *flag.FlagSet) {
+	m.adminFlags.register(fs)
+	fs.StringVar(&m.devAs, "dev-as", "", "with --plaintext against a dev mandate-cp: act as this SPIFFE ID (no mTLS identity to take it from)")
+}
+
+// conn dials mandate-cp and returns the call context (bounded by
+// --timeout, or longer with --wait).
+func (m *mandateFlags) conn(ctx context.Context, w *waitFlags) (context.Context, *grpc.ClientConn, func(), error) {
+	if m.devAs != "" && !m.plaintext && m.socket == "" {
+		return nil, nil, nil, errors.New("--dev-as needs --plaintext (with mTLS the identity is your SVID)")
+	}
+	ctx, cancel := callCtx(ctx, &m.adminFlags, w)
+	if m.devAs != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, rpcutil.DevCallerHeader, m.devAs)
+	}
+	var conn *grpc.ClientConn
+	closeConn := func() {}
+	if m.socket != "" {
+		abs, err := filepath.Abs(m.socket)
+		if err == nil {
+			conn, err = grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		}
+		if err != nil {
+			cancel()
+			return nil, nil, nil, fmt.Errorf("dial %s: %w", m.socket, err)
+		}
+		closeConn = func() { _ = conn.Close() }
+	} else {
+		c, cl, err := m.dial(ctx, defCPID)
+		if err != nil {
+			cancel()
+			return nil, nil, nil, err
+		}
+		conn, closeConn = c, cl
+	}
+	return ctx, conn, func() { closeConn(); cancel() }, nil
+}
+
+// scopeFlags are the scope of a mandate.
+type scopeFlags struct {
+	destinations, hosts, methods, paths, grpc listFlag
+}
+
+func (s *scopeFlags) register(fs *flag.FlagSet) {
+	fs.Var(&s.destinations, "destinations", "destination SPIFFE ID patterns (comma-separated or repeated; empty: any)")
+	fs.Var(&s.hosts, "hosts", "host names, exact or *.suffix (empty: any)")
+	fs.Var(&s.methods, "methods", "HTTP methods (empty: any)")
+	fs.Var(&s.paths, "paths", "URL path patterns, e.g. /tickets/**")
+	fs.Var(&s.grpc, "grpc", "gRPC methods pkg.Service/Method or pkg.Service/*")
+}
+
+func (s *scopeFlags) proto() *mandatev1.MandateScope {
+	split := func(l listFlag) []string {
+		var out []string
+		for _, v := range l {
+			for _, p := range strings.Split(v, ",") {
+				if p = strings.TrimSpace(p); p != "" {
+					out = append(out, p)
+				}
+			}
+		}
+		return out
+	}
+	return &mandatev1.MandateScope{Destinations: split(s.destinations), Hosts: split(s.hosts), Methods: split(s.methods),
+		Paths: split(s.paths), Grpc: split(s.grpc)}
+}
+
+func invoke[Resp any](ctx context.Context, conn *grpc.ClientConn, method string, req any) (*Resp, error) {
+	out := new(Resp)
+	if err := conn.Invoke(ctx, method, req, out); err != nil {
+		return nil, rpcErr(err)
+	}
+	return out, nil
+}
+
+func runIssue(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("issue", stderr)
+	var mf mandateFlags
+	mf.register(fs)
+	var sf scopeFlags
+	sf.register(fs)
+	var subject, task, intent string
+	var ttl time.Duration
+	fs.StringVar(&subject, "subject", "", "SPIFFE ID of the agent the mandate is for (required)")
+	fs.StringVar(&task, "task", "", "task id (required)")
+	fs.StringVar(&intent, "intent", "", "declared intent (required)")
+	fs.DurationVar(&ttl, "ttl", 0, "lifetime (default and cap: the issuance policy's maxTTL and --mandate-max-ttl)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if subject == "" || task == "" || intent == "" || fs.NArg() != 0 {
+		fmt.Fprintln(stderr, "usage: mandatectl issue --subject ID --task T --intent I --paths P [--methods M] [--destinations D] [--grpc G] [--ttl D]")
+		return exitError{code: 2}
+	}
+	req := &mandatev1.IssueMandateRequest{Subject: subject, Task: task, Intent: intent, Scope: sf.proto()}
+	if ttl != 0 {
+		req.Ttl = durationpb.New(ttl)
+	}
+	ctx, conn, done, err := mf.conn(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := invoke[mandatev1.IssueMandateResponse](ctx, conn, "/mandate.v1.Mandates/IssueMandate", req)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, resp.GetToken())
+	fmt.Fprintf(stderr, "mandate %s for %s, task %s, intent %s, expires %s (key %s)\n", resp.GetId(), subject, task, intent,
+		resp.GetExpires().AsTime().Local().Format(time.RFC3339), resp.GetKeyId())
+	return nil
+}
+
+func runDelegate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("delegate", stderr)
+	var mf mandateFlags
+	mf.register(fs)
+	var sf scopeFlags
+	sf.register(fs)
+	var parent, to string
+	var ttl time.Duration
+	fs.StringVar(&parent, "parent", "", "your mandate (the token; '-' reads it from stdin)")
+	fs.StringVar(&to, "to", "", "SPIFFE ID of the agent to delegate to (required)")
+	fs.DurationVar(&ttl, "ttl", 0, "lifetime (never past the parent's expiry)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if parent == "" || to == "" || fs.NArg() != 0 {
+		fmt.Fprintln(stderr, "usage: mandatectl delegate --parent TOKEN --to ID --paths P [...] [--ttl D]")
+		return exitError{code: 2}
+	}
+	if parent == "-" {
+		b, err := io.ReadAll(io.LimitReader(os.Stdin, 64<<10))
+		if err != nil {
+			return err
+		}
+		parent = strings.TrimSpace(string(b))
+	}
+	req := &mandatev1.DelegateMandateRequest{ParentToken: parent, To: to, Scope: sf.proto()}
+	if ttl != 0 {
+		req.Ttl = durationpb.New(ttl)
+	}
+	ctx, conn, done, err := mf.conn(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := invoke[mandatev1.DelegateMandateResponse](ctx, conn, "/mandate.v1.Mandates/Delegate", req)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, resp.GetToken())
+	fmt.Fprintf(stderr, "mandate %s delegated to %s at depth %d, expires %s\n", resp.GetId(), to, resp.GetDepth(),
+		resp.GetExpires().AsTime().Local().Format(time.RFC3339))
+	return nil
+}
+
+func runComplete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("complete", stderr)
+	var mf mandateFlags
+	mf.register(fs)
+	var wf waitFlags
+	wf.register(fs)
+	var reason string
+	fs.StringVar(&reason, "reason", "", "why, for the audit trail")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: mandatectl complete TASK [--reason R] [--wait]")
+		return exitError{code: 2}
+	}
+	ctx, conn, done, err := mf.conn(ctx, &wf)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := invoke[mandatev1.CompleteTaskResponse](ctx, conn, "/mandate.v1.Mandates/CompleteTask",
+		&mandatev1.CompleteTaskRequest{Task: pos[0], Reason: reason})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "task %s completed: revocation %s (version %s) until %s\n", pos[0], resp.GetRevocationId(), resp.GetVersion(),
+		resp.GetExpires().AsTime().Local().Format(time.RFC3339))
+	if wf.wait {
+		return waitAcked(ctx, admin.NewClient(conn), &wf, mandatev1.RevocationTypeURL, resp.GetVersion(), "revocation "+resp.GetRevocationId(), stdout, stderr)
+	}
+	return nil
+}
+
+func runApprovals(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("approvals", stderr)
+	var mf mandateFlags
+	mf.register(fs)
+	var all bool
+	fs.BoolVar(&all, "all", false, "include approved and denied requests")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, conn, done, err := mf.conn(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := invoke[mandatev1.ListApprovalRequestsResponse](ctx, conn, "/mandate.v1.Approvals/List", &mandatev1.ListApprovalRequestsRequest{All: all})
+	if err != nil {
+		return err
+	}
+	if len(resp.GetRequests()) == 0 {
+		fmt.Fprintln(stderr, "no approval requests")
+		return nil
+	}
+	now := time.Now()
+	fmt.Fprintf(stdout, "%-23s  %-8s  %-5s  %-40s  %-16s  %-30s  %-20s  %s\n", "ID", "STATE", "COUNT", "SUBJECT", "TASK", "ACTION", "POLICY/RULE", "EXPIRES")
+	for _, r := range resp.GetRequests() {
+		action := r.GetMethod() + " " + r.GetPath()
+		if r.GetGrpc() != "" {
+			action = "grpc " + r.GetGrpc()
+		}
+		state := r.GetState()
+		if r.GetDecidedBy() != "" {
+			state += " by " + r.GetDecidedBy()
+		}
+		fmt.Fprintf(stdout, "%-23s  %-8s  %-5d  %-40s  %-16s  %-30s  %-20s  %s\n", r.GetId(), state, r.GetCount(), trunc(r.GetSubject(), 40),
+			trunc(r.GetTask(), 16), trunc(action, 30), trunc(r.GetPolicy()+"/"+r.GetRule(), 20), until(now, r.GetExpires()))
+	}
+	return nil
+}
+
+func runApprove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("approve", stderr)
+	var mf mandateFlags
+	mf.register(fs)
+	var wf waitFlags
+	wf.register(fs)
+	var window time.Duration
+	fs.DurationVar(&window, "for", 0, "approval window (default: mandate-cp's --approval-window)")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: mandatectl approve ID [--for 5m] [--wait]")
+		return exitError{code: 2}
+	}
+	req := &mandatev1.ApproveStepUpRequest{Id: pos[0]}
+	if window != 0 {
+		req.Window = durationpb.New(window)
+	}
+	ctx, conn, done, err := mf.conn(ctx, &wf)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := invoke[mandatev1.ApproveStepUpResponse](ctx, conn, "/mandate.v1.Approvals/Approve", req)
+	if err != nil {
+		return err
+	}
+	r := resp.GetRequest()
+	fmt.Fprintf(stdout, "approved %s for %s (task %s, %s %s%s) until %s\n", r.GetId(), r.GetSubject(), r.GetTask(), r.GetMethod(), r.GetPath(),
+		r.GetGrpc(), r.GetExpires().AsTime().Local().Format(time.RFC3339))
+	if wf.wait {
+		return waitAcked(ctx, admin.NewClient(conn), &wf, mandatev1.ApprovalTypeURL, resp.GetVersion(), "approval "+r.GetId(), stdout, stderr)
+	}
+	return nil
+}
+
+func runDeny(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("deny", stderr)
+	var mf mandateFlags
+	mf.register(fs)
+	var wf waitFlags
+	wf.register(fs)
+	var reason string
+	fs.StringVar(&reason, "reason", "", "why, for the audit trail")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: mandatectl deny ID [--reason R] [--wait]")
+		return exitError{code: 2}
+	}
+	ctx, conn, done, err := mf.conn(ctx, &wf)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := invoke[mandatev1.DenyStepUpResponse](ctx, conn, "/mandate.v1.Approvals/Deny", &mandatev1.DenyStepUpRequest{Id: pos[0], Reason: reason})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "denied %s\n", resp.GetRequest().GetId())
+	if resp.GetVersion() != "" {
+		fmt.Fprintf(stdout, "approval withdrawn (version %s)\n", resp.GetVersion())
+		if wf.wait {
+			return waitAcked(ctx, admin.NewClient(conn), &wf, mandatev1.ApprovalTypeURL, resp.GetVersion(), "withdrawal of "+pos[0], stdout, stderr)
+		}
+	}
+	return nil
 }

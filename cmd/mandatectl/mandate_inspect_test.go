@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mandate-dev/mandate/authz/mandate"
+)
+
+func TestInspect(t *testing.T) {
+	kid, pub, priv, err := mandate.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := mandate.NewSigner(kid, priv, defCPID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	parent := &mandate.Claims{Subject: "spiffe://example.org/agent/a", Audience: "mandate", IssuedAt: now.Unix(), NotBefore: now.Unix(),
+		Expiry: now.Add(10 * time.Minute).Unix(), Task: "t1", Intent: "triage", Scope: mandate.Scope{Paths: []string{"/tickets/**"}}}
+	if _, err := s.Sign(parent); err != nil {
+		t.Fatal(err)
+	}
+	child, err := mandate.Delegate(parent, "spiffe://example.org/agent/b", mandate.Scope{Paths: []string{"/tickets/1"}}, time.Minute, "triage", 3, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := s.Sign(child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := json.Marshal([]map[string]any{{"kid": kid, "public_key": []byte(pub)}})
+	kf := filepath.Join(t.TempDir(), "keys.json")
+	if err := os.WriteFile(kf, keys, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		args  []string
+		code  int
+		wants []string
+	}{
+		{"decode only", []string{"inspect", tok}, 0, []string{"held by spiffe://example.org/agent/a", "depth 1", "/tickets/1", "not verified"}},
+		{"verify", []string{"inspect", tok, "--keys", kf}, 0, []string{"verification: OK"}},
+		{"holder", []string{"inspect", tok, "--keys", kf, "--holder", "spiffe://example.org/agent/a"}, 3, []string{"mandate_wrong_holder"}},
+		{"tampered", []string{"inspect", tok[:len(tok)-4] + "AAAA", "--keys", kf}, 3, []string{"INVALID (mandate_bad_signature)"}},
+		{"garbage", []string{"inspect", "not-a-token"}, 1, nil},
+		{"usage", []string{"inspect"}, 2, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			if code := run(context.Background(), tt.args, &out, &errb); code != tt.code {
+				t.Fatalf("exit %d, want %d\n%s%s", code, tt.code, out.String(), errb.String())
+			}
+			for _, w := range tt.wants {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
+
+func TestMandateCommandsUsage(t *testing.T) {
+	for _, args := range [][]string{{"issue", "--subject", "spiffe://example.org/a"}, {"delegate"}, {"complete"}, {"approve"}, {"deny"}} {
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), args, &out, &errb); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+	}
+}

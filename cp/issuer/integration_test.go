@@ -1,0 +1,282 @@
+package issuer_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mandate-dev/mandate/authz"
+	"github.com/mandate-dev/mandate/authz/mandate"
+	"github.com/mandate-dev/mandate/authz/report"
+	"github.com/mandate-dev/mandate/cp/drift"
+	"github.com/mandate-dev/mandate/cp/issuance"
+	"github.com/mandate-dev/mandate/cp/issuer"
+	"github.com/mandate-dev/mandate/cp/issuer/rpcutil"
+	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/cp/stepup"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+	xdsserver "github.com/mandate-dev/mandate/xds/server"
+	"github.com/mandate-dev/mandate/xds/store"
+)
+
+const (
+	cpID     = "spiffe://example.org/mandate/cp"
+	orch     = "spiffe://example.org/orchestrator"
+	agentA   = "spiffe://example.org/agent/a"
+	agentB   = "spiffe://example.org/agent/b"
+	operator = "spiffe://example.org/mandate/operator"
+)
+
+const policy = `apiVersion: mandate.dev/v1
+kind: IssuancePolicy
+rules:
+  - name: orch
+    callers: ["spiffe://example.org/orchestrator"]
+    subjects: ["spiffe://example.org/agent/*"]
+    intents: ["triage"]
+    maxTTL: 10m
+    scope:
+      methods: [GET, POST]
+      paths: ["/tickets/**"]
+`
+
+type cp struct {
+	plane *plane.Plane
+	st    *store.Store
+	conn  *grpc.ClientConn
+}
+
+// startCP wires the real plane (store in t.TempDir, xDS server) and the
+// mandate services on a plaintext loopback gRPC server, as mandate-cp
+// --plaintext does.
+func startCP(t *testing.T) *cp {
+	t.Helper()
+	ctx := context.Background()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	st, err := store.Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	opts, err := plane.ServerOptions(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs, err := xdsserver.New(logger, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := plane.New(ctx, st, xs, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := issuance.Parse("issuance.yaml", []byte(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	identify := func(ctx context.Context) (string, error) { return rpcutil.Identify(ctx, true) }
+	// In dev mode the operator check accepts the plaintext caller.
+	op := func(ctx context.Context) (string, error) {
+		id, err := identify(ctx)
+		if err != nil || (id != operator && id != rpcutil.PlaintextActor) {
+			return "", status.Error(codes.PermissionDenied, "not an operator")
+		}
+		return id, nil
+	}
+	is, err := issuer.New(issuer.Config{Plane: pl, Policy: pol, Issuer: cpID, Identify: identify, Operator: op, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := is.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	su, err := stepup.New(stepup.Config{Plane: pl, Operator: op, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dd, err := drift.New(drift.Config{Plane: pl, Actor: cpID, Logger: logger, Rules: []drift.Rule{{
+		Name: "agents", Subjects: []string{"spiffe://example.org/agent/*"}, Threshold: 2,
+		Window: drift.Duration(time.Minute), Action: drift.ActionRevoke}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, err := drift.NewReplicas(drift.ReplicasConfig{Identify: identify, Replicas: []string{"spiffe://example.org/mandate/authz"},
+		AllowPlaintext: true, Drift: dd, StepUps: su, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	is.Register(gs)
+	su.Register(gs)
+	rp.Register(gs)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &cp{plane: pl, st: st, conn: conn}
+}
+
+func as(id string) context.Context {
+	return metadata.AppendToOutgoingContext(context.Background(), rpcutil.DevCallerHeader, id)
+}
+
+func call[Resp any](t *testing.T, c *cp, ctx context.Context, method string, req any) (*Resp, error) {
+	t.Helper()
+	out := new(Resp)
+	err := c.conn.Invoke(ctx, method, req, out)
+	return out, err
+}
+
+// replicaVerifier verifies with the VerificationKey resources the plane
+// publishes to replicas.
+func replicaVerifier(t *testing.T, c *cp) *mandate.Verifier {
+	t.Helper()
+	ks, _, err := c.st.Keys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []mandate.Key
+	for _, k := range ks {
+		keys = append(keys, mandate.Key{ID: k.GetName(), Public: k.GetPublicKey(), NotBefore: k.GetNotBefore().AsTime(), NotAfter: k.GetNotAfter().AsTime()})
+	}
+	v, err := mandate.NewVerifier(mandate.VerifierConfig{Issuer: cpID, Audience: "mandate", Keys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestMandatesOverTheRealPlane(t *testing.T) {
+	c := startCP(t)
+	scope := &mandatev1.MandateScope{Methods: []string{"GET"}, Paths: []string{"/tickets/**"}}
+
+	// Issue, as the orchestrator; the token verifies with the published keys.
+	iss, err := call[mandatev1.IssueMandateResponse](t, c, as(orch), "/mandate.v1.Mandates/IssueMandate",
+		&mandatev1.IssueMandateRequest{Subject: agentA, Task: "task-7", Intent: "triage", Scope: scope, Ttl: durationpb.New(5 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := replicaVerifier(t, c).Verify(iss.GetToken())
+	if err != nil || claims.Subject != agentA || claims.ID != iss.GetId() {
+		t.Fatalf("issued token does not verify with the published keys: %v %+v", err, claims)
+	}
+	if _, err := call[mandatev1.IssueMandateResponse](t, c, as(agentA), "/mandate.v1.Mandates/IssueMandate",
+		&mandatev1.IssueMandateRequest{Subject: agentA, Task: "task-7", Intent: "triage", Scope: scope}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("agent issuing for itself: %v", err)
+	}
+
+	// Delegate, as the holder; not as anyone else; never wider.
+	del, err := call[mandatev1.DelegateMandateResponse](t, c, as(agentA), "/mandate.v1.Mandates/Delegate",
+		&mandatev1.DelegateMandateRequest{ParentToken: iss.GetToken(), To: agentB, Scope: &mandatev1.MandateScope{Methods: []string{"GET"}, Paths: []string{"/tickets/1"}}})
+	if err != nil || del.GetDepth() != 1 {
+		t.Fatalf("delegate: %v %v", del, err)
+	}
+	if _, err := call[mandatev1.DelegateMandateResponse](t, c, as(agentB), "/mandate.v1.Mandates/Delegate",
+		&mandatev1.DelegateMandateRequest{ParentToken: iss.GetToken(), To: agentB, Scope: scope}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("delegation by a non-holder: %v", err)
+	}
+	if _, err := call[mandatev1.DelegateMandateResponse](t, c, as(agentA), "/mandate.v1.Mandates/Delegate",
+		&mandatev1.DelegateMandateRequest{ParentToken: iss.GetToken(), To: agentB, Scope: &mandatev1.MandateScope{Paths: []string{"/**"}}}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("widening delegation: %v", err)
+	}
+
+	// A replica's reporter sends a step-up request; an operator approves it.
+	rep, err := report.New(report.Config{Conn: c.conn, FlushInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { rep.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	rep.OnStepUp(authz.StepUpRequest{ID: "ar-0123456789abcdef0123", Subject: agentA, Task: "task-7", Intent: "triage",
+		Method: "POST", Path: "/tickets/1/close", Policy: "tickets", Rule: "close", Time: time.Now()})
+	var list *mandatev1.ListApprovalRequestsResponse
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		list, err = call[mandatev1.ListApprovalRequestsResponse](t, c, context.Background(), "/mandate.v1.Approvals/List", &mandatev1.ListApprovalRequestsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.GetRequests()) == 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(list.GetRequests()) != 1 || list.GetRequests()[0].GetPath() != "/tickets/1/close" {
+		t.Fatalf("approvals = %v", list)
+	}
+	if _, err := call[mandatev1.ApproveStepUpResponse](t, c, as(agentA), "/mandate.v1.Approvals/Approve", &mandatev1.ApproveStepUpRequest{Id: "ar-0123456789abcdef0123"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("approval by an agent: %v", err)
+	}
+	ap, err := call[mandatev1.ApproveStepUpResponse](t, c, as(operator), "/mandate.v1.Approvals/Approve",
+		&mandatev1.ApproveStepUpRequest{Id: "ar-0123456789abcdef0123", Window: durationpb.New(2 * time.Minute)})
+	if err != nil || ap.GetVersion() == "" {
+		t.Fatal(ap, err)
+	}
+	approvals := c.plane.Approvals()
+	if len(approvals) != 1 || approvals[0].GetApprovedBy() != operator || approvals[0].GetSubject() != agentA || approvals[0].GetRule() != "close" {
+		t.Fatalf("plane approvals = %v", approvals)
+	}
+	if _, err := call[mandatev1.DenyStepUpResponse](t, c, as(operator), "/mandate.v1.Approvals/Deny", &mandatev1.DenyStepUpRequest{Id: "ar-0123456789abcdef0123"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.plane.Approvals()) != 0 {
+		t.Fatal("deny did not withdraw the approval")
+	}
+
+	// Drift: a non-replica may not report; 3 out-of-intent denials (threshold 2) revoke the task once.
+	ev := func() *mandatev1.ReplicaEvent {
+		return &mandatev1.ReplicaEvent{Event: &mandatev1.ReplicaEvent_OutOfIntent{OutOfIntent: &mandatev1.OutOfIntentEvent{
+			Subject: agentB, Task: "task-9", Intent: "triage", Reason: "mandate_out_of_scope", Time: timestamppb.Now()}}}
+	}
+	if _, err := call[mandatev1.ReplicaReportResponse](t, c, as(agentA), "/mandate.v1.Replicas/Report",
+		&mandatev1.ReplicaReportRequest{Events: []*mandatev1.ReplicaEvent{ev(), ev(), ev()}}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("report from an agent: %v", err)
+	}
+	rr, err := call[mandatev1.ReplicaReportResponse](t, c, context.Background(), "/mandate.v1.Replicas/Report",
+		&mandatev1.ReplicaReportRequest{Events: []*mandatev1.ReplicaEvent{ev(), ev(), ev(), ev(), {}}})
+	if err != nil || rr.GetAccepted() != 4 || rr.GetRejected() != 1 {
+		t.Fatal(rr, err)
+	}
+	revs, _ := c.plane.Revocations(false)
+	if len(revs) != 1 || revs[0].GetKind() != "task" || revs[0].GetValue() != "task-9" || !strings.HasPrefix(revs[0].GetReason(), "drift: 3 out-of-intent requests in 1m0s") || revs[0].GetCreatedBy() != cpID {
+		t.Fatalf("revocations after drift = %v", revs)
+	}
+
+	// Complete the task: the orchestrator may; afterwards no delegation.
+	if _, err := call[mandatev1.CompleteTaskResponse](t, c, as(agentB), "/mandate.v1.Mandates/CompleteTask", &mandatev1.CompleteTaskRequest{Task: "task-7"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("complete by a stranger: %v", err)
+	}
+	ct, err := call[mandatev1.CompleteTaskResponse](t, c, as(orch), "/mandate.v1.Mandates/CompleteTask", &mandatev1.CompleteTaskRequest{Task: "task-7", Reason: "done"})
+	if err != nil || ct.GetRevocationId() == "" || ct.GetVersion() == "" {
+		t.Fatal(ct, err)
+	}
+	if _, err := call[mandatev1.DelegateMandateResponse](t, c, as(agentA), "/mandate.v1.Mandates/Delegate",
+		&mandatev1.DelegateMandateRequest{ParentToken: iss.GetToken(), To: agentB, Scope: scope}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("delegation of a completed task's mandate: %v", err)
+	}
+	keys, err := call[mandatev1.MandateKeysResponse](t, c, context.Background(), "/mandate.v1.Mandates/VerificationKeys", &mandatev1.MandateKeysRequest{})
+	if err != nil || len(keys.GetKeys()) != 1 || keys.GetIssuer() != cpID {
+		t.Fatal(keys, err)
+	}
+}
