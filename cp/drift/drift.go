@@ -424,3 +424,20 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return a
 }
+
+// FlagRules builds the single rule of the --drift-* flags: every subject,
+// threshold denials within window, then action (downgrade to intents). A
+// threshold of 0 disables drift detection (no rules).
+func FlagRules(threshold int, window time.Duration, action string, intents []string) ([]Rule, error) {
+	if threshold == 0 {
+		return nil, nil
+	}
+	r := []Rule{{Name: "flags", Threshold: threshold, Window: Duration(window), Action: action}}
+	if action == ActionDowngrade {
+		r[0].DowngradeIntents = intents
+	}
+	if _, err := compileRules(r); err != nil {
+		return nil, fmt.Errorf("drift: flags: %w", err)
+	}
+	return r, nil
+}
