@@ -266,3 +266,20 @@ func TestApplyRatiosAndFailures(t *testing.T) {
 		t.Fatalf("failures %v, want 3", f)
 	}
 }
+
+func TestParseMachineBusy(t *testing.T) {
+	got, err := parseMachineBusy("cpu  100 10 20 500 30 1 2 3 40 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// user+nice+system+irq+softirq+steal = 136 ticks; idle, iowait and
+	// guest (inside user) are not added.
+	if want := 1360 * time.Millisecond; got != want {
+		t.Fatalf("busy = %v, want %v", got, want)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4", "cpu 1 2 x 4 5"} {
+		if _, err := parseMachineBusy(bad); err == nil {
+			t.Errorf("parseMachineBusy(%q) accepted", bad)
+		}
+	}
+}

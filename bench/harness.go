@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -137,7 +139,11 @@ func (h *harness) run(ctx context.Context, sc scenario) *result {
 		h.logf("%s: skipped: %s", sc.id, sc.skip)
 		return r
 	}
-	if err := h.measure(ctx, sc, r); err != nil {
+	measure := h.measure
+	if sc.server == "authz+cp" {
+		measure = h.revocationStorm
+	}
+	if err := measure(ctx, sc, r); err != nil {
 		r.Error = err.Error()
 		h.logf("%s: %v", sc.id, err)
 	}
@@ -190,6 +196,11 @@ func (h *harness) measure(ctx context.Context, sc scenario, r *result) error {
 	if err != nil {
 		return err
 	}
+	self0, err1 := cpuTime(os.Getpid())
+	busy0, err2 := machineBusy()
+	if err := errors.Join(err1, err2); err != nil {
+		return err
+	}
 	spec.duration = h.cfg.duration
 	lr, err := runLoad(h.set, spec)
 	if err != nil {
@@ -198,6 +209,18 @@ func (h *harness) measure(ctx context.Context, sc scenario, r *result) error {
 	cpu1, err := cpuTime(srv.pid())
 	if err != nil {
 		return err
+	}
+	self1, err1 := cpuTime(os.Getpid())
+	busy1, err2 := machineBusy()
+	if err := errors.Join(err1, err2); err != nil {
+		return err
+	}
+	// CPU the rest of the machine used meanwhile (the machine is shared):
+	// busy time not spent by the harness (ghz) or the server, in cores.
+	if lr.elapsed > 0 {
+		other := (busy1 - busy0) - (self1 - self0) - (cpu1 - cpu0)
+		r.OtherLoadCores = math.Max(0, other.Seconds()/lr.elapsed.Seconds())
+		r.ClientCPUPerReqUS = us(self1-self0) / math.Max(1, float64(lr.count))
 	}
 	afterM, err := scrape(ctx, srv.metricsAddr)
 	if err != nil {

@@ -46,6 +46,7 @@ type config struct {
 	workDir     string
 	keep        bool
 	root        string
+	cpBin       string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -59,6 +60,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.UintVar(&c.pacedRPS, "rps", 5000, "request rate of the paced scenarios")
 	fs.StringVar(&c.out, "out", "results/latest.json", "write the results as JSON here (empty: don't)")
 	fs.StringVar(&c.authzBin, "authz-bin", "", "mandate-authz binary (default: go build ../cmd/mandate-authz)")
+	fs.StringVar(&c.cpBin, "cp-bin", "", "mandate-cp binary for scenario 3 (default: go build ../cmd/mandate-cp)")
 	fs.StringVar(&c.noopBin, "noop-bin", "", "no-op server binary (default: go build ./noop)")
 	only := fs.String("only", "", "comma-separated scenario ids to run (baselines always run)")
 	fs.StringVar(&c.profileDir, "profile", "", "capture CPU and allocation profiles of scenarios 1 and 2 into this directory (an extra, unmeasured load period each)")

@@ -85,3 +85,35 @@ func parseStatus(status string) (memory, error) {
 	}
 	return m, nil
 }
+
+// machineBusy returns the CPU time all processes on the machine have used
+// (every state of the first /proc/stat line but idle and iowait).
+func machineBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("bench: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	return parseMachineBusy(line)
+}
+
+func parseMachineBusy(line string) (time.Duration, error) {
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, fmt.Errorf("bench: malformed /proc/stat line %q", line)
+	}
+	var busy uint64
+	for i, v := range f[1:] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("bench: malformed /proc/stat line %q", line)
+		}
+		// Fields: user nice system idle iowait irq softirq steal guest
+		// guest_nice. guest time is already counted in user.
+		if i == 3 || i == 4 || i >= 8 {
+			continue
+		}
+		busy += n
+	}
+	return time.Duration(busy) * time.Second / clockTicks, nil
+}

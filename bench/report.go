@@ -37,6 +37,11 @@ type result struct {
 	RSSBytes     int64   `json:"server_rss_bytes"`
 	HWMBytes     int64   `json:"server_peak_rss_bytes"`
 	HeapInuse    float64 `json:"server_heap_inuse_bytes"`
+	// ClientCPUPerReqUS is the harness's (ghz's) CPU time per call.
+	ClientCPUPerReqUS float64 `json:"client_cpu_us_per_request"`
+	// OtherLoadCores is the CPU the rest of the shared machine used
+	// during the run, in cores: noise.
+	OtherLoadCores float64 `json:"other_load_cores"`
 
 	// mandate-authz only.
 	Decisions     float64  `json:"decisions,omitempty"`
@@ -263,15 +268,15 @@ func writeTable(w io.Writer, rep *report) {
 	fmt.Fprintf(w, "load: ghz, concurrency %d, 1 connection, %s per scenario after %s warmup; paced runs at %d req/s; total %s\n\n",
 		s.Concurrency, s.Duration, s.Warmup, s.PacedRPS, rep.Elapsed)
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
-	fmt.Fprintln(tw, "| scenario\t req/s\t p50 µs\t p99 µs\t p99.9 µs\t server CPU µs/req\t allocs/req\t handler p50/p99 µs\t hit ratio\t |")
-	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t---\t---\t---\t |")
+	fmt.Fprintln(tw, "| scenario\t req/s\t p50 µs\t p99 µs\t p99.9 µs\t server CPU µs/req\t allocs/req\t handler p50/p99 µs\t hit ratio\t other load\t |")
+	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t---\t---\t---\t---\t |")
 	for _, r := range rep.Results {
 		if r.Skipped != "" {
-			fmt.Fprintf(tw, "| %s\t skipped: %s\t\t\t\t\t\t\t\t |\n", r.ID, r.Skipped)
+			fmt.Fprintf(tw, "| %s\t skipped: %s\t\t\t\t\t\t\t\t\t |\n", r.ID, r.Skipped)
 			continue
 		}
 		if r.Error != "" && r.Requests == 0 {
-			fmt.Fprintf(tw, "| %s\t ERROR: %s\t\t\t\t\t\t\t\t |\n", r.ID, r.Error)
+			fmt.Fprintf(tw, "| %s\t ERROR: %s\t\t\t\t\t\t\t\t\t |\n", r.ID, r.Error)
 			continue
 		}
 		hit := "-"
@@ -282,10 +287,10 @@ func writeTable(w io.Writer, rep *report) {
 		if r.HandlerP99us != nil {
 			handler = optUS(r.HandlerP50us) + " / " + optUS(r.HandlerP99us)
 		}
-		fmt.Fprintf(tw, "| %s\t %.0f%s\t %.0f%s\t %.0f%s\t %.0f%s\t %.1f%s\t %.1f%s\t %s\t %s\t |\n",
+		fmt.Fprintf(tw, "| %s\t %.0f%s\t %.0f%s\t %.0f%s\t %.0f%s\t %.1f%s\t %.1f%s\t %s\t %s\t %.2f\t |\n",
 			r.ID, r.RPS, ratioText(r, "rps"), r.P50us, ratioText(r, "p50"), r.P99us, ratioText(r, "p99"),
 			r.P999us, ratioText(r, "p99_9"), r.CPUPerReqUS, ratioText(r, "cpu_per_request"),
-			r.AllocsPerReq, ratioText(r, "allocs_per_request"), handler, hit)
+			r.AllocsPerReq, ratioText(r, "allocs_per_request"), handler, hit, r.OtherLoadCores)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

@@ -17,6 +17,7 @@ type server struct {
 	cmd         *exec.Cmd
 	grpcAddr    string
 	metricsAddr string
+	addrs       map[string]string
 	stderrPath  string
 	done        chan struct{}
 	waitErr     error
@@ -49,16 +50,15 @@ func startServer(ctx context.Context, dir, name, bin string, args []string, time
 	for {
 		b, err := os.ReadFile(addrFile)
 		if err == nil {
-			var addrs struct{ GRPC, Metrics string }
-			if err := json.Unmarshal(b, &addrs); err != nil {
+			if err := json.Unmarshal(b, &s.addrs); err != nil {
 				s.stop()
 				return nil, fmt.Errorf("bench: %s addr file: %w", name, err)
 			}
-			if addrs.GRPC == "" || addrs.Metrics == "" {
+			s.grpcAddr, s.metricsAddr = s.addrs["grpc"], s.addrs["metrics"]
+			if s.metricsAddr == "" {
 				s.stop()
-				return nil, fmt.Errorf("bench: %s addr file %s lacks grpc or metrics", name, b)
+				return nil, fmt.Errorf("bench: %s addr file %s lacks metrics", name, b)
 			}
-			s.grpcAddr, s.metricsAddr = addrs.GRPC, addrs.Metrics
 			return s, nil
 		}
 		select {
