@@ -13,6 +13,7 @@ import (
 
 	"github.com/mandate-dev/mandate/authz"
 	"github.com/mandate-dev/mandate/authz/mandate"
+	"github.com/mandate-dev/mandate/authz/report"
 	"github.com/mandate-dev/mandate/internal/transport"
 	xdsclient "github.com/mandate-dev/mandate/xds/client"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
@@ -39,14 +40,34 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 		host, _ := os.Hostname()
 		nodeID = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
+	conn, err := grpc.NewClient(o.xdsServer, dialOpt)
+	if err != nil {
+		_ = src.Close()
+		return nil, fmt.Errorf("--xds-server: %w", err)
+	}
+	// Drift and step-up events go to the control plane over the same
+	// connection, batched off the request path.
+	rep, err := report.New(report.Config{Conn: conn, Registerer: reg, Logger: logger})
+	if err != nil {
+		_ = conn.Close()
+		_ = src.Close()
+		return nil, err
+	}
+	cfg.OnOutOfIntent = rep.OnOutOfIntent
+	cfg.OnStepUp = rep.OnStepUp
+	go func() {
+		if err := rep.Run(ctx); err != nil && ctx.Err() == nil {
+			logger.Error("reporter stopped", "error", err)
+		}
+	}()
+
 	var synced atomic.Bool
 	c, err := xdsclient.New(xdsclient.Config{
-		Target:      o.xdsServer,
-		DialOptions: []grpc.DialOption{dialOpt},
-		NodeID:      nodeID,
-		Logger:      logger,
-		Registerer:  reg,
-		Heartbeat:   o.staleBudget / 3,
+		Conn:       conn,
+		NodeID:     nodeID,
+		Logger:     logger,
+		Registerer: reg,
+		Heartbeat:  o.staleBudget / 3,
 		Apply: func(s xdsclient.State) error {
 			keys, err := verificationKeys(s.Keys)
 			if err != nil {
@@ -71,12 +92,14 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 		},
 	})
 	if err != nil {
+		_ = conn.Close()
 		_ = src.Close()
 		return nil, err
 	}
 	go func() {
 		err := c.Run(ctx)
 		_ = c.Close()
+		_ = conn.Close()
 		_ = src.Close()
 		if ctx.Err() != nil {
 			err = nil

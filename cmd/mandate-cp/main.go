@@ -65,6 +65,13 @@ type options struct {
 	operators, replicaIDs, adminPeers                                   listFlag
 	plaintext                                                           bool
 	shutdownGrace                                                       time.Duration
+
+	// Mandates, approvals, drift.
+	issuancePolicy, driftPolicy, driftAction string
+	driftIntents                             listFlag
+	keyRotation, keyOverlap, maxTTL          time.Duration
+	approvalWindow, driftWindow              time.Duration
+	maxDepth, driftThreshold                 int
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -86,6 +93,17 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.plaintext, "plaintext", false, "development only: no mTLS on xDS and admin; refused unless both listen on loopback")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug | info | warn | error")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 5*time.Second, "how long a graceful shutdown waits for calls in flight")
+	fs.StringVar(&o.issuancePolicy, "issuance-policy", "", "IssuancePolicy YAML: who may request which mandates (empty: nobody)")
+	fs.DurationVar(&o.keyRotation, "key-rotation", 24*time.Hour, "how often the mandate signing key is rotated")
+	fs.DurationVar(&o.keyOverlap, "key-overlap", time.Hour, "how long a rotated-out key still verifies (at least --mandate-max-ttl plus skew)")
+	fs.DurationVar(&o.maxTTL, "mandate-max-ttl", 15*time.Minute, "longest mandate lifetime")
+	fs.IntVar(&o.maxDepth, "delegation-max-depth", 3, "longest delegation chain")
+	fs.DurationVar(&o.approvalWindow, "approval-window", 5*time.Minute, "default window of a step-up approval")
+	fs.StringVar(&o.driftPolicy, "drift-policy", "", "DriftPolicy YAML (overrides the --drift-* flags)")
+	fs.IntVar(&o.driftThreshold, "drift-threshold", 5, "out-of-intent denials of one task (or subject) within --drift-window that trigger --drift-action (0: off)")
+	fs.DurationVar(&o.driftWindow, "drift-window", time.Minute, "sliding window of the drift threshold")
+	fs.StringVar(&o.driftAction, "drift-action", "revoke", "revoke | downgrade")
+	fs.Var(&o.driftIntents, "drift-downgrade-intents", "intents a downgraded task keeps (with --drift-action downgrade)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -159,14 +177,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	xs.Register(xg)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(xg, hs)
-	xlis, err := net.Listen("tcp", o.xdsListen)
-	if err != nil {
-		return fmt.Errorf("xds listen: %w", err)
-	}
-	servers = append(servers, xg)
-	go func() { errc <- serveErr("xds", xg.Serve(xlis)) }()
-	addrs["xds"] = xlis.Addr().String()
-
 	auth, err := admin.NewAuth(admin.AuthConfig{Operators: o.operators, AllowPlaintext: o.plaintext,
 		UID: os.Getuid(), Registerer: reg})
 	if err != nil {
@@ -176,12 +186,26 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	services, err := mandateServices(ctx, o, pl, auth, logger)
+	if err != nil {
+		return err
+	}
+	// Replicas report drift and step-up requests over the xDS connection
+	// they already hold.
+	services.replicas.Register(xg)
+	xlis, err := net.Listen("tcp", o.xdsListen)
+	if err != nil {
+		return fmt.Errorf("xds listen: %w", err)
+	}
+	servers = append(servers, xg)
+	go func() { errc <- serveErr("xds", xg.Serve(xlis)) }()
+	addrs["xds"] = xlis.Addr().String()
+
 	register := func(g *grpc.Server) {
 		admin.RegisterServer(g, svc)
 		healthpb.RegisterHealthServer(g, hs)
 		reflection.Register(g)
-		// Other control-plane services (mandates, approvals, replica
-		// reports) register here on the same servers.
+		services.register(g)
 	}
 
 	if o.adminListen != "" {

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"google.golang.org/grpc"
+
+	"github.com/mandate-dev/mandate/cp/admin"
+	"github.com/mandate-dev/mandate/cp/drift"
+	"github.com/mandate-dev/mandate/cp/issuance"
+	"github.com/mandate-dev/mandate/cp/issuer"
+	"github.com/mandate-dev/mandate/cp/issuer/rpcutil"
+	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/cp/stepup"
+)
+
+// cpServices are the mandate, approval and replica-report services.
+type cpServices struct {
+	issuer   *issuer.Service
+	stepup   *stepup.Service
+	replicas *drift.Replicas
+}
+
+func (s *cpServices) register(g *grpc.Server) {
+	s.issuer.Register(g)
+	s.stepup.Register(g)
+	s.replicas.Register(g)
+}
+
+// mandateServices builds issuance (with its signing keys, started and
+// rotating until ctx ends), step-up approvals and drift detection.
+func mandateServices(ctx context.Context, o *options, pl *plane.Plane, auth *admin.Auth, logger *slog.Logger) (*cpServices, error) {
+	cpID := "spiffe://" + o.trustDomain + "/mandate/cp"
+	identify := func(ctx context.Context) (string, error) { return rpcutil.Identify(ctx, o.plaintext) }
+	operator := func(ctx context.Context) (string, error) {
+		p, err := admin.PeerOf(ctx)
+		if err != nil {
+			return "", err
+		}
+		if err := auth.Authorize(p); err != nil {
+			return "", err
+		}
+		return p.Actor, nil
+	}
+	var pol *issuance.Policy
+	if o.issuancePolicy != "" {
+		b, err := os.ReadFile(o.issuancePolicy)
+		if err != nil {
+			return nil, fmt.Errorf("--issuance-policy: %w", err)
+		}
+		if pol, err = issuance.Parse(o.issuancePolicy, b); err != nil {
+			return nil, err
+		}
+	}
+	is, err := issuer.New(issuer.Config{
+		Plane: pl, Policy: pol, Issuer: cpID, MaxTTL: o.maxTTL, MaxDepth: o.maxDepth,
+		Rotation: o.keyRotation, Overlap: o.keyOverlap, Identify: identify, Operator: operator, Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := is.Start(ctx); err != nil {
+		return nil, err
+	}
+	go func() {
+		if err := is.Run(ctx); err != nil && ctx.Err() == nil {
+			logger.Error("key rotation stopped", "error", err)
+		}
+	}()
+	su, err := stepup.New(stepup.Config{Plane: pl, Operator: operator, Window: o.approvalWindow, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	var rules []drift.Rule
+	if o.driftPolicy != "" {
+		b, err := os.ReadFile(o.driftPolicy)
+		if err != nil {
+			return nil, fmt.Errorf("--drift-policy: %w", err)
+		}
+		if rules, err = drift.ParsePolicy(o.driftPolicy, b); err != nil {
+			return nil, err
+		}
+	} else if o.driftThreshold > 0 {
+		if rules, err = drift.FlagRules(o.driftThreshold, o.driftWindow, o.driftAction, o.driftIntents); err != nil {
+			return nil, err
+		}
+	}
+	dd, err := drift.New(drift.Config{Plane: pl, Rules: rules, Actor: cpID, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	rp, err := drift.NewReplicas(drift.ReplicasConfig{
+		Identify: identify, Replicas: o.replicaIDs, AllowPlaintext: o.plaintext,
+		Drift: dd, StepUps: su, Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &cpServices{issuer: is, stepup: su, replicas: rp}, nil
+}
