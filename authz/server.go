@@ -160,8 +160,10 @@ type outcome struct {
 	rule      string
 	dryRun    string
 	cacheHit  bool
-	evaluated bool   // policies were evaluated (a cache miss)
-	approval  string // step-up approval request id
+	evaluated bool // policies were evaluated (a cache miss)
+	// approvable: a step_up an approval may lift (an allow rule matched).
+	approvable bool
+	approval   string // step-up approval request id
 }
 
 // Check decides one request. It never returns an error: every failure is
@@ -328,7 +330,9 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 	out := s.evaluate(st, &r, notAfter)
 	if out.effect == policies.EffectStepUp {
 		d := policies.Decision{Policy: out.policy, Rule: out.rule}
-		if _, ok := st.Approvals.Find(now, &r, &d); ok {
+		// An approval lifts the step-up only where an allow rule matches
+		// too: it never allows more than the policy would without it.
+		if _, ok := st.Approvals.Find(now, &r, &d); ok && out.approvable {
 			out.effect, out.reason = policies.EffectAllow, reasonApproved
 		} else {
 			out.approval = stepUpID(&r, out.policy, out.rule)
@@ -356,18 +360,19 @@ func (s *Server) evaluate(st *State, r *policies.Request, notAfter time.Time) ou
 		buildKey(key, st, r)
 		if e, ok := cache.Get(key.Bytes(), st.Epoch); ok {
 			return outcome{effect: policies.Effect(e.Effect), reason: e.Reason, policy: e.Policy,
-				rule: e.Rule, dryRun: e.DryRun, cacheHit: true}
+				rule: e.Rule, dryRun: e.DryRun, cacheHit: true, approvable: e.AllowedIfApproved}
 		}
 	}
 	d := st.Policies.Evaluate(r)
-	out := outcome{effect: d.Effect, reason: string(d.Reason), policy: d.Policy, rule: d.Rule, evaluated: true}
+	out := outcome{effect: d.Effect, reason: string(d.Reason), policy: d.Policy, rule: d.Rule,
+		evaluated: true, approvable: d.AllowedIfApproved}
 	if d.DryRun != nil {
 		out.dryRun = d.DryRun.Policy + "/" + d.DryRun.Rule + "=" + d.DryRun.Effect.String()
 	}
 	if cache != nil && d.Cacheable && d.Reason != policies.ReasonConditionError {
 		cache.Set(key.Bytes(), &decisioncache.Entry{
 			Effect: uint8(d.Effect), Policy: d.Policy, Rule: d.Rule, Reason: out.reason,
-			DryRun: out.dryRun, Epoch: st.Epoch,
+			DryRun: out.dryRun, Epoch: st.Epoch, AllowedIfApproved: d.AllowedIfApproved,
 		}, notAfter)
 	}
 	return out

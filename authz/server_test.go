@@ -406,6 +406,30 @@ func TestStepUpApproval(t *testing.T) {
 	}
 }
 
+// TestApprovalNeverWidens: a step-up with no allow rule behind it stays
+// denied even when approved.
+func TestApprovalNeverWidens(t *testing.T) {
+	h := newHarness(t, nil)
+	h.store.Update(func(s *State) {
+		s.Policies = compile(t, `apiVersion: mandate.dev/v1
+kind: Policy
+metadata: {name: guard}
+spec:
+  rules:
+    - {name: refunds, effect: step_up, subjects: ["spiffe://example.org/agent/pay"], actions: [{methods: [POST], paths: ["/refunds"]}]}
+`)
+	})
+	req := checkReq("POST", "/refunds", principal("spiffe://example.org/agent/pay"), hdr("x-mandate-task", "T-7"))
+	res := h.check(t, req)
+	h.store.Update(func(s *State) {
+		s.Approvals = NewApprovalSet([]Approval{{ID: res.approval, Subject: "spiffe://example.org/agent/pay", Task: "T-7",
+			Method: "POST", Path: "/refunds", Policy: "guard", Rule: "refunds", Expires: h.clock.Now().Add(time.Minute)}})
+	})
+	if got := h.check(t, req); got.allowed || got.status != 401 {
+		t.Fatalf("approval allowed a request no allow rule covers: %+v", got)
+	}
+}
+
 type panicky struct{}
 
 func (panicky) Stale() bool { panic("boom") }

@@ -35,6 +35,11 @@ func (s *Set) Evaluate(r *Request) Decision {
 	if ru != nil {
 		d.Policy, d.Rule = ru.policy, ru.name
 	}
+	if reason == ReasonStepUpRequired {
+		// An approval lifts the step-up, never more: it allows only
+		// when an allow rule matches as well.
+		d.AllowedIfApproved = s.anyAllow(r, cands, i, s.firstDry, &d)
+	}
 	for i < len(cands) && int(cands[i]) < s.firstDry {
 		i++
 	}
@@ -105,6 +110,21 @@ func (s *Set) decide(r *Request, cands []int32, from, end int, d *Decision) (Rea
 		return ReasonConditionError, allowErr, i
 	}
 	return ReasonNoMatch, nil, i
+}
+
+// anyAllow reports whether an enforce-mode allow rule among cands[from:]
+// (ids below end) matches r, its condition included.
+func (s *Set) anyAllow(r *Request, cands []int32, from, end int, d *Decision) bool {
+	for i := from; i < len(cands) && int(cands[i]) < end; i++ {
+		ru := &s.rules[cands[i]]
+		if ru.effect != EffectAllow || !ru.matchStatic(r) {
+			continue
+		}
+		if ok, err := ru.evalCond(r, d); ok && err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // evalCond evaluates the rule's condition (true without one) and marks

@@ -300,3 +300,44 @@ spec:
 		t.Errorf("mandate field without mandate: %+v", d)
 	}
 }
+
+// TestAllowedIfApproved: an approval may lift a step-up only where an
+// allow rule would let the request through anyway.
+func TestAllowedIfApproved(t *testing.T) {
+	set := mustSet(t, evalPolicies)
+	const agent = "spiffe://example.org/agent/a1"
+	tests := []struct {
+		name string
+		r    *Request
+		want bool
+	}{
+		{"step_up with a matching allow rule", &Request{Subject: agent, Method: "DELETE", Path: "/x"}, true},
+		{"step_up over an unconditional allow", &Request{Subject: agent, Method: "POST", Path: "/cond-stepup",
+			Headers: map[string]string{"x-n": "11"}}, true},
+	}
+	only := mustSet(t, `apiVersion: mandate.dev/v1
+kind: Policy
+metadata: {name: p}
+spec:
+  rules:
+    - {name: s, effect: step_up, subjects: ["spiffe://example.org/agent/*"], actions: [{methods: [POST]}]}
+    - {name: a, effect: allow, subjects: ["spiffe://example.org/agent/*"], actions: [{methods: [POST]}], when: 'request.path == "/ok"'}
+`)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := set.Evaluate(tt.r)
+			if d.Effect != EffectStepUp || d.AllowedIfApproved != tt.want {
+				t.Fatalf("effect %v AllowedIfApproved %v, want step_up and %v", d.Effect, d.AllowedIfApproved, tt.want)
+			}
+		})
+	}
+	if d := only.Evaluate(&Request{Subject: agent, Method: "POST", Path: "/ok"}); !d.AllowedIfApproved {
+		t.Fatal("allow rule matched, yet not AllowedIfApproved")
+	}
+	if d := only.Evaluate(&Request{Subject: agent, Method: "POST", Path: "/other"}); d.Effect != EffectStepUp || d.AllowedIfApproved {
+		t.Fatalf("no allow rule matches, yet %+v", d)
+	}
+	if d := set.Evaluate(&Request{Subject: agent, Method: "GET", Path: "/data/x"}); d.AllowedIfApproved {
+		t.Fatal("AllowedIfApproved set on an allow decision")
+	}
+}

@@ -87,6 +87,10 @@ type Decision struct {
 	// Cacheable is false when the decision read something that is not
 	// part of the cache key (for example `now` in a condition).
 	Cacheable bool
+	// AllowedIfApproved is set on a step_up decision when an allow rule
+	// matches too: an approval then allows the request. Without it an
+	// approval changes nothing (approval never widens the policy).
+	AllowedIfApproved bool
 }
 
 // Match names one rule that matched and its effect.

@@ -20,13 +20,15 @@ import (
 
 // Entry is a cached decision.
 type Entry struct {
-	Effect  uint8
-	Policy  string
-	Rule    string
-	Reason  string
-	DryRun  string // "policy/rule=effect" of the dry-run match, or ""
-	Epoch   uint64
-	Expires time.Time
+	Effect uint8
+	Policy string
+	Rule   string
+	Reason string
+	DryRun string // "policy/rule=effect" of the dry-run match, or ""
+	// AllowedIfApproved: a step_up decision an approval may lift.
+	AllowedIfApproved bool
+	Epoch             uint64
+	Expires           time.Time
 }
 
 // Config sizes the cache.
