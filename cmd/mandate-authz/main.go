@@ -67,6 +67,7 @@ type options struct {
 	plaintext, pprof                                               bool
 	cacheTTL, staleBudget                                          time.Duration
 	cacheSize                                                      int64
+	maxRules                                                       int
 	staleMode, decisionLog, logLevel                               string
 }
 
@@ -87,6 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.plaintext, "plaintext", false, "development only: serve without mTLS; refused unless --listen is a loopback address")
 	fs.DurationVar(&o.cacheTTL, "cache-ttl", 2*time.Second, "how long a decision is cached (0: no cache)")
 	fs.Int64Var(&o.cacheSize, "cache-size", 100_000, "decisions kept in the cache")
+	fs.IntVar(&o.maxRules, "max-rules", 100_000, "largest policy set (in rules) this replica accepts; a bigger push is NACKed and the last good set kept")
 	fs.DurationVar(&o.staleBudget, "stale-budget", 30*time.Second, "control plane mode: fail closed after this long without the control plane")
 	fs.StringVar(&o.staleMode, "stale-mode", "all", "what a stale replica denies: all | sensitive (routes labelled sensitivity=high)")
 	fs.StringVar(&o.decisionLog, "decision-log", "stdout", "decision log destination: stdout | stderr | off | a file path")

@@ -69,6 +69,9 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 		Registerer: reg,
 		Heartbeat:  o.staleBudget / 3,
 		Apply: func(s xdsclient.State) error {
+			if n := s.Policies.Len(); o.maxRules > 0 && n > o.maxRules {
+				return fmt.Errorf("policy set has %d rules, this replica accepts at most %d (--max-rules)", n, o.maxRules)
+			}
 			keys, err := verificationKeys(s.Keys)
 			if err != nil {
 				return err
