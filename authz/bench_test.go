@@ -3,11 +3,15 @@ package authz
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/mandate-dev/mandate/authz/decisionlog"
 )
 
 // benchPolicies returns n rules, each for its own agent subject, with a
@@ -30,6 +34,32 @@ func benchPolicies(n int) string {
       actions: [{paths: ["/secrets/**"]}]
 `)
 	return b.String()
+}
+
+// BenchmarkCheckWithDecisionLog is a cache hit with the decision log on
+// (JSON to io.Discard on its own goroutine), as users run it.
+func BenchmarkCheckWithDecisionLog(b *testing.B) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l, err := decisionlog.New(ctx, decisionlog.Config{Out: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := newHarness(b, func(c *Config) { c.Log = l })
+	req := checkReq("GET", "/queue")
+	if res := h.check(b, req); !res.allowed {
+		b.Fatalf("denied: %+v", res)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := h.srv.Check(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	l.Close()
+	b.ReportMetric(float64(l.Dropped())/float64(b.N), "dropped/op")
 }
 
 func benchHarness(b *testing.B, rules int) *harness {

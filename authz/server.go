@@ -43,7 +43,7 @@ type Staleness interface {
 
 // DecisionLogger receives one record per decision. Log must not block.
 type DecisionLogger interface {
-	Log(r *decisionlog.Record)
+	Log(r decisionlog.Record)
 }
 
 // Config wires a Server.
@@ -220,7 +220,7 @@ func (s *Server) finish(rec *decisionlog.Record, out *outcome, start time.Time) 
 	rec.DryRun = out.dryRun
 	rec.CacheHit = out.cacheHit
 	rec.Latency = lat
-	s.cfg.Log.Log(rec)
+	s.cfg.Log.Log(*rec)
 }
 
 func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *decisionlog.Record) outcome {

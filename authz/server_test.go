@@ -76,7 +76,7 @@ type recLog struct {
 	recs []decisionlog.Record
 }
 
-func (l *recLog) Log(r *decisionlog.Record) { l.mu.Lock(); l.recs = append(l.recs, *r); l.mu.Unlock() }
+func (l *recLog) Log(r decisionlog.Record) { l.mu.Lock(); l.recs = append(l.recs, r); l.mu.Unlock() }
 func (l *recLog) last() decisionlog.Record {
 	l.mu.Lock()
 	defer l.mu.Unlock()

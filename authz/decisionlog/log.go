@@ -80,12 +80,12 @@ func New(ctx context.Context, cfg Config) (*Logger, error) {
 }
 
 // Log queues r. It never blocks.
-func (l *Logger) Log(r *Record) {
+func (l *Logger) Log(r Record) {
 	if l == nil {
 		return
 	}
 	select {
-	case l.queue <- *r:
+	case l.queue <- r:
 	default:
 		l.dropped.Add(1)
 		if l.onDrop != nil {

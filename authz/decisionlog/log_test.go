@@ -30,9 +30,9 @@ func TestRecordsAreJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.Log(&Record{DecisionID: "d1", Subject: "spiffe://example.org/a", Result: "allow", Rule: "r1",
+	l.Log(Record{DecisionID: "d1", Subject: "spiffe://example.org/a", Result: "allow", Rule: "r1",
 		Chain: []string{"spiffe://example.org/p"}, CacheHit: true, Latency: 1500 * time.Nanosecond})
-	l.Log(&Record{DecisionID: "d2", Result: "deny", Reason: "no_matching_rule"})
+	l.Log(Record{DecisionID: "d2", Result: "deny", Reason: "no_matching_rule"})
 	l.Close()
 
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
@@ -72,7 +72,7 @@ func TestFullQueueDropsAndCounts(t *testing.T) {
 	}
 	// One record may be taken by the writer goroutine; at most 2 more fit.
 	for i := 0; i < 10; i++ {
-		l.Log(&Record{DecisionID: "x"})
+		l.Log(Record{DecisionID: "x"})
 	}
 	if l.Dropped() < 7 || uint64(drops) != l.Dropped() {
 		t.Fatalf("dropped %d (callback %d), want >= 7", l.Dropped(), drops)
@@ -86,7 +86,7 @@ func TestFullQueueDropsAndCounts(t *testing.T) {
 
 func TestNilLogger(t *testing.T) {
 	var l *Logger
-	l.Log(&Record{})
+	l.Log(Record{})
 	if _, err := New(context.Background(), Config{}); err == nil {
 		t.Fatal("New accepted a nil Out")
 	}
