@@ -8,6 +8,7 @@ import (
 
 	"cel.dev/cel-go/cel"
 	celast "cel.dev/cel-go/common/ast"
+	"cel.dev/cel-go/common/cost"
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/ext"
 )
@@ -125,10 +126,15 @@ func compileCondition(env *cel.Env, src string) (*condition, error) {
 	if len(a.errs) > 0 {
 		return nil, errors.Join(a.errs...)
 	}
-	prg, err := env.Program(checked,
-		cel.CostLimit(ConditionCostLimit),
-		cel.EvalOptions(cel.OptOptimize),
-	)
+	// Runtime cost tracking allocates a tracker per evaluation. When the
+	// static worst case, with every input at the largest size Envoy
+	// forwards, is already within the limit, it cannot be exceeded and
+	// tracking is left off; otherwise every evaluation is metered.
+	opts := []cel.ProgramOption{cel.EvalOptions(cel.OptOptimize)}
+	if est, err := env.EstimateCost(checked, inputBounds{}); err != nil || est.Max > ConditionCostLimit {
+		opts = append(opts, cel.CostLimit(ConditionCostLimit))
+	}
+	prg, err := env.Program(checked, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("planning: %w", err)
 	}
@@ -138,6 +144,21 @@ func compileCondition(env *cel.Env, src string) (*condition, error) {
 	}
 	sort.Strings(c.headerKeys)
 	return c, nil
+}
+
+// inputBounds bounds the size of every input for the static cost
+// estimate: Envoy forwards at most 60 KiB of request headers (default
+// max_request_headers_kb), so no string, and no map or list, is larger.
+type inputBounds struct{}
+
+const maxInputSize = 64 << 10
+
+func (inputBounds) EstimateSize(cost.AstNode) *cost.SizeEstimate {
+	return &cost.SizeEstimate{Min: 0, Max: maxInputSize}
+}
+
+func (inputBounds) EstimateCallCost(string, string, *cost.AstNode, []cost.AstNode) *cost.CallEstimate {
+	return nil
 }
 
 // eval runs the condition. Anything but a bool result is an error.
