@@ -8,8 +8,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mandate-dev/mandate/authz/decisionlog"
 )
@@ -64,7 +67,11 @@ func BenchmarkCheckWithDecisionLog(b *testing.B) {
 
 func benchHarness(b *testing.B, rules int) *harness {
 	// No decision log: this measures the handler alone.
-	h := newHarness(b, func(c *Config) { c.Log = nil })
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := newHarness(b, func(c *Config) { c.Log, c.Metrics = nil, m })
 	set := compile(b, benchPolicies(rules))
 	h.store.Update(func(s *State) { s.Policies = set })
 	return h
@@ -100,8 +107,8 @@ func BenchmarkCheck(b *testing.B) {
 			h := benchHarness(b, rules)
 			// Every request is distinct (path and the header the condition
 			// reads), so each one evaluates policies and CEL. Requests are
-			// prepared up front; a new state epoch every len(reqs)
-			// iterations keeps repeats from hitting the cache.
+			// prepared up front; moving the clock past the cache TTL every
+			// len(reqs) iterations keeps repeats from hitting the cache.
 			reqs := make([]*authv3.CheckRequest, 1<<14)
 			for i := range reqs {
 				t := strconv.Itoa(i)
@@ -111,16 +118,19 @@ func BenchmarkCheck(b *testing.B) {
 			if res := h.check(b, reqs[1]); !res.allowed {
 				b.Fatalf("bench request denied: %+v", res)
 			}
-			set := h.store.Load().Policies
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				if i%len(reqs) == 0 {
-					h.store.Update(func(s *State) { s.Policies = set })
+					h.clock.Add(2 * time.Minute)
 				}
 				if _, err := h.srv.Check(ctx, reqs[i%len(reqs)]); err != nil {
 					b.Fatal(err)
 				}
+			}
+			b.StopTimer()
+			if hits := testutil.ToFloat64(h.srv.cfg.Metrics.cacheHits); hits > 0 {
+				b.Fatalf("%v cache hits in a benchmark of misses", hits)
 			}
 		})
 	}

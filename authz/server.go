@@ -358,7 +358,7 @@ func (s *Server) evaluate(st *State, r *policies.Request, notAfter time.Time) ou
 		key = s.keyPool.Get().(*decisioncache.Key)
 		defer s.keyPool.Put(key)
 		buildKey(key, st, r)
-		if e, ok := cache.Get(key.Bytes(), st.Epoch); ok {
+		if e, ok := cache.Get(key.Bytes(), st.PolicyEpoch); ok {
 			return outcome{effect: policies.Effect(e.Effect), reason: e.Reason, policy: e.Policy,
 				rule: e.Rule, dryRun: e.DryRun, cacheHit: true, approvable: e.AllowedIfApproved}
 		}
@@ -372,7 +372,7 @@ func (s *Server) evaluate(st *State, r *policies.Request, notAfter time.Time) ou
 	if cache != nil && d.Cacheable && d.Reason != policies.ReasonConditionError {
 		cache.Set(key.Bytes(), &decisioncache.Entry{
 			Effect: uint8(d.Effect), Policy: d.Policy, Rule: d.Rule, Reason: out.reason,
-			DryRun: out.dryRun, Epoch: st.Epoch, AllowedIfApproved: d.AllowedIfApproved,
+			DryRun: out.dryRun, Epoch: st.PolicyEpoch, AllowedIfApproved: d.AllowedIfApproved,
 		}, notAfter)
 	}
 	return out
@@ -381,7 +381,7 @@ func (s *Server) evaluate(st *State, r *policies.Request, notAfter time.Time) ou
 // buildKey writes every input the policy evaluation can read.
 func buildKey(k *decisioncache.Key, st *State, r *policies.Request) {
 	k.Reset()
-	k.Uint(st.Epoch)
+	k.Uint(st.PolicyEpoch)
 	k.String(r.Subject)
 	k.String(r.Destination)
 	k.String(r.Host)

@@ -338,6 +338,27 @@ func TestCacheHitThenRevocation(t *testing.T) {
 	}
 }
 
+// TestRevocationKeepsCacheWarm: revoking one subject does not throw away
+// the cached decisions of the others (revocations are checked outside the
+// cache), while the revoked subject is denied at once.
+func TestRevocationKeepsCacheWarm(t *testing.T) {
+	h := newHarness(t, nil)
+	other := checkReq("GET", "/queue", principal("spiffe://example.org/agent/support/a2"))
+	h.check(t, other)
+	h.store.Update(func(s *State) {
+		s.Revocations, _ = revocation.NewSet([]revocation.Record{{
+			ID: "r1", Kind: revocation.KindSubject, Value: "spiffe://example.org/agent/support/a1",
+			Expires: h.clock.Now().Add(time.Hour),
+		}})
+	})
+	if res := h.check(t, other); !res.allowed || !h.log.last().CacheHit {
+		t.Fatalf("another subject's decision was not served from the cache after a revocation: %+v", h.log.last())
+	}
+	if res := h.check(t, checkReq("GET", "/queue")); res.allowed || res.reason != "revoked" {
+		t.Fatalf("revoked subject: %+v", res)
+	}
+}
+
 func TestRevocationBeatsFillRace(t *testing.T) {
 	// A decision computed under epoch N that lands in the cache after the
 	// state moved to N+1 must not be served.
@@ -358,7 +379,7 @@ spec:
     - {name: other, effect: allow, subjects: ["spiffe://example.org/other"]}
 `)
 	})
-	h.cache.Set(append([]byte(nil), k.Bytes()...), &decisioncache.Entry{Effect: uint8(policies.EffectAllow), Epoch: st.Epoch}, time.Time{})
+	h.cache.Set(append([]byte(nil), k.Bytes()...), &decisioncache.Entry{Effect: uint8(policies.EffectAllow), Epoch: st.PolicyEpoch}, time.Time{})
 	h.cache.Wait()
 	if res := h.check(t, req); res.allowed {
 		t.Fatal("an allow filled under the old policy epoch was served after a policy change")

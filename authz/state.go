@@ -19,6 +19,12 @@ type State struct {
 	Approvals   *ApprovalSet
 	// Epoch increases with every change (assigned by StateStore).
 	Epoch uint64
+	// PolicyEpoch increases only when Policies change: it tags decision
+	// cache entries. Revocations and approvals are consulted on every
+	// request, outside the cache, so changing them keeps the cache warm
+	// (a fill computed before a revocation is harmless: the revocation is
+	// checked before any cached decision is used).
+	PolicyEpoch uint64
 	// Loaded is when this state was installed.
 	Loaded time.Time
 
@@ -38,10 +44,11 @@ func (s *State) PolicyVersion() string {
 // serialized. The zero value holds no state: decisions deny (not ready)
 // until the first Update.
 type StateStore struct {
-	cur   atomic.Pointer[State]
-	mu    sync.Mutex
-	epoch uint64
-	now   func() time.Time
+	cur         atomic.Pointer[State]
+	mu          sync.Mutex
+	epoch       uint64
+	policyEpoch uint64
+	now         func() time.Time
 }
 
 // NewStateStore returns an empty store.
@@ -78,6 +85,10 @@ func (s *StateStore) Update(fn func(next *State)) *State {
 	}
 	s.epoch++
 	next.Epoch = s.epoch
+	if cur := s.cur.Load(); cur == nil || cur.Policies != next.Policies {
+		s.policyEpoch++
+	}
+	next.PolicyEpoch = s.policyEpoch
 	next.Loaded = s.now()
 	s.cur.Store(next)
 	return next

@@ -98,12 +98,13 @@ func (c *Cache) Set(key []byte, e *Entry, notAfter time.Time) {
 	if !notAfter.IsZero() && notAfter.Before(exp) {
 		exp = notAfter
 	}
-	ttl := exp.Sub(now)
-	if ttl <= 0 {
+	if !exp.After(now) {
 		return
 	}
 	e.Expires = exp
-	c.c.SetWithTTL(key, e, 1, ttl)
+	// Get checks Expires itself, so ristretto's own TTL bookkeeping (an
+	// expiration map updated on every Set) is not needed.
+	c.c.Set(key, e, 1)
 }
 
 // Wait blocks until buffered writes are applied (tests and benchmarks).

@@ -25,7 +25,7 @@ import (
 )
 
 // ReportMethod is the full gRPC method name of Replicas.Report.
-const ReportMethod = "/mandate.v1.Replicas/Report"
+const ReportMethod = mandatev1.Replicas_Report_FullMethodName
 
 // Defaults of Config.
 const (
@@ -60,9 +60,10 @@ type Config struct {
 
 // Reporter queues and sends events. It is safe for concurrent use.
 type Reporter struct {
-	cfg   Config
-	log   *slog.Logger
-	queue chan *mandatev1.ReplicaEvent
+	cfg    Config
+	client mandatev1.ReplicasClient
+	log    *slog.Logger
+	queue  chan *mandatev1.ReplicaEvent
 
 	sent, dropped, failed atomic.Uint64
 	unreported            atomic.Uint64 // drops not yet told to the cp
@@ -105,7 +106,7 @@ func New(cfg Config) (*Reporter, error) {
 	if l == nil {
 		l = slog.Default()
 	}
-	r := &Reporter{cfg: cfg, log: l, queue: make(chan *mandatev1.ReplicaEvent, cfg.QueueSize),
+	r := &Reporter{cfg: cfg, client: mandatev1.NewReplicasClient(cfg.Conn), log: l, queue: make(chan *mandatev1.ReplicaEvent, cfg.QueueSize),
 		mSent:    prometheus.NewCounter(prometheus.CounterOpts{Name: "mandate_authz_report_events_sent_total", Help: "Events reported to mandate-cp."}),
 		mDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "mandate_authz_report_events_dropped_total", Help: "Events dropped because the report queue was full or a report was refused."}),
 		mFailed:  prometheus.NewCounter(prometheus.CounterOpts{Name: "mandate_authz_report_failures_total", Help: "Report RPCs that failed (and were retried)."}),
@@ -265,8 +266,8 @@ func (r *Reporter) call(ctx context.Context, batch []*mandatev1.ReplicaEvent) er
 	defer cancel()
 	dropped := r.unreported.Swap(0)
 	req := &mandatev1.ReplicaReportRequest{Events: batch, Dropped: dropped}
-	resp := &mandatev1.ReplicaReportResponse{}
-	if err := r.cfg.Conn.Invoke(ctx, ReportMethod, req, resp); err != nil {
+	resp, err := r.client.Report(ctx, req)
+	if err != nil {
 		r.unreported.Add(dropped)
 		return err
 	}

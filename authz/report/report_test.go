@@ -18,13 +18,14 @@ import (
 
 // fakeCP is a Replicas service on 127.0.0.1:0.
 type fakeCP struct {
+	mandatev1.UnimplementedReplicasServer
 	mu      sync.Mutex
 	reqs    []*mandatev1.ReplicaReportRequest
 	fail    []codes.Code // codes to answer with, in order, before succeeding
 	arrived chan struct{}
 }
 
-func (f *fakeCP) report(_ context.Context, in *mandatev1.ReplicaReportRequest) (*mandatev1.ReplicaReportResponse, error) {
+func (f *fakeCP) Report(_ context.Context, in *mandatev1.ReplicaReportRequest) (*mandatev1.ReplicaReportResponse, error) {
 	f.mu.Lock()
 	defer func() {
 		f.mu.Unlock()
@@ -60,17 +61,7 @@ func startCP(t *testing.T, fail ...codes.Code) (*fakeCP, *grpc.ClientConn) {
 	t.Helper()
 	f := &fakeCP{fail: fail, arrived: make(chan struct{}, 100)}
 	gs := grpc.NewServer()
-	gs.RegisterService(&grpc.ServiceDesc{
-		ServiceName: "mandate.v1.Replicas",
-		HandlerType: (*any)(nil),
-		Methods: []grpc.MethodDesc{{MethodName: "Report", Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-			in := &mandatev1.ReplicaReportRequest{}
-			if err := dec(in); err != nil {
-				return nil, err
-			}
-			return f.report(ctx, in)
-		}}},
-	}, struct{}{})
+	mandatev1.RegisterReplicasServer(gs, f)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
