@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/mandate-dev/mandate/cp/admin"
 	"github.com/mandate-dev/mandate/internal/envoyreq"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
@@ -143,7 +142,9 @@ func dial(t tb, addr string) *grpc.ClientConn {
 	return cc
 }
 
-func adminClient(t tb, p *proc) *admin.Client { return admin.NewClient(dial(t, p.addrs["admin"])) }
+func adminClient(t tb, p *proc) mandatev1.AdminClient {
+	return mandatev1.NewAdminClient(dial(t, p.addrs["admin"]))
+}
 
 type checker struct{ c authv3.AuthorizationClient }
 
@@ -195,7 +196,7 @@ spec:
           paths: ["/reports/*"]
 `
 
-func applyReports(ctx context.Context, t tb, c *admin.Client) string {
+func applyReports(ctx context.Context, t tb, c mandatev1.AdminClient) string {
 	t.Helper()
 	resp, err := c.ApplyPolicies(ctx, &mandatev1.ApplyPoliciesRequest{Policies: []*mandatev1.Policy{
 		{Name: "reports", Source: []byte(reportsPolicy), SourceFile: "reports.yaml"}}})

@@ -10,11 +10,10 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/mandate-dev/mandate/cp/admin"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
-func waitAcked(ctx context.Context, t *testing.T, c *admin.Client, typeURL, v string, want int32) {
+func waitAcked(ctx context.Context, t *testing.T, c mandatev1.AdminClient, typeURL, v string, want int32) {
 	t.Helper()
 	w, err := c.WaitAcked(ctx, &mandatev1.WaitAckedRequest{TypeUrl: typeURL, Version: v, Timeout: durationpb.New(15 * time.Second)})
 	if err != nil || w.GetReplicas() != want {

@@ -34,6 +34,7 @@ import (
 	"github.com/mandate-dev/mandate/cp/plane"
 	"github.com/mandate-dev/mandate/internal/opshttp"
 	"github.com/mandate-dev/mandate/internal/transport"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
 	"github.com/mandate-dev/mandate/xds/store"
 )
@@ -202,7 +203,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	addrs["xds"] = xlis.Addr().String()
 
 	register := func(g *grpc.Server) {
-		admin.RegisterServer(g, svc)
+		mandatev1.RegisterAdminServer(g, svc)
 		healthpb.RegisterHealthServer(g, hs)
 		reflection.Register(g)
 		services.register(g)

@@ -67,9 +67,9 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		defer done()
-		resp, err := invoke[mandatev1.MandateKeysResponse](cctx, conn, "/mandate.v1.Mandates/VerificationKeys", &mandatev1.MandateKeysRequest{})
+		resp, err := mandatev1.NewMandatesClient(conn).VerificationKeys(cctx, &mandatev1.MandateKeysRequest{})
 		if err != nil {
-			return err
+			return rpcErr(err)
 		}
 		issuer, audience = resp.GetIssuer(), resp.GetAudience()
 		for _, k := range resp.GetKeys() {

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/mandate-dev/mandate/cp/admin"
 	"github.com/mandate-dev/mandate/cp/issuer/rpcutil"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
@@ -108,14 +107,6 @@ func (s *scopeFlags) proto() *mandatev1.MandateScope {
 		Paths: split(s.paths), Grpc: split(s.grpc)}
 }
 
-func invoke[Resp any](ctx context.Context, conn *grpc.ClientConn, method string, req any) (*Resp, error) {
-	out := new(Resp)
-	if err := conn.Invoke(ctx, method, req, out); err != nil {
-		return nil, rpcErr(err)
-	}
-	return out, nil
-}
-
 func runIssue(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("issue", stderr)
 	var mf mandateFlags
@@ -144,9 +135,9 @@ func runIssue(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer done()
-	resp, err := invoke[mandatev1.IssueMandateResponse](ctx, conn, "/mandate.v1.Mandates/IssueMandate", req)
+	resp, err := mandatev1.NewMandatesClient(conn).IssueMandate(ctx, req)
 	if err != nil {
-		return err
+		return rpcErr(err)
 	}
 	fmt.Fprintln(stdout, resp.GetToken())
 	fmt.Fprintf(stderr, "mandate %s for %s, task %s, intent %s, expires %s (key %s)\n", resp.GetId(), subject, task, intent,
@@ -188,9 +179,9 @@ func runDelegate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer done()
-	resp, err := invoke[mandatev1.DelegateMandateResponse](ctx, conn, "/mandate.v1.Mandates/Delegate", req)
+	resp, err := mandatev1.NewMandatesClient(conn).Delegate(ctx, req)
 	if err != nil {
-		return err
+		return rpcErr(err)
 	}
 	fmt.Fprintln(stdout, resp.GetToken())
 	fmt.Fprintf(stderr, "mandate %s delegated to %s at depth %d, expires %s\n", resp.GetId(), to, resp.GetDepth(),
@@ -219,15 +210,15 @@ func runComplete(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer done()
-	resp, err := invoke[mandatev1.CompleteTaskResponse](ctx, conn, "/mandate.v1.Mandates/CompleteTask",
+	resp, err := mandatev1.NewMandatesClient(conn).CompleteTask(ctx,
 		&mandatev1.CompleteTaskRequest{Task: pos[0], Reason: reason})
 	if err != nil {
-		return err
+		return rpcErr(err)
 	}
 	fmt.Fprintf(stdout, "task %s completed: revocation %s (version %s) until %s\n", pos[0], resp.GetRevocationId(), resp.GetVersion(),
 		resp.GetExpires().AsTime().Local().Format(time.RFC3339))
 	if wf.wait {
-		return waitAcked(ctx, admin.NewClient(conn), &wf, mandatev1.RevocationTypeURL, resp.GetVersion(), "revocation "+resp.GetRevocationId(), stdout, stderr)
+		return waitAcked(ctx, mandatev1.NewAdminClient(conn), &wf, mandatev1.RevocationTypeURL, resp.GetVersion(), "revocation "+resp.GetRevocationId(), stdout, stderr)
 	}
 	return nil
 }
@@ -246,9 +237,9 @@ func runApprovals(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	defer done()
-	resp, err := invoke[mandatev1.ListApprovalRequestsResponse](ctx, conn, "/mandate.v1.Approvals/List", &mandatev1.ListApprovalRequestsRequest{All: all})
+	resp, err := mandatev1.NewApprovalsClient(conn).List(ctx, &mandatev1.ListApprovalRequestsRequest{All: all})
 	if err != nil {
-		return err
+		return rpcErr(err)
 	}
 	if len(resp.GetRequests()) == 0 {
 		fmt.Fprintln(stderr, "no approval requests")
@@ -296,15 +287,15 @@ func runApprove(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer done()
-	resp, err := invoke[mandatev1.ApproveStepUpResponse](ctx, conn, "/mandate.v1.Approvals/Approve", req)
+	resp, err := mandatev1.NewApprovalsClient(conn).Approve(ctx, req)
 	if err != nil {
-		return err
+		return rpcErr(err)
 	}
 	r := resp.GetRequest()
 	fmt.Fprintf(stdout, "approved %s for %s (task %s, %s %s%s) until %s\n", r.GetId(), r.GetSubject(), r.GetTask(), r.GetMethod(), r.GetPath(),
 		r.GetGrpc(), r.GetExpires().AsTime().Local().Format(time.RFC3339))
 	if wf.wait {
-		return waitAcked(ctx, admin.NewClient(conn), &wf, mandatev1.ApprovalTypeURL, resp.GetVersion(), "approval "+r.GetId(), stdout, stderr)
+		return waitAcked(ctx, mandatev1.NewAdminClient(conn), &wf, mandatev1.ApprovalTypeURL, resp.GetVersion(), "approval "+r.GetId(), stdout, stderr)
 	}
 	return nil
 }
@@ -330,15 +321,15 @@ func runDeny(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer done()
-	resp, err := invoke[mandatev1.DenyStepUpResponse](ctx, conn, "/mandate.v1.Approvals/Deny", &mandatev1.DenyStepUpRequest{Id: pos[0], Reason: reason})
+	resp, err := mandatev1.NewApprovalsClient(conn).Deny(ctx, &mandatev1.DenyStepUpRequest{Id: pos[0], Reason: reason})
 	if err != nil {
-		return err
+		return rpcErr(err)
 	}
 	fmt.Fprintf(stdout, "denied %s\n", resp.GetRequest().GetId())
 	if resp.GetVersion() != "" {
 		fmt.Fprintf(stdout, "approval withdrawn (version %s)\n", resp.GetVersion())
 		if wf.wait {
-			return waitAcked(ctx, admin.NewClient(conn), &wf, mandatev1.ApprovalTypeURL, resp.GetVersion(), "withdrawal of "+pos[0], stdout, stderr)
+			return waitAcked(ctx, mandatev1.NewAdminClient(conn), &wf, mandatev1.ApprovalTypeURL, resp.GetVersion(), "withdrawal of "+pos[0], stdout, stderr)
 		}
 	}
 	return nil

@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/mandate-dev/mandate/cp/admin"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -50,7 +49,7 @@ func (a *adminFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.socket, "socket", "", "use mandate-cp's local admin unix socket instead of --addr")
 }
 
-func (a *adminFlags) client(ctx context.Context) (*admin.Client, func(), error) {
+func (a *adminFlags) client(ctx context.Context) (mandatev1.AdminClient, func(), error) {
 	if a.socket != "" {
 		abs, err := filepath.Abs(a.socket)
 		if err != nil {
@@ -60,13 +59,13 @@ func (a *adminFlags) client(ctx context.Context) (*admin.Client, func(), error) 
 		if err != nil {
 			return nil, nil, fmt.Errorf("dial %s: %w", a.socket, err)
 		}
-		return admin.NewClient(conn), func() { _ = conn.Close() }, nil
+		return mandatev1.NewAdminClient(conn), func() { _ = conn.Close() }, nil
 	}
 	conn, closeConn, err := a.dial(ctx, defCPID)
 	if err != nil {
 		return nil, nil, err
 	}
-	return admin.NewClient(conn), closeConn, nil
+	return mandatev1.NewAdminClient(conn), closeConn, nil
 }
 
 // waitFlags are --wait and --wait-timeout.
@@ -115,7 +114,7 @@ func rpcErr(err error) error {
 
 // waitAcked waits for typeURL@version and prints how long it took. what
 // names the change ("revocation r-abc").
-func waitAcked(ctx context.Context, c *admin.Client, w *waitFlags, typeURL, version, what string, stdout, stderr io.Writer) error {
+func waitAcked(ctx context.Context, c mandatev1.AdminClient, w *waitFlags, typeURL, version, what string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "waiting for every connected replica to ACK %s version %s ...\n", short(typeURL), version)
 	start := time.Now()
 	resp, err := c.WaitAcked(ctx, &mandatev1.WaitAckedRequest{TypeUrl: typeURL, Version: version, Timeout: durationpb.New(w.timeout)})

@@ -74,13 +74,13 @@ func serve(t *testing.T, lis net.Listener, creds credentials.TransportCredential
 		t.Fatal(err)
 	}
 	g := grpc.NewServer(grpc.Creds(creds), grpc.UnaryInterceptor(auth.Unary()))
-	RegisterServer(g, svc)
+	mandatev1.RegisterAdminServer(g, svc)
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(func() { g.Stop(); xs.Close(); _ = st.Close() })
 	return p, reg
 }
 
-func plaintextClient(t *testing.T, allow bool) (*Client, *prometheus.Registry) {
+func plaintextClient(t *testing.T, allow bool) (mandatev1.AdminClient, *prometheus.Registry) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -92,6 +92,8 @@ func plaintextClient(t *testing.T, allow bool) (*Client, *prometheus.Registry) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cc.Close() })
+	// NewClient (kept for callers outside the module's own packages) wraps
+	// the generated client; the other tests use mandatev1.NewAdminClient.
 	return NewClient(cc), reg
 }
 
@@ -258,7 +260,7 @@ func TestUnixSocketPeerCred(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cc.Close()
-	c := NewClient(cc)
+	c := mandatev1.NewAdminClient(cc)
 	r, err := c.Revoke(context.Background(), &mandatev1.RevokeRequest{Kind: "task", Value: "t", Ttl: durationpb.New(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
@@ -297,14 +299,14 @@ func TestMTLSActorIsPeerSPIFFEID(t *testing.T) {
 	srvCreds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{selfSigned(t, "spiffe://example.org/mandate/cp")},
 		ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12})
 	serve(t, lis, srvCreds, AuthConfig{Operators: []string{"spiffe://example.org/mandate/operator"}})
-	dial := func(id string) *Client {
+	dial := func(id string) mandatev1.AdminClient {
 		cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 			Certificates: []tls.Certificate{selfSigned(t, id)}, InsecureSkipVerify: true}))) //nolint:gosec // test: identity is checked server-side
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cc.Close() })
-		return NewClient(cc)
+		return mandatev1.NewAdminClient(cc)
 	}
 	ctx := context.Background()
 	tests := []struct {
@@ -324,5 +326,16 @@ func TestMTLSActorIsPeerSPIFFEID(t *testing.T) {
 		if err == nil && r.GetRecord().GetCreatedBy() != tt.id {
 			t.Errorf("actor %q, want %q", r.GetRecord().GetCreatedBy(), tt.id)
 		}
+	}
+}
+
+// Auth.Unary recognizes Admin calls by this prefix: it must be the
+// generated service's.
+func TestServiceNameIsGenerated(t *testing.T) {
+	if ServiceName != mandatev1.Admin_ServiceDesc.ServiceName {
+		t.Fatalf("ServiceName %q, generated %q", ServiceName, mandatev1.Admin_ServiceDesc.ServiceName)
+	}
+	if want := "/" + ServiceName + "/Revoke"; mandatev1.Admin_Revoke_FullMethodName != want {
+		t.Fatalf("Admin_Revoke_FullMethodName %q, want %q", mandatev1.Admin_Revoke_FullMethodName, want)
 	}
 }

@@ -43,8 +43,10 @@ const (
 	MaxAuditRows = 10000
 )
 
-// Service implements Server.
+// Service implements mandatev1.AdminServer; register it with
+// mandatev1.RegisterAdminServer.
 type Service struct {
+	mandatev1.UnimplementedAdminServer
 	p   Plane
 	log *slog.Logger
 	now func() time.Time
@@ -58,7 +60,7 @@ func New(p Plane, logger *slog.Logger) (*Service, error) {
 	return &Service{p: p, log: logger, now: time.Now}, nil
 }
 
-var _ Server = (*Service)(nil)
+var _ mandatev1.AdminServer = (*Service)(nil)
 
 func actor(ctx context.Context) string {
 	if p, ok := CallerFrom(ctx); ok {

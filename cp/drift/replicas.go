@@ -47,8 +47,9 @@ type ReplicasConfig struct {
 	Logger         *slog.Logger
 }
 
-// Replicas implements mandate.v1.Replicas.
+// Replicas implements mandatev1.ReplicasServer.
 type Replicas struct {
+	mandatev1.UnimplementedReplicasServer
 	cfg      ReplicasConfig
 	log      *slog.Logger
 	allowed  []pattern.Pattern
@@ -88,9 +89,11 @@ func NewReplicas(cfg ReplicasConfig) (*Replicas, error) {
 	return r, nil
 }
 
+var _ mandatev1.ReplicasServer = (*Replicas)(nil)
+
 // Register adds the Replicas service to gs.
-func (r *Replicas) Register(gs *grpc.Server) {
-	gs.RegisterService(rpcutil.Service(ReplicasServiceName, rpcutil.Unary("Report", r.report)), struct{}{})
+func (r *Replicas) Register(gs grpc.ServiceRegistrar) {
+	mandatev1.RegisterReplicasServer(gs, r)
 }
 
 // Stats returns the accepted, rejected and replica-dropped event counts.
@@ -114,7 +117,9 @@ func (r *Replicas) authorize(ctx context.Context) (string, error) {
 	return "", status.Errorf(codes.PermissionDenied, "drift: %q may not report as a replica", id)
 }
 
-func (r *Replicas) report(ctx context.Context, in *mandatev1.ReplicaReportRequest) (*mandatev1.ReplicaReportResponse, error) {
+// Report takes a batch of replica events: the caller must be a replica
+// (ReplicasConfig.Replicas); invalid events are counted and skipped.
+func (r *Replicas) Report(ctx context.Context, in *mandatev1.ReplicaReportRequest) (*mandatev1.ReplicaReportResponse, error) {
 	replica, err := r.authorize(ctx)
 	if err != nil {
 		return nil, err

@@ -26,16 +26,21 @@ const (
 )
 
 // Register adds the Mandates service to gs.
-func (s *Service) Register(gs *grpc.Server) {
-	gs.RegisterService(rpcutil.Service(ServiceName,
-		rpcutil.Unary("IssueMandate", s.issueRPC),
-		rpcutil.Unary("Delegate", s.delegateRPC),
-		rpcutil.Unary("CompleteTask", s.completeRPC),
-		rpcutil.Unary("VerificationKeys", s.keysRPC),
-	), struct{}{})
+func (s *Service) Register(gs grpc.ServiceRegistrar) {
+	mandatev1.RegisterMandatesServer(gs, mandatesServer{s: s})
 }
 
-func (s *Service) issueRPC(ctx context.Context, in *mandatev1.IssueMandateRequest) (*mandatev1.IssueMandateResponse, error) {
+// mandatesServer is the mandatev1.MandatesServer of a Service (a type of
+// its own: the RPC names Delegate and CompleteTask are Service's Go API).
+type mandatesServer struct {
+	mandatev1.UnimplementedMandatesServer
+	s *Service
+}
+
+var _ mandatev1.MandatesServer = mandatesServer{}
+
+func (m mandatesServer) IssueMandate(ctx context.Context, in *mandatev1.IssueMandateRequest) (*mandatev1.IssueMandateResponse, error) {
+	s := m.s
 	caller, err := s.cfg.Identify(ctx)
 	if err != nil {
 		return nil, rpcutil.Code(codes.Unauthenticated, err)
@@ -62,7 +67,8 @@ func (s *Service) issueRPC(ctx context.Context, in *mandatev1.IssueMandateReques
 	return &mandatev1.IssueMandateResponse{Token: out.Token, Id: out.Claims.ID, Expires: timestamppb.New(out.Claims.ExpiryTime()), KeyId: out.KeyID}, nil
 }
 
-func (s *Service) delegateRPC(ctx context.Context, in *mandatev1.DelegateMandateRequest) (*mandatev1.DelegateMandateResponse, error) {
+func (m mandatesServer) Delegate(ctx context.Context, in *mandatev1.DelegateMandateRequest) (*mandatev1.DelegateMandateResponse, error) {
+	s := m.s
 	caller, err := s.cfg.Identify(ctx)
 	if err != nil {
 		return nil, rpcutil.Code(codes.Unauthenticated, err)
@@ -87,7 +93,8 @@ func (s *Service) delegateRPC(ctx context.Context, in *mandatev1.DelegateMandate
 		Expires: timestamppb.New(out.Claims.ExpiryTime()), Depth: uint32(out.Claims.Depth)}, nil
 }
 
-func (s *Service) completeRPC(ctx context.Context, in *mandatev1.CompleteTaskRequest) (*mandatev1.CompleteTaskResponse, error) {
+func (m mandatesServer) CompleteTask(ctx context.Context, in *mandatev1.CompleteTaskRequest) (*mandatev1.CompleteTaskResponse, error) {
+	s := m.s
 	caller, operator := "", false
 	if s.cfg.Operator != nil {
 		if actor, err := s.cfg.Operator(ctx); err == nil {
@@ -108,7 +115,8 @@ func (s *Service) completeRPC(ctx context.Context, in *mandatev1.CompleteTaskReq
 	return &mandatev1.CompleteTaskResponse{RevocationId: out.RevocationID, Version: out.Version, Expires: timestamppb.New(out.Expires)}, nil
 }
 
-func (s *Service) keysRPC(ctx context.Context, _ *mandatev1.MandateKeysRequest) (*mandatev1.MandateKeysResponse, error) {
+func (m mandatesServer) VerificationKeys(_ context.Context, _ *mandatev1.MandateKeysRequest) (*mandatev1.MandateKeysResponse, error) {
+	s := m.s
 	// Public keys are public: any caller the transport admitted may read them.
 	return &mandatev1.MandateKeysResponse{Keys: s.keys.VerificationKeys(), Issuer: s.cfg.Issuer, Audience: s.cfg.Audience}, nil
 }

@@ -56,6 +56,10 @@ type cp struct {
 	plane *plane.Plane
 	st    *store.Store
 	conn  *grpc.ClientConn
+
+	mandates  mandatev1.MandatesClient
+	approvals mandatev1.ApprovalsClient
+	replicas  mandatev1.ReplicasClient
 }
 
 // startCP wires the real plane (store in t.TempDir, xDS server) and the
@@ -132,18 +136,12 @@ func startCP(t *testing.T) *cp {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &cp{plane: pl, st: st, conn: conn}
+	return &cp{plane: pl, st: st, conn: conn, mandates: mandatev1.NewMandatesClient(conn),
+		approvals: mandatev1.NewApprovalsClient(conn), replicas: mandatev1.NewReplicasClient(conn)}
 }
 
 func as(id string) context.Context {
 	return metadata.AppendToOutgoingContext(context.Background(), rpcutil.DevCallerHeader, id)
-}
-
-func call[Resp any](t *testing.T, c *cp, ctx context.Context, method string, req any) (*Resp, error) {
-	t.Helper()
-	out := new(Resp)
-	err := c.conn.Invoke(ctx, method, req, out)
-	return out, err
 }
 
 // replicaVerifier verifies with the VerificationKey resources the plane
@@ -170,7 +168,7 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	scope := &mandatev1.MandateScope{Methods: []string{"GET"}, Paths: []string{"/tickets/**"}}
 
 	// Issue, as the orchestrator; the token verifies with the published keys.
-	iss, err := call[mandatev1.IssueMandateResponse](t, c, as(orch), "/mandate.v1.Mandates/IssueMandate",
+	iss, err := c.mandates.IssueMandate(as(orch),
 		&mandatev1.IssueMandateRequest{Subject: agentA, Task: "task-7", Intent: "triage", Scope: scope, Ttl: durationpb.New(5 * time.Minute)})
 	if err != nil {
 		t.Fatal(err)
@@ -179,22 +177,22 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	if err != nil || claims.Subject != agentA || claims.ID != iss.GetId() {
 		t.Fatalf("issued token does not verify with the published keys: %v %+v", err, claims)
 	}
-	if _, err := call[mandatev1.IssueMandateResponse](t, c, as(agentA), "/mandate.v1.Mandates/IssueMandate",
+	if _, err := c.mandates.IssueMandate(as(agentA),
 		&mandatev1.IssueMandateRequest{Subject: agentA, Task: "task-7", Intent: "triage", Scope: scope}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("agent issuing for itself: %v", err)
 	}
 
 	// Delegate, as the holder; not as anyone else; never wider.
-	del, err := call[mandatev1.DelegateMandateResponse](t, c, as(agentA), "/mandate.v1.Mandates/Delegate",
+	del, err := c.mandates.Delegate(as(agentA),
 		&mandatev1.DelegateMandateRequest{ParentToken: iss.GetToken(), To: agentB, Scope: &mandatev1.MandateScope{Methods: []string{"GET"}, Paths: []string{"/tickets/1"}}})
 	if err != nil || del.GetDepth() != 1 {
 		t.Fatalf("delegate: %v %v", del, err)
 	}
-	if _, err := call[mandatev1.DelegateMandateResponse](t, c, as(agentB), "/mandate.v1.Mandates/Delegate",
+	if _, err := c.mandates.Delegate(as(agentB),
 		&mandatev1.DelegateMandateRequest{ParentToken: iss.GetToken(), To: agentB, Scope: scope}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("delegation by a non-holder: %v", err)
 	}
-	if _, err := call[mandatev1.DelegateMandateResponse](t, c, as(agentA), "/mandate.v1.Mandates/Delegate",
+	if _, err := c.mandates.Delegate(as(agentA),
 		&mandatev1.DelegateMandateRequest{ParentToken: iss.GetToken(), To: agentB, Scope: &mandatev1.MandateScope{Paths: []string{"/**"}}}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("widening delegation: %v", err)
 	}
@@ -213,7 +211,7 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	var list *mandatev1.ListApprovalRequestsResponse
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		list, err = call[mandatev1.ListApprovalRequestsResponse](t, c, context.Background(), "/mandate.v1.Approvals/List", &mandatev1.ListApprovalRequestsRequest{})
+		list, err = c.approvals.List(context.Background(), &mandatev1.ListApprovalRequestsRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -225,10 +223,10 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	if len(list.GetRequests()) != 1 || list.GetRequests()[0].GetPath() != "/tickets/1/close" {
 		t.Fatalf("approvals = %v", list)
 	}
-	if _, err := call[mandatev1.ApproveStepUpResponse](t, c, as(agentA), "/mandate.v1.Approvals/Approve", &mandatev1.ApproveStepUpRequest{Id: "ar-0123456789abcdef0123"}); status.Code(err) != codes.PermissionDenied {
+	if _, err := c.approvals.Approve(as(agentA), &mandatev1.ApproveStepUpRequest{Id: "ar-0123456789abcdef0123"}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("approval by an agent: %v", err)
 	}
-	ap, err := call[mandatev1.ApproveStepUpResponse](t, c, as(operator), "/mandate.v1.Approvals/Approve",
+	ap, err := c.approvals.Approve(as(operator),
 		&mandatev1.ApproveStepUpRequest{Id: "ar-0123456789abcdef0123", Window: durationpb.New(2 * time.Minute)})
 	if err != nil || ap.GetVersion() == "" {
 		t.Fatal(ap, err)
@@ -237,7 +235,7 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	if len(approvals) != 1 || approvals[0].GetApprovedBy() != operator || approvals[0].GetSubject() != agentA || approvals[0].GetRule() != "close" {
 		t.Fatalf("plane approvals = %v", approvals)
 	}
-	if _, err := call[mandatev1.DenyStepUpResponse](t, c, as(operator), "/mandate.v1.Approvals/Deny", &mandatev1.DenyStepUpRequest{Id: "ar-0123456789abcdef0123"}); err != nil {
+	if _, err := c.approvals.Deny(as(operator), &mandatev1.DenyStepUpRequest{Id: "ar-0123456789abcdef0123"}); err != nil {
 		t.Fatal(err)
 	}
 	if len(c.plane.Approvals()) != 0 {
@@ -249,11 +247,11 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 		return &mandatev1.ReplicaEvent{Event: &mandatev1.ReplicaEvent_OutOfIntent{OutOfIntent: &mandatev1.OutOfIntentEvent{
 			Subject: agentB, Task: "task-9", Intent: "triage", Reason: "mandate_out_of_scope", Time: timestamppb.Now()}}}
 	}
-	if _, err := call[mandatev1.ReplicaReportResponse](t, c, as(agentA), "/mandate.v1.Replicas/Report",
+	if _, err := c.replicas.Report(as(agentA),
 		&mandatev1.ReplicaReportRequest{Events: []*mandatev1.ReplicaEvent{ev(), ev(), ev()}}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("report from an agent: %v", err)
 	}
-	rr, err := call[mandatev1.ReplicaReportResponse](t, c, context.Background(), "/mandate.v1.Replicas/Report",
+	rr, err := c.replicas.Report(context.Background(),
 		&mandatev1.ReplicaReportRequest{Events: []*mandatev1.ReplicaEvent{ev(), ev(), ev(), ev(), {}}})
 	if err != nil || rr.GetAccepted() != 4 || rr.GetRejected() != 1 {
 		t.Fatal(rr, err)
@@ -264,18 +262,18 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	}
 
 	// Complete the task: the orchestrator may; afterwards no delegation.
-	if _, err := call[mandatev1.CompleteTaskResponse](t, c, as(agentB), "/mandate.v1.Mandates/CompleteTask", &mandatev1.CompleteTaskRequest{Task: "task-7"}); status.Code(err) != codes.PermissionDenied {
+	if _, err := c.mandates.CompleteTask(as(agentB), &mandatev1.CompleteTaskRequest{Task: "task-7"}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("complete by a stranger: %v", err)
 	}
-	ct, err := call[mandatev1.CompleteTaskResponse](t, c, as(orch), "/mandate.v1.Mandates/CompleteTask", &mandatev1.CompleteTaskRequest{Task: "task-7", Reason: "done"})
+	ct, err := c.mandates.CompleteTask(as(orch), &mandatev1.CompleteTaskRequest{Task: "task-7", Reason: "done"})
 	if err != nil || ct.GetRevocationId() == "" || ct.GetVersion() == "" {
 		t.Fatal(ct, err)
 	}
-	if _, err := call[mandatev1.DelegateMandateResponse](t, c, as(agentA), "/mandate.v1.Mandates/Delegate",
+	if _, err := c.mandates.Delegate(as(agentA),
 		&mandatev1.DelegateMandateRequest{ParentToken: iss.GetToken(), To: agentB, Scope: scope}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("delegation of a completed task's mandate: %v", err)
 	}
-	keys, err := call[mandatev1.MandateKeysResponse](t, c, context.Background(), "/mandate.v1.Mandates/VerificationKeys", &mandatev1.MandateKeysRequest{})
+	keys, err := c.mandates.VerificationKeys(context.Background(), &mandatev1.MandateKeysRequest{})
 	if err != nil || len(keys.GetKeys()) != 1 || keys.GetIssuer() != cpID {
 		t.Fatal(keys, err)
 	}

@@ -18,13 +18,18 @@ const ServiceName = "mandate.v1.Approvals"
 
 // Register adds the Approvals service to gs. Every call must pass
 // Config.Operator.
-func (s *Service) Register(gs *grpc.Server) {
-	gs.RegisterService(rpcutil.Service(ServiceName,
-		rpcutil.Unary("List", s.listRPC),
-		rpcutil.Unary("Approve", s.approveRPC),
-		rpcutil.Unary("Deny", s.denyRPC),
-	), struct{}{})
+func (s *Service) Register(gs grpc.ServiceRegistrar) {
+	mandatev1.RegisterApprovalsServer(gs, approvalsServer{s: s})
 }
+
+// approvalsServer is the mandatev1.ApprovalsServer of a Service (a type of
+// its own: the RPC names List, Approve and Deny are Service's Go API).
+type approvalsServer struct {
+	mandatev1.UnimplementedApprovalsServer
+	s *Service
+}
+
+var _ mandatev1.ApprovalsServer = approvalsServer{}
 
 func (s *Service) operator(ctx context.Context) (string, error) {
 	if s.cfg.Operator == nil {
@@ -37,7 +42,8 @@ func (s *Service) operator(ctx context.Context) (string, error) {
 	return actor, nil
 }
 
-func (s *Service) listRPC(ctx context.Context, in *mandatev1.ListApprovalRequestsRequest) (*mandatev1.ListApprovalRequestsResponse, error) {
+func (m approvalsServer) List(ctx context.Context, in *mandatev1.ListApprovalRequestsRequest) (*mandatev1.ListApprovalRequestsResponse, error) {
+	s := m.s
 	if _, err := s.operator(ctx); err != nil {
 		return nil, err
 	}
@@ -48,7 +54,8 @@ func (s *Service) listRPC(ctx context.Context, in *mandatev1.ListApprovalRequest
 	return out, nil
 }
 
-func (s *Service) approveRPC(ctx context.Context, in *mandatev1.ApproveStepUpRequest) (*mandatev1.ApproveStepUpResponse, error) {
+func (m approvalsServer) Approve(ctx context.Context, in *mandatev1.ApproveStepUpRequest) (*mandatev1.ApproveStepUpResponse, error) {
+	s := m.s
 	actor, err := s.operator(ctx)
 	if err != nil {
 		return nil, err
@@ -69,7 +76,8 @@ func (s *Service) approveRPC(ctx context.Context, in *mandatev1.ApproveStepUpReq
 	return &mandatev1.ApproveStepUpResponse{Request: ToProto(r), Version: v}, nil
 }
 
-func (s *Service) denyRPC(ctx context.Context, in *mandatev1.DenyStepUpRequest) (*mandatev1.DenyStepUpResponse, error) {
+func (m approvalsServer) Deny(ctx context.Context, in *mandatev1.DenyStepUpRequest) (*mandatev1.DenyStepUpResponse, error) {
+	s := m.s
 	actor, err := s.operator(ctx)
 	if err != nil {
 		return nil, err

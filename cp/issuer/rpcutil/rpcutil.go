@@ -1,7 +1,7 @@
 // Package rpcutil holds the small gRPC helpers the mandate services of
-// mandate-cp share: hand-written unary method descriptors for the services
-// of proto/mandate/v1/mandates.proto (the module generates only message
-// code), and the caller's identity from its mTLS certificate.
+// mandate-cp share (their service code is generated in xds/mandatev1): the
+// caller's identity from its mTLS certificate, and status-code mapping and
+// field limits for request handlers.
 package rpcutil
 
 import (
@@ -13,13 +13,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 )
 
 // PlaintextActor is the identity of a caller on a plaintext loopback
@@ -29,58 +27,6 @@ const PlaintextActor = "plaintext:loopback"
 // DevCallerHeader is the metadata key a plaintext loopback caller may use,
 // in dev mode only, to say which SPIFFE ID it acts as (mandatectl --dev-as).
 const DevCallerHeader = "x-mandate-dev-caller"
-
-// Unary returns the descriptor of a unary method whose handler is fn. The
-// handler ignores the registered service value: fn is a closure over it.
-func Unary[Req any, Resp proto.Message, PReq interface {
-	*Req
-	proto.Message
-}](name string, fn func(context.Context, PReq) (Resp, error)) grpc.MethodDesc {
-	return grpc.MethodDesc{
-		MethodName: name,
-		Handler: func(_ any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-			in := PReq(new(Req))
-			if err := dec(in); err != nil {
-				return nil, err
-			}
-			if icpt == nil {
-				return fn(ctx, in)
-			}
-			info := &grpc.UnaryServerInfo{Server: nil, FullMethod: name}
-			return icpt(ctx, in, info, func(ctx context.Context, req any) (any, error) {
-				return fn(ctx, req.(PReq))
-			})
-		},
-	}
-}
-
-// Service builds a service descriptor for grpc.Server.RegisterService; the
-// implementation value to register with it can be anything (handlers are
-// closures).
-func Service(name string, methods ...grpc.MethodDesc) *grpc.ServiceDesc {
-	for i := range methods {
-		// UnaryServerInfo.FullMethod must be the full name.
-		m := methods[i]
-		full := "/" + name + "/" + m.MethodName
-		h := m.Handler
-		methods[i].Handler = func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-			if icpt == nil {
-				return h(srv, ctx, dec, nil)
-			}
-			return h(srv, ctx, dec, func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-				info.FullMethod = full
-				return icpt(ctx, req, info, handler)
-			})
-		}
-	}
-	return &grpc.ServiceDesc{
-		ServiceName: name,
-		HandlerType: (*any)(nil),
-		Methods:     methods,
-		Streams:     []grpc.StreamDesc{},
-		Metadata:    "mandate/v1/mandates.proto",
-	}
-}
 
 // Identify returns the caller's identity: the SPIFFE ID of its X509-SVID
 // on an mTLS connection. On a plaintext connection from loopback it
