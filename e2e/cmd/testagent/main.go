@@ -23,7 +23,9 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -111,9 +113,9 @@ func run() error {
 		source: source,
 		tls: &http.Client{
 			Timeout:   c.timeout,
-			Transport: &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(source, source, authorizer)},
+			Transport: &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(source, source, authorizer), MaxIdleConnsPerHost: 32},
 		},
-		plain: &http.Client{Timeout: c.timeout, Transport: &http.Transport{}},
+		plain: &http.Client{Timeout: c.timeout, Transport: &http.Transport{MaxIdleConnsPerHost: 32}},
 	}
 	out := json.NewEncoder(os.Stdout)
 	switch c.mode {
@@ -165,8 +167,16 @@ func (a *agent) currentID() string {
 	return svid.ID.String()
 }
 
+func (a *agent) ownSerial() string {
+	svid, err := a.source.GetX509SVID()
+	if err != nil || len(svid.Certificates) == 0 {
+		return ""
+	}
+	return svid.Certificates[0].SerialNumber.Text(16)
+}
+
 func (a *agent) do(ctx context.Context, cmd agentproto.Command) agentproto.Response {
-	resp := agentproto.Response{ID: cmd.ID, SPIFFEID: a.currentID()}
+	resp := agentproto.Response{ID: cmd.ID, SPIFFEID: a.currentID(), OwnSerial: a.ownSerial()}
 	switch cmd.Op {
 	case agentproto.OpWhoami:
 		if resp.SPIFFEID == "" {
@@ -174,10 +184,103 @@ func (a *agent) do(ctx context.Context, cmd agentproto.Command) agentproto.Respo
 		}
 		return resp
 	case agentproto.OpRequest:
+	case agentproto.OpLoad:
+		if cmd.Load == nil || cmd.Load.MaxMS <= 0 {
+			resp.Error = "load needs load.max_ms > 0"
+			return resp
+		}
+		resp.Results = a.load(ctx, cmd)
+		return resp
 	default:
 		resp.Error = fmt.Sprintf("unknown op %q", cmd.Op)
 		return resp
 	}
+	return a.request(ctx, cmd, resp, false)
+}
+
+// load runs cmd as steady traffic (agentproto.Load) and returns every result.
+func (a *agent) load(ctx context.Context, cmd agentproto.Command) []agentproto.Result {
+	l := *cmd.Load
+	if l.Concurrency <= 0 {
+		l.Concurrency = 1
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(l.MaxMS)*time.Millisecond)
+	defer cancel()
+	stopped := func() bool {
+		if ctx.Err() != nil {
+			return true
+		}
+		if l.StopFile != "" {
+			if _, err := os.Stat(l.StopFile); err == nil {
+				return true
+			}
+		}
+		return false
+	}
+	one := cmd
+	one.Op, one.Load, one.NewConn = agentproto.OpRequest, nil, false
+	results := make([][]agentproto.Result, l.Concurrency)
+	var wg sync.WaitGroup
+	for w := range l.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stopped() {
+				start := time.Now()
+				// Requests still running when the run ends are cut short
+				// by ctx: they are reported with their error, so a test
+				// can tell them from failures.
+				r := a.request(context.WithoutCancel(ctx), one, agentproto.Response{OwnSerial: a.ownSerial()}, cmd.NewConn)
+				res := agentproto.Result{StartNS: start.UnixNano(), EndNS: time.Now().UnixNano(), Status: r.Status,
+					PeerSerial: r.PeerSerial, OwnSerial: r.OwnSerial, Error: r.Error}
+				if v := r.Headers["X-Frontproxy-Outcome"]; len(v) > 0 {
+					res.Outcome = v[0]
+				}
+				res.DecisionID, res.Reason = decisionOf(r)
+				results[w] = append(results[w], res)
+				if l.IntervalMS > 0 {
+					select {
+					case <-ctx.Done():
+					case <-time.After(time.Duration(l.IntervalMS) * time.Millisecond):
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var out []agentproto.Result
+	for _, rs := range results {
+		out = append(out, rs...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].StartNS < out[j].StartNS })
+	return out
+}
+
+// decisionOf reads the decision id (and a deny's reason) from a response:
+// a deny body is {"decision_id","reason"}; an allowed request's body is the
+// echo upstream's description of what it received, with the
+// x-mandate-decision-id header the authorizer added.
+func decisionOf(r agentproto.Response) (id, reason string) {
+	var deny struct {
+		DecisionID string `json:"decision_id"`
+		Reason     string `json:"reason"`
+	}
+	if err := json.Unmarshal([]byte(r.Body), &deny); err == nil && deny.DecisionID != "" {
+		return deny.DecisionID, deny.Reason
+	}
+	var echo struct {
+		Headers map[string][]string `json:"headers"`
+	}
+	if err := json.Unmarshal([]byte(r.Body), &echo); err == nil {
+		if v := echo.Headers["X-Mandate-Decision-Id"]; len(v) > 0 {
+			return v[0], ""
+		}
+	}
+	return "", ""
+}
+
+// request performs one HTTP request for cmd, filling resp.
+func (a *agent) request(ctx context.Context, cmd agentproto.Command, resp agentproto.Response, closeAfter bool) agentproto.Response {
 	client, base := a.tls, a.cfg.proxy
 	if cmd.Plain {
 		client, base = a.plain, a.cfg.plainProxy
@@ -213,6 +316,9 @@ func (a *agent) do(ctx context.Context, cmd agentproto.Command) agentproto.Respo
 	if cmd.Mandate != "" {
 		req.Header.Set("x-mandate", cmd.Mandate)
 	}
+	// Within a load run with new_conn: close the connection after this
+	// request, so the next one makes a new handshake.
+	req.Close = closeAfter
 	r, err := client.Do(req)
 	if err != nil {
 		resp.Error = err.Error()
@@ -225,6 +331,9 @@ func (a *agent) do(ctx context.Context, cmd agentproto.Command) agentproto.Respo
 	}
 	resp.Status = r.StatusCode
 	resp.Headers = r.Header
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		resp.PeerSerial = r.TLS.PeerCertificates[0].SerialNumber.Text(16)
+	}
 	resp.Body = string(body)
 	return resp
 }

@@ -19,7 +19,31 @@ import (
 const (
 	OpRequest = "request" // perform one HTTP request
 	OpWhoami  = "whoami"  // report the current SVID's SPIFFE ID
+	OpLoad    = "load"    // send the request repeatedly (see Load); one Response with Results
 )
+
+// Load turns a request Command into steady traffic: Concurrency workers
+// send it back to back (each waiting Interval between its requests) until
+// StopFile exists or MaxDuration has passed, whichever comes first.
+type Load struct {
+	Concurrency int    `json:"concurrency,omitempty"` // default 1
+	IntervalMS  int    `json:"interval_ms,omitempty"` // pause between one worker's requests
+	MaxMS       int    `json:"max_ms"`                // hard bound on the run (required)
+	StopFile    string `json:"stop_file,omitempty"`   // the run ends once this file exists
+}
+
+// Result is one request of a load run.
+type Result struct {
+	StartNS    int64  `json:"start_ns"` // wall clock, Unix nanoseconds
+	EndNS      int64  `json:"end_ns"`
+	Status     int    `json:"status,omitempty"`
+	Outcome    string `json:"outcome,omitempty"`     // x-frontproxy-outcome of a local reply
+	DecisionID string `json:"decision_id,omitempty"` // from the deny body or the upstream's echo of x-mandate-decision-id
+	Reason     string `json:"reason,omitempty"`      // deny body reason
+	PeerSerial string `json:"peer_serial,omitempty"` // the proxy's certificate on this connection
+	OwnSerial  string `json:"own_serial,omitempty"`  // the agent's current SVID
+	Error      string `json:"error,omitempty"`
+}
 
 // Command is one instruction to the agent.
 type Command struct {
@@ -32,6 +56,7 @@ type Command struct {
 	Body    string            `json:"body,omitempty"`
 	Plain   bool              `json:"plain,omitempty"`    // use the plaintext proxy listener (no mTLS)
 	NewConn bool              `json:"new_conn,omitempty"` // drop idle connections first (forces a new handshake)
+	Load    *Load             `json:"load,omitempty"`     // OpLoad only
 }
 
 // Response is the agent's answer to one Command.
@@ -42,6 +67,11 @@ type Response struct {
 	Body     string              `json:"body,omitempty"`
 	SPIFFEID string              `json:"spiffe_id,omitempty"` // whoami, and the identity used for a request
 	Error    string              `json:"error,omitempty"`
+	// PeerSerial and OwnSerial: hex serial numbers of the proxy's
+	// certificate on the connection used and of the agent's SVID.
+	PeerSerial string   `json:"peer_serial,omitempty"`
+	OwnSerial  string   `json:"own_serial,omitempty"`
+	Results    []Result `json:"results,omitempty"` // OpLoad
 }
 
 // Session drives a testagent started in serve mode.
