@@ -518,6 +518,104 @@ func (x *RevokeResponse) GetVersion() string {
 	return ""
 }
 
+type RevokeBatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revocations   []*RevokeRequest       `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeBatchRequest) Reset() {
+	*x = RevokeBatchRequest{}
+	mi := &file_mandate_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeBatchRequest) ProtoMessage() {}
+
+func (x *RevokeBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mandate_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeBatchRequest.ProtoReflect.Descriptor instead.
+func (*RevokeBatchRequest) Descriptor() ([]byte, []int) {
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RevokeBatchRequest) GetRevocations() []*RevokeRequest {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+type RevokeBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// records are the stored records, in request order.
+	Records []*Revocation `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// version is the single Revocation version that carries every record.
+	Version       string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeBatchResponse) Reset() {
+	*x = RevokeBatchResponse{}
+	mi := &file_mandate_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeBatchResponse) ProtoMessage() {}
+
+func (x *RevokeBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mandate_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeBatchResponse.ProtoReflect.Descriptor instead.
+func (*RevokeBatchResponse) Descriptor() ([]byte, []int) {
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RevokeBatchResponse) GetRecords() []*Revocation {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *RevokeBatchResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
 type ListRevocationsRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	IncludeExpired bool                   `protobuf:"varint,1,opt,name=include_expired,json=includeExpired,proto3" json:"include_expired,omitempty"`
@@ -527,7 +625,7 @@ type ListRevocationsRequest struct {
 
 func (x *ListRevocationsRequest) Reset() {
 	*x = ListRevocationsRequest{}
-	mi := &file_mandate_v1_admin_proto_msgTypes[9]
+	mi := &file_mandate_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +637,7 @@ func (x *ListRevocationsRequest) String() string {
 func (*ListRevocationsRequest) ProtoMessage() {}
 
 func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_admin_proto_msgTypes[9]
+	mi := &file_mandate_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +650,7 @@ func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListRevocationsRequest) GetIncludeExpired() bool {
@@ -572,7 +670,7 @@ type ListRevocationsResponse struct {
 
 func (x *ListRevocationsResponse) Reset() {
 	*x = ListRevocationsResponse{}
-	mi := &file_mandate_v1_admin_proto_msgTypes[10]
+	mi := &file_mandate_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +682,7 @@ func (x *ListRevocationsResponse) String() string {
 func (*ListRevocationsResponse) ProtoMessage() {}
 
 func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_admin_proto_msgTypes[10]
+	mi := &file_mandate_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +695,7 @@ func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
@@ -622,7 +720,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_mandate_v1_admin_proto_msgTypes[11]
+	mi := &file_mandate_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +732,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_admin_proto_msgTypes[11]
+	mi := &file_mandate_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +745,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 type ReplicaTypeStatus struct {
@@ -668,7 +766,7 @@ type ReplicaTypeStatus struct {
 
 func (x *ReplicaTypeStatus) Reset() {
 	*x = ReplicaTypeStatus{}
-	mi := &file_mandate_v1_admin_proto_msgTypes[12]
+	mi := &file_mandate_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +778,7 @@ func (x *ReplicaTypeStatus) String() string {
 func (*ReplicaTypeStatus) ProtoMessage() {}
 
 func (x *ReplicaTypeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_admin_proto_msgTypes[12]
+	mi := &file_mandate_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +791,7 @@ func (x *ReplicaTypeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaTypeStatus.ProtoReflect.Descriptor instead.
 func (*ReplicaTypeStatus) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReplicaTypeStatus) GetTypeUrl() string {
@@ -766,7 +864,7 @@ type ReplicaStatus struct {
 
 func (x *ReplicaStatus) Reset() {
 	*x = ReplicaStatus{}
-	mi := &file_mandate_v1_admin_proto_msgTypes[13]
+	mi := &file_mandate_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +876,7 @@ func (x *ReplicaStatus) String() string {
 func (*ReplicaStatus) ProtoMessage() {}
 
 func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_admin_proto_msgTypes[13]
+	mi := &file_mandate_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +889,7 @@ func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatus.ProtoReflect.Descriptor instead.
 func (*ReplicaStatus) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReplicaStatus) GetNodeId() string {
@@ -847,7 +945,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_mandate_v1_admin_proto_msgTypes[14]
+	mi := &file_mandate_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +957,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_admin_proto_msgTypes[14]
+	mi := &file_mandate_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +970,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StatusResponse) GetVersions() map[string]string {
@@ -901,7 +999,7 @@ type WaitAckedRequest struct {
 
 func (x *WaitAckedRequest) Reset() {
 	*x = WaitAckedRequest{}
-	mi := &file_mandate_v1_admin_proto_msgTypes[15]
+	mi := &file_mandate_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -913,7 +1011,7 @@ func (x *WaitAckedRequest) String() string {
 func (*WaitAckedRequest) ProtoMessage() {}
 
 func (x *WaitAckedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_admin_proto_msgTypes[15]
+	mi := &file_mandate_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -926,7 +1024,7 @@ func (x *WaitAckedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitAckedRequest.ProtoReflect.Descriptor instead.
 func (*WaitAckedRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WaitAckedRequest) GetTypeUrl() string {
@@ -962,7 +1060,7 @@ type WaitAckedResponse struct {
 
 func (x *WaitAckedResponse) Reset() {
 	*x = WaitAckedResponse{}
-	mi := &file_mandate_v1_admin_proto_msgTypes[16]
+	mi := &file_mandate_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1072,7 @@ func (x *WaitAckedResponse) String() string {
 func (*WaitAckedResponse) ProtoMessage() {}
 
 func (x *WaitAckedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_admin_proto_msgTypes[16]
+	mi := &file_mandate_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1085,7 @@ func (x *WaitAckedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitAckedResponse.ProtoReflect.Descriptor instead.
 func (*WaitAckedResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WaitAckedResponse) GetReplicas() int32 {
@@ -1014,7 +1112,7 @@ type AuditLogRequest struct {
 
 func (x *AuditLogRequest) Reset() {
 	*x = AuditLogRequest{}
-	mi := &file_mandate_v1_admin_proto_msgTypes[17]
+	mi := &file_mandate_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1124,7 @@ func (x *AuditLogRequest) String() string {
 func (*AuditLogRequest) ProtoMessage() {}
 
 func (x *AuditLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_admin_proto_msgTypes[17]
+	mi := &file_mandate_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1137,7 @@ func (x *AuditLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditLogRequest.ProtoReflect.Descriptor instead.
 func (*AuditLogRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AuditLogRequest) GetSince() *timestamppb.Timestamp {
@@ -1070,7 +1168,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_mandate_v1_admin_proto_msgTypes[18]
+	mi := &file_mandate_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1180,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_admin_proto_msgTypes[18]
+	mi := &file_mandate_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1193,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AuditEntry) GetSeq() uint64 {
@@ -1149,7 +1247,7 @@ type AuditLogResponse struct {
 
 func (x *AuditLogResponse) Reset() {
 	*x = AuditLogResponse{}
-	mi := &file_mandate_v1_admin_proto_msgTypes[19]
+	mi := &file_mandate_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1259,7 @@ func (x *AuditLogResponse) String() string {
 func (*AuditLogResponse) ProtoMessage() {}
 
 func (x *AuditLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_admin_proto_msgTypes[19]
+	mi := &file_mandate_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1272,7 @@ func (x *AuditLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditLogResponse.ProtoReflect.Descriptor instead.
 func (*AuditLogResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_mandate_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AuditLogResponse) GetEntries() []*AuditEntry {
@@ -1217,6 +1315,11 @@ const file_mandate_v1_admin_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\"Z\n" +
 	"\x0eRevokeResponse\x12.\n" +
 	"\x06record\x18\x01 \x01(\v2\x16.mandate.v1.RevocationR\x06record\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"Q\n" +
+	"\x12RevokeBatchRequest\x12;\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x19.mandate.v1.RevokeRequestR\vrevocations\"a\n" +
+	"\x13RevokeBatchResponse\x120\n" +
+	"\arecords\x18\x01 \x03(\v2\x16.mandate.v1.RevocationR\arecords\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\"A\n" +
 	"\x16ListRevocationsRequest\x12'\n" +
 	"\x0finclude_expired\x18\x01 \x01(\bR\x0eincludeExpired\"m\n" +
@@ -1266,12 +1369,13 @@ const file_mandate_v1_admin_proto_rawDesc = "" +
 	"\x06object\x18\x05 \x01(\tR\x06object\x12\x16\n" +
 	"\x06detail\x18\x06 \x01(\tR\x06detail\"D\n" +
 	"\x10AuditLogResponse\x120\n" +
-	"\aentries\x18\x01 \x03(\v2\x16.mandate.v1.AuditEntryR\aentries2\xf2\x04\n" +
+	"\aentries\x18\x01 \x03(\v2\x16.mandate.v1.AuditEntryR\aentries2\xc2\x05\n" +
 	"\x05Admin\x12T\n" +
 	"\rApplyPolicies\x12 .mandate.v1.ApplyPoliciesRequest\x1a!.mandate.v1.ApplyPoliciesResponse\x12Q\n" +
 	"\fDeletePolicy\x12\x1f.mandate.v1.DeletePolicyRequest\x1a .mandate.v1.DeletePolicyResponse\x12Q\n" +
 	"\fListPolicies\x12\x1f.mandate.v1.ListPoliciesRequest\x1a .mandate.v1.ListPoliciesResponse\x12?\n" +
-	"\x06Revoke\x12\x19.mandate.v1.RevokeRequest\x1a\x1a.mandate.v1.RevokeResponse\x12Z\n" +
+	"\x06Revoke\x12\x19.mandate.v1.RevokeRequest\x1a\x1a.mandate.v1.RevokeResponse\x12N\n" +
+	"\vRevokeBatch\x12\x1e.mandate.v1.RevokeBatchRequest\x1a\x1f.mandate.v1.RevokeBatchResponse\x12Z\n" +
 	"\x0fListRevocations\x12\".mandate.v1.ListRevocationsRequest\x1a#.mandate.v1.ListRevocationsResponse\x12?\n" +
 	"\x06Status\x12\x19.mandate.v1.StatusRequest\x1a\x1a.mandate.v1.StatusResponse\x12H\n" +
 	"\tWaitAcked\x12\x1c.mandate.v1.WaitAckedRequest\x1a\x1d.mandate.v1.WaitAckedResponse\x12E\n" +
@@ -1289,7 +1393,7 @@ func file_mandate_v1_admin_proto_rawDescGZIP() []byte {
 	return file_mandate_v1_admin_proto_rawDescData
 }
 
-var file_mandate_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_mandate_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_mandate_v1_admin_proto_goTypes = []any{
 	(*ApplyPoliciesRequest)(nil),    // 0: mandate.v1.ApplyPoliciesRequest
 	(*PolicyChange)(nil),            // 1: mandate.v1.PolicyChange
@@ -1300,64 +1404,70 @@ var file_mandate_v1_admin_proto_goTypes = []any{
 	(*ListPoliciesResponse)(nil),    // 6: mandate.v1.ListPoliciesResponse
 	(*RevokeRequest)(nil),           // 7: mandate.v1.RevokeRequest
 	(*RevokeResponse)(nil),          // 8: mandate.v1.RevokeResponse
-	(*ListRevocationsRequest)(nil),  // 9: mandate.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil), // 10: mandate.v1.ListRevocationsResponse
-	(*StatusRequest)(nil),           // 11: mandate.v1.StatusRequest
-	(*ReplicaTypeStatus)(nil),       // 12: mandate.v1.ReplicaTypeStatus
-	(*ReplicaStatus)(nil),           // 13: mandate.v1.ReplicaStatus
-	(*StatusResponse)(nil),          // 14: mandate.v1.StatusResponse
-	(*WaitAckedRequest)(nil),        // 15: mandate.v1.WaitAckedRequest
-	(*WaitAckedResponse)(nil),       // 16: mandate.v1.WaitAckedResponse
-	(*AuditLogRequest)(nil),         // 17: mandate.v1.AuditLogRequest
-	(*AuditEntry)(nil),              // 18: mandate.v1.AuditEntry
-	(*AuditLogResponse)(nil),        // 19: mandate.v1.AuditLogResponse
-	nil,                             // 20: mandate.v1.StatusResponse.VersionsEntry
-	(*Policy)(nil),                  // 21: mandate.v1.Policy
-	(*durationpb.Duration)(nil),     // 22: google.protobuf.Duration
-	(*Revocation)(nil),              // 23: mandate.v1.Revocation
-	(*timestamppb.Timestamp)(nil),   // 24: google.protobuf.Timestamp
+	(*RevokeBatchRequest)(nil),      // 9: mandate.v1.RevokeBatchRequest
+	(*RevokeBatchResponse)(nil),     // 10: mandate.v1.RevokeBatchResponse
+	(*ListRevocationsRequest)(nil),  // 11: mandate.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil), // 12: mandate.v1.ListRevocationsResponse
+	(*StatusRequest)(nil),           // 13: mandate.v1.StatusRequest
+	(*ReplicaTypeStatus)(nil),       // 14: mandate.v1.ReplicaTypeStatus
+	(*ReplicaStatus)(nil),           // 15: mandate.v1.ReplicaStatus
+	(*StatusResponse)(nil),          // 16: mandate.v1.StatusResponse
+	(*WaitAckedRequest)(nil),        // 17: mandate.v1.WaitAckedRequest
+	(*WaitAckedResponse)(nil),       // 18: mandate.v1.WaitAckedResponse
+	(*AuditLogRequest)(nil),         // 19: mandate.v1.AuditLogRequest
+	(*AuditEntry)(nil),              // 20: mandate.v1.AuditEntry
+	(*AuditLogResponse)(nil),        // 21: mandate.v1.AuditLogResponse
+	nil,                             // 22: mandate.v1.StatusResponse.VersionsEntry
+	(*Policy)(nil),                  // 23: mandate.v1.Policy
+	(*durationpb.Duration)(nil),     // 24: google.protobuf.Duration
+	(*Revocation)(nil),              // 25: mandate.v1.Revocation
+	(*timestamppb.Timestamp)(nil),   // 26: google.protobuf.Timestamp
 }
 var file_mandate_v1_admin_proto_depIdxs = []int32{
-	21, // 0: mandate.v1.ApplyPoliciesRequest.policies:type_name -> mandate.v1.Policy
+	23, // 0: mandate.v1.ApplyPoliciesRequest.policies:type_name -> mandate.v1.Policy
 	1,  // 1: mandate.v1.ApplyPoliciesResponse.changes:type_name -> mandate.v1.PolicyChange
-	21, // 2: mandate.v1.ListPoliciesResponse.policies:type_name -> mandate.v1.Policy
-	22, // 3: mandate.v1.RevokeRequest.ttl:type_name -> google.protobuf.Duration
-	23, // 4: mandate.v1.RevokeResponse.record:type_name -> mandate.v1.Revocation
-	23, // 5: mandate.v1.ListRevocationsResponse.revocations:type_name -> mandate.v1.Revocation
-	24, // 6: mandate.v1.ReplicaTypeStatus.acked_at:type_name -> google.protobuf.Timestamp
-	24, // 7: mandate.v1.ReplicaTypeStatus.nacked_at:type_name -> google.protobuf.Timestamp
-	22, // 8: mandate.v1.ReplicaTypeStatus.lag:type_name -> google.protobuf.Duration
-	24, // 9: mandate.v1.ReplicaStatus.connected_since:type_name -> google.protobuf.Timestamp
-	24, // 10: mandate.v1.ReplicaStatus.last_seen:type_name -> google.protobuf.Timestamp
-	12, // 11: mandate.v1.ReplicaStatus.types:type_name -> mandate.v1.ReplicaTypeStatus
-	20, // 12: mandate.v1.StatusResponse.versions:type_name -> mandate.v1.StatusResponse.VersionsEntry
-	13, // 13: mandate.v1.StatusResponse.replicas:type_name -> mandate.v1.ReplicaStatus
-	22, // 14: mandate.v1.WaitAckedRequest.timeout:type_name -> google.protobuf.Duration
-	22, // 15: mandate.v1.WaitAckedResponse.elapsed:type_name -> google.protobuf.Duration
-	24, // 16: mandate.v1.AuditLogRequest.since:type_name -> google.protobuf.Timestamp
-	24, // 17: mandate.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
-	18, // 18: mandate.v1.AuditLogResponse.entries:type_name -> mandate.v1.AuditEntry
-	0,  // 19: mandate.v1.Admin.ApplyPolicies:input_type -> mandate.v1.ApplyPoliciesRequest
-	3,  // 20: mandate.v1.Admin.DeletePolicy:input_type -> mandate.v1.DeletePolicyRequest
-	5,  // 21: mandate.v1.Admin.ListPolicies:input_type -> mandate.v1.ListPoliciesRequest
-	7,  // 22: mandate.v1.Admin.Revoke:input_type -> mandate.v1.RevokeRequest
-	9,  // 23: mandate.v1.Admin.ListRevocations:input_type -> mandate.v1.ListRevocationsRequest
-	11, // 24: mandate.v1.Admin.Status:input_type -> mandate.v1.StatusRequest
-	15, // 25: mandate.v1.Admin.WaitAcked:input_type -> mandate.v1.WaitAckedRequest
-	17, // 26: mandate.v1.Admin.AuditLog:input_type -> mandate.v1.AuditLogRequest
-	2,  // 27: mandate.v1.Admin.ApplyPolicies:output_type -> mandate.v1.ApplyPoliciesResponse
-	4,  // 28: mandate.v1.Admin.DeletePolicy:output_type -> mandate.v1.DeletePolicyResponse
-	6,  // 29: mandate.v1.Admin.ListPolicies:output_type -> mandate.v1.ListPoliciesResponse
-	8,  // 30: mandate.v1.Admin.Revoke:output_type -> mandate.v1.RevokeResponse
-	10, // 31: mandate.v1.Admin.ListRevocations:output_type -> mandate.v1.ListRevocationsResponse
-	14, // 32: mandate.v1.Admin.Status:output_type -> mandate.v1.StatusResponse
-	16, // 33: mandate.v1.Admin.WaitAcked:output_type -> mandate.v1.WaitAckedResponse
-	19, // 34: mandate.v1.Admin.AuditLog:output_type -> mandate.v1.AuditLogResponse
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	23, // 2: mandate.v1.ListPoliciesResponse.policies:type_name -> mandate.v1.Policy
+	24, // 3: mandate.v1.RevokeRequest.ttl:type_name -> google.protobuf.Duration
+	25, // 4: mandate.v1.RevokeResponse.record:type_name -> mandate.v1.Revocation
+	7,  // 5: mandate.v1.RevokeBatchRequest.revocations:type_name -> mandate.v1.RevokeRequest
+	25, // 6: mandate.v1.RevokeBatchResponse.records:type_name -> mandate.v1.Revocation
+	25, // 7: mandate.v1.ListRevocationsResponse.revocations:type_name -> mandate.v1.Revocation
+	26, // 8: mandate.v1.ReplicaTypeStatus.acked_at:type_name -> google.protobuf.Timestamp
+	26, // 9: mandate.v1.ReplicaTypeStatus.nacked_at:type_name -> google.protobuf.Timestamp
+	24, // 10: mandate.v1.ReplicaTypeStatus.lag:type_name -> google.protobuf.Duration
+	26, // 11: mandate.v1.ReplicaStatus.connected_since:type_name -> google.protobuf.Timestamp
+	26, // 12: mandate.v1.ReplicaStatus.last_seen:type_name -> google.protobuf.Timestamp
+	14, // 13: mandate.v1.ReplicaStatus.types:type_name -> mandate.v1.ReplicaTypeStatus
+	22, // 14: mandate.v1.StatusResponse.versions:type_name -> mandate.v1.StatusResponse.VersionsEntry
+	15, // 15: mandate.v1.StatusResponse.replicas:type_name -> mandate.v1.ReplicaStatus
+	24, // 16: mandate.v1.WaitAckedRequest.timeout:type_name -> google.protobuf.Duration
+	24, // 17: mandate.v1.WaitAckedResponse.elapsed:type_name -> google.protobuf.Duration
+	26, // 18: mandate.v1.AuditLogRequest.since:type_name -> google.protobuf.Timestamp
+	26, // 19: mandate.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
+	20, // 20: mandate.v1.AuditLogResponse.entries:type_name -> mandate.v1.AuditEntry
+	0,  // 21: mandate.v1.Admin.ApplyPolicies:input_type -> mandate.v1.ApplyPoliciesRequest
+	3,  // 22: mandate.v1.Admin.DeletePolicy:input_type -> mandate.v1.DeletePolicyRequest
+	5,  // 23: mandate.v1.Admin.ListPolicies:input_type -> mandate.v1.ListPoliciesRequest
+	7,  // 24: mandate.v1.Admin.Revoke:input_type -> mandate.v1.RevokeRequest
+	9,  // 25: mandate.v1.Admin.RevokeBatch:input_type -> mandate.v1.RevokeBatchRequest
+	11, // 26: mandate.v1.Admin.ListRevocations:input_type -> mandate.v1.ListRevocationsRequest
+	13, // 27: mandate.v1.Admin.Status:input_type -> mandate.v1.StatusRequest
+	17, // 28: mandate.v1.Admin.WaitAcked:input_type -> mandate.v1.WaitAckedRequest
+	19, // 29: mandate.v1.Admin.AuditLog:input_type -> mandate.v1.AuditLogRequest
+	2,  // 30: mandate.v1.Admin.ApplyPolicies:output_type -> mandate.v1.ApplyPoliciesResponse
+	4,  // 31: mandate.v1.Admin.DeletePolicy:output_type -> mandate.v1.DeletePolicyResponse
+	6,  // 32: mandate.v1.Admin.ListPolicies:output_type -> mandate.v1.ListPoliciesResponse
+	8,  // 33: mandate.v1.Admin.Revoke:output_type -> mandate.v1.RevokeResponse
+	10, // 34: mandate.v1.Admin.RevokeBatch:output_type -> mandate.v1.RevokeBatchResponse
+	12, // 35: mandate.v1.Admin.ListRevocations:output_type -> mandate.v1.ListRevocationsResponse
+	16, // 36: mandate.v1.Admin.Status:output_type -> mandate.v1.StatusResponse
+	18, // 37: mandate.v1.Admin.WaitAcked:output_type -> mandate.v1.WaitAckedResponse
+	21, // 38: mandate.v1.Admin.AuditLog:output_type -> mandate.v1.AuditLogResponse
+	30, // [30:39] is the sub-list for method output_type
+	21, // [21:30] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_admin_proto_init() }
@@ -1372,7 +1482,7 @@ func file_mandate_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mandate_v1_admin_proto_rawDesc), len(file_mandate_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

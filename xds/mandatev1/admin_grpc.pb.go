@@ -31,6 +31,7 @@ const (
 	Admin_DeletePolicy_FullMethodName    = "/mandate.v1.Admin/DeletePolicy"
 	Admin_ListPolicies_FullMethodName    = "/mandate.v1.Admin/ListPolicies"
 	Admin_Revoke_FullMethodName          = "/mandate.v1.Admin/Revoke"
+	Admin_RevokeBatch_FullMethodName     = "/mandate.v1.Admin/RevokeBatch"
 	Admin_ListRevocations_FullMethodName = "/mandate.v1.Admin/ListRevocations"
 	Admin_Status_FullMethodName          = "/mandate.v1.Admin/Status"
 	Admin_WaitAcked_FullMethodName       = "/mandate.v1.Admin/WaitAcked"
@@ -50,6 +51,12 @@ type AdminClient interface {
 	ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (*ListPoliciesResponse, error)
 	// Revoke creates a revocation (or, with intents, a downgrade) record.
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
+	// RevokeBatch creates many records at once: every request is validated
+	// first (one invalid request fails the whole batch with InvalidArgument
+	// naming its index, and nothing is stored), then all records are stored
+	// in one transaction (with one audit entry each) and published as ONE
+	// new Revocation version. At most 10,000 requests per call.
+	RevokeBatch(ctx context.Context, in *RevokeBatchRequest, opts ...grpc.CallOption) (*RevokeBatchResponse, error)
 	ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// WaitAcked returns when every connected replica has ACKed at least
@@ -101,6 +108,16 @@ func (c *adminClient) Revoke(ctx context.Context, in *RevokeRequest, opts ...grp
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RevokeResponse)
 	err := c.cc.Invoke(ctx, Admin_Revoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) RevokeBatch(ctx context.Context, in *RevokeBatchRequest, opts ...grpc.CallOption) (*RevokeBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeBatchResponse)
+	err := c.cc.Invoke(ctx, Admin_RevokeBatch_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -160,6 +177,12 @@ type AdminServer interface {
 	ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error)
 	// Revoke creates a revocation (or, with intents, a downgrade) record.
 	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
+	// RevokeBatch creates many records at once: every request is validated
+	// first (one invalid request fails the whole batch with InvalidArgument
+	// naming its index, and nothing is stored), then all records are stored
+	// in one transaction (with one audit entry each) and published as ONE
+	// new Revocation version. At most 10,000 requests per call.
+	RevokeBatch(context.Context, *RevokeBatchRequest) (*RevokeBatchResponse, error)
 	ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// WaitAcked returns when every connected replica has ACKed at least
@@ -188,6 +211,9 @@ func (UnimplementedAdminServer) ListPolicies(context.Context, *ListPoliciesReque
 }
 func (UnimplementedAdminServer) Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
+}
+func (UnimplementedAdminServer) RevokeBatch(context.Context, *RevokeBatchRequest) (*RevokeBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeBatch not implemented")
 }
 func (UnimplementedAdminServer) ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRevocations not implemented")
@@ -294,6 +320,24 @@ func _Admin_Revoke_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RevokeBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RevokeBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RevokeBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RevokeBatch(ctx, req.(*RevokeBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ListRevocations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListRevocationsRequest)
 	if err := dec(in); err != nil {
@@ -388,6 +432,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Revoke",
 			Handler:    _Admin_Revoke_Handler,
+		},
+		{
+			MethodName: "RevokeBatch",
+			Handler:    _Admin_RevokeBatch_Handler,
 		},
 		{
 			MethodName: "ListRevocations",
