@@ -187,6 +187,64 @@ func put[M named](ctx context.Context, s *Store, typeURL string, m M, audit []Au
 	return v, err
 }
 
+func putMany[M named](ctx context.Context, s *Store, typeURL string, ms []M, audit []AuditEntry) (uint64, error) {
+	if len(ms) == 0 {
+		return 0, fmt.Errorf("store: empty batch of %s", typeName(typeURL))
+	}
+	keys := make([][]byte, len(ms))
+	vals := make([][]byte, len(ms))
+	seen := make(map[string]struct{}, len(ms))
+	for i, m := range ms {
+		if any(m) == nil || m.GetName() == "" {
+			return 0, fmt.Errorf("store: %s without a name", typeName(typeURL))
+		}
+		if _, dup := seen[m.GetName()]; dup {
+			return 0, fmt.Errorf("store: duplicate %s %q in batch", typeName(typeURL), m.GetName())
+		}
+		seen[m.GetName()] = struct{}{}
+		data, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			return 0, fmt.Errorf("store: encode %s %q: %w", typeName(typeURL), m.GetName(), err)
+		}
+		keys[i], vals[i] = []byte(m.GetName()), data
+	}
+	var v uint64
+	err := s.update(ctx, audit, func(tx *bolt.Tx) error {
+		b := tx.Bucket(resourceBuckets[typeURL])
+		for i := range keys {
+			if err := b.Put(keys[i], vals[i]); err != nil {
+				return err
+			}
+		}
+		var err error
+		v, err = bumpVersion(tx, typeURL)
+		return err
+	})
+	return v, err
+}
+
+func delMany(ctx context.Context, s *Store, typeURL string, names []string, audit []AuditEntry) (uint64, error) {
+	if len(names) == 0 {
+		return 0, fmt.Errorf("store: empty batch of %s", typeName(typeURL))
+	}
+	var v uint64
+	err := s.update(ctx, audit, func(tx *bolt.Tx) error {
+		b := tx.Bucket(resourceBuckets[typeURL])
+		for _, name := range names {
+			if b.Get([]byte(name)) == nil {
+				return fmt.Errorf("%s %q: %w", typeName(typeURL), name, ErrNotFound)
+			}
+			if err := b.Delete([]byte(name)); err != nil {
+				return err
+			}
+		}
+		var err error
+		v, err = bumpVersion(tx, typeURL)
+		return err
+	})
+	return v, err
+}
+
 func del(ctx context.Context, s *Store, typeURL, name string, audit []AuditEntry) (uint64, error) {
 	var v uint64
 	err := s.update(ctx, audit, func(tx *bolt.Tx) error {
@@ -292,6 +350,20 @@ func (s *Store) Policies(ctx context.Context) (map[string]*mandatev1.Policy, uin
 // PutRevocation creates or replaces a revocation record.
 func (s *Store) PutRevocation(ctx context.Context, r *mandatev1.Revocation, audit ...AuditEntry) (uint64, error) {
 	return put(ctx, s, mandatev1.RevocationTypeURL, r, audit)
+}
+
+// PutRevocations creates or replaces many revocation records in one
+// transaction that raises the revocation version once, with the audit
+// entries: either all of them are stored or none.
+func (s *Store) PutRevocations(ctx context.Context, rs []*mandatev1.Revocation, audit ...AuditEntry) (uint64, error) {
+	return putMany(ctx, s, mandatev1.RevocationTypeURL, rs, audit)
+}
+
+// DeleteRevocations removes many records (garbage collection of expired
+// ones) in one transaction that raises the revocation version once.
+// ErrNotFound, and nothing removed, when one of them does not exist.
+func (s *Store) DeleteRevocations(ctx context.Context, names []string, audit ...AuditEntry) (uint64, error) {
+	return delMany(ctx, s, mandatev1.RevocationTypeURL, names, audit)
 }
 
 // DeleteRevocation removes a record (for garbage-collecting expired ones;

@@ -282,3 +282,82 @@ func killHelper(dir string) {
 		_, _ = os.Stdout.WriteString("ok " + name + "\n")
 	}
 }
+
+func TestRevocationBatches(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := open(t, dir)
+	batch := make([]*mandatev1.Revocation, 0, 500)
+	audit := make([]AuditEntry, 0, 500)
+	for i := range 500 {
+		name := "r" + strconv.Itoa(i)
+		batch = append(batch, revocation(name))
+		audit = append(audit, AuditEntry{Actor: "spiffe://example.org/user/ops", Action: "revocation.create", Object: "revocation/" + name})
+	}
+	v, err := s.PutRevocations(ctx, batch, audit...)
+	if err != nil || v != 1 {
+		t.Fatalf("PutRevocations = %d, %v; want version 1", v, err)
+	}
+
+	// Refused batches change nothing: not the records, the version or the audit trail.
+	bad := []struct {
+		name string
+		do   func() error
+		want error
+	}{
+		{"empty put", func() error { _, err := s.PutRevocations(ctx, nil); return err }, nil},
+		{"duplicate in batch", func() error {
+			_, err := s.PutRevocations(ctx, []*mandatev1.Revocation{revocation("x"), revocation("x")})
+			return err
+		}, nil},
+		{"unnamed", func() error {
+			_, err := s.PutRevocations(ctx, []*mandatev1.Revocation{revocation("y"), {}})
+			return err
+		}, nil},
+		{"bad audit rolls back", func() error {
+			_, err := s.PutRevocations(ctx, []*mandatev1.Revocation{revocation("z")}, AuditEntry{Actor: "a"})
+			return err
+		}, nil},
+		{"empty delete", func() error { _, err := s.DeleteRevocations(ctx, nil); return err }, nil},
+		{"delete with a missing name", func() error {
+			_, err := s.DeleteRevocations(ctx, []string{"r1", "nope"}, AuditEntry{Action: "revocation.gc"})
+			return err
+		}, ErrNotFound},
+	}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.do()
+			if err == nil || (tt.want != nil && !errors.Is(err, tt.want)) {
+				t.Fatalf("err = %v, want an error (%v)", err, tt.want)
+			}
+		})
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = open(t, dir)
+	defer s.Close()
+	got, v, err := s.Revocations(ctx)
+	if err != nil || v != 1 || len(got) != 500 {
+		t.Fatalf("after reopen: %d records at version %d (%v); want 500 at 1", len(got), v, err)
+	}
+	for _, r := range batch {
+		if !proto.Equal(got[r.GetName()], r) {
+			t.Fatalf("record %s = %v, want %v", r.GetName(), got[r.GetName()], r)
+		}
+	}
+	log, err := s.AuditLog(ctx, time.Time{}, 0)
+	if err != nil || len(log) != 500 {
+		t.Fatalf("audit: %d entries (%v), want 500", len(log), err)
+	}
+
+	v, err = s.DeleteRevocations(ctx, []string{"r0", "r1", "r2"}, AuditEntry{Actor: "system", Action: "revocation.gc", Object: "revocations"})
+	if err != nil || v != 2 {
+		t.Fatalf("DeleteRevocations = %d, %v; want version 2", v, err)
+	}
+	got, _, _ = s.Revocations(ctx)
+	if len(got) != 497 || got["r0"] != nil || got["r3"] == nil {
+		t.Fatalf("after delete: %d records", len(got))
+	}
+}
