@@ -44,6 +44,8 @@ const (
 	maxReasonLen    = 1024
 	maxIntents      = 64
 	commitHistory   = 1024
+	// MaxRevokeBatch is the most records one RevokeMany stores.
+	MaxRevokeBatch = 10000
 )
 
 var policyNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
@@ -116,6 +118,11 @@ type Plane struct {
 	started time.Time
 
 	writes *prometheus.CounterVec
+
+	retention  time.Duration
+	sweepEvery time.Duration
+	lastSweep  time.Time // guarded by mu
+	newTicker  func(time.Duration) (<-chan time.Time, func())
 }
 
 // ServerOptions returns the xdsserver options that make a server built
@@ -173,7 +180,8 @@ func New(ctx context.Context, st *store.Store, xds *xdsserver.Server, logger *sl
 		return nil, errors.New("plane: store, xDS server and logger are required")
 	}
 	p := &Plane{st: st, xds: xds, log: logger, now: time.Now,
-		commits: map[string]map[uint64]time.Time{}}
+		commits:   map[string]map[uint64]time.Time{},
+		retention: DefaultRevocationRetention, sweepEvery: DefaultSweepInterval, newTicker: realTicker}
 	for _, o := range opts {
 		if err := o(p); err != nil {
 			return nil, err
@@ -520,30 +528,97 @@ func (p *Plane) Revoke(ctx context.Context, r revocation.Record, actor string) (
 
 // RevokeRecord is Revoke returning the stored record too.
 func (p *Plane) RevokeRecord(ctx context.Context, r revocation.Record, actor string) (*mandatev1.Revocation, string, error) {
-	now := p.now()
-	if r.ID == "" {
-		r.ID = NewRecordID()
-	}
-	r.CreatedBy = actor
-	if r.CreatedAt.IsZero() {
-		r.CreatedAt = now
-	}
-	rec, err := p.checkRecord(r, now)
+	recs, v, err := p.RevokeMany(ctx, []revocation.Record{r}, actor)
 	if err != nil {
+		return nil, v, err
+	}
+	return recs[0], v, nil
+}
+
+// RevokeMany validates every record and stores them all as new records in
+// one store transaction (one audit entry per record, so the trail says
+// who revoked what), published as one new Revocation version. Either all
+// are stored or none: one invalid record fails the batch with an
+// *InvalidError naming its index. Defaults are Revoke's. It returns the
+// stored records in input order and the Revocation version.
+func (p *Plane) RevokeMany(ctx context.Context, rs []revocation.Record, actor string) ([]*mandatev1.Revocation, string, error) {
+	if len(rs) == 0 || len(rs) > MaxRevokeBatch {
+		err := invalid("a batch holds 1 to %d revocations, not %d", MaxRevokeBatch, len(rs))
 		p.countWrite(mandatev1.RevocationTypeURL, err)
 		return nil, "", err
+	}
+	now := p.now()
+	recs := make([]*mandatev1.Revocation, len(rs))
+	audit := make([]store.AuditEntry, len(rs))
+	ids := make(map[string]struct{}, len(rs))
+	for i, r := range rs {
+		if r.ID == "" {
+			r.ID = NewRecordID()
+		}
+		r.CreatedBy = actor
+		if r.CreatedAt.IsZero() {
+			r.CreatedAt = now
+		}
+		rec, err := p.checkRecord(r, now)
+		if err == nil {
+			if _, dup := ids[r.ID]; dup {
+				err = invalid("revocation %s given twice", r.ID)
+			}
+		}
+		if err != nil {
+			if len(rs) > 1 {
+				err = invalid("revocation %d of %d: %w", i+1, len(rs), err)
+			}
+			p.countWrite(mandatev1.RevocationTypeURL, err)
+			return nil, "", err
+		}
+		ids[r.ID] = struct{}{}
+		recs[i] = rec
+		audit[i] = p.audit(actor, recordAction(r), "revocation/"+r.ID, recordDetail(r))
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, dup := p.revocations[r.ID]; dup {
-		err := invalid("revocation %s already exists (records are never replaced)", r.ID)
-		p.countWrite(mandatev1.RevocationTypeURL, err)
-		return nil, "", err
+	for _, rec := range recs {
+		if _, dup := p.revocations[rec.GetName()]; dup {
+			err := invalid("revocation %s already exists (records are never replaced)", rec.GetName())
+			p.countWrite(mandatev1.RevocationTypeURL, err)
+			return nil, "", err
+		}
 	}
-	action := "revocation.create"
+	_, err := p.st.PutRevocations(ctx, recs, audit...)
+	p.countWrite(mandatev1.RevocationTypeURL, err)
+	if err != nil {
+		return nil, "", fmt.Errorf("plane: store revocations: %w", err)
+	}
+	// p.revocations is only read under p.mu and the xDS server copies
+	// what it is given, so the map is updated in place: a batch costs
+	// O(batch) here, not O(records stored).
+	for _, rec := range recs {
+		p.revocations[rec.GetName()] = rec
+	}
+	v, err := p.publish(mandatev1.RevocationTypeURL)
+	if len(recs) == 1 {
+		r := rs[0]
+		p.log.Info("revocation recorded", "actor", actor, "id", recs[0].GetName(), "kind", r.Kind.String(), "value", r.Value,
+			"intents", r.Intents, "expires", r.Expires, "version", v)
+	} else {
+		p.log.Info("revocations recorded", "actor", actor, "records", len(recs), "version", v)
+	}
+	out := make([]*mandatev1.Revocation, len(recs))
+	for i, rec := range recs {
+		out[i] = proto.Clone(rec).(*mandatev1.Revocation)
+	}
+	return out, v, err
+}
+
+func recordAction(r revocation.Record) string {
 	if len(r.Intents) > 0 {
-		action = "downgrade.create"
+		return "downgrade.create"
 	}
+	return "revocation.create"
+}
+
+func recordDetail(r revocation.Record) string {
 	detail := fmt.Sprintf("%s %s until %s", r.Kind, r.Value, r.Expires.UTC().Format(time.RFC3339))
 	if len(r.Intents) > 0 {
 		detail += " intents " + strings.Join(r.Intents, ",")
@@ -551,18 +626,7 @@ func (p *Plane) RevokeRecord(ctx context.Context, r revocation.Record, actor str
 	if r.Reason != "" {
 		detail += ": " + r.Reason
 	}
-	_, err = p.st.PutRevocation(ctx, rec, p.audit(actor, action, "revocation/"+r.ID, detail))
-	p.countWrite(mandatev1.RevocationTypeURL, err)
-	if err != nil {
-		return nil, "", fmt.Errorf("plane: store revocation: %w", err)
-	}
-	next := maps.Clone(p.revocations)
-	next[r.ID] = rec
-	p.revocations = next
-	v, err := p.publish(mandatev1.RevocationTypeURL)
-	p.log.Info("revocation recorded", "actor", actor, "id", r.ID, "kind", r.Kind.String(), "value", r.Value,
-		"intents", r.Intents, "expires", r.Expires, "version", v)
-	return proto.Clone(rec).(*mandatev1.Revocation), v, err
+	return detail
 }
 
 func (p *Plane) checkRecord(r revocation.Record, now time.Time) (*mandatev1.Revocation, error) {

@@ -1,0 +1,122 @@
+package plane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
+// Defaults of the revocation garbage collector.
+const (
+	DefaultRevocationRetention = time.Hour
+	DefaultSweepInterval       = time.Minute
+	// GCActor is the actor of the collector's audit entries.
+	GCActor = "system:revocation-gc"
+)
+
+// WithRevocationRetention sets how long a record is kept after it expired
+// (default one hour) before SweepRevocations removes it; 0 keeps expired
+// records forever. The retention also covers replicas whose clock runs
+// behind the control plane's.
+func WithRevocationRetention(d time.Duration) Option {
+	return func(p *Plane) error {
+		if d < 0 {
+			return errors.New("plane: negative revocation retention")
+		}
+		p.retention = d
+		return nil
+	}
+}
+
+// WithSweepInterval sets how often RunSweeper sweeps, and the shortest
+// time between two sweeps (default one minute).
+func WithSweepInterval(d time.Duration) Option {
+	return func(p *Plane) error {
+		if d <= 0 {
+			return errors.New("plane: sweep interval must be positive")
+		}
+		p.sweepEvery = d
+		return nil
+	}
+}
+
+// SweepResult says what one sweep did.
+type SweepResult struct {
+	// Skipped is true when the previous sweep is less than the sweep
+	// interval ago: nothing was looked at.
+	Skipped bool
+	// Removed is the number of records deleted.
+	Removed int
+	// Version is the Revocation version after the sweep.
+	Version string
+}
+
+// SweepRevocations deletes, from the store and from xDS, every record that
+// expired more than the retention ago, in one transaction with one audit
+// entry (actor GCActor) and one new Revocation version. Deleting an
+// expired record lifts nothing: it had already stopped applying. It runs
+// at most once per sweep interval (by the plane's clock); a call sooner
+// than that returns Skipped.
+func (p *Plane) SweepRevocations(ctx context.Context) (SweepResult, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	version := func() string { return p.xds.Versions()[mandatev1.RevocationTypeURL] }
+	if p.retention == 0 || (!p.lastSweep.IsZero() && now.Before(p.lastSweep.Add(p.sweepEvery))) {
+		return SweepResult{Skipped: true, Version: version()}, nil
+	}
+	p.lastSweep = now
+	cutoff := now.Add(-p.retention)
+	var names []string
+	for name, r := range p.revocations {
+		if r.GetExpires().AsTime().Before(cutoff) {
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		return SweepResult{Version: version()}, nil
+	}
+	slices.Sort(names)
+	detail := fmt.Sprintf("removed %d records expired before %s (retention %s)",
+		len(names), cutoff.UTC().Format(time.RFC3339), p.retention)
+	_, err := p.st.DeleteRevocations(ctx, names, p.audit(GCActor, "revocation.gc", "revocations", detail))
+	p.countWrite(mandatev1.RevocationTypeURL, err)
+	if err != nil {
+		return SweepResult{}, fmt.Errorf("plane: revocation gc: %w", err)
+	}
+	for _, name := range names {
+		delete(p.revocations, name)
+	}
+	v, err := p.publish(mandatev1.RevocationTypeURL)
+	p.log.Info("expired revocations removed", "records", len(names), "cutoff", cutoff, "version", v)
+	return SweepResult{Removed: len(names), Version: v}, err
+}
+
+// RunSweeper calls SweepRevocations every sweep interval until ctx ends.
+// Errors are logged; the next tick tries again.
+func (p *Plane) RunSweeper(ctx context.Context) {
+	if p.retention == 0 {
+		return
+	}
+	ticks, stop := p.newTicker(p.sweepEvery)
+	defer stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticks:
+			if _, err := p.SweepRevocations(ctx); err != nil && ctx.Err() == nil {
+				p.log.Error("revocation gc failed", "error", err)
+			}
+		}
+	}
+}
+
+func realTicker(d time.Duration) (<-chan time.Time, func()) {
+	t := time.NewTicker(d)
+	return t.C, t.Stop
+}
