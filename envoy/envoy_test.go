@@ -13,8 +13,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"google.golang.org/protobuf/reflect/protoregistry"
 )
 
 // expectedFiles must exist; the walk checks these and anything else added.
@@ -22,6 +20,7 @@ var expectedFiles = []string{
 	"sidecar.yaml",
 	"front-proxy.yaml",
 	"xds-bootstrap.yaml",
+	"cp-resources/tickets-api.yaml",
 	"istio/mesh-config.yaml",
 	"istio/authorization-policy.yaml",
 	"istio/mandate-authz.yaml",
@@ -63,15 +62,21 @@ func configFiles(t *testing.T) []string {
 	return files
 }
 
-func isEnvoyBootstrap(path string) bool { return !strings.HasPrefix(path, "istio/") }
+// The kinds of config file under envoy/.
+const (
+	kindBootstrap = iota // an Envoy bootstrap
+	kindResources        // listeners and clusters mandate-cp serves (envoyconf.DecodeResources)
+	kindManifest         // Istio and Kubernetes manifests
+)
 
-func mustTypes(t *testing.T) *protoregistry.Types {
-	t.Helper()
-	types, err := envoyTypes()
-	if err != nil {
-		t.Fatal(err)
+func fileKind(path string) int {
+	switch {
+	case strings.HasPrefix(path, "istio/"):
+		return kindManifest
+	case strings.HasPrefix(path, "cp-resources/"):
+		return kindResources
 	}
-	return types
+	return kindBootstrap
 }
 
 func readFile(t *testing.T, path string) []byte {
@@ -85,23 +90,30 @@ func readFile(t *testing.T, path string) []byte {
 
 // TestConfigs checks every YAML file under envoy/.
 func TestConfigs(t *testing.T) {
-	types := mustTypes(t)
 	mf := newManifests()
 	for _, path := range configFiles(t) {
 		t.Run(path, func(t *testing.T) {
 			data := readFile(t, path)
-			if isEnvoyBootstrap(path) {
-				v, err := checkEnvoy(data, types)
-				if err != nil {
-					t.Fatalf("Envoy would reject %s: %v", path, err)
-				}
-				for _, s := range v {
-					t.Errorf("wiring rule broken: %s", s)
+			var (
+				v   violations
+				err error
+			)
+			switch fileKind(path) {
+			case kindBootstrap:
+				v, err = checkEnvoy(data)
+			case kindResources:
+				v, err = checkResources(path, data, readFile(t, "xds-bootstrap.yaml"))
+			case kindManifest:
+				if err := mf.add(path, data); err != nil {
+					t.Fatalf("%s: %v", path, err)
 				}
 				return
 			}
-			if err := mf.add(path, data); err != nil {
-				t.Fatalf("%s: %v", path, err)
+			if err != nil {
+				t.Fatalf("Envoy would reject %s: %v", path, err)
+			}
+			for _, s := range v {
+				t.Errorf("wiring rule broken: %s", s)
 			}
 		})
 	}
@@ -116,7 +128,6 @@ func TestConfigs(t *testing.T) {
 // good config and must be refused, by Envoy's own validation (wantErr) or by
 // Mandate's wiring rules (wantViolation).
 func TestEnvoyConfigsRejected(t *testing.T) {
-	types := mustTypes(t)
 	const (
 		extAuthz   = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 		perRoute   = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
@@ -333,6 +344,46 @@ func TestEnvoyConfigsRejected(t *testing.T) {
 			},
 			wantViolation: "cluster mandate_cp",
 		},
+		{
+			name: "served listener fails open",
+			file: "cp-resources/tickets-api.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, extAuthz, func(m map[string]any) { m["failure_mode_allow"] = true })
+			},
+			wantViolation: "failure_mode_allow",
+		},
+		{
+			name: "served listener without SANITIZE_SET",
+			file: "cp-resources/tickets-api.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, hcm, func(m map[string]any) { delete(m, "forward_client_cert_details") })
+			},
+			wantViolation: "cp-resources/tickets-api.yaml: listener inbound_mtls chain 0 hcm inbound_tickets: forward_client_cert_details",
+		},
+		{
+			name: "unknown field in a served cluster",
+			file: "cp-resources/tickets-api.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				doc["clusters"].([]any)[0].(map[string]any)["connect_timeut"] = "1s"
+			},
+			wantErr: "clusters[0]",
+		},
+		{
+			name: "authorizer cluster not served",
+			file: "cp-resources/tickets-api.yaml",
+			mutate: func(_ *testing.T, doc map[string]any) {
+				doc["clusters"] = doc["clusters"].([]any)[:1]
+			},
+			wantViolation: `ext_authz cluster "mandate_authz" must be served`,
+		},
+		{
+			name: "bootstrap cluster the bootstrap does not define",
+			file: "cp-resources/tickets-api.yaml",
+			mutate: func(_ *testing.T, doc map[string]any) {
+				doc["bootstrap_clusters"] = []any{"spire_agent", "sds_elsewhere"}
+			},
+			wantViolation: "sds_elsewhere",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -342,7 +393,12 @@ func TestEnvoyConfigsRejected(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, err := checkEnvoy(data, types)
+			var v violations
+			if fileKind(tt.file) == kindResources {
+				v, err = checkResources(tt.file, data, readFile(t, "xds-bootstrap.yaml"))
+			} else {
+				v, err = checkEnvoy(data)
+			}
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want one mentioning %q", err, tt.wantErr)

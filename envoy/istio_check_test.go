@@ -16,6 +16,8 @@ import (
 	networkingv1 "istio.io/api/networking/v1"
 	securityv1 "istio.io/api/security/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/mandate-dev/mandate/envoy/envoyconf"
 )
 
 // The identities and names the manifests must agree on.
@@ -406,8 +408,8 @@ func (mf *manifests) checkMesh(v *violations) map[string]*meshv1alpha1.MeshConfi
 			if g.GetFailOpen() {
 				v.addf("mesh: provider %s: failOpen must be false", p.GetName())
 			}
-			if t := g.GetTimeout(); t == nil || t.CheckValid() != nil || t.AsDuration() <= 0 || t.AsDuration() > maxCheckTimeout {
-				v.addf("mesh: provider %s: timeout must be in (0, %v]", p.GetName(), maxCheckTimeout)
+			if t := g.GetTimeout(); t == nil || t.CheckValid() != nil || t.AsDuration() <= 0 || t.AsDuration() > envoyconf.MaxCheckTimeout {
+				v.addf("mesh: provider %s: timeout must be in (0, %v]", p.GetName(), envoyconf.MaxCheckTimeout)
 			}
 			if s := g.GetStatusOnError(); s != "" {
 				if code, err := strconv.Atoi(s); err != nil || code < 400 || code > 599 {
@@ -828,7 +830,7 @@ func loadManifests(t *testing.T, edited string, edit func([]byte) []byte) (*mani
 	mf := newManifests()
 	found := false
 	for _, path := range configFiles(t) {
-		if isEnvoyBootstrap(path) {
+		if fileKind(path) != kindManifest {
 			continue
 		}
 		data := readFile(t, path)
