@@ -92,9 +92,7 @@ func plaintextClient(t *testing.T, allow bool) (mandatev1.AdminClient, *promethe
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cc.Close() })
-	// NewClient (kept for callers outside the module's own packages) wraps
-	// the generated client; the other tests use mandatev1.NewAdminClient.
-	return NewClient(cc), reg
+	return mandatev1.NewAdminClient(cc), reg
 }
 
 func TestAdminOverPlaintext(t *testing.T) {
@@ -326,6 +324,80 @@ func TestMTLSActorIsPeerSPIFFEID(t *testing.T) {
 		if err == nil && r.GetRecord().GetCreatedBy() != tt.id {
 			t.Errorf("actor %q, want %q", r.GetRecord().GetCreatedBy(), tt.id)
 		}
+		b, err := dial(tt.id).RevokeBatch(ctx, &mandatev1.RevokeBatchRequest{Revocations: []*mandatev1.RevokeRequest{
+			{Kind: "task", Value: "t1", Ttl: durationpb.New(time.Hour)}, {Kind: "task", Value: "t2", Ttl: durationpb.New(time.Hour)}}})
+		if status.Code(err) != tt.code {
+			t.Errorf("batch %q: %v, want %v", tt.id, err, tt.code)
+			continue
+		}
+		for _, rec := range b.GetRecords() {
+			if rec.GetCreatedBy() != tt.id {
+				t.Errorf("batch actor %q, want %q", rec.GetCreatedBy(), tt.id)
+			}
+		}
+	}
+}
+
+func TestRevokeBatch(t *testing.T) {
+	ctx := context.Background()
+	c, reg := plaintextClient(t, true)
+	req := func(kind, value string, ttl time.Duration) *mandatev1.RevokeRequest {
+		return &mandatev1.RevokeRequest{Kind: kind, Value: value, Ttl: durationpb.New(ttl), Reason: "batch"}
+	}
+	many := func(n int) []*mandatev1.RevokeRequest {
+		out := make([]*mandatev1.RevokeRequest, n)
+		for i := range out {
+			out[i] = req("subject", "spiffe://example.org/agent/a"+strconv.Itoa(i), time.Hour)
+		}
+		return out
+	}
+	tests := []struct {
+		name    string
+		in      []*mandatev1.RevokeRequest
+		code    codes.Code
+		msg     string // substring of the error message
+		version string // after the call
+		stored  int
+	}{
+		{"empty", nil, codes.InvalidArgument, "1 to 10000", "0", 0},
+		{"too many", many(plane.MaxRevokeBatch + 1), codes.InvalidArgument, "1 to 10000", "0", 0},
+		{"bad kind in the middle", []*mandatev1.RevokeRequest{req("task", "t", time.Hour), req("user", "x", time.Hour), req("task", "u", time.Hour)},
+			codes.InvalidArgument, "revocation 2 of 3: kind", "0", 0},
+		{"no ttl last", []*mandatev1.RevokeRequest{req("task", "t", time.Hour), {Kind: "task", Value: "u"}}, codes.InvalidArgument, "revocation 2 of 2: ttl", "0", 0},
+		{"plane refuses one", []*mandatev1.RevokeRequest{req("task", "t", time.Hour), req("subject", "bob", time.Hour)}, codes.InvalidArgument, "revocation 2 of 2", "0", 0},
+		{"1000 subjects", many(1000), codes.OK, "", "1", 1000},
+		{"mixed kinds", []*mandatev1.RevokeRequest{req("task", "t", time.Hour), req("mandate", "m-1", time.Minute),
+			{Kind: "subject", Value: "spiffe://example.org/agent/z", Intents: []string{"read"}, Ttl: durationpb.New(time.Hour)}}, codes.OK, "", "2", 1003},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := c.RevokeBatch(ctx, &mandatev1.RevokeBatchRequest{Revocations: tt.in})
+			if status.Code(err) != tt.code || !strings.Contains(status.Convert(err).Message(), tt.msg) {
+				t.Fatalf("code %v (%v), want %v with %q", status.Code(err), err, tt.code, tt.msg)
+			}
+			if err == nil {
+				if r.GetVersion() != tt.version || len(r.GetRecords()) != len(tt.in) {
+					t.Fatalf("version %s, %d records", r.GetVersion(), len(r.GetRecords()))
+				}
+				for i, rec := range r.GetRecords() {
+					if rec.GetValue() != tt.in[i].GetValue() || rec.GetKind() != tt.in[i].GetKind() ||
+						rec.GetCreatedBy() != PlaintextActor || rec.GetName() == "" {
+						t.Fatalf("record %d = %v, want %v", i, rec, tt.in[i])
+					}
+				}
+			}
+			l, err := c.ListRevocations(ctx, &mandatev1.ListRevocationsRequest{})
+			if err != nil || l.GetVersion() != tt.version || len(l.GetRevocations()) != tt.stored {
+				t.Fatalf("stored: %d at version %s (%v), want %d at %s", len(l.GetRevocations()), l.GetVersion(), err, tt.stored, tt.version)
+			}
+		})
+	}
+	audit, err := c.AuditLog(ctx, &mandatev1.AuditLogRequest{})
+	if err != nil || len(audit.GetEntries()) != 1003 {
+		t.Fatalf("audit: %d entries (%v), want one per record", len(audit.GetEntries()), err)
+	}
+	if n := testutil.ToFloat64(mustCounter(t, reg, "RevokeBatch", "OK")); n != 2 {
+		t.Errorf("admin_requests_total{RevokeBatch,OK} = %v", n)
 	}
 }
 

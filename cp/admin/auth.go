@@ -20,6 +20,10 @@ import (
 	"github.com/mandate-dev/mandate/policies/pattern"
 )
 
+// ServiceName is the full name of the Admin service
+// (mandatev1.Admin_ServiceDesc.ServiceName, from proto/mandate/v1/admin.proto).
+const ServiceName = "mandate.v1.Admin"
+
 // PlaintextActor is the actor of calls over a plaintext (dev, loopback)
 // connection.
 const PlaintextActor = "plaintext:loopback"

@@ -28,6 +28,7 @@ type Plane interface {
 	DeletePolicy(ctx context.Context, name, actor string) (string, error)
 	Policies() ([]*mandatev1.Policy, string)
 	RevokeRecord(ctx context.Context, r revocation.Record, actor string) (*mandatev1.Revocation, string, error)
+	RevokeMany(ctx context.Context, rs []revocation.Record, actor string) ([]*mandatev1.Revocation, string, error)
 	Revocations(includeExpired bool) ([]*mandatev1.Revocation, string)
 	Status() []xdsserver.ReplicaStatus
 	Lag(rs xdsserver.ReplicaStatus, typeURL string) time.Duration
@@ -126,25 +127,57 @@ func (s *Service) ListPolicies(context.Context, *mandatev1.ListPoliciesRequest) 
 
 // Revoke implements Server.
 func (s *Service) Revoke(ctx context.Context, in *mandatev1.RevokeRequest) (*mandatev1.RevokeResponse, error) {
-	kind, err := revocation.ParseKind(in.GetKind())
+	r, err := revokeRecord(in, s.now())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, "kind must be subject, task or mandate")
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if in.GetTtl() == nil {
-		return nil, status.Error(codes.InvalidArgument, "ttl required: a revocation always expires")
-	}
-	if err := in.GetTtl().CheckValid(); err != nil || in.GetTtl().AsDuration() <= 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl must be a positive duration")
-	}
-	now := s.now()
-	rec, v, err := s.p.RevokeRecord(ctx, revocation.Record{
-		Kind: kind, Value: in.GetValue(), Intents: in.GetIntents(), Reason: in.GetReason(),
-		Expires: now.Add(in.GetTtl().AsDuration()), CreatedAt: now,
-	}, actor(ctx))
+	rec, v, err := s.p.RevokeRecord(ctx, r, actor(ctx))
 	if err != nil {
 		return nil, s.rpcError(ctx, "Revoke", err)
 	}
 	return &mandatev1.RevokeResponse{Record: rec, Version: v}, nil
+}
+
+// RevokeBatch implements Server: every request is checked before any is
+// stored; the plane stores them all in one transaction and one version.
+func (s *Service) RevokeBatch(ctx context.Context, in *mandatev1.RevokeBatchRequest) (*mandatev1.RevokeBatchResponse, error) {
+	reqs := in.GetRevocations()
+	if len(reqs) == 0 || len(reqs) > plane.MaxRevokeBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "a batch holds 1 to %d revocations, not %d", plane.MaxRevokeBatch, len(reqs))
+	}
+	now := s.now()
+	rs := make([]revocation.Record, len(reqs))
+	for i, req := range reqs {
+		r, err := revokeRecord(req, now)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "revocation %d of %d: %v", i+1, len(reqs), err)
+		}
+		rs[i] = r
+	}
+	recs, v, err := s.p.RevokeMany(ctx, rs, actor(ctx))
+	if err != nil {
+		return nil, s.rpcError(ctx, "RevokeBatch", err)
+	}
+	return &mandatev1.RevokeBatchResponse{Records: recs, Version: v}, nil
+}
+
+// revokeRecord checks the fields the plane cannot (kind, ttl) and builds
+// the record.
+func revokeRecord(in *mandatev1.RevokeRequest, now time.Time) (revocation.Record, error) {
+	kind, err := revocation.ParseKind(in.GetKind())
+	if err != nil {
+		return revocation.Record{}, errors.New("kind must be subject, task or mandate")
+	}
+	if in.GetTtl() == nil {
+		return revocation.Record{}, errors.New("ttl required: a revocation always expires")
+	}
+	if err := in.GetTtl().CheckValid(); err != nil || in.GetTtl().AsDuration() <= 0 {
+		return revocation.Record{}, errors.New("ttl must be a positive duration")
+	}
+	return revocation.Record{
+		Kind: kind, Value: in.GetValue(), Intents: in.GetIntents(), Reason: in.GetReason(),
+		Expires: now.Add(in.GetTtl().AsDuration()), CreatedAt: now,
+	}, nil
 }
 
 // ListRevocations implements Server.
