@@ -66,6 +66,7 @@ type options struct {
 	operators, replicaIDs, adminPeers                                   listFlag
 	plaintext                                                           bool
 	shutdownGrace                                                       time.Duration
+	revocationRetention                                                 time.Duration
 
 	// Mandates, approvals, drift.
 	issuancePolicy, driftPolicy, driftAction string
@@ -94,6 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.plaintext, "plaintext", false, "development only: no mTLS on xDS and admin; refused unless both listen on loopback")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug | info | warn | error")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 5*time.Second, "how long a graceful shutdown waits for calls in flight")
+	fs.DurationVar(&o.revocationRetention, "revocation-retention", plane.DefaultRevocationRetention, "how long a revocation record is kept after it expired before it is removed (0: kept forever)")
 	fs.StringVar(&o.issuancePolicy, "issuance-policy", "", "IssuancePolicy YAML: who may request which mandates (empty: nobody)")
 	fs.DurationVar(&o.keyRotation, "key-rotation", 24*time.Hour, "how often the mandate signing key is rotated")
 	fs.DurationVar(&o.keyOverlap, "key-overlap", time.Hour, "how long a rotated-out key still verifies (at least --mandate-max-ttl plus skew)")
@@ -154,10 +156,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer xs.Close()
-	pl, err := plane.New(ctx, st, xs, logger, plane.WithRegisterer(reg))
+	pl, err := plane.New(ctx, st, xs, logger, plane.WithRegisterer(reg), plane.WithRevocationRetention(o.revocationRetention))
 	if err != nil {
 		return err
 	}
+	gcCtx, stopGC := context.WithCancel(ctx)
+	defer stopGC()
+	go pl.RunSweeper(gcCtx)
 
 	errc := make(chan error, 8)
 	addrs := map[string]string{}
