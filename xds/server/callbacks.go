@@ -22,9 +22,8 @@ const (
 
 func (s *Server) callbacks() serverv3.Callbacks {
 	return serverv3.CallbackFuncs{
-		StreamOpenFunc: func(_ context.Context, id int64, _ string) error {
-			s.openStream(streamKey{delta: false, id: id})
-			return nil
+		StreamOpenFunc: func(ctx context.Context, id int64, _ string) error {
+			return s.openStream(ctx, streamKey{delta: false, id: id})
 		},
 		StreamClosedFunc: func(id int64, _ *core.Node) { s.closeStream(streamKey{delta: false, id: id}) },
 		StreamRequestFunc: func(id int64, r *discovery.DiscoveryRequest) error {
@@ -33,9 +32,8 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		StreamResponseFunc: func(_ context.Context, id int64, r *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
 			resp.VersionInfo = s.onResponse(streamKey{delta: false, id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
 		},
-		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error {
-			s.openStream(streamKey{delta: true, id: id})
-			return nil
+		DeltaStreamOpenFunc: func(ctx context.Context, id int64, _ string) error {
+			return s.openStream(ctx, streamKey{delta: true, id: id})
 		},
 		DeltaStreamClosedFunc: func(id int64, _ *core.Node) { s.closeStream(streamKey{delta: true, id: id}) },
 		StreamDeltaRequestFunc: func(id int64, r *discovery.DeltaDiscoveryRequest) error {
@@ -50,10 +48,19 @@ func (s *Server) callbacks() serverv3.Callbacks {
 	}
 }
 
-func (s *Server) openStream(k streamKey) {
+func (s *Server) openStream(ctx context.Context, k streamKey) error {
+	kind := NodeUnknown
+	if s.peerKind != nil {
+		var err error
+		if kind, err = s.peerKind(ctx); err != nil {
+			s.log.Warn("xds stream refused", "error", err)
+			return status.Errorf(codes.PermissionDenied, "xdsserver: %v", err)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.streams[k] = &streamState{nonces: map[string]sent{}}
+	s.streams[k] = &streamState{kind: kind, nonces: map[string]sent{}}
+	return nil
 }
 
 func (s *Server) closeStream(k streamKey) {
@@ -69,7 +76,7 @@ func (s *Server) closeStream(k streamKey) {
 		if n.streams <= 0 {
 			n.streams = 0
 			n.disconnectedAt = s.now()
-			s.log.Info("xds replica disconnected", "node", st.node)
+			s.log.Info("xds node disconnected", "node", st.node, "kind", n.kind)
 		}
 	}
 	s.updateConnectedLocked()
@@ -77,13 +84,14 @@ func (s *Server) closeStream(k streamKey) {
 }
 
 func (s *Server) updateConnectedLocked() {
-	c := 0
+	c := map[NodeKind]int{}
 	for _, n := range s.nodes {
 		if n.streams > 0 {
-			c++
+			c[n.kind]++
 		}
 	}
-	s.m.connected.Set(float64(c))
+	s.m.connected.Set(float64(c[NodeReplica]))
+	s.m.envoys.Set(float64(c[NodeEnvoy]))
 }
 
 func validNodeID(id string) bool {
@@ -106,20 +114,39 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 		return nil
 	}
 	now := s.now()
+	want := KindOf(typeURL)
+	if typeURL != "" && want == NodeUnknown {
+		return status.Errorf(codes.InvalidArgument, "xdsserver: type %q is not served", typeURL)
+	}
+	if st.kind == NodeUnknown {
+		if want == NodeUnknown {
+			return status.Error(codes.InvalidArgument, "xdsserver: the first request of a stream must carry a type_url")
+		}
+		st.kind = want
+	}
+	if want != NodeUnknown && want != st.kind {
+		return status.Errorf(codes.PermissionDenied, "xdsserver: a %s may not fetch %s", st.kind, shortType(typeURL))
+	}
 	if st.node == "" {
 		id := node.GetId()
 		if !validNodeID(id) {
 			return status.Error(codes.InvalidArgument, unknownNodeNote)
 		}
-		st.node = id
 		n := s.nodes[id]
+		if n != nil && n.streams > 0 && n.kind != st.kind {
+			return status.Errorf(codes.PermissionDenied, "xdsserver: node id %q is connected as a %s", id, n.kind)
+		}
+		st.node = id
 		if n == nil {
 			n = &nodeState{types: map[string]*nodeType{}}
 			s.nodes[id] = n
 		}
+		if n.kind != st.kind { // a new node, or a retained one that comes back as another kind
+			n.kind, n.types = st.kind, map[string]*nodeType{}
+		}
 		if n.streams == 0 {
 			n.connectedSince = now
-			s.log.Info("xds replica connected", "node", id, "delta", k.delta)
+			s.log.Info("xds node connected", "node", id, "kind", n.kind, "delta", k.delta)
 		}
 		n.streams++
 		s.updateConnectedLocked()
@@ -162,7 +189,7 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 		}
 		nt.nacked, nt.hasNack, nt.nackedAt, nt.nackErr = sn.version, true, now, msg
 		s.m.nacks.WithLabelValues(shortType(typeURL)).Inc()
-		s.log.Warn("xds replica rejected resources", "node", st.node, "type", shortType(typeURL),
+		s.log.Warn("xds node rejected resources", "node", st.node, "kind", n.kind, "type", shortType(typeURL),
 			"version", sn.version, "error", msg)
 	}
 	s.notifyLocked()

@@ -1,7 +1,18 @@
 // Package xdsserver serves Mandate's resources (mandate.v1 Policy,
-// Revocation, Approval, VerificationKey) to mandate-authz replicas over
+// Revocation, Approval, VerificationKey) to mandate-authz replicas, and
+// Envoy Listener and Cluster resources (LDS/CDS) to Envoy proxies, over
 // delta and state-of-the-world ADS, built on go-control-plane, and tracks
-// which replica has ACKed or NACKed which version of each type.
+// which node has ACKed or NACKed which version of each type.
+//
+// Every node is of one kind, replica or Envoy (NodeKind): a replica may
+// fetch only mandate.v1 types, an Envoy only Listener and Cluster. The kind
+// comes from the peer's identity when WithPeerKind is given (mandate-cp
+// maps SPIFFE IDs to kinds), else from the first type the stream asks for;
+// a request for a type of the other kind ends the stream with
+// PermissionDenied. Status and WaitAcked on a mandate.v1 type look at
+// replicas only; EnvoyStatus and WaitAcked on an Envoy type at Envoys only.
+// Versions of the Envoy types are not persisted (WithInitialVersion works
+// for them too).
 //
 // Versions are per type, monotonically increasing integers formatted as
 // decimal strings. Each effective Set* call raises the type's version by
@@ -20,10 +31,13 @@ import (
 	"sync"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	gcplog "github.com/envoyproxy/go-control-plane/pkg/log"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -31,6 +45,40 @@ import (
 
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
+
+// Type URLs of the Envoy resources the server serves.
+const (
+	ListenerTypeURL = resourcev3.ListenerType
+	ClusterTypeURL  = resourcev3.ClusterType
+)
+
+// EnvoyTypeURLs returns the Envoy resource types served (LDS, CDS).
+func EnvoyTypeURLs() []string { return []string{ListenerTypeURL, ClusterTypeURL} }
+
+// NodeKind says which resources a node may fetch.
+type NodeKind string
+
+const (
+	// NodeUnknown: not classified by identity; the first type the stream
+	// asks for decides.
+	NodeUnknown NodeKind = ""
+	// NodeReplica: a mandate-authz replica, mandate.v1 types only.
+	NodeReplica NodeKind = "replica"
+	// NodeEnvoy: an Envoy proxy, Listener and Cluster only.
+	NodeEnvoy NodeKind = "envoy"
+)
+
+// KindOf returns the kind of node that may fetch typeURL (NodeUnknown for
+// a type the server does not serve).
+func KindOf(typeURL string) NodeKind {
+	switch {
+	case slices.Contains(mandatev1.TypeURLs(), typeURL):
+		return NodeReplica
+	case slices.Contains(EnvoyTypeURLs(), typeURL):
+		return NodeEnvoy
+	}
+	return NodeUnknown
+}
 
 // Option configures a Server.
 type Option func(*options) error
@@ -40,6 +88,20 @@ type options struct {
 	initial   map[string]uint64
 	now       func() time.Time
 	retention time.Duration
+	peerKind  func(context.Context) (NodeKind, error)
+}
+
+// WithPeerKind classifies each stream when it opens, from its context
+// (the peer's mTLS identity). An error refuses the stream; NodeUnknown
+// leaves the decision to the first type the stream asks for.
+func WithPeerKind(f func(ctx context.Context) (NodeKind, error)) Option {
+	return func(o *options) error {
+		if f == nil {
+			return errors.New("xdsserver: nil peer classifier")
+		}
+		o.peerKind = f
+		return nil
+	}
 }
 
 // WithRegisterer registers the server's metrics with reg. Without it the
@@ -89,7 +151,9 @@ func WithStatusRetention(d time.Duration) Option {
 	}
 }
 
-func knownType(typeURL string) bool { return slices.Contains(mandatev1.TypeURLs(), typeURL) }
+func knownType(typeURL string) bool { return KindOf(typeURL) != NodeUnknown }
+
+func allTypeURLs() []string { return slices.Concat(mandatev1.TypeURLs(), EnvoyTypeURLs()) }
 
 // TypeStatus is what one replica reported for one resource type.
 type TypeStatus struct {
@@ -106,9 +170,11 @@ type TypeStatus struct {
 	NackedAt      time.Time
 }
 
-// ReplicaStatus is the state of one replica, keyed by its node id.
+// ReplicaStatus is the state of one node (a replica, or an Envoy in
+// EnvoyStatus), keyed by its node id.
 type ReplicaStatus struct {
 	NodeID    string
+	Kind      NodeKind
 	Connected bool
 	// Streams is the number of open ADS streams carrying this node id.
 	Streams        int
@@ -139,10 +205,12 @@ type sent struct {
 
 type streamState struct {
 	node   string
+	kind   NodeKind
 	nonces map[string]sent
 }
 
 type nodeState struct {
+	kind           NodeKind
 	streams        int
 	connectedSince time.Time
 	lastSeen       time.Time
@@ -159,9 +227,10 @@ type nodeType struct {
 
 // Server is an ADS server for Mandate's resource types. Create it with New.
 type Server struct {
-	log  *slog.Logger
-	now  func() time.Time
-	keep time.Duration
+	log      *slog.Logger
+	now      func() time.Time
+	keep     time.Duration
+	peerKind func(context.Context) (NodeKind, error)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -180,6 +249,7 @@ type Server struct {
 
 type metrics struct {
 	connected   prometheus.Gauge
+	envoys      prometheus.Gauge
 	nacks       *prometheus.CounterVec
 	pushes      *prometheus.CounterVec
 	propagation *prometheus.HistogramVec
@@ -192,9 +262,13 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Namespace: "mandate", Subsystem: "xds_server", Name: "connected_replicas",
 			Help: "Replicas (distinct node ids) with at least one open ADS stream.",
 		}),
+		envoys: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "mandate", Subsystem: "xds_server", Name: "connected_envoys",
+			Help: "Envoy proxies (distinct node ids) with at least one open ADS stream.",
+		}),
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mandate", Subsystem: "xds_server", Name: "nacks_total",
-			Help: "NACKs received from replicas, by resource type.",
+			Help: "NACKs received from replicas and Envoys, by resource type.",
 		}, []string{"type"}),
 		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mandate", Subsystem: "xds_server", Name: "pushes_total",
@@ -211,7 +285,7 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		}, []string{"type"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.connected, m.nacks, m.pushes, m.propagation, m.version} {
+		for _, c := range []prometheus.Collector{m.connected, m.envoys, m.nacks, m.pushes, m.propagation, m.version} {
 			if err := reg.Register(c); err != nil {
 				return metrics{}, fmt.Errorf("xdsserver: register metrics: %w", err)
 			}
@@ -236,14 +310,15 @@ func New(logger *slog.Logger, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		log:     logger,
-		now:     o.now,
-		keep:    o.retention,
-		types:   map[string]*typeState{},
-		streams: map[streamKey]*streamState{},
-		nodes:   map[string]*nodeState{},
-		changed: make(chan struct{}),
-		m:       m,
+		log:      logger,
+		now:      o.now,
+		peerKind: o.peerKind,
+		keep:     o.retention,
+		types:    map[string]*typeState{},
+		streams:  map[streamKey]*streamState{},
+		nodes:    map[string]*nodeState{},
+		changed:  make(chan struct{}),
+		m:        m,
 	}
 	glog := cacheLogger(logger)
 	mux := &cachev3.MuxCache{
@@ -251,7 +326,7 @@ func New(logger *slog.Logger, opts ...Option) (*Server, error) {
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return r.GetTypeUrl() },
 		Caches:        map[string]cachev3.Cache{},
 	}
-	for _, t := range mandatev1.TypeURLs() {
+	for _, t := range allTypeURLs() {
 		c := cachev3.NewLinearCache(t, cachev3.WithLogger(glog))
 		s.types[t] = &typeState{cache: c, base: o.initial[t], version: o.initial[t],
 			current: map[string]proto.Message{}, setAt: map[uint64]time.Time{}}
@@ -290,6 +365,18 @@ func (s *Server) SetApprovals(res map[string]*mandatev1.Approval) (string, error
 // SetKeys replaces the whole set of VerificationKey resources.
 func (s *Server) SetKeys(res map[string]*mandatev1.VerificationKey) (string, error) {
 	return setTyped(s, mandatev1.VerificationKeyTypeURL, res)
+}
+
+// SetListeners replaces the whole set of Envoy Listener resources served
+// over LDS. Validate them (envoy/envoyconf) before: the server does not.
+func (s *Server) SetListeners(res map[string]*listenerv3.Listener) (string, error) {
+	return setTyped(s, ListenerTypeURL, res)
+}
+
+// SetClusters replaces the whole set of Envoy Cluster resources served
+// over CDS.
+func (s *Server) SetClusters(res map[string]*clusterv3.Cluster) (string, error) {
+	return setTyped(s, ClusterTypeURL, res)
 }
 
 type named interface {
@@ -361,26 +448,46 @@ func (s *Server) set(typeURL string, msgs map[string]proto.Message) (string, err
 	return format(next), nil
 }
 
-// Versions returns the current version of every type, keyed by type URL.
-func (s *Server) Versions() map[string]string {
+// Versions returns the current version of every mandate.v1 type, keyed by
+// type URL.
+func (s *Server) Versions() map[string]string { return s.versions(NodeReplica) }
+
+// EnvoyVersions returns the current version of the Listener and Cluster
+// types, keyed by type URL.
+func (s *Server) EnvoyVersions() map[string]string { return s.versions(NodeEnvoy) }
+
+func (s *Server) versions(kind NodeKind) map[string]string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make(map[string]string, len(s.types))
 	for t, ts := range s.types {
-		out[t] = format(ts.version)
+		if KindOf(t) == kind {
+			out[t] = format(ts.version)
+		}
 	}
 	return out
 }
 
 // Status returns every connected replica, and disconnected ones for the
-// retention period, sorted by node id.
-func (s *Server) Status() []ReplicaStatus {
+// retention period, sorted by node id. Envoys are not in it: see
+// EnvoyStatus.
+func (s *Server) Status() []ReplicaStatus { return s.status(NodeReplica) }
+
+// EnvoyStatus returns every connected Envoy, and disconnected ones for the
+// retention period, sorted by node id, with their Listener and Cluster
+// ACK/NACK state.
+func (s *Server) EnvoyStatus() []ReplicaStatus { return s.status(NodeEnvoy) }
+
+func (s *Server) status(kind NodeKind) []ReplicaStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pruneLocked()
 	out := make([]ReplicaStatus, 0, len(s.nodes))
 	for id, n := range s.nodes {
-		rs := ReplicaStatus{NodeID: id, Connected: n.streams > 0, Streams: n.streams,
+		if n.kind != kind {
+			continue
+		}
+		rs := ReplicaStatus{NodeID: id, Kind: n.kind, Connected: n.streams > 0, Streams: n.streams,
 			ConnectedSince: n.connectedSince, LastSeen: n.lastSeen, Types: map[string]TypeStatus{}}
 		for t, nt := range n.types {
 			st := TypeStatus{}
@@ -409,9 +516,11 @@ func (s *Server) Status() []ReplicaStatus {
 	return out
 }
 
-// WaitAcked blocks until every connected replica has ACKed a version of
-// typeURL at least version, or ctx ends. With no replica connected it
-// returns nil at once: check Status to tell "nobody" from "everybody".
+// WaitAcked blocks until every connected node of typeURL's kind (replicas
+// for mandate.v1 types, Envoys for Listener and Cluster) has ACKed a
+// version of typeURL at least version, or ctx ends. With no such node
+// connected it returns nil at once: check Status (EnvoyStatus) to tell
+// "nobody" from "everybody".
 func (s *Server) WaitAcked(ctx context.Context, typeURL, version string) error {
 	if !knownType(typeURL) {
 		return fmt.Errorf("xdsserver: unknown type URL %q", typeURL)
@@ -424,7 +533,7 @@ func (s *Server) WaitAcked(ctx context.Context, typeURL, version string) error {
 		s.mu.Lock()
 		var lagging []string
 		for id, n := range s.nodes {
-			if n.streams == 0 {
+			if n.streams == 0 || n.kind != KindOf(typeURL) {
 				continue
 			}
 			nt := n.types[typeURL]
@@ -463,11 +572,14 @@ func (s *Server) pruneLocked() {
 
 func format(v uint64) string { return strconv.FormatUint(v, 10) }
 
-// shortType turns a type URL into the message name for labels and logs.
+// shortType turns a type URL into the message name for labels and logs
+// (Policy, ..., Listener, Cluster).
 func shortType(typeURL string) string {
-	const prefix = "type.googleapis.com/mandate.v1."
-	if len(typeURL) > len(prefix) && typeURL[:len(prefix)] == prefix {
-		return typeURL[len(prefix):]
+	for _, prefix := range []string{"type.googleapis.com/mandate.v1.", "type.googleapis.com/envoy.config.listener.v3.",
+		"type.googleapis.com/envoy.config.cluster.v3."} {
+		if len(typeURL) > len(prefix) && typeURL[:len(prefix)] == prefix {
+			return typeURL[len(prefix):]
+		}
 	}
 	return typeURL
 }
