@@ -26,8 +26,8 @@ func operatorCommands() map[string]command {
 		"diff":      {"show what apply would change (exit 1 when it would): mandatectl diff -f FILE|DIR", runDiff},
 		"delete":    {"delete a stored policy: mandatectl delete NAME [--wait]", runDelete},
 		"get":       {"list stored objects: mandatectl get policies|revocations [-o table|yaml|json]", runGet},
-		"revoke":    {"revoke a subject, task or mandate: mandatectl revoke --subject|--task|--mandate V --for D [--wait]", runRevoke},
-		"downgrade": {"limit a subject or task to intents: mandatectl downgrade --subject|--task V --intents a,b --for D [--wait]", runDowngrade},
+		"revoke":    {"revoke subjects, tasks or mandates: mandatectl revoke --subject|--task|--mandate V ... [-f FILE [--kind K]] --for D [--wait]", runRevoke},
+		"downgrade": {"limit subjects or tasks to intents: mandatectl downgrade --subject|--task V ... [-f FILE [--kind K]] --intents a,b --for D [--wait]", runDowngrade},
 		"status":    {"replicas connected to mandate-cp, the versions each ACKed or NACKed, their lag", runStatus},
 		"audit":     {"the control plane's audit trail: mandatectl audit [--since 1h]", runAudit},
 	}
@@ -267,89 +267,6 @@ func runDelete(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "policy/%s deleted (policy version %s)\n", name, resp.GetVersion())
 	if wf.wait {
 		return waitAcked(ctx, c, &wf, mandatev1.PolicyTypeURL, resp.GetVersion(), "deletion of policy/"+name, stdout, stderr)
-	}
-	return nil
-}
-
-type revokeOpts struct {
-	subject, task, mandate, reason string
-	intents                        listFlag
-	ttl                            time.Duration
-}
-
-func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return revokeOrDowngrade(ctx, "revoke", args, stdout, stderr)
-}
-
-func runDowngrade(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return revokeOrDowngrade(ctx, "downgrade", args, stdout, stderr)
-}
-
-func revokeOrDowngrade(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags(name, stderr)
-	var af adminFlags
-	af.register(fs)
-	var wf waitFlags
-	wf.register(fs)
-	var o revokeOpts
-	fs.StringVar(&o.subject, "subject", "", "SPIFFE ID or pattern (spiffe://td/team/** ...)")
-	fs.StringVar(&o.task, "task", "", "task id")
-	if name == "revoke" {
-		fs.StringVar(&o.mandate, "mandate", "", "mandate id (its whole delegation subtree)")
-	} else {
-		fs.Var(&o.intents, "intents", "intents still allowed, comma-separated (repeatable)")
-	}
-	fs.DurationVar(&o.ttl, "for", 0, "how long the record applies, e.g. 1h (required: records expire, they are never deleted)")
-	fs.StringVar(&o.reason, "reason", "", "why (kept in the record and the audit trail, never sent to clients)")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	kind, value, n := "", "", 0
-	for k, v := range map[string]string{"subject": o.subject, "task": o.task, "mandate": o.mandate} {
-		if v != "" {
-			kind, value = k, v
-			n++
-		}
-	}
-	var intents []string
-	for _, i := range o.intents {
-		for _, p := range strings.Split(i, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				intents = append(intents, p)
-			}
-		}
-	}
-	switch {
-	case len(pos) > 0 || n != 1:
-		return fmt.Errorf("usage: mandatectl %s: exactly one of --subject, --task%s is required",
-			name, map[bool]string{true: ", --mandate", false: ""}[name == "revoke"])
-	case o.ttl <= 0:
-		return errors.New("--for DURATION is required (for example --for 1h)")
-	case name == "downgrade" && len(intents) == 0:
-		return errors.New("--intents is required")
-	}
-	ctx, cancel := callCtx(ctx, &af, &wf)
-	defer cancel()
-	c, closeConn, err := af.client(ctx)
-	if err != nil {
-		return err
-	}
-	defer closeConn()
-	resp, err := c.Revoke(ctx, &mandatev1.RevokeRequest{Kind: kind, Value: value, Intents: intents,
-		Ttl: durationpb.New(o.ttl), Reason: o.reason})
-	if err != nil {
-		return rpcErr(err)
-	}
-	rec := resp.GetRecord()
-	what := "revocation"
-	if len(intents) > 0 {
-		what = "downgrade"
-	}
-	fmt.Fprintf(stdout, "%s %s: %s %s until %s (revocation version %s)\n", what, rec.GetName(), kind, value,
-		rec.GetExpires().AsTime().Local().Format(time.RFC3339), resp.GetVersion())
-	if wf.wait {
-		return waitAcked(ctx, c, &wf, mandatev1.RevocationTypeURL, resp.GetVersion(), what+" "+rec.GetName(), stdout, stderr)
 	}
 	return nil
 }
