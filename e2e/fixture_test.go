@@ -216,6 +216,10 @@ func deploy(ctx context.Context, t *testing.T, opts options) *deployment {
 	return d
 }
 
+// raceEnv is set for every process: a -race binary otherwise sleeps 1s
+// at exit (atexit_sleep_ms), which would be measured as mandatectl latency.
+var raceEnv = []string{"GORACE=atexit_sleep_ms=0"}
+
 // install hard-links (or copies) src to dst: a distinct path, hence a
 // distinct unix:path selector.
 func install(src, dst string) error {
@@ -246,6 +250,7 @@ func install(src, dst string) error {
 func (d *deployment) startProc(ctx context.Context, spec proc.Spec) *proc.Process {
 	d.t.Helper()
 	spec.LogDir = d.logDir
+	spec.Env = append(spec.Env, raceEnv...)
 	p, err := proc.Start(d.t, spec)
 	if err != nil {
 		d.t.Fatal(err)
@@ -395,7 +400,7 @@ func (d *deployment) ctl(ctx context.Context, role string, args ...string) ctlOu
 	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, bin, full...)
-	cmd.Env = append(os.Environ(), d.env.WorkloadEnv()...)
+	cmd.Env = append(append(os.Environ(), d.env.WorkloadEnv()...), raceEnv...)
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	start := time.Now()
@@ -468,7 +473,7 @@ func (d *deployment) agent(t *testing.T, id string) *agentproto.Session {
 	}
 	name := "agent-" + strings.ReplaceAll(strings.TrimPrefix(id, "spiffe://example.org/agent/"), "/", "-")
 	p := fmt.Sprintf("%s-%d", name, time.Now().UnixNano()%1e6)
-	s, err := agentproto.Start(t, p, bin, d.env.WorkloadEnv(),
+	s, err := agentproto.Start(t, p, bin, append(d.env.WorkloadEnv(), raceEnv...),
 		"-proxy", "https://"+d.proxyTLS, "-plain-proxy", "http://"+d.proxyPln, "-server-id", frontproxyID)
 	if err != nil {
 		t.Fatal(err)

@@ -22,7 +22,7 @@ func TestFlows(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), flowsBudget)
 	defer cancel()
 	d := deploy(ctx, t, options{
-		agents:     []string{idSupport, idPlanner, idResearcher, idPay, idDrifter},
+		agents:     []string{idSupport, idPlanner, idResearcher, idPay, idDrifter, idWorker},
 		delegators: []string{idPlanner},
 		cpArgs: []string{"--drift-threshold", "5", "--drift-window", "1m", "--drift-action", "revoke",
 			"--approval-window", "5m"},
@@ -30,6 +30,8 @@ func TestFlows(t *testing.T) {
 	t.Run("1-task-intent-mtls", func(t *testing.T) { scenarioTask(t, ctx, d) })
 	t.Run("2-replay-other-identity", func(t *testing.T) { scenarioReplay(t, ctx, d) })
 	t.Run("3-delegation", func(t *testing.T) { scenarioDelegation(t, ctx, d) })
+	t.Run("4-complete-under-load", func(t *testing.T) { scenarioCompleteUnderLoad(t, ctx, d) })
+	t.Run("bug-orchestrator-complete-wait", func(t *testing.T) { bugOrchestratorCompleteWait(t, ctx, d) })
 	t.Run("5-step-up", func(t *testing.T) { scenarioStepUp(t, ctx, d) })
 	t.Run("6-drift", func(t *testing.T) { scenarioDrift(t, ctx, d) })
 }
@@ -154,8 +156,8 @@ func scenarioDelegation(t *testing.T, ctx context.Context, d *deployment) {
 	child, cid := strings.TrimSpace(out.stdout), mandateID(t, out.stderr)
 
 	for _, wide := range [][]string{
-		{"--methods", "GET", "--paths", "/s3/**"},                    // wider paths
-		{"--methods", "GET,DELETE", "--paths", base + "/**"},         // a method the parent lacks
+		{"--methods", "GET", "--paths", "/s3/**"},            // wider paths
+		{"--methods", "GET,DELETE", "--paths", base + "/**"}, // a method the parent lacks
 	} {
 		args := append([]string{"delegate", "--parent", parent, "--to", idResearcher}, wide...)
 		if out := planner(ctx, "ctl:"+idPlanner, args...); out.code == 0 {
