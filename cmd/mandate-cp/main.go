@@ -74,6 +74,8 @@ type options struct {
 	keyRotation, keyOverlap, maxTTL          time.Duration
 	approvalWindow, driftWindow              time.Duration
 	maxDepth, driftThreshold                 int
+
+	envoy envoyOptions // --envoy-dir, --envoy-id: LDS/CDS for Envoys (envoy.go)
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -107,6 +109,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.driftWindow, "drift-window", time.Minute, "sliding window of the drift threshold")
 	fs.StringVar(&o.driftAction, "drift-action", "revoke", "revoke | downgrade")
 	fs.Var(&o.driftIntents, "drift-downgrade-intents", "intents a downgraded task keeps (with --drift-action downgrade)")
+	o.envoy.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -151,11 +154,18 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	xs, err := xdsserver.New(logger, append(xopts, xdsserver.WithRegisterer(reg))...)
+	eopts, err := o.envoy.serverOptions(o.replicaIDs)
+	if err != nil {
+		return err
+	}
+	xs, err := xdsserver.New(logger, slices.Concat(xopts, eopts, []xdsserver.Option{xdsserver.WithRegisterer(reg)})...)
 	if err != nil {
 		return err
 	}
 	defer xs.Close()
+	if err := o.envoy.start(ctx, xs, logger, reg); err != nil {
+		return err
+	}
 	pl, err := plane.New(ctx, st, xs, logger, plane.WithRegisterer(reg), plane.WithRevocationRetention(o.revocationRetention))
 	if err != nil {
 		return err
@@ -168,9 +178,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	addrs := map[string]string{}
 	var servers []*grpc.Server
 
-	// xDS: replicas only.
+	// xDS: replicas, and Envoys (--envoy-id) for listeners and clusters.
 	xcred, xsrc, err := transport.ServerOption(ctx, o.xdsListen, transport.Config{
-		WorkloadAPI: o.workloadAPI, Allowed: o.replicaIDs, Insecure: o.plaintext,
+		WorkloadAPI: o.workloadAPI, Allowed: o.envoy.allowed(o.replicaIDs), Insecure: o.plaintext,
 	})
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
