@@ -71,7 +71,7 @@ type env struct {
 }
 
 // open builds store + xDS server (served on 127.0.0.1:0) + plane over dir.
-func open(t *testing.T, dir string, opts ...Option) *env {
+func open(t testing.TB, dir string, opts ...Option) *env {
 	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, dir)
