@@ -70,8 +70,9 @@ func (e *envoyOptions) serverOptions(replicaIDs []string) ([]xdsserver.Option, e
 
 func peerKind(ctx context.Context, rep, env tlsconfig.Authorizer) (xdsserver.NodeKind, error) {
 	p, ok := peer.FromContext(ctx)
-	if !ok || p.AuthInfo == nil {
-		return xdsserver.NodeUnknown, nil // plaintext (loopback, development)
+	if !ok || p.AuthInfo == nil || p.AuthInfo.AuthType() == "insecure" {
+		// --plaintext (loopback only): no identity, the first type decides.
+		return xdsserver.NodeUnknown, nil
 	}
 	ti, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(ti.State.PeerCertificates) == 0 {
