@@ -128,7 +128,9 @@ func TestUnsafeResourcesRefused(t *testing.T) {
 			[]string{"f.yaml: listener inbound_mtls chain 0", "failure_mode_allow"}},
 		{"no peer certificate", func(t *testing.T, d map[string]any) { delete(at(t, d, extAuthz...), "include_peer_certificate") }, true,
 			[]string{"f.yaml: listener inbound_mtls", "include_peer_certificate"}},
-		{"client cert details appended", func(t *testing.T, d map[string]any) { at(t, d, hcm...)["forward_client_cert_details"] = "APPEND_FORWARD" }, true,
+		{"client cert details appended", func(t *testing.T, d map[string]any) {
+			at(t, d, hcm...)["forward_client_cert_details"] = "APPEND_FORWARD"
+		}, true,
 			[]string{"f.yaml: listener inbound_mtls", "forward_client_cert_details must be SANITIZE_SET"}},
 		{"no path normalization", func(t *testing.T, d map[string]any) { delete(at(t, d, hcm...), "normalize_path") }, true,
 			[]string{"f.yaml: listener inbound_mtls", "normalize_path"}},
@@ -155,7 +157,9 @@ func TestUnsafeResourcesRefused(t *testing.T) {
 		}, true, []string{"f.yaml: cluster mandate_authz", "pinned"}},
 		{"authorizer in plaintext", func(t *testing.T, d map[string]any) { delete(at(t, d, "clusters", 1), "transport_socket") }, true,
 			[]string{"f.yaml: cluster mandate_authz", "UpstreamTlsContext"}},
-		{"authorizer over HTTP/1", func(t *testing.T, d map[string]any) { delete(at(t, d, "clusters", 1), "typed_extension_protocol_options") }, true,
+		{"authorizer over HTTP/1", func(t *testing.T, d map[string]any) {
+			delete(at(t, d, "clusters", 1), "typed_extension_protocol_options")
+		}, true,
 			[]string{"f.yaml: cluster mandate_authz", "HTTP/2"}},
 		{"SDS cluster not declared", func(_ *testing.T, d map[string]any) { delete(d, "bootstrap_clusters") }, true,
 			[]string{"f.yaml: listener inbound_mtls", `unknown cluster "spire_agent"`}},
