@@ -26,6 +26,7 @@ const (
 	stormBatch    = 1000
 	stormInterval = 100 * time.Millisecond
 	stormSample   = 50 // subjects per batch checked before and after
+	stormInFlight = 4  // batches under way at once (prime, call, ACK, check)
 	// stormRevokeTTL is shorter than a pass over the population (99,000
 	// subjects at 10,000/s): a subject revoked in the previous pass has
 	// expired when it is primed again, in runs of any length.
@@ -192,11 +193,14 @@ func (h *harness) revocationStorm(ctx context.Context, sc scenario, r *result) e
 	return nil
 }
 
-// storm revokes one batch of stormBatch subjects per stormInterval with
-// one RevokeBatch call each, until stop ends. Each batch's ACK wait and
-// post-ACK checks run in their own goroutine, so a slow ACK does not hold
-// back the next batch (the revocation rate is the control plane's, not
-// the ACK round trip's). ctx bounds the calls.
+// storm starts one batch of stormBatch subjects every stormInterval, on
+// schedule whether or not the previous batch's call has returned (an
+// open-loop load, as independent operators or automation would send),
+// with at most stormInFlight batches under way: when that many are, the
+// next one waits, and the achieved rate shows it. Each batch primes its
+// sample, sends one RevokeBatch, waits for the replica's ACK of the
+// version and checks the sample again. ctx bounds the calls; stop ends
+// the storm.
 func storm(ctx, stop context.Context, ac mandatev1.AdminClient, checker authv3.AuthorizationClient) (st stormStats, err error) {
 	start := time.Now()
 	tick := time.NewTicker(stormInterval)
@@ -214,72 +218,29 @@ func storm(ctx, stop context.Context, ac mandatev1.AdminClient, checker authv3.A
 		mu.Unlock()
 	}
 	failed := func() bool { mu.Lock(); defer mu.Unlock(); return firstErr != nil }
+	slots := make(chan struct{}, stormInFlight)
 	next := stormFirstRevoke
 	for stop.Err() == nil && !failed() {
+		select {
+		case slots <- struct{}{}:
+		case <-stop.Done():
+			continue
+		}
 		ids := make([]string, stormBatch)
-		reqs := make([]*mandatev1.RevokeRequest, stormBatch)
 		for i := range ids {
 			ids[i] = "spiffe://example.org/fleet/agent-" + strconv.Itoa(next)
-			reqs[i] = &mandatev1.RevokeRequest{Kind: "subject", Value: ids[i],
-				Ttl: durationpb.New(stormRevokeTTL), Reason: "bench revocation storm"}
 			next++
 			if next >= zipfIdentities {
 				next = stormFirstRevoke
 			}
 		}
-		sample := ids[:stormSample]
-		// Prime: the sample is allowed now, and the allow is cached.
-		allows, err := allowedAll(ctx, checker, sample)
-		if err != nil {
-			fail(err)
-			break
-		}
-		mu.Lock()
-		st.primeDenied += len(sample) - allows
-		mu.Unlock()
-		t0 := time.Now()
-		resp, err := ac.RevokeBatch(ctx, &mandatev1.RevokeBatchRequest{Revocations: reqs})
-		if err != nil {
-			fail(fmt.Errorf("bench: revoke batch: %w", err))
-			break
-		}
-		callTime := time.Since(t0)
-		if n := len(resp.GetRecords()); n != stormBatch {
-			fail(fmt.Errorf("bench: revoke batch stored %d records, want %d", n, stormBatch))
-			break
-		}
-		mu.Lock()
-		st.batches++
-		st.revoked += stormBatch
-		st.callLatency = append(st.callLatency, callTime)
-		mu.Unlock()
-		version := resp.GetVersion()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			_, err := ac.WaitAcked(wctx, &mandatev1.WaitAckedRequest{TypeUrl: mandatev1.RevocationTypeURL, Version: version})
-			cancel()
-			if err != nil {
-				fail(fmt.Errorf("bench: revocation version %s not acked: %w", version, err))
-				return
-			}
-			ack := time.Since(t0)
-			// Every revocation of the batch is ACKed: no allow may follow.
-			allows, err := allowedAll(ctx, checker, sample)
-			if err != nil {
+			defer func() { <-slots }()
+			if err := stormBatchRun(ctx, ac, checker, ids, &mu, &st); err != nil {
 				fail(err)
-				return
 			}
-			if time.Since(t0) > stormRevokeTTL-time.Second {
-				fail(fmt.Errorf("bench: batch at version %s ACKed and checked only after %v: its records (ttl %v) may have expired", version, time.Since(t0), stormRevokeTTL))
-				return
-			}
-			mu.Lock()
-			st.ackLatency = append(st.ackLatency, ack)
-			st.sampled += len(sample)
-			st.staleAllows += allows
-			mu.Unlock()
 		}()
 		select {
 		case <-stop.Done():
@@ -289,6 +250,58 @@ func storm(ctx, stop context.Context, ac mandatev1.AdminClient, checker authv3.A
 	st.elapsed = time.Since(start)
 	wg.Wait()
 	return st, firstErr
+}
+
+// stormBatchRun primes, revokes and checks one batch, adding to st under mu.
+func stormBatchRun(ctx context.Context, ac mandatev1.AdminClient, checker authv3.AuthorizationClient, ids []string, mu *sync.Mutex, st *stormStats) error {
+	sample := ids[:stormSample]
+	// Prime: the sample is allowed now, and the allow is cached.
+	allows, err := allowedAll(ctx, checker, sample)
+	if err != nil {
+		return err
+	}
+	reqs := make([]*mandatev1.RevokeRequest, len(ids))
+	for i, id := range ids {
+		reqs[i] = &mandatev1.RevokeRequest{Kind: "subject", Value: id,
+			Ttl: durationpb.New(stormRevokeTTL), Reason: "bench revocation storm"}
+	}
+	t0 := time.Now()
+	resp, err := ac.RevokeBatch(ctx, &mandatev1.RevokeBatchRequest{Revocations: reqs})
+	if err != nil {
+		return fmt.Errorf("bench: revoke batch: %w", err)
+	}
+	callTime := time.Since(t0)
+	if n := len(resp.GetRecords()); n != len(ids) {
+		return fmt.Errorf("bench: revoke batch stored %d records, want %d", n, len(ids))
+	}
+	mu.Lock()
+	st.primeDenied += len(sample) - allows
+	st.batches++
+	st.revoked += len(ids)
+	st.callLatency = append(st.callLatency, callTime)
+	mu.Unlock()
+	version := resp.GetVersion()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = ac.WaitAcked(wctx, &mandatev1.WaitAckedRequest{TypeUrl: mandatev1.RevocationTypeURL, Version: version})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("bench: revocation version %s not acked: %w", version, err)
+	}
+	ack := time.Since(t0)
+	// Every revocation of the batch is ACKed: no allow may follow.
+	allows, err = allowedAll(ctx, checker, sample)
+	if err != nil {
+		return err
+	}
+	if time.Since(t0) > stormRevokeTTL-time.Second {
+		return fmt.Errorf("bench: batch at version %s ACKed and checked only after %v: its records (ttl %v) may have expired", version, time.Since(t0), stormRevokeTTL)
+	}
+	mu.Lock()
+	st.ackLatency = append(st.ackLatency, ack)
+	st.sampled += len(sample)
+	st.staleAllows += allows
+	mu.Unlock()
+	return nil
 }
 
 // allowedAll checks every subject concurrently and returns how many were
