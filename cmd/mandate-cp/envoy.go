@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -207,21 +206,29 @@ func (l *envoyLoader) watch(ctx context.Context, debounce time.Duration, ready c
 			l.log.Error("envoy resources not reloaded: keeping the last good set", "why", why, "dir", l.dir, "error", err)
 		}
 	}
+	// If the file watcher dies, SIGHUP keeps working: its handler stays
+	// registered until ctx ends (an unhandled SIGHUP would kill the
+	// process).
+	events, errs := w.Events, w.Errors
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-hup:
 			reload("SIGHUP")
-		case ev, ok := <-w.Events:
+		case ev, ok := <-events:
 			if !ok {
-				return errors.New("envoy: watcher closed")
+				l.log.Error("envoy dir watcher closed: only SIGHUP reloads now", "dir", l.dir)
+				events, errs = nil, nil
+				continue
 			}
 			l.log.Debug("envoy dir changed", "event", ev.String())
 			timer.Reset(debounce)
-		case err, ok := <-w.Errors:
+		case err, ok := <-errs:
 			if !ok {
-				return errors.New("envoy: watcher closed")
+				l.log.Error("envoy dir watcher closed: only SIGHUP reloads now", "dir", l.dir)
+				events, errs = nil, nil
+				continue
 			}
 			l.log.Warn("envoy dir watch error", "error", err)
 			timer.Reset(debounce)
@@ -262,7 +269,7 @@ func (e *envoyOptions) start(ctx context.Context, xs *xdsserver.Server, logger *
 	}
 	go func() {
 		if err := <-errc; err != nil {
-			logger.Error("envoy dir no longer watched: SIGHUP and changes are ignored", "error", err)
+			logger.Error("envoy dir no longer watched", "error", err)
 		}
 	}()
 	return nil
