@@ -26,7 +26,7 @@ const (
 	stormBatch    = 1000
 	stormInterval = 100 * time.Millisecond
 	stormSample   = 50 // subjects per batch checked before and after
-	stormInFlight = 4  // batches under way at once (prime, call, ACK, check)
+	stormInFlight = 4  // RevokeBatch calls (with their priming) under way at once
 	// stormRevokeTTL is shorter than a pass over the population (99,000
 	// subjects at 10,000/s): a subject revoked in the previous pass has
 	// expired when it is primed again, in runs of any length.
@@ -196,8 +196,8 @@ func (h *harness) revocationStorm(ctx context.Context, sc scenario, r *result) e
 // storm starts one batch of stormBatch subjects every stormInterval, on
 // schedule whether or not the previous batch's call has returned (an
 // open-loop load, as independent operators or automation would send),
-// with at most stormInFlight batches under way: when that many are, the
-// next one waits, and the achieved rate shows it. Each batch primes its
+// with at most stormInFlight batches being primed or sent: when that many
+// are, the next one waits, and the achieved rate shows it. Each batch primes its
 // sample, sends one RevokeBatch, waits for the replica's ACK of the
 // version and checks the sample again. ctx bounds the calls; stop ends
 // the storm.
@@ -237,8 +237,7 @@ func storm(ctx, stop context.Context, ac mandatev1.AdminClient, checker authv3.A
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-slots }()
-			if err := stormBatchRun(ctx, ac, checker, ids, &mu, &st); err != nil {
+			if err := stormBatchRun(ctx, ac, checker, ids, slots, &mu, &st); err != nil {
 				fail(err)
 			}
 		}()
@@ -252,8 +251,19 @@ func storm(ctx, stop context.Context, ac mandatev1.AdminClient, checker authv3.A
 	return st, firstErr
 }
 
-// stormBatchRun primes, revokes and checks one batch, adding to st under mu.
-func stormBatchRun(ctx context.Context, ac mandatev1.AdminClient, checker authv3.AuthorizationClient, ids []string, mu *sync.Mutex, st *stormStats) error {
+// stormBatchRun primes, revokes and checks one batch, adding to st under
+// mu. It frees its slot once the RevokeBatch call returned: the slots
+// bound the calls, the ACK waits run beside them.
+func stormBatchRun(ctx context.Context, ac mandatev1.AdminClient, checker authv3.AuthorizationClient, ids []string,
+	slot <-chan struct{}, mu *sync.Mutex, st *stormStats) error {
+	freed := false
+	free := func() {
+		if !freed {
+			freed = true
+			<-slot
+		}
+	}
+	defer free()
 	sample := ids[:stormSample]
 	// Prime: the sample is allowed now, and the allow is cached.
 	allows, err := allowedAll(ctx, checker, sample)
@@ -271,6 +281,7 @@ func stormBatchRun(ctx context.Context, ac mandatev1.AdminClient, checker authv3
 		return fmt.Errorf("bench: revoke batch: %w", err)
 	}
 	callTime := time.Since(t0)
+	free()
 	if n := len(resp.GetRecords()); n != len(ids) {
 		return fmt.Errorf("bench: revoke batch stored %d records, want %d", n, len(ids))
 	}
