@@ -54,17 +54,18 @@ func (m *Mandates) VerifyRequest(token string, r *policies.Request) (*VerifiedMa
 	if err != nil {
 		return nil, &ReasonError{Reason: string(mandate.ReasonOf(err)), Err: err}
 	}
-	if err := c.CheckHolder(r.Subject); err != nil {
-		// A stolen token presented by another workload: not drift of the
-		// holder, an attack; report it as a plain deny.
-		return nil, &ReasonError{Reason: string(mandate.ReasonOf(err)), Err: err}
-	}
 	vm := &VerifiedMandate{
 		Mandate: policies.Mandate{
 			ID: c.ID, Issuer: c.Issuer, Task: c.Task, Intent: c.Intent,
 			Chain: c.ChainSubjects(), ExpiresAt: time.Unix(c.Expiry, 0),
 		},
 		ChainIDs: c.ChainIDs(),
+	}
+	if err := c.CheckHolder(r.Subject); err != nil {
+		// A stolen token presented by another workload: not drift of the
+		// holder but an attack, so not OutOfScope. The mandate is
+		// returned for the decision log (which token was replayed).
+		return vm, &ReasonError{Reason: string(mandate.ReasonOf(err)), Err: err}
 	}
 	// Declared intent can only narrow: a header naming another intent or
 	// task than the mandate's is refused, never used.

@@ -95,8 +95,10 @@ func TestMandateEnforcement(t *testing.T) {
 			}
 		})
 	}
-	if rec := k.h.log.last(); rec.MandateID != "" && rec.MandateID != claims.ID {
-		t.Fatalf("log mandate id %q, want %q", rec.MandateID, claims.ID)
+	// The replayed token is named in the decision log.
+	k.h.check(t, checkReq("GET", "/queue", hdr("x-mandate", tok), principal(otherAgt)))
+	if rec := k.h.log.last(); rec.MandateID != claims.ID || rec.Reason != "mandate_wrong_holder" {
+		t.Fatalf("log of a replayed mandate: id %q reason %q, want %q", rec.MandateID, rec.Reason, claims.ID)
 	}
 
 	// Revoking the root of a chain kills the delegated child.

@@ -68,8 +68,8 @@ func scenarioCompleteUnderLoad(t *testing.T, ctx context.Context, d *deployment)
 			t.Fatal(err)
 		}
 		callStart := time.Now()
-		// The operator completes it: the orchestrator's `complete --wait`
-		// fails after completing (see TestFlows/bug-orchestrator-complete-wait).
+		// The operator completes it (the orchestrator may too: see
+		// TestFlows/4b-orchestrator-complete-wait).
 		out := d.ctl(ctx, "operator", "complete", "--reason", "e2e: task done", "--wait", task)
 		acked := time.Now()
 		if out.code != 0 || !strings.Contains(out.stdout, "enforced by 2/2 replicas") {
@@ -182,14 +182,11 @@ func scenarioCompleteUnderLoad(t *testing.T, ctx context.Context, d *deployment)
 	}
 }
 
-// Product bug: the orchestrator that issued a task's mandates may complete
-// the task (cp/MANDATES.md, walk-through: `mandatectl complete T-42 --reason
-// "ticket closed" --wait`), but --wait then calls Admin.WaitAcked, which
-// cp/admin.Auth.Authorize admits for operators only: the task is completed,
-// and mandatectl exits 1 with "not confirmed: permissiondenied: admin:
-// spiffe://example.org/orchestrator is not an operator".
-func bugOrchestratorCompleteWait(t *testing.T, ctx context.Context, d *deployment) {
-	t.Skip("BUG: mandatectl complete --wait as the orchestrator exits 1: Admin.WaitAcked is operator-only (cp/admin/auth.go Authorize; cmd/mandatectl/mandates.go runComplete)")
+// The orchestrator that issued a task's mandates completes the task and
+// waits for every replica to enforce it (cp/MANDATES.md walk-through:
+// `mandatectl complete T-42 --reason "ticket closed" --wait`). This found a
+// bug: Admin.WaitAcked was operator-only.
+func orchestratorCompleteWait(t *testing.T, ctx context.Context, d *deployment) {
 	task := d.uniq("Tbug")
 	d.issue(ctx, idWorker, task, "batch", "--methods", "GET", "--paths", "/bug/"+task+"/**", "--ttl", "5m")
 	out := d.ctl(ctx, "orchestrator", "complete", "--reason", "done", "--wait", task)

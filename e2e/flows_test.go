@@ -31,7 +31,7 @@ func TestFlows(t *testing.T) {
 	t.Run("2-replay-other-identity", func(t *testing.T) { scenarioReplay(t, ctx, d) })
 	t.Run("3-delegation", func(t *testing.T) { scenarioDelegation(t, ctx, d) })
 	t.Run("4-complete-under-load", func(t *testing.T) { scenarioCompleteUnderLoad(t, ctx, d) })
-	t.Run("bug-orchestrator-complete-wait", func(t *testing.T) { bugOrchestratorCompleteWait(t, ctx, d) })
+	t.Run("4b-orchestrator-complete-wait", func(t *testing.T) { orchestratorCompleteWait(t, ctx, d) })
 	t.Run("5-step-up", func(t *testing.T) { scenarioStepUp(t, ctx, d) })
 	t.Run("6-drift", func(t *testing.T) { scenarioDrift(t, ctx, d) })
 }

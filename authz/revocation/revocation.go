@@ -3,13 +3,15 @@
 // mandate chain is revoked.
 //
 // Records are explicit and carry an expiry: a revocation is lifted only by
-// expiring, never by deleting it. A Set is immutable; build a new one for
-// every change.
+// expiring, never by deleting it. A Set is immutable; derive the next one
+// with With, which shares what did not change.
 package revocation
 
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"slices"
 	"strings"
 	"time"
 
@@ -73,35 +75,52 @@ type Record struct {
 	CreatedBy string
 }
 
-// Validate checks a record's fields.
+// Validate checks a record's fields. A subject that holds no '*' is a
+// literal SPIFFE ID and needs no pattern compile.
 func (r *Record) Validate() error {
+	_, _, err := r.check()
+	return err
+}
+
+// check validates r and compiles its subject pattern (a literal subject
+// yields the zero Pattern and literal true).
+func (r *Record) check() (pat pattern.Pattern, literal bool, err error) {
 	if r.ID == "" {
-		return errors.New("revocation: record has no id")
+		return pat, false, errors.New("revocation: record has no id")
 	}
 	if r.Value == "" {
-		return fmt.Errorf("revocation: record %s: empty value", r.ID)
+		return pat, false, fmt.Errorf("revocation: record %s: empty value", r.ID)
 	}
 	if r.Expires.IsZero() {
-		return fmt.Errorf("revocation: record %s: no expiry", r.ID)
+		return pat, false, fmt.Errorf("revocation: record %s: no expiry", r.ID)
 	}
 	switch r.Kind {
 	case KindSubject:
 		if !strings.HasPrefix(r.Value, "spiffe://") {
-			return fmt.Errorf("revocation: record %s: subject %q is not a SPIFFE ID or pattern", r.ID, r.Value)
+			return pat, false, fmt.Errorf("revocation: record %s: subject %q is not a SPIFFE ID or pattern", r.ID, r.Value)
 		}
-		if _, err := pattern.Compile(r.Value); err != nil {
-			return fmt.Errorf("revocation: record %s: %w", r.ID, err)
+		if !strings.Contains(r.Value, "*") {
+			// What pattern.Compile refuses in a pattern without '*'.
+			if strings.ContainsAny(r.Value, "?#[]") {
+				return pat, false, fmt.Errorf("revocation: record %s: %w %q: '?', '#', '[' and ']' are not allowed",
+					r.ID, pattern.ErrInvalid, r.Value)
+			}
+			literal = true
+			break
+		}
+		if pat, err = pattern.Compile(r.Value); err != nil {
+			return pat, false, fmt.Errorf("revocation: record %s: %w", r.ID, err)
 		}
 	case KindTask, KindMandate:
 	default:
-		return fmt.Errorf("revocation: record %s: unknown kind %d", r.ID, r.Kind)
+		return pat, false, fmt.Errorf("revocation: record %s: unknown kind %d", r.ID, r.Kind)
 	}
 	for _, in := range r.Intents {
 		if in == "" {
-			return fmt.Errorf("revocation: record %s: empty intent in downgrade", r.ID)
+			return pat, false, fmt.Errorf("revocation: record %s: empty intent in downgrade", r.ID)
 		}
 	}
-	return nil
+	return pat, literal, nil
 }
 
 // Query is what a decision asks of the set.
@@ -128,101 +147,197 @@ type Verdict struct {
 
 type compiled struct {
 	rec     Record
-	pat     pattern.Pattern
+	pat     pattern.Pattern // subject patterns only
+	literal bool            // subject holds no '*'
 	intents map[string]struct{}
 }
 
-// Set is an immutable, indexed set of records.
+func compile(r Record) (*compiled, error) {
+	pat, literal, err := r.check()
+	if err != nil {
+		return nil, err
+	}
+	c := &compiled{rec: r, pat: pat, literal: literal}
+	if len(r.Intents) > 0 {
+		c.intents = make(map[string]struct{}, len(r.Intents))
+		for _, in := range r.Intents {
+			c.intents[in] = struct{}{}
+		}
+	}
+	return c, nil
+}
+
+// Set is an immutable, indexed set of records, keyed by record ID. Sets
+// made by With share every part they did not change with the Set they
+// came from, so they are cheap to derive and safe to read concurrently.
 type Set struct {
-	bySubject map[string][]*compiled
-	patterns  []*compiled
-	byTask    map[string][]*compiled
-	byMandate map[string][]*compiled
-	records   []Record
+	seed      maphash.Seed
+	byID      trie // ID -> the one record
+	bySubject trie // literal SPIFFE ID -> records
+	byTask    trie
+	byMandate trie
+	// patterns are the subject records holding '*', sorted by ID.
+	patterns []*compiled
 }
 
 // Empty is a Set with no records.
-func Empty() *Set { s, _ := NewSet(nil); return s }
+func Empty() *Set { return &Set{seed: maphash.MakeSeed()} }
 
-// NewSet validates and indexes records.
+// NewSet validates and indexes records. Record IDs must be unique.
 func NewSet(records []Record) (*Set, error) {
-	s := &Set{
-		bySubject: map[string][]*compiled{},
-		byTask:    map[string][]*compiled{},
-		byMandate: map[string][]*compiled{},
-		records:   make([]Record, 0, len(records)),
-	}
-	for i := range records {
-		r := records[i]
-		if err := r.Validate(); err != nil {
-			return nil, err
-		}
-		c := &compiled{rec: r}
-		if len(r.Intents) > 0 {
-			c.intents = make(map[string]struct{}, len(r.Intents))
-			for _, in := range r.Intents {
-				c.intents[in] = struct{}{}
-			}
-		}
-		switch r.Kind {
-		case KindSubject:
-			c.pat = pattern.MustCompile(r.Value)
-			if c.pat.IsLiteral() {
-				s.bySubject[r.Value] = append(s.bySubject[r.Value], c)
-			} else {
-				s.patterns = append(s.patterns, c)
-			}
-		case KindTask:
-			s.byTask[r.Value] = append(s.byTask[r.Value], c)
-		case KindMandate:
-			s.byMandate[r.Value] = append(s.byMandate[r.Value], c)
-		}
-		s.records = append(s.records, r)
-	}
-	return s, nil
+	return Empty().With(records, nil)
 }
 
-// Len returns the number of records, expired ones included.
-func (s *Set) Len() int { return len(s.records) }
-
-// Records returns a copy of the records.
-func (s *Set) Records() []Record { return append([]Record(nil), s.records...) }
-
-// Check answers q at time now. A full revocation wins over a downgrade;
-// among downgrades every one that applies must allow the intent.
-func (s *Set) Check(now time.Time, q Query) Verdict {
-	var down *compiled
-	visit := func(cs []*compiled) *compiled {
-		for _, c := range cs {
-			if !now.Before(c.rec.Expires) {
-				continue
+// With returns a Set holding s's records less those whose ID is in del,
+// plus put: a put record replaces the record of the same ID. Every record
+// in put is validated; on error s is unchanged (it always is) and no Set
+// is returned. An ID may not be both put and deleted, nor put twice;
+// deleting an ID s does not hold is not an error. The cost is in the
+// number of records changed, not the number held.
+func (s *Set) With(put []Record, del []string) (*Set, error) {
+	ed := &edit{}
+	next := &Set{seed: s.seed, byID: s.byID, bySubject: s.bySubject, byTask: s.byTask,
+		byMandate: s.byMandate, patterns: s.patterns}
+	patternsShared := true
+	var gone map[string]struct{}
+	if len(del) > 0 {
+		gone = make(map[string]struct{}, len(del))
+	}
+	for _, id := range del {
+		gone[id] = struct{}{}
+		old := next.byID.get(next.seed, id)
+		if old == nil {
+			continue
+		}
+		next.byID.put(ed, next.seed, id, nil)
+		if next.unindex(ed, old[0], patternsShared) {
+			patternsShared = false
+		}
+	}
+	var seen map[string]struct{}
+	if len(put) > 1 {
+		seen = make(map[string]struct{}, len(put))
+	}
+	for i := range put {
+		c, err := compile(put[i])
+		if err != nil {
+			return nil, err
+		}
+		id := c.rec.ID
+		if _, dup := gone[id]; dup {
+			return nil, fmt.Errorf("revocation: record %s both put and deleted", id)
+		}
+		if seen != nil {
+			if _, dup := seen[id]; dup {
+				return nil, fmt.Errorf("revocation: record %s given twice", id)
 			}
-			if c.intents == nil {
-				return c
-			}
-			if _, ok := c.intents[q.Intent]; !ok && down == nil {
-				down = c
+			seen[id] = struct{}{}
+		}
+		if old := next.byID.get(next.seed, id); old != nil {
+			if next.unindex(ed, old[0], patternsShared) {
+				patternsShared = false
 			}
 		}
-		return nil
+		next.byID.put(ed, next.seed, id, []*compiled{c})
+		if next.index(ed, c, patternsShared) {
+			patternsShared = false
+		}
 	}
-	if c := visit(s.bySubject[q.Subject]); c != nil {
+	return next, nil
+}
+
+// index files c; it reports whether it copied s.patterns.
+func (s *Set) index(ed *edit, c *compiled, patternsShared bool) (copied bool) {
+	if c.rec.Kind == KindSubject && !c.literal {
+		if patternsShared {
+			s.patterns = slices.Clone(s.patterns)
+		}
+		i, _ := slices.BinarySearchFunc(s.patterns, c.rec.ID, byID)
+		s.patterns = slices.Insert(s.patterns, i, c)
+		return patternsShared
+	}
+	t := s.indexOf(c.rec.Kind)
+	old := t.get(s.seed, c.rec.Value)
+	i, _ := slices.BinarySearchFunc(old, c.rec.ID, byID)
+	bucket := make([]*compiled, 0, len(old)+1)
+	bucket = append(append(append(bucket, old[:i]...), c), old[i:]...)
+	t.put(ed, s.seed, c.rec.Value, bucket)
+	return false
+}
+
+// unindex removes c; it reports whether it copied s.patterns.
+func (s *Set) unindex(ed *edit, c *compiled, patternsShared bool) (copied bool) {
+	if c.rec.Kind == KindSubject && !c.literal {
+		if patternsShared {
+			s.patterns = slices.Clone(s.patterns)
+		}
+		if i, ok := slices.BinarySearchFunc(s.patterns, c.rec.ID, byID); ok {
+			s.patterns = slices.Delete(s.patterns, i, i+1)
+		}
+		return patternsShared
+	}
+	t := s.indexOf(c.rec.Kind)
+	old := t.get(s.seed, c.rec.Value)
+	i, ok := slices.BinarySearchFunc(old, c.rec.ID, byID)
+	if !ok {
+		return false
+	}
+	var bucket []*compiled
+	if len(old) > 1 {
+		bucket = slices.Concat(old[:i], old[i+1:])
+	}
+	t.put(ed, s.seed, c.rec.Value, bucket)
+	return false
+}
+
+func (s *Set) indexOf(k Kind) *trie {
+	switch k {
+	case KindSubject:
+		return &s.bySubject
+	case KindTask:
+		return &s.byTask
+	default:
+		return &s.byMandate
+	}
+}
+
+func byID(c *compiled, id string) int { return strings.Compare(c.rec.ID, id) }
+
+// Len returns the number of records, expired ones included.
+func (s *Set) Len() int { return s.byID.n }
+
+// Records returns a copy of the records, sorted by ID.
+func (s *Set) Records() []Record {
+	out := make([]Record, 0, s.byID.n)
+	s.byID.each(func(_ string, cs []*compiled) { out = append(out, cs[0].rec) })
+	slices.SortFunc(out, func(a, b Record) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Check answers q at time now. A full revocation wins over a downgrade;
+// among downgrades every one that applies must allow the intent. Within
+// an index, records are visited in ID order, so the record named in the
+// verdict does not depend on how the Set was built. Check does not
+// allocate.
+func (s *Set) Check(now time.Time, q Query) Verdict {
+	var down *compiled
+	if c := visit(s.bySubject.get(s.seed, q.Subject), now, q.Intent, &down); c != nil {
 		return verdict(c)
 	}
 	for _, c := range s.patterns {
 		if c.pat.Match(q.Subject) {
-			if hit := visit([]*compiled{c}); hit != nil {
+			if hit := visitOne(c, now, q.Intent, &down); hit != nil {
 				return verdict(hit)
 			}
 		}
 	}
 	if q.Task != "" {
-		if c := visit(s.byTask[q.Task]); c != nil {
+		if c := visit(s.byTask.get(s.seed, q.Task), now, q.Intent, &down); c != nil {
 			return verdict(c)
 		}
 	}
 	for _, id := range q.Chain {
-		if c := visit(s.byMandate[id]); c != nil {
+		if c := visit(s.byMandate.get(s.seed, id), now, q.Intent, &down); c != nil {
 			return verdict(c)
 		}
 	}
@@ -230,6 +345,30 @@ func (s *Set) Check(now time.Time, q Query) Verdict {
 		return Verdict{Revoked: true, Downgraded: true, Record: down.rec.ID, Kind: down.rec.Kind}
 	}
 	return Verdict{}
+}
+
+// visit returns the first live full revocation in cs, and notes in *down
+// the first live downgrade that refuses intent.
+func visit(cs []*compiled, now time.Time, intent string, down **compiled) *compiled {
+	for _, c := range cs {
+		if hit := visitOne(c, now, intent, down); hit != nil {
+			return hit
+		}
+	}
+	return nil
+}
+
+func visitOne(c *compiled, now time.Time, intent string, down **compiled) *compiled {
+	if !now.Before(c.rec.Expires) {
+		return nil
+	}
+	if c.intents == nil {
+		return c
+	}
+	if _, ok := c.intents[intent]; !ok && *down == nil {
+		*down = c
+	}
+	return nil
 }
 
 func verdict(c *compiled) Verdict {
