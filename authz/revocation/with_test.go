@@ -33,7 +33,9 @@ func naiveCheck(recs map[string]Record, now time.Time, q Query) Verdict {
 		return nil
 	}
 	phases := []func(r Record) bool{
-		func(r Record) bool { return r.Kind == KindSubject && !strings.Contains(r.Value, "*") && r.Value == q.Subject },
+		func(r Record) bool {
+			return r.Kind == KindSubject && !strings.Contains(r.Value, "*") && r.Value == q.Subject
+		},
 		func(r Record) bool {
 			return r.Kind == KindSubject && strings.Contains(r.Value, "*") && pattern.MustCompile(r.Value).Match(q.Subject)
 		},
