@@ -357,6 +357,21 @@ func (s *Server) SetRevocations(res map[string]*mandatev1.Revocation) (string, e
 	return setTyped(s, mandatev1.RevocationTypeURL, res)
 }
 
+// UpdateRevocations puts (adds or replaces) and deletes Revocation
+// resources, leaving every other one as it is, and returns the resulting
+// version: one new version when anything changed, the current one when
+// nothing did (a put equal to what is held, a delete of a name not held).
+// A name may not be both put and deleted. Its cost is in the number of
+// names given, not the number of resources held.
+func (s *Server) UpdateRevocations(put map[string]*mandatev1.Revocation, del []string) (string, error) {
+	return updateTyped(s, mandatev1.RevocationTypeURL, put, del)
+}
+
+// UpdateApprovals is UpdateRevocations for Approval resources.
+func (s *Server) UpdateApprovals(put map[string]*mandatev1.Approval, del []string) (string, error) {
+	return updateTyped(s, mandatev1.ApprovalTypeURL, put, del)
+}
+
 // SetApprovals replaces the whole set of Approval resources.
 func (s *Server) SetApprovals(res map[string]*mandatev1.Approval) (string, error) {
 	return setTyped(s, mandatev1.ApprovalTypeURL, res)
@@ -385,63 +400,110 @@ type named interface {
 }
 
 func setTyped[M named](s *Server, typeURL string, res map[string]M) (string, error) {
+	msgs, err := cloneNamed(typeURL, res)
+	if err != nil {
+		return "", err
+	}
+	return s.apply(typeURL, msgs, nil, true)
+}
+
+// updateTyped puts and deletes some resources of a type, leaving the
+// others as they are. Only put is cloned and compared: the cost is in
+// the number of resources named, not the number held.
+func updateTyped[M named](s *Server, typeURL string, put map[string]M, del []string) (string, error) {
+	msgs, err := cloneNamed(typeURL, put)
+	if err != nil {
+		return "", err
+	}
+	for _, name := range del {
+		if name == "" {
+			return "", fmt.Errorf("xdsserver: %s: delete of an empty name", shortType(typeURL))
+		}
+		if _, ok := msgs[name]; ok {
+			return "", fmt.Errorf("xdsserver: %s %q: both put and deleted", shortType(typeURL), name)
+		}
+	}
+	return s.apply(typeURL, msgs, del, false)
+}
+
+func cloneNamed[M named](typeURL string, res map[string]M) (map[string]proto.Message, error) {
 	msgs := make(map[string]proto.Message, len(res))
 	for name, r := range res {
 		var zero M
 		if any(r) == any(zero) {
-			return "", fmt.Errorf("xdsserver: %s %q: nil resource", shortType(typeURL), name)
+			return nil, fmt.Errorf("xdsserver: %s %q: nil resource", shortType(typeURL), name)
 		}
 		if name == "" || r.GetName() != name {
-			return "", fmt.Errorf("xdsserver: %s: key %q does not match resource name %q", shortType(typeURL), name, r.GetName())
+			return nil, fmt.Errorf("xdsserver: %s: key %q does not match resource name %q", shortType(typeURL), name, r.GetName())
 		}
 		msgs[name] = proto.Clone(r)
 	}
-	return s.set(typeURL, msgs)
+	return msgs, nil
 }
 
-func (s *Server) set(typeURL string, msgs map[string]proto.Message) (string, error) {
+// apply makes msgs (owned by the server from now on) the content of
+// their names and removes del; with replace, msgs is the whole new set
+// and every other name is removed. One version is added when anything
+// changed.
+func (s *Server) apply(typeURL string, msgs map[string]proto.Message, del []string, replace bool) (string, error) {
 	s.setMu.Lock()
 	defer s.setMu.Unlock()
 
+	// ts.current is read and written only under setMu.
 	s.mu.Lock()
 	ts := s.types[typeURL]
+	s.mu.Unlock()
 	update := map[string]types.Resource{}
-	var del []string
+	var remove []string
 	for name, m := range msgs {
 		if old, ok := ts.current[name]; !ok || !proto.Equal(old, m) {
 			update[name] = m
 		}
 	}
-	for name := range ts.current {
-		if _, ok := msgs[name]; !ok {
-			del = append(del, name)
+	if replace {
+		for name := range ts.current {
+			if _, ok := msgs[name]; !ok {
+				remove = append(remove, name)
+			}
+		}
+	} else {
+		for _, name := range del {
+			if _, ok := ts.current[name]; ok && !slices.Contains(remove, name) {
+				remove = append(remove, name)
+			}
 		}
 	}
-	if len(update) == 0 && len(del) == 0 {
+	s.mu.Lock()
+	if len(update) == 0 && len(remove) == 0 {
 		v := ts.version
 		s.mu.Unlock()
 		return format(v), nil
 	}
 	next := ts.version + 1
 	ts.setAt[next] = s.now()
-	for v := range ts.setAt {
-		if v+1024 < next {
-			delete(ts.setAt, v)
-		}
-	}
+	delete(ts.setAt, next-1025)
 	s.mu.Unlock()
 
 	// The linear cache raises its version by exactly one per call, so
 	// base + cache version stays equal to ts.version.
-	err := ts.cache.UpdateResources(update, del)
+	err := ts.cache.UpdateResources(update, remove)
 
+	if replace {
+		ts.current = msgs
+	} else {
+		for name, m := range update {
+			ts.current[name] = m.(proto.Message)
+		}
+		for _, name := range remove {
+			delete(ts.current, name)
+		}
+	}
 	s.mu.Lock()
 	ts.version = next
-	ts.current = msgs
 	s.mu.Unlock()
 	s.m.version.WithLabelValues(shortType(typeURL)).Set(float64(next))
 	s.log.Info("xds resources set", "type", shortType(typeURL), "version", next,
-		"updated", len(update), "removed", len(del), "total", len(msgs))
+		"updated", len(update), "removed", len(remove), "total", len(ts.current))
 	if err != nil {
 		return format(next), fmt.Errorf("xdsserver: notify watches for %s: %w", shortType(typeURL), err)
 	}
