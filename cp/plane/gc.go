@@ -91,7 +91,7 @@ func (p *Plane) SweepRevocations(ctx context.Context) (SweepResult, error) {
 	for _, name := range names {
 		delete(p.revocations, name)
 	}
-	v, err := p.publish(mandatev1.RevocationTypeURL)
+	v, err := p.publishRevocations(nil, names)
 	p.log.Info("expired revocations removed", "records", len(names), "cutoff", cutoff, "version", v)
 	return SweepResult{Removed: len(names), Version: v}, err
 }

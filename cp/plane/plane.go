@@ -259,6 +259,19 @@ func (p *Plane) publish(typeURL string) (string, error) {
 	default:
 		return "", fmt.Errorf("plane: unknown type %q", typeURL)
 	}
+	return p.published(typeURL, v, err)
+}
+
+// publishRevocations pushes the revocations put and deleted since the
+// last publish (p.revocations already holds the result): its cost is in
+// the number of records changed, not the number held. Callers hold p.mu.
+func (p *Plane) publishRevocations(put map[string]*mandatev1.Revocation, del []string) (string, error) {
+	v, err := p.xds.UpdateRevocations(put, del)
+	return p.published(mandatev1.RevocationTypeURL, v, err)
+}
+
+// published notes when version v of typeURL was committed.
+func (p *Plane) published(typeURL, v string, err error) (string, error) {
 	if err != nil {
 		return v, fmt.Errorf("plane: publish %s: %w", short(typeURL), err)
 	}
@@ -591,12 +604,14 @@ func (p *Plane) RevokeMany(ctx context.Context, rs []revocation.Record, actor st
 		return nil, "", fmt.Errorf("plane: store revocations: %w", err)
 	}
 	// p.revocations is only read under p.mu and the xDS server copies
-	// what it is given, so the map is updated in place: a batch costs
-	// O(batch) here, not O(records stored).
+	// what it is given, so the map is updated in place and only the batch
+	// is published: a batch costs O(batch) here, not O(records stored).
+	put := make(map[string]*mandatev1.Revocation, len(recs))
 	for _, rec := range recs {
 		p.revocations[rec.GetName()] = rec
+		put[rec.GetName()] = rec
 	}
-	v, err := p.publish(mandatev1.RevocationTypeURL)
+	v, err := p.publishRevocations(put, nil)
 	if len(recs) == 1 {
 		r := rs[0]
 		p.log.Info("revocation recorded", "actor", actor, "id", recs[0].GetName(), "kind", r.Kind.String(), "value", r.Value,
