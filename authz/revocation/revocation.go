@@ -180,6 +180,15 @@ type Set struct {
 	patterns []*compiled
 }
 
+// RecordError is the error With and NewSet return for an invalid record.
+type RecordError struct {
+	ID  string
+	Err error
+}
+
+func (e *RecordError) Error() string { return e.Err.Error() }
+func (e *RecordError) Unwrap() error { return e.Err }
+
 // Empty is a Set with no records.
 func Empty() *Set { return &Set{seed: maphash.MakeSeed()} }
 
@@ -221,7 +230,7 @@ func (s *Set) With(put []Record, del []string) (*Set, error) {
 	for i := range put {
 		c, err := compile(put[i])
 		if err != nil {
-			return nil, err
+			return nil, &RecordError{ID: put[i].ID, Err: err}
 		}
 		id := c.rec.ID
 		if _, dup := gone[id]; dup {

@@ -1,7 +1,8 @@
 // Package xdsclient is the delta-ADS client a mandate-authz replica uses to
 // follow the control plane: it subscribes to every mandate.v1 resource type
-// (wildcard), validates each type's whole resource set, hands the result to
-// Apply, and only then ACKs, so an ACK means "this replica enforces it".
+// (wildcard), validates each type's resource set (decoding and checking
+// only the resources a response changed; Revocations are indexed
+// incrementally), hands the result to Apply, and only then ACKs, so an ACK means "this replica enforces it".
 // A set that does not validate (or that Apply refuses) is NACKed with the
 // reason and the last good set of that type stays in force; the types are
 // independent, so a bad Policy never holds back a Revocation.
@@ -84,8 +85,14 @@ type typeData struct {
 	// received is what the server believes this replica holds: every
 	// resource it sent, valid or not. Deltas apply on top of it.
 	received map[string]entry
-	// good is the last set that validated and was applied.
-	good       compiled
+	// good is the last set that validated and was applied; dec holds the
+	// decoded, validated form of each of its resources (not kept for
+	// Revocations: their Set is that form).
+	good compiled
+	dec  map[string]any
+	// dirty names the resources whose received form is not (or may not
+	// be) what good holds: the only ones the next build decodes.
+	dirty      map[string]struct{}
 	version    string
 	applied    bool
 	pendingErr error
@@ -115,6 +122,7 @@ type Client struct {
 
 type metrics struct {
 	applied   *prometheus.CounterVec
+	decoded   *prometheus.CounterVec
 	nacks     *prometheus.CounterVec
 	connected prometheus.Gauge
 	lastSync  prometheus.Gauge
@@ -125,6 +133,10 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mandate", Subsystem: "xds_client", Name: "updates_applied_total",
 			Help: "Resource updates validated, applied and ACKed, by type.",
+		}, []string{"type"}),
+		decoded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mandate", Subsystem: "xds_client", Name: "resources_decoded_total",
+			Help: "Resources decoded and validated, by type; only those a response changed are.",
 		}, []string{"type"}),
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mandate", Subsystem: "xds_client", Name: "nacks_total",
@@ -140,7 +152,7 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.applied, m.nacks, m.connected, m.lastSync} {
+		for _, c := range []prometheus.Collector{m.applied, m.decoded, m.nacks, m.connected, m.lastSync} {
 			if err := reg.Register(c); err != nil {
 				return metrics{}, fmt.Errorf("xdsclient: register metrics: %w", err)
 			}
@@ -186,10 +198,10 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("xdsclient: compile empty policy set: %w", err)
 	}
 	for _, t := range mandatev1.TypeURLs() {
-		c.types[t] = &typeData{received: map[string]entry{}}
+		c.types[t] = &typeData{received: map[string]entry{}, good: emptyCompiled(t),
+			dec: map[string]any{}, dirty: map[string]struct{}{}}
 	}
 	c.types[mandatev1.PolicyTypeURL].good.policies = empty
-	c.types[mandatev1.RevocationTypeURL].good.revocations = revocation.Empty()
 	if c.m, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
 	}
@@ -369,6 +381,7 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 	var malformed error
 	for _, name := range r.GetRemovedResources() {
 		delete(td.received, name)
+		td.dirty[name] = struct{}{}
 	}
 	for _, res := range r.GetResources() {
 		if res.GetName() == "" {
@@ -376,6 +389,7 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 			continue
 		}
 		td.received[res.GetName()] = entry{version: res.GetVersion(), res: res.GetResource()}
+		td.dirty[res.GetName()] = struct{}{}
 	}
 
 	var err error
@@ -398,14 +412,21 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 	case !changed && td.pendingErr != nil:
 		err = td.pendingErr
 	default:
-		var comp compiled
-		comp, err = validate(t, td.received)
+		var (
+			comp    compiled
+			staged  map[string]any
+			decoded int
+		)
+		comp, staged, err = build(t, td.good, td.dec, td.received, td.dirty, &decoded)
+		c.m.decoded.WithLabelValues(short(t)).Add(float64(decoded))
 		if err == nil {
 			prev, prevVersion := td.good, td.version
 			td.good, td.version = comp, version
 			if aerr := c.cfg.Apply(c.state()); aerr != nil {
 				td.good, td.version = prev, prevVersion
 				err = fmt.Errorf("apply: %w", aerr)
+			} else {
+				td.commit(t, staged)
 			}
 		}
 	}
@@ -416,6 +437,21 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 	td.pendingErr = nil
 	c.accepted(t, td, version, true)
 	return reply
+}
+
+// commit records that good now holds every dirty resource: staged is
+// the decoded form of those still received.
+func (td *typeData) commit(typeURL string, staged map[string]any) {
+	if typeURL != mandatev1.RevocationTypeURL {
+		for name := range td.dirty {
+			if v, ok := staged[name]; ok {
+				td.dec[name] = v
+			} else {
+				delete(td.dec, name)
+			}
+		}
+	}
+	clear(td.dirty)
 }
 
 func (c *Client) reject(reply *discovery.DeltaDiscoveryRequest, t, version string, err error) *discovery.DeltaDiscoveryRequest {

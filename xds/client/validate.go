@@ -32,75 +32,148 @@ type compiled struct {
 	keys        []*mandatev1.VerificationKey
 }
 
-// decode unmarshals every entry into a fresh M, in name order.
-func decode[M proto.Message](typeURL string, entries map[string]entry, fresh func() M) ([]M, error) {
-	names := make([]string, 0, len(entries))
-	for n := range entries {
-		names = append(names, n)
+// emptyCompiled is a type's value before anything validated.
+func emptyCompiled(typeURL string) compiled {
+	if typeURL == mandatev1.RevocationTypeURL {
+		return compiled{revocations: revocation.Empty()}
 	}
-	slices.Sort(names)
-	out := make([]M, 0, len(names))
-	for _, n := range names {
-		e := entries[n]
-		if e.res == nil {
-			return nil, fmt.Errorf("%s %q: no resource body", short(typeURL), n)
-		}
-		if e.res.GetTypeUrl() != typeURL {
-			return nil, fmt.Errorf("%s %q: resource has type %q", short(typeURL), n, e.res.GetTypeUrl())
-		}
-		m := fresh()
-		if err := proto.Unmarshal(e.res.GetValue(), m); err != nil {
-			return nil, fmt.Errorf("%s %q: decode: %w", short(typeURL), n, err)
-		}
-		if got := any(m).(interface{ GetName() string }).GetName(); got != n {
-			return nil, fmt.Errorf("%s %q: resource names itself %q", short(typeURL), n, got)
-		}
-		out = append(out, m)
+	return compiled{}
+}
+
+// decodeOne unmarshals one resource and checks it on its own: a
+// *mandatev1.Policy (parsed with the whole set), an *Approval or
+// *VerificationKey validated, or a revocation.Record whose fields are
+// validated when it joins a revocation.Set.
+func decodeOne(typeURL, name string, e entry) (any, error) {
+	if e.res == nil {
+		return nil, fmt.Errorf("%s %q: no resource body", short(typeURL), name)
 	}
-	return out, nil
+	if e.res.GetTypeUrl() != typeURL {
+		return nil, fmt.Errorf("%s %q: resource has type %q", short(typeURL), name, e.res.GetTypeUrl())
+	}
+	var m interface {
+		proto.Message
+		GetName() string
+	}
+	switch typeURL {
+	case mandatev1.PolicyTypeURL:
+		m = &mandatev1.Policy{}
+	case mandatev1.RevocationTypeURL:
+		m = &mandatev1.Revocation{}
+	case mandatev1.ApprovalTypeURL:
+		m = &mandatev1.Approval{}
+	case mandatev1.VerificationKeyTypeURL:
+		m = &mandatev1.VerificationKey{}
+	default:
+		return nil, fmt.Errorf("unsupported resource type %q", typeURL)
+	}
+	if err := proto.Unmarshal(e.res.GetValue(), m); err != nil {
+		return nil, fmt.Errorf("%s %q: decode: %w", short(typeURL), name, err)
+	}
+	if got := m.GetName(); got != name {
+		return nil, fmt.Errorf("%s %q: resource names itself %q", short(typeURL), name, got)
+	}
+	switch m := m.(type) {
+	case *mandatev1.Revocation:
+		return recordOf(m)
+	case *mandatev1.Approval:
+		return m, ValidateApproval(m)
+	case *mandatev1.VerificationKey:
+		return m, ValidateKey(m)
+	}
+	return m, nil
 }
 
 // validate checks a whole type's resource set and compiles it.
 func validate(typeURL string, entries map[string]entry) (compiled, error) {
+	dirty := make(map[string]struct{}, len(entries))
+	for n := range entries {
+		dirty[n] = struct{}{}
+	}
+	comp, _, err := build(typeURL, emptyCompiled(typeURL), nil, entries, dirty, nil)
+	return comp, err
+}
+
+// build validates and compiles a type's next set: good and dec (the
+// decoded form of each resource in good; unused for Revocations, whose
+// Set is the state) are what was last applied, received is what the
+// server says we hold, and dirty names the resources that differ between
+// the two. Only the dirty ones are decoded and validated; decoded counts
+// them. It returns the decoded form of the dirty names still received
+// (for commit), and leaves its arguments unchanged.
+func build(typeURL string, good compiled, dec map[string]any, received map[string]entry,
+	dirty map[string]struct{}, decoded *int) (compiled, map[string]any, error) {
+	staged := make(map[string]any, len(dirty))
+	var gone []string
+	for name := range dirty {
+		e, ok := received[name]
+		if !ok {
+			gone = append(gone, name)
+			continue
+		}
+		if decoded != nil {
+			*decoded++
+		}
+		v, err := decodeOne(typeURL, name, e)
+		if err != nil {
+			return compiled{}, nil, err
+		}
+		staged[name] = v
+	}
+	if typeURL == mandatev1.RevocationTypeURL {
+		put := make([]revocation.Record, 0, len(staged))
+		for _, v := range staged {
+			put = append(put, v.(revocation.Record))
+		}
+		set, err := good.revocations.With(put, gone)
+		if err != nil {
+			var re *revocation.RecordError
+			if errors.As(err, &re) {
+				return compiled{}, nil, fmt.Errorf("Revocation %q: %w", re.ID, err)
+			}
+			return compiled{}, nil, fmt.Errorf("revocation set: %w", err)
+		}
+		return compiled{revocations: set}, staged, nil
+	}
+	// The other types are small: assemble the whole set, in name order.
+	names := make([]string, 0, len(dec)+len(staged))
+	for n := range dec {
+		if _, changed := dirty[n]; !changed {
+			names = append(names, n)
+		}
+	}
+	for n := range staged {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	get := func(n string) any {
+		if v, ok := staged[n]; ok {
+			return v
+		}
+		return dec[n]
+	}
 	switch typeURL {
 	case mandatev1.PolicyTypeURL:
-		ps, err := decode(typeURL, entries, func() *mandatev1.Policy { return &mandatev1.Policy{} })
-		if err != nil {
-			return compiled{}, err
+		ps := make([]*mandatev1.Policy, len(names))
+		for i, n := range names {
+			ps[i] = get(n).(*mandatev1.Policy)
 		}
 		set, err := compilePolicies(ps)
-		return compiled{policies: set}, err
-	case mandatev1.RevocationTypeURL:
-		rs, err := decode(typeURL, entries, func() *mandatev1.Revocation { return &mandatev1.Revocation{} })
-		if err != nil {
-			return compiled{}, err
-		}
-		set, err := RevocationSet(rs)
-		return compiled{revocations: set}, err
+		return compiled{policies: set}, staged, err
 	case mandatev1.ApprovalTypeURL:
-		as, err := decode(typeURL, entries, func() *mandatev1.Approval { return &mandatev1.Approval{} })
-		if err != nil {
-			return compiled{}, err
+		as := make([]*mandatev1.Approval, len(names))
+		for i, n := range names {
+			as[i] = get(n).(*mandatev1.Approval)
 		}
-		for _, a := range as {
-			if err := ValidateApproval(a); err != nil {
-				return compiled{}, err
-			}
-		}
-		return compiled{approvals: as}, nil
+		return compiled{approvals: as}, staged, nil
 	case mandatev1.VerificationKeyTypeURL:
-		ks, err := decode(typeURL, entries, func() *mandatev1.VerificationKey { return &mandatev1.VerificationKey{} })
-		if err != nil {
-			return compiled{}, err
+		ks := make([]*mandatev1.VerificationKey, len(names))
+		for i, n := range names {
+			ks[i] = get(n).(*mandatev1.VerificationKey)
 		}
-		for _, k := range ks {
-			if err := ValidateKey(k); err != nil {
-				return compiled{}, err
-			}
-		}
-		return compiled{keys: ks}, nil
+		return compiled{keys: ks}, staged, nil
 	}
-	return compiled{}, fmt.Errorf("unsupported resource type %q", typeURL)
+	return compiled{}, nil, fmt.Errorf("unsupported resource type %q", typeURL)
 }
 
 // compilePolicies parses every Policy resource (in name order) and
@@ -147,6 +220,19 @@ func compilePolicies(ps []*mandatev1.Policy) (*policies.Set, error) {
 // RevocationRecord converts a Revocation resource into a revocation.Record
 // and validates it.
 func RevocationRecord(r *mandatev1.Revocation) (revocation.Record, error) {
+	rec, err := recordOf(r)
+	if err != nil {
+		return revocation.Record{}, err
+	}
+	if err := rec.Validate(); err != nil {
+		return revocation.Record{}, fmt.Errorf("Revocation %q: %w", r.GetName(), err)
+	}
+	return rec, nil
+}
+
+// recordOf converts a Revocation resource, checking its kind and
+// timestamps only; revocation.Set validates the rest as it indexes it.
+func recordOf(r *mandatev1.Revocation) (revocation.Record, error) {
 	if r == nil {
 		return revocation.Record{}, errors.New("xdsclient: nil revocation")
 	}
@@ -162,22 +248,19 @@ func RevocationRecord(r *mandatev1.Revocation) (revocation.Record, error) {
 	if err != nil {
 		return revocation.Record{}, fmt.Errorf("Revocation %q: created_at: %w", r.GetName(), err)
 	}
-	rec := revocation.Record{
+	return revocation.Record{
 		ID: r.GetName(), Kind: kind, Value: r.GetValue(),
 		Intents: slices.Clone(r.GetIntents()), Expires: expires,
 		Reason: r.GetReason(), CreatedAt: created, CreatedBy: r.GetCreatedBy(),
-	}
-	if err := rec.Validate(); err != nil {
-		return revocation.Record{}, fmt.Errorf("Revocation %q: %w", r.GetName(), err)
-	}
-	return rec, nil
+	}, nil
 }
 
-// RevocationSet converts and indexes Revocation resources.
+// RevocationSet converts, validates and indexes Revocation resources
+// (each subject pattern is compiled once).
 func RevocationSet(rs []*mandatev1.Revocation) (*revocation.Set, error) {
 	recs := make([]revocation.Record, 0, len(rs))
 	for _, r := range rs {
-		rec, err := RevocationRecord(r)
+		rec, err := recordOf(r)
 		if err != nil {
 			return nil, err
 		}
@@ -185,6 +268,10 @@ func RevocationSet(rs []*mandatev1.Revocation) (*revocation.Set, error) {
 	}
 	set, err := revocation.NewSet(recs)
 	if err != nil {
+		var re *revocation.RecordError
+		if errors.As(err, &re) {
+			return nil, fmt.Errorf("Revocation %q: %w", re.ID, err)
+		}
 		return nil, fmt.Errorf("revocation set: %w", err)
 	}
 	return set, nil
