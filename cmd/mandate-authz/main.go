@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -34,6 +33,7 @@ import (
 	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/authz/mandate"
 	"github.com/mandate-dev/mandate/authz/policydir"
+	"github.com/mandate-dev/mandate/internal/cmdutil"
 	"github.com/mandate-dev/mandate/internal/opshttp"
 	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/policies"
@@ -48,22 +48,10 @@ func main() {
 	}
 }
 
-type listFlag []string
-
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
-func (l *listFlag) Set(v string) error {
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*l = append(*l, p)
-		}
-	}
-	return nil
-}
-
 type options struct {
 	listen, metricsAddr, policyDir, xdsServer, workloadAPI, nodeID string
 	addrFile, mandateIssuer, mandateAudience, mandateKeys          string
-	trustDomains, allowedCallers, trustedProxies, cpIDs            listFlag
+	trustDomains, allowedCallers, trustedProxies, cpIDs            cmdutil.List
 	plaintext, pprof                                               bool
 	cacheTTL, staleBudget                                          time.Duration
 	cacheSize                                                      int64
@@ -108,7 +96,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("exactly one of --policy-dir (standalone) and --xds-server (control plane) is required")
 	}
 	if len(o.trustDomains) == 0 {
-		o.trustDomains = listFlag{"example.org"}
+		o.trustDomains = cmdutil.List{"example.org"}
 	}
 	if o.staleMode != "all" && o.staleMode != "sensitive" {
 		return nil, fmt.Errorf("--stale-mode must be all or sensitive, not %q", o.staleMode)
@@ -130,7 +118,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: parseLevel(o.logLevel)}))
+	level, err := cmdutil.ParseLevel(o.logLevel)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -307,7 +299,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		addrs["metrics"] = mlis.Addr().String()
 	}
 	if o.addrFile != "" {
-		if err := writeAddrFile(o.addrFile, addrs); err != nil {
+		if err := cmdutil.WriteAddrFile(o.addrFile, addrs); err != nil {
 			return err
 		}
 	}
@@ -362,19 +354,6 @@ func openLog(dest string, stdout, stderr io.Writer) (io.Writer, func(), error) {
 	return f, func() { _ = f.Close() }, nil
 }
 
-// writeAddrFile writes addrs atomically, so a reader never sees half.
-func writeAddrFile(path string, addrs map[string]string) error {
-	b, err := json.Marshal(addrs)
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("addr file: %w", err)
-	}
-	return os.Rename(tmp, path)
-}
-
 // readKeys reads standalone verification keys.
 func readKeys(path string) ([]mandate.Key, error) {
 	b, err := os.ReadFile(path)
@@ -393,12 +372,4 @@ func readKeys(path string) ([]mandate.Key, error) {
 		keys = append(keys, mandate.Key{ID: k.KID, Public: k.PublicKey})
 	}
 	return keys, nil
-}
-
-func parseLevel(s string) slog.Level {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return slog.LevelInfo
-	}
-	return l
 }

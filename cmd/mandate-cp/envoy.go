@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/mandate-dev/mandate/envoy/envoyconf"
+	"github.com/mandate-dev/mandate/internal/cmdutil"
 	"github.com/mandate-dev/mandate/internal/transport"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
 )
@@ -31,7 +32,7 @@ import (
 // (LDS/CDS) next to Mandate's own resources.
 type envoyOptions struct {
 	dir      string
-	ids      listFlag
+	ids      cmdutil.List
 	debounce time.Duration
 }
 

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
+	"github.com/mandate-dev/mandate/internal/cmdutil"
 	"github.com/mandate-dev/mandate/internal/transport"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
 )
@@ -178,7 +179,7 @@ func tlsPeer(t *testing.T, uri string) context.Context {
 }
 
 func TestPeerKindFromSPIFFEID(t *testing.T) {
-	e := &envoyOptions{ids: listFlag{"spiffe://example.org/envoy/*", "spiffe://example.org/mandate/both"}}
+	e := &envoyOptions{ids: cmdutil.List{"spiffe://example.org/envoy/*", "spiffe://example.org/mandate/both"}}
 	opts, err := e.serverOptions([]string{"spiffe://example.org/mandate/authz", "spiffe://example.org/mandate/both"})
 	if err != nil || len(opts) != 1 {
 		t.Fatalf("serverOptions: %v", err)
@@ -186,7 +187,7 @@ func TestPeerKindFromSPIFFEID(t *testing.T) {
 	if _, err := e.serverOptions(nil); err == nil {
 		t.Fatal("serverOptions accepted no replica patterns")
 	}
-	if _, err := (&envoyOptions{ids: listFlag{"example.org/envoy"}}).serverOptions([]string{"spiffe://example.org/a"}); err == nil {
+	if _, err := (&envoyOptions{ids: cmdutil.List{"example.org/envoy"}}).serverOptions([]string{"spiffe://example.org/a"}); err == nil {
 		t.Fatal("serverOptions accepted an --envoy-id that is not a SPIFFE ID pattern")
 	}
 	repAuth, envAuth := mustAuth(t, "spiffe://example.org/mandate/authz", "spiffe://example.org/mandate/both"),

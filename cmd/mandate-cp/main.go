@@ -7,7 +7,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strings"
 	"syscall"
 	"time"
 
@@ -32,6 +30,7 @@ import (
 
 	"github.com/mandate-dev/mandate/cp/admin"
 	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/internal/cmdutil"
 	"github.com/mandate-dev/mandate/internal/opshttp"
 	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
@@ -48,29 +47,17 @@ func main() {
 	}
 }
 
-type listFlag []string
-
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
-func (l *listFlag) Set(v string) error {
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*l = append(*l, p)
-		}
-	}
-	return nil
-}
-
 type options struct {
 	xdsListen, adminListen, adminSocket, dataDir, metricsAddr, addrFile string
 	trustDomain, workloadAPI, logLevel                                  string
-	operators, replicaIDs, adminPeers                                   listFlag
+	operators, replicaIDs, adminPeers                                   cmdutil.List
 	plaintext                                                           bool
 	shutdownGrace                                                       time.Duration
 	revocationRetention                                                 time.Duration
 
 	// Mandates, approvals, drift.
 	issuancePolicy, driftPolicy, driftAction string
-	driftIntents                             listFlag
+	driftIntents                             cmdutil.List
 	keyRotation, keyOverlap, maxTTL          time.Duration
 	approvalWindow, driftWindow              time.Duration
 	maxDepth, driftThreshold                 int
@@ -123,10 +110,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("--xds-listen is required")
 	}
 	if len(o.operators) == 0 {
-		o.operators = listFlag{"spiffe://" + o.trustDomain + "/mandate/operator*"}
+		o.operators = cmdutil.List{"spiffe://" + o.trustDomain + "/mandate/operator*"}
 	}
 	if len(o.replicaIDs) == 0 {
-		o.replicaIDs = listFlag{"spiffe://" + o.trustDomain + "/mandate/authz"}
+		o.replicaIDs = cmdutil.List{"spiffe://" + o.trustDomain + "/mandate/authz"}
 	}
 	return o, nil
 }
@@ -136,7 +123,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: parseLevel(o.logLevel)}))
+	level, err := cmdutil.ParseLevel(o.logLevel)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -270,7 +261,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		addrs["metrics"] = mlis.Addr().String()
 	}
 	if o.addrFile != "" {
-		if err := writeAddrFile(o.addrFile, addrs); err != nil {
+		if err := cmdutil.WriteAddrFile(o.addrFile, addrs); err != nil {
 			return err
 		}
 	}
@@ -335,28 +326,4 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	return lis, nil
-}
-
-// writeAddrFile writes addrs atomically, so a reader never sees half.
-func writeAddrFile(path string, addrs map[string]string) error {
-	b, err := json.Marshal(addrs)
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("addr file: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("addr file: %w", err)
-	}
-	return nil
-}
-
-func parseLevel(s string) slog.Level {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return slog.LevelInfo
-	}
-	return l
 }

@@ -1,0 +1,56 @@
+package cmdutil
+
+import (
+	"encoding/json"
+	"flag"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+)
+
+func TestList(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	var l List
+	fs.Var(&l, "x", "")
+	if err := fs.Parse([]string{"-x", "a,b", "-x", " c ,,", "-x", ""}); err != nil {
+		t.Fatal(err)
+	}
+	if want := (List{"a", "b", "c"}); !reflect.DeepEqual(l, want) {
+		t.Fatalf("List = %q, want %q", l, want)
+	}
+	if l.String() != "a,b,c" {
+		t.Fatalf("String = %q", l.String())
+	}
+}
+
+func TestWriteAddrFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "addrs.json")
+	if err := WriteAddrFile(p, map[string]string{"grpc": "127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]string
+	if err := json.Unmarshal(b, &got); err != nil || got["grpc"] != "127.0.0.1:1" {
+		t.Fatalf("addr file %s: %v", b, err)
+	}
+	if _, err := os.Stat(p + ".tmp"); !os.IsNotExist(err) {
+		t.Fatal("temporary file left behind")
+	}
+	if err := WriteAddrFile(filepath.Join(t.TempDir(), "missing", "x.json"), nil); err == nil {
+		t.Fatal("wrote into a missing directory")
+	}
+}
+
+func TestParseLevel(t *testing.T) {
+	if l, err := ParseLevel("warn"); err != nil || l != slog.LevelWarn {
+		t.Fatalf("warn: %v %v", l, err)
+	}
+	if _, err := ParseLevel("loud"); err == nil {
+		t.Fatal("accepted an unknown level")
+	}
+}
