@@ -173,3 +173,55 @@ func readLimited(path string) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// LoadFS reads, parses and compiles every policy file of fsys (the same
+// selection as PolicyFiles: *.yaml and *.yml, recursively, no test or
+// hidden files), for policy sets embedded in a binary.
+func LoadFS(fsys fs.FS) (*Set, error) {
+	var files []string
+	err := fs.WalkDir(fsys, ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if path != "." && strings.HasPrefix(name, ".") {
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if !d.IsDir() && (strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml")) && !IsTestFile(name) {
+			files = append(files, path)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("policies: listing: %w", err)
+	}
+	sort.Strings(files)
+	var (
+		ps   []*Policy
+		errs []error
+	)
+	for _, f := range files {
+		data, err := fs.ReadFile(fsys, f)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("policies: %w", err))
+			continue
+		}
+		if len(data) > yamldoc.MaxSize {
+			errs = append(errs, fmt.Errorf("policies: %s: %d bytes exceeds the %d byte limit", f, len(data), yamldoc.MaxSize))
+			continue
+		}
+		got, err := Parse(f, data)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ps = append(ps, got...)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return Compile(ps)
+}

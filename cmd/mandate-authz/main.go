@@ -37,6 +37,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/opshttp"
 	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/policies"
+	"github.com/mandate-dev/mandate/policies/examples"
 )
 
 func main() {
@@ -65,7 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:9191", "address of the ext_authz gRPC server")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9090", "address of /metrics, /healthz and /readyz (empty: off)")
-	fs.StringVar(&o.policyDir, "policy-dir", "", "standalone mode: load and watch this policy directory")
+	fs.StringVar(&o.policyDir, "policy-dir", "", "standalone mode: load and watch this policy directory (neither this nor --xds-server: the embedded example policies)")
 	fs.StringVar(&o.xdsServer, "xds-server", "", "control plane mode: mandate-cp's xDS address")
 	fs.StringVar(&o.nodeID, "node-id", "", "xDS node id (default: hostname-pid)")
 	fs.Var(&o.cpIDs, "cp-id", "SPIFFE ID pattern of the control plane to accept (repeatable; default spiffe://<trust-domain>/mandate/cp)")
@@ -92,8 +93,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if (o.policyDir == "") == (o.xdsServer == "") {
-		return nil, errors.New("exactly one of --policy-dir (standalone) and --xds-server (control plane) is required")
+	if o.policyDir != "" && o.xdsServer != "" {
+		return nil, errors.New("at most one of --policy-dir (standalone) and --xds-server (control plane)")
 	}
 	if len(o.trustDomains) == 0 {
 		o.trustDomains = cmdutil.List{"example.org"}
@@ -233,7 +234,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	if o.policyDir != "" {
+	mode := "standalone"
+	switch {
+	case o.xdsServer == "" && o.policyDir == "":
+		// The embedded default for a first run: the example policies
+		// compiled into the binary.
+		mode = "embedded-examples"
+		set, err := policies.LoadFS(examples.FS)
+		if err != nil {
+			return err
+		}
+		store.Update(func(s *authz.State) { s.Policies = set })
+		logger.Warn("no --policy-dir or --xds-server: deciding on the embedded example policies (policies/examples)",
+			"version", set.Version(), "rules", set.Len())
+	case o.policyDir != "":
 		w, err := policydir.New(policydir.Config{
 			Dir:        o.policyDir,
 			Logger:     logger,
@@ -250,7 +264,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		go func() { errc <- w.Run(ctx) }()
-	} else {
+	default:
+		mode = "control-plane"
 		stale, err := startXDS(ctx, o, store, verifier, &cfg, reg, logger, refreshHealth, errc)
 		if err != nil {
 			return err
@@ -281,7 +296,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	go func() { errc <- gs.Serve(lis) }()
 	addrs := map[string]string{"grpc": lis.Addr().String()}
 	logger.Info("mandate-authz serving", "addr", lis.Addr().String(), "mtls", !o.plaintext,
-		"mode", map[bool]string{true: "standalone", false: "control-plane"}[o.policyDir != ""])
+		"mode", mode)
 
 	var hsrv *http.Server
 	if o.metricsAddr != "" {

@@ -27,8 +27,7 @@ func TestFlagValidation(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"no mode", []string{"--plaintext"}, "exactly one of --policy-dir"},
-		{"both modes", []string{"--plaintext", "--policy-dir", "x", "--xds-server", "y"}, "exactly one of --policy-dir"},
+		{"both modes", []string{"--plaintext", "--policy-dir", "x", "--xds-server", "y"}, "at most one of --policy-dir"},
 		{"mTLS without allowed callers", []string{"--policy-dir", "x"}, "--allowed-caller is required"},
 		{"bad stale mode", []string{"--plaintext", "--policy-dir", "x", "--stale-mode", "some"}, "--stale-mode"},
 		{"keys with xds", []string{"--plaintext", "--xds-server", "127.0.0.1:1", "--mandate-keys", "k.json"}, "--mandate-keys is for standalone"},
@@ -67,14 +66,23 @@ func (l *lockedBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l
 // on the example policies, and checks an allow, a deny, readiness, the
 // decision log and a clean shutdown.
 func TestStandalone(t *testing.T) {
+	for name, args := range map[string][]string{
+		"policy dir":        {"--policy-dir", "../../policies/examples"},
+		"embedded examples": nil,
+	} {
+		t.Run(name, func(t *testing.T) { testStandalone(t, args) })
+	}
+}
+
+func testStandalone(t *testing.T, modeArgs []string) {
 	dir := t.TempDir()
 	addrFile := filepath.Join(dir, "addrs.json")
 	ctx, cancel := context.WithCancel(context.Background())
 	var stdout, stderr lockedBuf
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--policy-dir", "../../policies/examples", "--plaintext",
-			"--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--addr-file", addrFile}, &stdout, &stderr)
+		done <- run(ctx, append([]string{"--plaintext",
+			"--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--addr-file", addrFile}, modeArgs...), &stdout, &stderr)
 	}()
 	var addrs map[string]string
 	deadline := time.Now().Add(20 * time.Second)
