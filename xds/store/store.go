@@ -10,6 +10,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -38,6 +39,7 @@ var (
 	bucketKeys        = []byte("verification_keys")
 	bucketSigning     = []byte("signing_keys")
 	bucketAudit       = []byte("audit")
+	bucketAuditTime   = []byte("audit_time")
 	bucketVersions    = []byte("versions")
 )
 
@@ -85,6 +87,10 @@ func Open(ctx context.Context, dataDir string, opts ...Option) (*Store, error) {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
+		}
+		if tx.Bucket(bucketAuditTime) == nil {
+			// A store written before the time index existed: build it once.
+			return buildAuditTimeIndex(tx)
 		}
 		return nil
 	})
@@ -508,21 +514,87 @@ func (s *Store) appendAudit(tx *bolt.Tx, e AuditEntry) error {
 	if err != nil {
 		return err
 	}
-	var k [8]byte
-	binary.BigEndian.PutUint64(k[:], seq)
-	return b.Put(k[:], data)
+	if err := b.Put(seqKey(seq), data); err != nil {
+		return err
+	}
+	return indexAuditTime(tx.Bucket(bucketAuditTime), seq, e.Time)
 }
 
-// AuditLog returns entries whose time is not before since, oldest first,
-// at most limit of them (limit <= 0 means 1000).
+func seqKey(seq uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], seq)
+	return k[:]
+}
+
+// The audit time index (bucket audit_time) lets AuditLog seek instead of
+// decoding the whole trail. Entry times come from callers' clocks, which
+// may step back, so the index is over the running maximum of the times:
+// it holds one key (time, seq) for every entry whose time is later than
+// every earlier entry's. Keys sort by time, then seq, and both rise
+// together, so the first key at or after since names the first entry
+// whose running maximum reaches since; every entry before it is older
+// than since. Entries from there on are checked one by one (a clock that
+// stepped back can leave older ones among them).
+
+const auditTimeKeyLen = 20 // 8 bytes seconds (sign flipped), 4 nanos, 8 seq
+
+func auditTimeKey(t time.Time, seq uint64) []byte {
+	k := make([]byte, auditTimeKeyLen)
+	binary.BigEndian.PutUint64(k[0:8], uint64(t.Unix())^(1<<63))
+	binary.BigEndian.PutUint32(k[8:12], uint32(t.Nanosecond()))
+	binary.BigEndian.PutUint64(k[12:20], seq)
+	return k
+}
+
+// indexAuditTime adds (t, seq) to the index when t is a new maximum.
+func indexAuditTime(idx *bolt.Bucket, seq uint64, t time.Time) error {
+	k := auditTimeKey(t, seq)
+	if last, _ := idx.Cursor().Last(); last != nil && bytes.Compare(k[:12], last[:12]) <= 0 {
+		return nil
+	}
+	return idx.Put(k, nil)
+}
+
+func buildAuditTimeIndex(tx *bolt.Tx) error {
+	idx, err := tx.CreateBucket(bucketAuditTime)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketAudit).ForEach(func(k, v []byte) error {
+		var e AuditEntry
+		if len(k) != 8 {
+			return fmt.Errorf("index audit entry %x: bad key", k)
+		}
+		if err := json.Unmarshal(v, &e); err != nil {
+			return fmt.Errorf("index audit entry %x: %w", k, err)
+		}
+		return indexAuditTime(idx, binary.BigEndian.Uint64(k), e.Time)
+	})
+}
+
+// AuditLog returns entries whose time is not before since, oldest (lowest
+// sequence number) first, at most limit of them (limit <= 0 means 1000).
+// It seeks through the time index: its cost is in the entries returned,
+// plus those a backward clock step left among them, not in the size of
+// the trail.
 func (s *Store) AuditLog(ctx context.Context, since time.Time, limit int) ([]AuditEntry, error) {
 	if limit <= 0 {
 		limit = 1000
 	}
 	var out []AuditEntry
 	err := s.view(ctx, func(tx *bolt.Tx) error {
+		ik, _ := tx.Bucket(bucketAuditTime).Cursor().Seek(auditTimeKey(since, 0))
+		if ik == nil {
+			return nil // no entry reaches since
+		}
+		if len(ik) != auditTimeKeyLen {
+			return fmt.Errorf("bad audit time index key %x", ik)
+		}
 		c := tx.Bucket(bucketAudit).Cursor()
-		for k, v := c.First(); k != nil && len(out) < limit; k, v = c.Next() {
+		for k, v := c.Seek(ik[12:20]); k != nil && len(out) < limit; k, v = c.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			var e AuditEntry
 			if err := json.Unmarshal(v, &e); err != nil {
 				return fmt.Errorf("decode audit entry %x: %w", k, err)
