@@ -49,6 +49,10 @@ func Compile(policies []*Policy) (*Set, error) {
 	s := &Set{policies: append([]*Policy(nil), policies...)}
 	names := map[string]string{}
 	keys := map[string]bool{}
+	// Rules often share a condition: each distinct expression is compiled
+	// once and its program shared (programs are immutable and safe for
+	// concurrent use), which keeps large sets small in memory.
+	conds := map[string]*condition{}
 	order := 0
 	for _, p := range policies {
 		if p == nil {
@@ -76,10 +80,14 @@ func Compile(policies []*Policy) (*Set, error) {
 			}
 			order++
 			if strings.TrimSpace(ru.When) != "" {
-				c, err := compileCondition(env, ru.When)
-				if err != nil {
-					errs.add(p.SourceFile, p.Metadata.Name, ru.Name, "when", err)
-					continue
+				c, ok := conds[ru.When]
+				if !ok {
+					var err error
+					if c, err = compileCondition(env, ru.When); err != nil {
+						errs.add(p.SourceFile, p.Metadata.Name, ru.Name, "when", err)
+						continue
+					}
+					conds[ru.When] = c
 				}
 				r.cond = c
 				for _, k := range c.headerKeys {
