@@ -162,24 +162,79 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *out == "json" {
 		return printJSON(stdout, resp)
 	}
+	printStatus(stdout, stderr, resp, time.Now())
+	return nil
+}
+
+var envoyColumns = []struct{ url, name string }{
+	{envoyListenerTypeURL, "LISTENER"},
+	{envoyClusterTypeURL, "CLUSTER"},
+}
+
+// Type URLs of the Envoy resources mandate-cp serves (LDS, CDS).
+const (
+	envoyListenerTypeURL = "type.googleapis.com/envoy.config.listener.v3.Listener"
+	envoyClusterTypeURL  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+)
+
+// printStatus prints the replicas table and, when mandate-cp serves
+// Envoys (any connected, or listeners or clusters set), the Envoys table.
+// NACKs are repeated in full on stderr.
+func printStatus(stdout, stderr io.Writer, resp *mandatev1.StatusResponse, now time.Time) {
 	fmt.Fprint(stdout, "control plane versions:")
 	for _, t := range typeColumns {
 		fmt.Fprintf(stdout, " %s=%s", strings.ToLower(t.name), resp.GetVersions()[t.url])
 	}
 	fmt.Fprintln(stdout)
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	var nacks []string
+	printNodes(stdout, resp.GetReplicas(), typeColumns, now, &nacks, "LAG\tNACK")
+	if len(resp.GetReplicas()) == 0 {
+		fmt.Fprintln(stdout, "no replica has connected")
+	}
+	if len(resp.GetEnvoys()) > 0 || envoyConfigured(resp.GetEnvoyVersions()) {
+		fmt.Fprintln(stdout)
+		fmt.Fprint(stdout, "envoy versions:")
+		for _, t := range envoyColumns {
+			fmt.Fprintf(stdout, " %s=%s", strings.ToLower(t.name), resp.GetEnvoyVersions()[t.url])
+		}
+		fmt.Fprintln(stdout)
+		printNodes(stdout, resp.GetEnvoys(), envoyColumns, now, &nacks, "NACK\tLAG")
+		if len(resp.GetEnvoys()) == 0 {
+			fmt.Fprintln(stdout, "no envoy has connected")
+		}
+	}
+	for _, n := range nacks {
+		fmt.Fprintln(stderr, "NACK:", n)
+	}
+}
+
+// envoyConfigured: a listener or cluster version was ever set.
+func envoyConfigured(vs map[string]string) bool {
+	for _, v := range vs {
+		if v != "" && v != "0" {
+			return true
+		}
+	}
+	return false
+}
+
+// printNodes prints one table: NODE, CONNECTED, the acked version of each
+// column type, then tail ("LAG\tNACK" or "NACK\tLAG"), appending every
+// NACK's full text to nacks.
+func printNodes(w io.Writer, nodes []*mandatev1.ReplicaStatus, cols []struct{ url, name string }, now time.Time, nacks *[]string, tail string) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprint(tw, "NODE\tCONNECTED")
-	for _, t := range typeColumns {
+	for _, t := range cols {
 		fmt.Fprint(tw, "\t"+t.name)
 	}
-	fmt.Fprintln(tw, "\tLAG\tNACK")
-	var nacks []string
-	for _, r := range resp.GetReplicas() {
+	fmt.Fprintln(tw, "\t"+tail)
+	lagFirst := strings.HasPrefix(tail, "LAG")
+	for _, r := range nodes {
 		conn := "yes"
 		if !r.GetConnected() {
 			conn = "no"
 			if r.GetLastSeen() != nil {
-				conn = "no (" + time.Since(r.GetLastSeen().AsTime()).Round(time.Second).String() + " ago)"
+				conn = "no (" + now.Sub(r.GetLastSeen().AsTime()).Round(time.Second).String() + " ago)"
 			}
 		}
 		fmt.Fprintf(tw, "%s\t%s", r.GetNodeId(), conn)
@@ -189,7 +244,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		var lag time.Duration
 		nack := "-"
-		for _, col := range typeColumns {
+		for _, col := range cols {
 			t := byType[col.url]
 			cell := "-"
 			if t != nil {
@@ -199,22 +254,19 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				if t.GetNackedVersion() != "" {
 					cell += " (NACK " + t.GetNackedVersion() + ")"
 					nack = strings.ToLower(col.name) + " " + t.GetNackedVersion() + ": " + trunc(t.GetNackError(), 60)
-					nacks = append(nacks, fmt.Sprintf("%s rejected %s version %s: %s", r.GetNodeId(), strings.ToLower(col.name), t.GetNackedVersion(), t.GetNackError()))
+					*nacks = append(*nacks, fmt.Sprintf("%s rejected %s version %s: %s", r.GetNodeId(), strings.ToLower(col.name), t.GetNackedVersion(), t.GetNackError()))
 				}
 				lag = max(lag, t.GetLag().AsDuration())
 			}
 			fmt.Fprint(tw, "\t"+cell)
 		}
-		fmt.Fprintf(tw, "\t%s\t%s\n", fmtDur(lag), nack)
+		if lagFirst {
+			fmt.Fprintf(tw, "\t%s\t%s\n", fmtDur(lag), nack)
+		} else {
+			fmt.Fprintf(tw, "\t%s\t%s\n", nack, fmtDur(lag))
+		}
 	}
 	_ = tw.Flush()
-	if len(resp.GetReplicas()) == 0 {
-		fmt.Fprintln(stdout, "no replica has connected")
-	}
-	for _, n := range nacks {
-		fmt.Fprintln(stderr, "NACK:", n)
-	}
-	return nil
 }
 
 func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {

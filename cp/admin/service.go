@@ -31,8 +31,10 @@ type Plane interface {
 	RevokeMany(ctx context.Context, rs []revocation.Record, actor string) ([]*mandatev1.Revocation, string, error)
 	Revocations(includeExpired bool) ([]*mandatev1.Revocation, string)
 	Status() []xdsserver.ReplicaStatus
+	EnvoyStatus() []xdsserver.ReplicaStatus
 	Lag(rs xdsserver.ReplicaStatus, typeURL string) time.Duration
 	Versions() map[string]string
+	EnvoyVersions() map[string]string
 	WaitAcked(ctx context.Context, typeURL, version string) (int, error)
 	AuditLog(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error)
 }
@@ -186,26 +188,39 @@ func (s *Service) ListRevocations(_ context.Context, in *mandatev1.ListRevocatio
 	return &mandatev1.ListRevocationsResponse{Revocations: rs, Version: v}, nil
 }
 
-// Status implements Server.
+// Status implements Server: replicas with their mandate.v1 types, and
+// Envoys (LDS/CDS) with their Listener and Cluster types.
 func (s *Service) Status(context.Context, *mandatev1.StatusRequest) (*mandatev1.StatusResponse, error) {
 	out := &mandatev1.StatusResponse{Versions: s.p.Versions()}
 	for _, rs := range s.p.Status() {
-		r := &mandatev1.ReplicaStatus{NodeId: rs.NodeID, Connected: rs.Connected, Streams: int32(rs.Streams),
-			ConnectedSince: ts(rs.ConnectedSince), LastSeen: ts(rs.LastSeen)}
-		for _, t := range mandatev1.TypeURLs() {
-			st, ok := rs.Types[t]
-			if !ok {
-				continue
-			}
-			r.Types = append(r.Types, &mandatev1.ReplicaTypeStatus{
-				TypeUrl: t, SentVersion: st.SentVersion, AckedVersion: st.AckedVersion, AckedAt: ts(st.AckedAt),
-				NackedVersion: st.NackedVersion, NackError: st.NackError, NackedAt: ts(st.NackedAt),
-				Lag: durationpb.New(s.p.Lag(rs, t)),
-			})
-		}
-		out.Replicas = append(out.Replicas, r)
+		out.Replicas = append(out.Replicas, s.nodeStatus(rs, mandatev1.TypeURLs()))
+	}
+	if ev := s.p.EnvoyVersions(); len(ev) > 0 {
+		out.EnvoyVersions = ev
+	}
+	for _, rs := range s.p.EnvoyStatus() {
+		out.Envoys = append(out.Envoys, s.nodeStatus(rs, xdsserver.EnvoyTypeURLs()))
 	}
 	return out, nil
+}
+
+// nodeStatus converts one node's state for the types it may fetch, in
+// the order of typeURLs.
+func (s *Service) nodeStatus(rs xdsserver.ReplicaStatus, typeURLs []string) *mandatev1.ReplicaStatus {
+	r := &mandatev1.ReplicaStatus{NodeId: rs.NodeID, Connected: rs.Connected, Streams: int32(rs.Streams),
+		ConnectedSince: ts(rs.ConnectedSince), LastSeen: ts(rs.LastSeen)}
+	for _, t := range typeURLs {
+		st, ok := rs.Types[t]
+		if !ok {
+			continue
+		}
+		r.Types = append(r.Types, &mandatev1.ReplicaTypeStatus{
+			TypeUrl: t, SentVersion: st.SentVersion, AckedVersion: st.AckedVersion, AckedAt: ts(st.AckedAt),
+			NackedVersion: st.NackedVersion, NackError: st.NackError, NackedAt: ts(st.NackedAt),
+			Lag: durationpb.New(s.p.Lag(rs, t)),
+		})
+	}
+	return r
 }
 
 func ts(t time.Time) *timestamppb.Timestamp {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mandate-dev/mandate/xds/mandatev1"
@@ -17,10 +19,43 @@ import (
 // Status returns every replica the xDS server knows, sorted by node id.
 func (p *Plane) Status() []xdsserver.ReplicaStatus { return p.xds.Status() }
 
-// Lag returns how long the oldest version of typeURL that the replica has
-// not ACKed has been committed; zero when it is up to date.
+// EnvoyStatus returns every Envoy that fetches listeners and clusters
+// (LDS/CDS) from the xDS server, sorted by node id.
+func (p *Plane) EnvoyStatus() []xdsserver.ReplicaStatus { return p.xds.EnvoyStatus() }
+
+// EnvoyVersions returns the current version of the Listener and Cluster
+// types, keyed by type URL.
+func (p *Plane) EnvoyVersions() map[string]string { return p.xds.EnvoyVersions() }
+
+// SetListeners publishes the Envoy listeners (LDS) and notes when the
+// version was committed, so that Lag measures Envoys exactly.
+func (p *Plane) SetListeners(ls map[string]*listenerv3.Listener) (string, error) {
+	v, err := p.xds.SetListeners(ls)
+	return p.published(xdsserver.ListenerTypeURL, v, err)
+}
+
+// SetClusters publishes the Envoy clusters (CDS); see SetListeners.
+func (p *Plane) SetClusters(cs map[string]*clusterv3.Cluster) (string, error) {
+	v, err := p.xds.SetClusters(cs)
+	return p.published(xdsserver.ClusterTypeURL, v, err)
+}
+
+// currentVersion is the version of typeURL now served: mandate.v1 types
+// for replicas, Listener and Cluster for Envoys.
+func (p *Plane) currentVersion(typeURL string) string {
+	if xdsserver.KindOf(typeURL) == xdsserver.NodeEnvoy {
+		return p.xds.EnvoyVersions()[typeURL]
+	}
+	return p.xds.Versions()[typeURL]
+}
+
+// Lag returns how long the oldest version of typeURL that the node (a
+// replica, or an Envoy for the Listener and Cluster types) has not ACKed
+// has been committed; zero when it is up to date. A version committed
+// without the plane (an Envoy resource set on the xDS server directly)
+// counts from when the plane started.
 func (p *Plane) Lag(rs xdsserver.ReplicaStatus, typeURL string) time.Duration {
-	cur, err := strconv.ParseUint(p.xds.Versions()[typeURL], 10, 64)
+	cur, err := strconv.ParseUint(p.currentVersion(typeURL), 10, 64)
 	if err != nil {
 		return 0
 	}

@@ -936,9 +936,17 @@ func (x *ReplicaStatus) GetTypes() []*ReplicaTypeStatus {
 
 type StatusResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// versions is the current version of each type, keyed by type URL.
-	Versions      map[string]string `protobuf:"bytes,1,rep,name=versions,proto3" json:"versions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Replicas      []*ReplicaStatus  `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// versions is the current version of each mandate.v1 type, keyed by
+	// type URL.
+	Versions map[string]string `protobuf:"bytes,1,rep,name=versions,proto3" json:"versions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// replicas are the mandate-authz replicas (mandate.v1 types).
+	Replicas []*ReplicaStatus `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// envoys are the Envoy proxies that fetch listeners and clusters
+	// (LDS/CDS) from mandate-cp, with their Listener and Cluster state.
+	Envoys []*ReplicaStatus `protobuf:"bytes,3,rep,name=envoys,proto3" json:"envoys,omitempty"`
+	// envoy_versions is the current version of the Listener and Cluster
+	// types, keyed by type URL.
+	EnvoyVersions map[string]string `protobuf:"bytes,4,rep,name=envoy_versions,json=envoyVersions,proto3" json:"envoy_versions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -983,6 +991,20 @@ func (x *StatusResponse) GetVersions() map[string]string {
 func (x *StatusResponse) GetReplicas() []*ReplicaStatus {
 	if x != nil {
 		return x.Replicas
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetEnvoys() []*ReplicaStatus {
+	if x != nil {
+		return x.Envoys
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetEnvoyVersions() map[string]string {
+	if x != nil {
+		return x.EnvoyVersions
 	}
 	return nil
 }
@@ -1343,11 +1365,16 @@ const file_mandate_v1_admin_proto_rawDesc = "" +
 	"\astreams\x18\x03 \x01(\x05R\astreams\x12C\n" +
 	"\x0fconnected_since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x0econnectedSince\x127\n" +
 	"\tlast_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x123\n" +
-	"\x05types\x18\x06 \x03(\v2\x1d.mandate.v1.ReplicaTypeStatusR\x05types\"\xca\x01\n" +
+	"\x05types\x18\x06 \x03(\v2\x1d.mandate.v1.ReplicaTypeStatusR\x05types\"\x95\x03\n" +
 	"\x0eStatusResponse\x12D\n" +
 	"\bversions\x18\x01 \x03(\v2(.mandate.v1.StatusResponse.VersionsEntryR\bversions\x125\n" +
-	"\breplicas\x18\x02 \x03(\v2\x19.mandate.v1.ReplicaStatusR\breplicas\x1a;\n" +
+	"\breplicas\x18\x02 \x03(\v2\x19.mandate.v1.ReplicaStatusR\breplicas\x121\n" +
+	"\x06envoys\x18\x03 \x03(\v2\x19.mandate.v1.ReplicaStatusR\x06envoys\x12T\n" +
+	"\x0eenvoy_versions\x18\x04 \x03(\v2-.mandate.v1.StatusResponse.EnvoyVersionsEntryR\renvoyVersions\x1a;\n" +
 	"\rVersionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a@\n" +
+	"\x12EnvoyVersionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"|\n" +
 	"\x10WaitAckedRequest\x12\x19\n" +
@@ -1393,7 +1420,7 @@ func file_mandate_v1_admin_proto_rawDescGZIP() []byte {
 	return file_mandate_v1_admin_proto_rawDescData
 }
 
-var file_mandate_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_mandate_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_mandate_v1_admin_proto_goTypes = []any{
 	(*ApplyPoliciesRequest)(nil),    // 0: mandate.v1.ApplyPoliciesRequest
 	(*PolicyChange)(nil),            // 1: mandate.v1.PolicyChange
@@ -1418,56 +1445,59 @@ var file_mandate_v1_admin_proto_goTypes = []any{
 	(*AuditEntry)(nil),              // 20: mandate.v1.AuditEntry
 	(*AuditLogResponse)(nil),        // 21: mandate.v1.AuditLogResponse
 	nil,                             // 22: mandate.v1.StatusResponse.VersionsEntry
-	(*Policy)(nil),                  // 23: mandate.v1.Policy
-	(*durationpb.Duration)(nil),     // 24: google.protobuf.Duration
-	(*Revocation)(nil),              // 25: mandate.v1.Revocation
-	(*timestamppb.Timestamp)(nil),   // 26: google.protobuf.Timestamp
+	nil,                             // 23: mandate.v1.StatusResponse.EnvoyVersionsEntry
+	(*Policy)(nil),                  // 24: mandate.v1.Policy
+	(*durationpb.Duration)(nil),     // 25: google.protobuf.Duration
+	(*Revocation)(nil),              // 26: mandate.v1.Revocation
+	(*timestamppb.Timestamp)(nil),   // 27: google.protobuf.Timestamp
 }
 var file_mandate_v1_admin_proto_depIdxs = []int32{
-	23, // 0: mandate.v1.ApplyPoliciesRequest.policies:type_name -> mandate.v1.Policy
+	24, // 0: mandate.v1.ApplyPoliciesRequest.policies:type_name -> mandate.v1.Policy
 	1,  // 1: mandate.v1.ApplyPoliciesResponse.changes:type_name -> mandate.v1.PolicyChange
-	23, // 2: mandate.v1.ListPoliciesResponse.policies:type_name -> mandate.v1.Policy
-	24, // 3: mandate.v1.RevokeRequest.ttl:type_name -> google.protobuf.Duration
-	25, // 4: mandate.v1.RevokeResponse.record:type_name -> mandate.v1.Revocation
+	24, // 2: mandate.v1.ListPoliciesResponse.policies:type_name -> mandate.v1.Policy
+	25, // 3: mandate.v1.RevokeRequest.ttl:type_name -> google.protobuf.Duration
+	26, // 4: mandate.v1.RevokeResponse.record:type_name -> mandate.v1.Revocation
 	7,  // 5: mandate.v1.RevokeBatchRequest.revocations:type_name -> mandate.v1.RevokeRequest
-	25, // 6: mandate.v1.RevokeBatchResponse.records:type_name -> mandate.v1.Revocation
-	25, // 7: mandate.v1.ListRevocationsResponse.revocations:type_name -> mandate.v1.Revocation
-	26, // 8: mandate.v1.ReplicaTypeStatus.acked_at:type_name -> google.protobuf.Timestamp
-	26, // 9: mandate.v1.ReplicaTypeStatus.nacked_at:type_name -> google.protobuf.Timestamp
-	24, // 10: mandate.v1.ReplicaTypeStatus.lag:type_name -> google.protobuf.Duration
-	26, // 11: mandate.v1.ReplicaStatus.connected_since:type_name -> google.protobuf.Timestamp
-	26, // 12: mandate.v1.ReplicaStatus.last_seen:type_name -> google.protobuf.Timestamp
+	26, // 6: mandate.v1.RevokeBatchResponse.records:type_name -> mandate.v1.Revocation
+	26, // 7: mandate.v1.ListRevocationsResponse.revocations:type_name -> mandate.v1.Revocation
+	27, // 8: mandate.v1.ReplicaTypeStatus.acked_at:type_name -> google.protobuf.Timestamp
+	27, // 9: mandate.v1.ReplicaTypeStatus.nacked_at:type_name -> google.protobuf.Timestamp
+	25, // 10: mandate.v1.ReplicaTypeStatus.lag:type_name -> google.protobuf.Duration
+	27, // 11: mandate.v1.ReplicaStatus.connected_since:type_name -> google.protobuf.Timestamp
+	27, // 12: mandate.v1.ReplicaStatus.last_seen:type_name -> google.protobuf.Timestamp
 	14, // 13: mandate.v1.ReplicaStatus.types:type_name -> mandate.v1.ReplicaTypeStatus
 	22, // 14: mandate.v1.StatusResponse.versions:type_name -> mandate.v1.StatusResponse.VersionsEntry
 	15, // 15: mandate.v1.StatusResponse.replicas:type_name -> mandate.v1.ReplicaStatus
-	24, // 16: mandate.v1.WaitAckedRequest.timeout:type_name -> google.protobuf.Duration
-	24, // 17: mandate.v1.WaitAckedResponse.elapsed:type_name -> google.protobuf.Duration
-	26, // 18: mandate.v1.AuditLogRequest.since:type_name -> google.protobuf.Timestamp
-	26, // 19: mandate.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
-	20, // 20: mandate.v1.AuditLogResponse.entries:type_name -> mandate.v1.AuditEntry
-	0,  // 21: mandate.v1.Admin.ApplyPolicies:input_type -> mandate.v1.ApplyPoliciesRequest
-	3,  // 22: mandate.v1.Admin.DeletePolicy:input_type -> mandate.v1.DeletePolicyRequest
-	5,  // 23: mandate.v1.Admin.ListPolicies:input_type -> mandate.v1.ListPoliciesRequest
-	7,  // 24: mandate.v1.Admin.Revoke:input_type -> mandate.v1.RevokeRequest
-	9,  // 25: mandate.v1.Admin.RevokeBatch:input_type -> mandate.v1.RevokeBatchRequest
-	11, // 26: mandate.v1.Admin.ListRevocations:input_type -> mandate.v1.ListRevocationsRequest
-	13, // 27: mandate.v1.Admin.Status:input_type -> mandate.v1.StatusRequest
-	17, // 28: mandate.v1.Admin.WaitAcked:input_type -> mandate.v1.WaitAckedRequest
-	19, // 29: mandate.v1.Admin.AuditLog:input_type -> mandate.v1.AuditLogRequest
-	2,  // 30: mandate.v1.Admin.ApplyPolicies:output_type -> mandate.v1.ApplyPoliciesResponse
-	4,  // 31: mandate.v1.Admin.DeletePolicy:output_type -> mandate.v1.DeletePolicyResponse
-	6,  // 32: mandate.v1.Admin.ListPolicies:output_type -> mandate.v1.ListPoliciesResponse
-	8,  // 33: mandate.v1.Admin.Revoke:output_type -> mandate.v1.RevokeResponse
-	10, // 34: mandate.v1.Admin.RevokeBatch:output_type -> mandate.v1.RevokeBatchResponse
-	12, // 35: mandate.v1.Admin.ListRevocations:output_type -> mandate.v1.ListRevocationsResponse
-	16, // 36: mandate.v1.Admin.Status:output_type -> mandate.v1.StatusResponse
-	18, // 37: mandate.v1.Admin.WaitAcked:output_type -> mandate.v1.WaitAckedResponse
-	21, // 38: mandate.v1.Admin.AuditLog:output_type -> mandate.v1.AuditLogResponse
-	30, // [30:39] is the sub-list for method output_type
-	21, // [21:30] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	15, // 16: mandate.v1.StatusResponse.envoys:type_name -> mandate.v1.ReplicaStatus
+	23, // 17: mandate.v1.StatusResponse.envoy_versions:type_name -> mandate.v1.StatusResponse.EnvoyVersionsEntry
+	25, // 18: mandate.v1.WaitAckedRequest.timeout:type_name -> google.protobuf.Duration
+	25, // 19: mandate.v1.WaitAckedResponse.elapsed:type_name -> google.protobuf.Duration
+	27, // 20: mandate.v1.AuditLogRequest.since:type_name -> google.protobuf.Timestamp
+	27, // 21: mandate.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
+	20, // 22: mandate.v1.AuditLogResponse.entries:type_name -> mandate.v1.AuditEntry
+	0,  // 23: mandate.v1.Admin.ApplyPolicies:input_type -> mandate.v1.ApplyPoliciesRequest
+	3,  // 24: mandate.v1.Admin.DeletePolicy:input_type -> mandate.v1.DeletePolicyRequest
+	5,  // 25: mandate.v1.Admin.ListPolicies:input_type -> mandate.v1.ListPoliciesRequest
+	7,  // 26: mandate.v1.Admin.Revoke:input_type -> mandate.v1.RevokeRequest
+	9,  // 27: mandate.v1.Admin.RevokeBatch:input_type -> mandate.v1.RevokeBatchRequest
+	11, // 28: mandate.v1.Admin.ListRevocations:input_type -> mandate.v1.ListRevocationsRequest
+	13, // 29: mandate.v1.Admin.Status:input_type -> mandate.v1.StatusRequest
+	17, // 30: mandate.v1.Admin.WaitAcked:input_type -> mandate.v1.WaitAckedRequest
+	19, // 31: mandate.v1.Admin.AuditLog:input_type -> mandate.v1.AuditLogRequest
+	2,  // 32: mandate.v1.Admin.ApplyPolicies:output_type -> mandate.v1.ApplyPoliciesResponse
+	4,  // 33: mandate.v1.Admin.DeletePolicy:output_type -> mandate.v1.DeletePolicyResponse
+	6,  // 34: mandate.v1.Admin.ListPolicies:output_type -> mandate.v1.ListPoliciesResponse
+	8,  // 35: mandate.v1.Admin.Revoke:output_type -> mandate.v1.RevokeResponse
+	10, // 36: mandate.v1.Admin.RevokeBatch:output_type -> mandate.v1.RevokeBatchResponse
+	12, // 37: mandate.v1.Admin.ListRevocations:output_type -> mandate.v1.ListRevocationsResponse
+	16, // 38: mandate.v1.Admin.Status:output_type -> mandate.v1.StatusResponse
+	18, // 39: mandate.v1.Admin.WaitAcked:output_type -> mandate.v1.WaitAckedResponse
+	21, // 40: mandate.v1.Admin.AuditLog:output_type -> mandate.v1.AuditLogResponse
+	32, // [32:41] is the sub-list for method output_type
+	23, // [23:32] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_admin_proto_init() }
@@ -1482,7 +1512,7 @@ func file_mandate_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mandate_v1_admin_proto_rawDesc), len(file_mandate_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
