@@ -242,7 +242,7 @@ func (l *envoyLoader) watch(ctx context.Context, debounce time.Duration, ready c
 // start loads --envoy-dir (refusing to start on an invalid or unsafe set)
 // and keeps it up to date in the background until ctx ends. Without
 // --envoy-dir it does nothing.
-func (e *envoyOptions) start(ctx context.Context, xs *xdsserver.Server, logger *slog.Logger, reg prometheus.Registerer) error {
+func (e *envoyOptions) start(ctx context.Context, xs envoySetter, logger *slog.Logger, reg prometheus.Registerer) error {
 	if e.dir == "" {
 		if len(e.ids) > 0 {
 			logger.Warn("--envoy-id without --envoy-dir: Envoys may connect but get no listeners or clusters")

@@ -154,11 +154,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer xs.Close()
-	if err := o.envoy.start(ctx, xs, logger, reg); err != nil {
-		return err
-	}
 	pl, err := plane.New(ctx, st, xs, logger, plane.WithRegisterer(reg), plane.WithRevocationRetention(o.revocationRetention))
 	if err != nil {
+		return err
+	}
+	// Envoy listeners and clusters go through the plane, which records
+	// when each version was committed (the lag `mandatectl status` shows).
+	if err := o.envoy.start(ctx, pl, logger, reg); err != nil {
 		return err
 	}
 	gcCtx, stopGC := context.WithCancel(ctx)
