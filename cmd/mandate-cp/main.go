@@ -31,6 +31,7 @@ import (
 	"github.com/mandate-dev/mandate/cp/admin"
 	"github.com/mandate-dev/mandate/cp/plane"
 	"github.com/mandate-dev/mandate/internal/cmdutil"
+	"github.com/mandate-dev/mandate/internal/grpcrecover"
 	"github.com/mandate-dev/mandate/internal/opshttp"
 	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
@@ -179,7 +180,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("xds: %w", err)
 	}
 	defer xsrc.Close()
-	xg := grpc.NewServer(xcred,
+	rec, err := grpcrecover.New(logger, reg)
+	if err != nil {
+		return err
+	}
+	xg := grpc.NewServer(xcred, grpc.ChainUnaryInterceptor(rec.Unary()), grpc.ChainStreamInterceptor(rec.Stream()),
 		grpc.MaxConcurrentStreams(1000),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
@@ -226,7 +231,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("admin: %w", err)
 		}
 		defer asrc.Close()
-		ag := grpc.NewServer(acred, grpc.UnaryInterceptor(auth.Unary()), grpc.MaxRecvMsgSize(16<<20))
+		ag := grpc.NewServer(acred, grpc.ChainUnaryInterceptor(rec.Unary(), auth.Unary()), grpc.MaxRecvMsgSize(16<<20))
 		register(ag)
 		alis, err := net.Listen("tcp", o.adminListen)
 		if err != nil {
@@ -241,7 +246,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		sg := grpc.NewServer(grpc.Creds(admin.UnixCredentials{}), grpc.UnaryInterceptor(auth.Unary()), grpc.MaxRecvMsgSize(16<<20))
+		sg := grpc.NewServer(grpc.Creds(admin.UnixCredentials{}), grpc.ChainUnaryInterceptor(rec.Unary(), auth.Unary()),
+			grpc.MaxRecvMsgSize(16<<20))
 		register(sg)
 		servers = append(servers, sg)
 		go func() { errc <- serveErr("admin socket", sg.Serve(slis)) }()
