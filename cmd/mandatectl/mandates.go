@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -45,37 +43,20 @@ func (m *mandateFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.devAs, "dev-as", "", "with --plaintext against a dev mandate-cp: act as this SPIFFE ID (no mTLS identity to take it from)")
 }
 
-// conn dials mandate-cp and returns the call context (bounded by
-// --timeout, or longer with --wait).
+// conn is adminFlags.conn, refusing --dev-as over mTLS and sending it
+// as the caller otherwise.
 func (m *mandateFlags) conn(ctx context.Context, w *waitFlags) (context.Context, *grpc.ClientConn, func(), error) {
 	if m.devAs != "" && !m.plaintext && m.socket == "" {
 		return nil, nil, nil, errors.New("--dev-as needs --plaintext (with mTLS the identity is your SVID)")
 	}
-	ctx, cancel := callCtx(ctx, &m.adminFlags, w)
+	ctx, conn, done, err := m.adminFlags.conn(ctx, w)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	if m.devAs != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, rpcutil.DevCallerHeader, m.devAs)
 	}
-	var conn *grpc.ClientConn
-	closeConn := func() {}
-	if m.socket != "" {
-		abs, err := filepath.Abs(m.socket)
-		if err == nil {
-			conn, err = grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		}
-		if err != nil {
-			cancel()
-			return nil, nil, nil, fmt.Errorf("dial %s: %w", m.socket, err)
-		}
-		closeConn = func() { _ = conn.Close() }
-	} else {
-		c, cl, err := m.dial(ctx, defCPID)
-		if err != nil {
-			cancel()
-			return nil, nil, nil, err
-		}
-		conn, closeConn = c, cl
-	}
-	return ctx, conn, func() { closeConn(); cancel() }, nil
+	return ctx, conn, done, nil
 }
 
 // scopeFlags are the scope of a mandate.

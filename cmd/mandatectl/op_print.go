@@ -52,13 +52,12 @@ func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(pos) != 1 || (*out != "table" && *out != "yaml" && *out != "json") {
 		return errors.New("usage: mandatectl get policies|revocations [-o table|yaml|json] [--all]")
 	}
-	ctx, cancel := callCtx(ctx, &af, nil)
-	defer cancel()
-	c, closeConn, err := af.client(ctx)
+	ctx, conn, done, err := af.conn(ctx, nil)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
+	defer done()
+	c := mandatev1.NewAdminClient(conn)
 	switch pos[0] {
 	case "policies", "policy":
 		resp, err := c.ListPolicies(ctx, &mandatev1.ListPoliciesRequest{})
@@ -148,13 +147,12 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if _, err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
-	ctx, cancel := callCtx(ctx, &af, nil)
-	defer cancel()
-	c, closeConn, err := af.client(ctx)
+	ctx, conn, done, err := af.conn(ctx, nil)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
+	defer done()
+	c := mandatev1.NewAdminClient(conn)
 	resp, err := c.Status(ctx, &mandatev1.StatusRequest{})
 	if err != nil {
 		return rpcErr(err)
@@ -289,13 +287,12 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("--since %q: want a duration or an RFC 3339 time", *since)
 		}
 	}
-	ctx, cancel := callCtx(ctx, &af, nil)
-	defer cancel()
-	c, closeConn, err := af.client(ctx)
+	ctx, conn, done, err := af.conn(ctx, nil)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
+	defer done()
+	c := mandatev1.NewAdminClient(conn)
 	resp, err := c.AuditLog(ctx, req)
 	if err != nil {
 		return rpcErr(err)

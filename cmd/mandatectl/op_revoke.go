@@ -123,13 +123,12 @@ func revokeOrDowngrade(ctx context.Context, name string, args []string, stdout, 
 			Ttl: durationpb.New(o.ttl), Reason: o.reason})
 	}
 
-	ctx, cancel := callCtx(ctx, &af, &wf)
-	defer cancel()
-	c, closeConn, err := af.client(ctx)
+	ctx, conn, done, err := af.conn(ctx, &wf)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
+	defer done()
+	c := mandatev1.NewAdminClient(conn)
 	var (
 		recs    []*mandatev1.Revocation
 		version string

@@ -49,23 +49,29 @@ func (a *adminFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.socket, "socket", "", "use mandate-cp's local admin unix socket instead of --addr")
 }
 
-func (a *adminFlags) client(ctx context.Context) (mandatev1.AdminClient, func(), error) {
+// conn dials mandate-cp (the unix socket with --socket, else --addr over
+// mTLS) and returns the call context, bounded by --timeout, or longer
+// with --wait (w may be nil). done closes the connection and the context.
+func (a *adminFlags) conn(ctx context.Context, w *waitFlags) (context.Context, *grpc.ClientConn, func(), error) {
+	ctx, cancel := callCtx(ctx, a, w)
 	if a.socket != "" {
 		abs, err := filepath.Abs(a.socket)
-		if err != nil {
-			return nil, nil, err
+		var conn *grpc.ClientConn
+		if err == nil {
+			conn, err = grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		}
-		conn, err := grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
-			return nil, nil, fmt.Errorf("dial %s: %w", a.socket, err)
+			cancel()
+			return nil, nil, nil, fmt.Errorf("dial %s: %w", a.socket, err)
 		}
-		return mandatev1.NewAdminClient(conn), func() { _ = conn.Close() }, nil
+		return ctx, conn, func() { _ = conn.Close(); cancel() }, nil
 	}
 	conn, closeConn, err := a.dial(ctx, defCPID)
 	if err != nil {
-		return nil, nil, err
+		cancel()
+		return nil, nil, nil, err
 	}
-	return mandatev1.NewAdminClient(conn), closeConn, nil
+	return ctx, conn, func() { closeConn(); cancel() }, nil
 }
 
 // waitFlags are --wait and --wait-timeout.
@@ -189,13 +195,12 @@ func applyOrDiff(ctx context.Context, name string, args []string, stdout, stderr
 	if err != nil {
 		return err
 	}
-	ctx, cancel := callCtx(ctx, &af, &wf)
-	defer cancel()
-	c, closeConn, err := af.client(ctx)
+	ctx, conn, done, err := af.conn(ctx, &wf)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
+	defer done()
+	c := mandatev1.NewAdminClient(conn)
 	resp, err := c.ApplyPolicies(ctx, &mandatev1.ApplyPoliciesRequest{Policies: ps, DryRun: name == "diff", Prune: *prune})
 	if err != nil {
 		return rpcErr(err)
@@ -253,13 +258,12 @@ func runDelete(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return errors.New("usage: mandatectl delete NAME [--wait]")
 	}
 	name := strings.TrimPrefix(pos[0], "policy/")
-	ctx, cancel := callCtx(ctx, &af, &wf)
-	defer cancel()
-	c, closeConn, err := af.client(ctx)
+	ctx, conn, done, err := af.conn(ctx, &wf)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
+	defer done()
+	c := mandatev1.NewAdminClient(conn)
 	resp, err := c.DeletePolicy(ctx, &mandatev1.DeletePolicyRequest{Name: name})
 	if err != nil {
 		return rpcErr(err)
