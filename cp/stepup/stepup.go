@@ -249,12 +249,22 @@ func (s *Service) Approve(ctx context.Context, operator, id string, window time.
 		return Request{}, "", fmt.Errorf("stepup: push approval: %w", err)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if cur := s.reqs[id]; cur != nil {
 		r = cur
 	} else {
 		s.reqs[id] = r
 	}
+	if r.State == StateDenied {
+		// Denied while the Approval was being pushed: that Deny saw no
+		// approval to withdraw, so withdraw it here.
+		by := r.DecidedBy
+		s.mu.Unlock()
+		if _, err := s.cfg.Plane.DeleteApproval(ctx, id, operator); err != nil {
+			return Request{}, "", fmt.Errorf("stepup: withdraw approval denied meanwhile: %w", err)
+		}
+		return Request{}, "", fmt.Errorf("%w: %q by %s", ErrDecided, id, by)
+	}
+	defer s.mu.Unlock()
 	r.State, r.DecidedBy, r.Expires = StateApproved, operator, a.GetExpires().AsTime()
 	s.log.Info("step-up approved", "id", id, "operator", operator, "subject", r.Subject, "task", r.Task,
 		"until", r.Expires, "version", v)

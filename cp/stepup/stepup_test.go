@@ -30,9 +30,14 @@ type fakePlane struct {
 	approvals map[string]*mandatev1.Approval
 	actors    []string
 	audits    []string
+	// onPut runs at the start of PutApproval (outside the plane's lock).
+	onPut func()
 }
 
 func (p *fakePlane) PutApproval(_ context.Context, a *mandatev1.Approval, actor string) (string, error) {
+	if p.onPut != nil {
+		p.onPut()
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.approvals == nil {
@@ -163,5 +168,27 @@ func TestBoundedMemory(t *testing.T) {
 		if r.ID == "ar-1" {
 			t.Fatal("the least recently seen request was not the one evicted")
 		}
+	}
+}
+
+// A Deny that lands while Approve pushes the Approval must not leave the
+// approval in force.
+func TestDenyDuringApproveWithdraws(t *testing.T) {
+	s, plane, clock := newSvc(t, nil)
+	ctx := context.Background()
+	s.Observe([]Event{event("ar-1", clock.Now())})
+	var denyErr error
+	plane.onPut = func() { _, _, denyErr = s.Deny(ctx, op, "ar-1", "no") }
+	if _, _, err := s.Approve(ctx, op, "ar-1", 0); !errors.Is(err, ErrDecided) {
+		t.Fatalf("approve racing a deny = %v, want ErrDecided", err)
+	}
+	if denyErr != nil {
+		t.Fatal(denyErr)
+	}
+	if _, ok := plane.approvals["ar-1"]; ok {
+		t.Fatal("approval still in force after the deny")
+	}
+	if l := s.List(true); len(l) != 1 || l[0].State != StateDenied {
+		t.Fatalf("request = %+v, want denied", l)
 	}
 }
