@@ -54,7 +54,7 @@ type options struct {
 	addrFile, mandateIssuer, mandateAudience, mandateKeys          string
 	trustDomains, allowedCallers, trustedProxies, cpIDs            cmdutil.List
 	plaintext, pprof                                               bool
-	cacheTTL, staleBudget                                          time.Duration
+	cacheTTL, staleBudget, svidTimeout                             time.Duration
 	cacheSize                                                      int64
 	maxRules                                                       int
 	staleMode, decisionLog, logLevel                               string
@@ -71,6 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.nodeID, "node-id", "", "xDS node id (default: hostname-pid)")
 	fs.Var(&o.cpIDs, "cp-id", "SPIFFE ID pattern of the control plane to accept (repeatable; default spiffe://<trust-domain>/mandate/cp)")
 	fs.StringVar(&o.workloadAPI, "workload-api", "", "SPIFFE Workload API socket (default: $SPIFFE_ENDPOINT_SOCKET)")
+	fs.DurationVar(&o.svidTimeout, "svid-timeout", time.Minute, "with mTLS: how long startup waits for an X.509 SVID from the Workload API before failing")
 	fs.Var(&o.trustDomains, "trust-domain", "trust domain callers may belong to (repeatable; default example.org)")
 	fs.Var(&o.allowedCallers, "allowed-caller", "SPIFFE ID pattern allowed to call Check over mTLS, e.g. the Envoy sidecars (repeatable)")
 	fs.Var(&o.trustedProxies, "trusted-proxy", "SPIFFE ID of a proxy whose x-forwarded-client-cert is believed (repeatable)")
@@ -107,6 +108,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.mandateKeys != "" && o.xdsServer != "" {
 		return nil, errors.New("--mandate-keys is for standalone mode; with --xds-server keys come from the control plane")
+	}
+	if o.svidTimeout <= 0 {
+		return nil, errors.New("--svid-timeout must be positive")
 	}
 	if !o.plaintext && len(o.allowedCallers) == 0 {
 		return nil, errors.New("--allowed-caller is required with mTLS (or use --plaintext on loopback for development)")
@@ -277,14 +281,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	credOpt, src, err := transport.ServerOption(ctx, o.listen, transport.Config{
+	sctx, scancel := svidCtx(ctx, o, logger)
+	credOpt, src, err := transport.ServerOption(sctx, o.listen, transport.Config{
 		WorkloadAPI: o.workloadAPI, Allowed: o.allowedCallers, Insecure: o.plaintext,
 	})
+	scancel()
 	if err != nil {
 		return err
 	}
 	defer src.Close()
 	gs := grpc.NewServer(credOpt, grpc.MaxRecvMsgSize(1<<20))
+	// Every return stops serving before the deferred closes of the
+	// decision log and cache run (a no-op after GracefulStop).
+	defer gs.Stop()
 	authv3.RegisterAuthorizationServer(gs, srv)
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
@@ -293,6 +302,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	refreshHealth()
 	go func() { errc <- gs.Serve(lis) }()
 	addrs := map[string]string{"grpc": lis.Addr().String()}
 	logger.Info("mandate-authz serving", "addr", lis.Addr().String(), "mtls", !o.plaintext,
@@ -305,6 +315,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("metrics listen: %w", err)
 		}
 		hsrv = &http.Server{Handler: opshttp.Handler(reg, ready, o.pprof), ReadHeaderTimeout: 5 * time.Second}
+		defer hsrv.Close()
 		go func() {
 			if err := hsrv.Serve(mlis); !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
@@ -353,6 +364,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
+}
+
+// svidCtx bounds the wait for the first SVID, so that a replica without
+// a Workload API (or without a registration entry) fails at startup with
+// a reason instead of hanging silently, never serving.
+func svidCtx(ctx context.Context, o *options, logger *slog.Logger) (context.Context, context.CancelFunc) {
+	if o.plaintext {
+		return ctx, func() {}
+	}
+	logger.Info("waiting for an X.509 SVID from the Workload API", "timeout", o.svidTimeout)
+	return context.WithTimeout(ctx, o.svidTimeout)
 }
 
 func openLog(dest string, stdout, stderr io.Writer) (io.Writer, func(), error) {

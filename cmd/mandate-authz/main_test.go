@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/mandate-dev/mandate/internal/envoyreq"
 )
@@ -29,6 +30,7 @@ func TestFlagValidation(t *testing.T) {
 	}{
 		{"both modes", []string{"--plaintext", "--policy-dir", "x", "--xds-server", "y"}, "at most one of --policy-dir"},
 		{"mTLS without allowed callers", []string{"--policy-dir", "x"}, "--allowed-caller is required"},
+		{"zero svid timeout", []string{"--plaintext", "--svid-timeout", "0"}, "--svid-timeout"},
 		{"bad stale mode", []string{"--plaintext", "--policy-dir", "x", "--stale-mode", "some"}, "--stale-mode"},
 		{"keys with xds", []string{"--plaintext", "--xds-server", "127.0.0.1:1", "--mandate-keys", "k.json"}, "--mandate-keys is for standalone"},
 	}
@@ -47,6 +49,34 @@ func TestPlaintextRefusedOffLoopback(t *testing.T) {
 		"--listen", "0.0.0.0:0", "--metrics-addr", ""}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "loopback") {
 		t.Fatalf("run = %v, want a loopback refusal", err)
+	}
+}
+
+// TestNoWorkloadAPIFailsStartup: with mTLS and no Workload API to get an
+// SVID from, run fails after --svid-timeout with a reason instead of
+// hanging without ever serving.
+func TestNoWorkloadAPIFailsStartup(t *testing.T) {
+	for name, mode := range map[string][]string{
+		"standalone":    {"--policy-dir", "../../policies/examples"},
+		"control plane": {"--xds-server", "127.0.0.1:1"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			sock := "unix://" + filepath.Join(t.TempDir(), "absent.sock")
+			done := make(chan error, 1)
+			go func() {
+				done <- run(context.Background(), append([]string{"--allowed-caller", "spiffe://example.org/envoy",
+					"--workload-api", sock, "--svid-timeout", "200ms", "--listen", "127.0.0.1:0", "--metrics-addr", ""}, mode...),
+					io.Discard, io.Discard)
+			}()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), "workload API") {
+					t.Fatalf("run = %v, want a workload API error", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("run still waiting for an SVID long after --svid-timeout")
+			}
+		})
 	}
 }
 
@@ -98,6 +128,19 @@ func testStandalone(t *testing.T, modeArgs []string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no addr file; stderr:\n%s", stderr.String())
 		}
+	}
+
+	// Serving as soon as the addresses are out, not a refresh tick later.
+	hconn, err := grpc.NewClient(addrs["grpc"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hconn.Close()
+	hctx, hcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer hcancel()
+	if h, err := healthpb.NewHealthClient(hconn).Check(hctx, &healthpb.HealthCheckRequest{}); err != nil ||
+		h.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("gRPC health right after start = %v, %v; want SERVING", h, err)
 	}
 
 	resp, err := http.Get("http://" + addrs["metrics"] + "/readyz")

@@ -29,9 +29,11 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 	if len(cpIDs) == 0 {
 		cpIDs = []string{"spiffe://" + o.trustDomains[0] + "/mandate/cp"}
 	}
-	dialOpt, src, err := transport.DialOption(ctx, o.xdsServer, transport.Config{
+	sctx, scancel := svidCtx(ctx, o, logger)
+	dialOpt, src, err := transport.DialOption(sctx, o.xdsServer, transport.Config{
 		WorkloadAPI: o.workloadAPI, Allowed: cpIDs, Insecure: o.plaintext,
 	})
+	scancel()
 	if err != nil {
 		return nil, err
 	}
