@@ -88,37 +88,21 @@ func (p *Plane) Lag(rs xdsserver.ReplicaStatus, typeURL string) time.Duration {
 // connected: the caller must say so). A replica that NACKs the version
 // (or a later one) ends the wait at once with a *NackError.
 func (p *Plane) WaitAcked(ctx context.Context, typeURL, version string) (int, error) {
-	want, err := strconv.ParseUint(version, 10, 64)
-	if err != nil {
+	if _, err := strconv.ParseUint(version, 10, 64); err != nil {
 		return 0, invalid("version %q is not a number", version)
 	}
 	if !knownType(typeURL) {
 		return 0, invalid("unknown type URL %q", typeURL)
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- p.xds.WaitAcked(wctx, typeURL, version) }()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case err := <-done:
-			if err != nil {
-				if ne := p.nacked(typeURL, want); ne != nil {
-					return 0, ne
-				}
-				return 0, fmt.Errorf("plane: %w", err)
-			}
-			return p.ackedCount(typeURL, want), nil
-		case <-tick.C:
-			if ne := p.nacked(typeURL, want); ne != nil {
-				cancel()
-				<-done
-				return 0, ne
-			}
-		}
+	n, err := p.xds.WaitAckedOrRejected(ctx, typeURL, version)
+	var re *xdsserver.RejectedError
+	if errors.As(err, &re) {
+		return 0, &NackError{Node: re.Node, Version: re.Version, Message: re.Message}
 	}
+	if err != nil {
+		return 0, fmt.Errorf("plane: %w", err)
+	}
+	return n, nil
 }
 
 func knownType(t string) bool {
@@ -128,37 +112,6 @@ func knownType(t string) bool {
 		}
 	}
 	return false
-}
-
-func (p *Plane) nacked(typeURL string, want uint64) *NackError {
-	for _, rs := range p.xds.Status() {
-		if !rs.Connected {
-			continue
-		}
-		ts := rs.Types[typeURL]
-		if ts.NackedVersion == "" {
-			continue
-		}
-		n, _ := strconv.ParseUint(ts.NackedVersion, 10, 64)
-		a, _ := strconv.ParseUint(ts.AckedVersion, 10, 64)
-		if n >= want && (ts.AckedVersion == "" || a < want) {
-			return &NackError{Node: rs.NodeID, Version: ts.NackedVersion, Message: ts.NackError}
-		}
-	}
-	return nil
-}
-
-func (p *Plane) ackedCount(typeURL string, want uint64) int {
-	n := 0
-	for _, rs := range p.xds.Status() {
-		if !rs.Connected {
-			continue
-		}
-		if a, err := strconv.ParseUint(rs.Types[typeURL].AckedVersion, 10, 64); err == nil && a >= want {
-			n++
-		}
-	}
-	return n
 }
 
 // IsNack reports whether err is a replica's rejection.

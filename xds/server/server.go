@@ -584,34 +584,69 @@ func (s *Server) status(kind NodeKind) []ReplicaStatus {
 // connected it returns nil at once: check Status (EnvoyStatus) to tell
 // "nobody" from "everybody".
 func (s *Server) WaitAcked(ctx context.Context, typeURL, version string) error {
+	_, err := s.wait(ctx, typeURL, version, false)
+	return err
+}
+
+// RejectedError is returned by WaitAckedOrRejected when a connected node
+// NACKed the version waited for (or a later one) and has not ACKed it
+// since.
+type RejectedError struct {
+	Node, Version, Message string
+}
+
+func (e *RejectedError) Error() string {
+	return fmt.Sprintf("xdsserver: node %s rejected version %s: %s", e.Node, e.Version, e.Message)
+}
+
+// WaitAckedOrRejected is WaitAcked that also ends, with a *RejectedError,
+// as soon as a connected node rejects the version; on success it returns
+// how many connected nodes of the kind have ACKed it.
+func (s *Server) WaitAckedOrRejected(ctx context.Context, typeURL, version string) (int, error) {
+	return s.wait(ctx, typeURL, version, true)
+}
+
+func (s *Server) wait(ctx context.Context, typeURL, version string, stopOnNack bool) (int, error) {
 	if !knownType(typeURL) {
-		return fmt.Errorf("xdsserver: unknown type URL %q", typeURL)
+		return 0, fmt.Errorf("xdsserver: unknown type URL %q", typeURL)
 	}
 	want, err := strconv.ParseUint(version, 10, 64)
 	if err != nil {
-		return fmt.Errorf("xdsserver: bad version %q: %w", version, err)
+		return 0, fmt.Errorf("xdsserver: bad version %q: %w", version, err)
 	}
+	kind := KindOf(typeURL)
 	for {
 		s.mu.Lock()
 		var lagging []string
+		var rejected *RejectedError
+		acked := 0
 		for id, n := range s.nodes {
-			if n.streams == 0 || n.kind != KindOf(typeURL) {
+			if n.streams == 0 || n.kind != kind {
 				continue
 			}
 			nt := n.types[typeURL]
-			if nt == nil || !nt.hasAck || nt.acked < want {
-				lagging = append(lagging, id)
+			if nt != nil && nt.hasAck && nt.acked >= want {
+				acked++
+				continue
+			}
+			lagging = append(lagging, id)
+			if stopOnNack && nt != nil && nt.hasNack && nt.nacked >= want &&
+				(rejected == nil || id < rejected.Node) {
+				rejected = &RejectedError{Node: id, Version: format(nt.nacked), Message: nt.nackErr}
 			}
 		}
 		ch := s.changed
 		s.mu.Unlock()
+		if rejected != nil {
+			return 0, rejected
+		}
 		if len(lagging) == 0 {
-			return nil
+			return acked, nil
 		}
 		select {
 		case <-ctx.Done():
 			slices.Sort(lagging)
-			return fmt.Errorf("xdsserver: waiting for %s version %s: replicas not acked: %v: %w",
+			return 0, fmt.Errorf("xdsserver: waiting for %s version %s: replicas not acked: %v: %w",
 				shortType(typeURL), version, lagging, ctx.Err())
 		case <-ch:
 		}

@@ -2,6 +2,7 @@ package xdsserver
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -164,6 +165,14 @@ func TestAckNackTracking(t *testing.T) {
 	scancel()
 	if err == nil || !strings.Contains(err.Error(), "replica-a") {
 		t.Fatalf("WaitAcked(2) after NACK: %v, want timeout naming replica-a", err)
+	}
+	var rej *RejectedError
+	if _, err := h.srv.WaitAckedOrRejected(ctx, mandatev1.RevocationTypeURL, v2); !errors.As(err, &rej) ||
+		rej.Node != "replica-a" || rej.Version != "2" || !strings.Contains(rej.Message, "boom") {
+		t.Fatalf("WaitAckedOrRejected(2) after NACK: %v, want the rejection by replica-a", err)
+	}
+	if n, err := h.srv.WaitAckedOrRejected(ctx, mandatev1.RevocationTypeURL, "1"); err != nil || n != 1 {
+		t.Fatalf("WaitAckedOrRejected(1) = %d, %v; want 1 acked", n, err)
 	}
 
 	// Same content: no new version.
