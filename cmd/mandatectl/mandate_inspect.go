@@ -30,8 +30,7 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: mandatectl inspect TOKEN|- [--verify] [--keys FILE]")
-		return exitError{code: 2}
+		return usageError(stderr, "inspect TOKEN|- [--verify] [--keys FILE]")
 	}
 	token := pos[0]
 	if token == "-" {

@@ -104,8 +104,7 @@ func runIssue(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if subject == "" || task == "" || intent == "" || fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "usage: mandatectl issue --subject ID --task T --intent I --paths P [--methods M] [--destinations D] [--grpc G] [--ttl D]")
-		return exitError{code: 2}
+		return usageError(stderr, "issue --subject ID --task T --intent I --paths P [--methods M] [--destinations D] [--grpc G] [--ttl D]")
 	}
 	req := &mandatev1.IssueMandateRequest{Subject: subject, Task: task, Intent: intent, Scope: sf.proto()}
 	if ttl != 0 {
@@ -141,8 +140,7 @@ func runDelegate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	if parent == "" || to == "" || fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "usage: mandatectl delegate --parent TOKEN --to ID --paths P [...] [--ttl D]")
-		return exitError{code: 2}
+		return usageError(stderr, "delegate --parent TOKEN --to ID --paths P [...] [--ttl D]")
 	}
 	if parent == "-" {
 		b, err := io.ReadAll(io.LimitReader(os.Stdin, 64<<10))
@@ -183,8 +181,7 @@ func runComplete(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: mandatectl complete TASK [--reason R] [--wait]")
-		return exitError{code: 2}
+		return usageError(stderr, "complete TASK [--reason R] [--wait]")
 	}
 	ctx, conn, done, err := mf.conn(ctx, &wf)
 	if err != nil {
@@ -256,8 +253,7 @@ func runApprove(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: mandatectl approve ID [--for 5m] [--wait]")
-		return exitError{code: 2}
+		return usageError(stderr, "approve ID [--for 5m] [--wait]")
 	}
 	req := &mandatev1.ApproveStepUpRequest{Id: pos[0]}
 	if window != 0 {
@@ -294,8 +290,7 @@ func runDeny(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: mandatectl deny ID [--reason R] [--wait]")
-		return exitError{code: 2}
+		return usageError(stderr, "deny ID [--reason R] [--wait]")
 	}
 	ctx, conn, done, err := mf.conn(ctx, &wf)
 	if err != nil {
@@ -314,4 +309,10 @@ func runDeny(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 	}
 	return nil
+}
+
+// usageError prints "usage: mandatectl " + usage and exits 2.
+func usageError(stderr io.Writer, usage string) error {
+	fmt.Fprintln(stderr, "usage: mandatectl "+usage)
+	return exitError{code: 2}
 }
