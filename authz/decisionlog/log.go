@@ -47,6 +47,8 @@ type Logger struct {
 	written atomic.Uint64
 	onDrop  func()
 	done    chan struct{}
+	stop    chan struct{} // closed by Close
+	closed  atomic.Bool
 	once    sync.Once
 }
 
@@ -74,6 +76,7 @@ func New(ctx context.Context, cfg Config) (*Logger, error) {
 		queue:  make(chan Record, cfg.QueueSize),
 		onDrop: cfg.OnDrop,
 		done:   make(chan struct{}),
+		stop:   make(chan struct{}),
 	}
 	go l.run(ctx)
 	return l, nil
@@ -84,13 +87,23 @@ func (l *Logger) Log(r Record) {
 	if l == nil {
 		return
 	}
+	// The queue is never closed, so a Check still running while the
+	// server shuts down cannot panic here; after Close records are dropped.
+	if l.closed.Load() {
+		l.drop()
+		return
+	}
 	select {
 	case l.queue <- r:
 	default:
-		l.dropped.Add(1)
-		if l.onDrop != nil {
-			l.onDrop()
-		}
+		l.drop()
+	}
+}
+
+func (l *Logger) drop() {
+	l.dropped.Add(1)
+	if l.onDrop != nil {
+		l.onDrop()
 	}
 }
 
@@ -102,7 +115,10 @@ func (l *Logger) Written() uint64 { return l.written.Load() }
 
 // Close stops accepting records, writes what is queued and returns.
 func (l *Logger) Close() {
-	l.once.Do(func() { close(l.queue) })
+	l.once.Do(func() {
+		l.closed.Store(true)
+		close(l.stop)
+	})
 	<-l.done
 }
 
@@ -110,24 +126,26 @@ func (l *Logger) run(ctx context.Context) {
 	defer close(l.done)
 	for {
 		select {
-		case r, ok := <-l.queue:
-			if !ok {
-				return
-			}
+		case r := <-l.queue:
 			l.write(ctx, &r)
 		case <-ctx.Done():
-			// Drain what is already queued, then stop.
-			for {
-				select {
-				case r, ok := <-l.queue:
-					if !ok {
-						return
-					}
-					l.write(context.WithoutCancel(ctx), &r)
-				default:
-					return
-				}
-			}
+			l.drain(context.WithoutCancel(ctx))
+			return
+		case <-l.stop:
+			l.drain(context.WithoutCancel(ctx))
+			return
+		}
+	}
+}
+
+// drain writes what is already queued.
+func (l *Logger) drain(ctx context.Context) {
+	for {
+		select {
+		case r := <-l.queue:
+			l.write(ctx, &r)
+		default:
+			return
 		}
 	}
 }

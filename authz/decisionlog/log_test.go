@@ -91,3 +91,24 @@ func TestNilLogger(t *testing.T) {
 		t.Fatal("New accepted a nil Out")
 	}
 }
+
+// A Check still running while the server shuts down may log after Close:
+// that must be dropped and counted, never a panic (send on closed channel).
+func TestLogAfterCloseDrops(t *testing.T) {
+	var buf syncBuf
+	var drops int
+	l, err := New(context.Background(), Config{Out: slog.New(slog.NewJSONHandler(&buf, nil)), OnDrop: func() { drops++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Log(Record{DecisionID: "before"})
+	l.Close()
+	l.Close() // idempotent
+	l.Log(Record{DecisionID: "after"})
+	if l.Written() != 1 || l.Dropped() != 1 || drops != 1 {
+		t.Fatalf("written %d dropped %d (callback %d), want 1 and 1", l.Written(), l.Dropped(), drops)
+	}
+	if strings.Contains(buf.String(), "after") {
+		t.Fatalf("a record logged after Close was written: %q", buf.String())
+	}
+}
