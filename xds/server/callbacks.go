@@ -138,6 +138,9 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 		}
 		st.node = id
 		if n == nil {
+			// Node ids are the peer's choice: forget the retained
+			// disconnected ones before remembering another.
+			s.pruneLocked()
 			n = &nodeState{types: map[string]*nodeType{}}
 			s.nodes[id] = n
 		}
