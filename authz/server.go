@@ -182,7 +182,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 			out := outcome{effect: policies.EffectDeny, reason: reasonInternalError}
 			resp = denyResponse(rec.DecisionID, &out)
 			err = nil
-			s.finish(&rec, &out, start)
+			s.finishAfterPanic(&rec, &out, start)
 		}
 	}()
 	out := s.decide(ctx, req, &rec)
@@ -221,6 +221,18 @@ func (s *Server) finish(rec *decisionlog.Record, out *outcome, start time.Time) 
 	rec.CacheHit = out.cacheHit
 	rec.Latency = lat
 	s.cfg.Log.Log(*rec)
+}
+
+// finishAfterPanic records a decision that panicked. The panic may have
+// come from finish itself (a metric or decision logger), and a second one
+// here would escape the deferred recover and crash the process.
+func (s *Server) finishAfterPanic(rec *decisionlog.Record, out *outcome, start time.Time) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.logger.Error("authz: panic recording a denied decision", "decision_id", rec.DecisionID, "panic", fmt.Sprint(p))
+		}
+	}()
+	s.finish(rec, out, start)
 }
 
 func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *decisionlog.Record) outcome {

@@ -455,11 +455,25 @@ type panicky struct{}
 
 func (panicky) Stale() bool { panic("boom") }
 
+func (panicky) Log(decisionlog.Record) { panic("boom") }
+
 func TestPanicIsDeny(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.Staleness = panicky{} })
-	res := h.check(t, checkReq("GET", "/queue"))
-	if res.allowed || res.reason != "internal_error" {
-		t.Fatalf("panic gave %+v", res)
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config)
+	}{
+		{"in decide", func(c *Config) { c.Staleness = panicky{} }},
+		// finish runs again after the recover: a second panic must not
+		// escape Check, and an allow already computed must become a deny.
+		{"in the decision logger", func(c *Config) { c.Log = panicky{} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.mutate)
+			res := h.check(t, checkReq("GET", "/queue"))
+			if res.allowed || res.reason != "internal_error" {
+				t.Fatalf("panic gave %+v", res)
+			}
+		})
 	}
 }
 
