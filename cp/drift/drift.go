@@ -202,7 +202,6 @@ type Action struct {
 type tracker struct {
 	times    []time.Time // ring of the last threshold+1 event times
 	next     int
-	n        int
 	last     time.Time
 	lastWhy  string
 	actedTil time.Time
@@ -283,20 +282,25 @@ func (d *Detector) Observe(ctx context.Context, events []OutOfIntent) ([]Action,
 			if len(d.keys) >= d.cfg.MaxKeys {
 				d.evictLocked(now)
 			}
-			tr = &tracker{times: make([]time.Time, r.Threshold+1)}
+			tr = &tracker{}
 			d.keys[key] = tr
 		}
 		if now.Before(tr.actedTil) {
 			continue // acted already; the record is still in force
 		}
-		tr.times[tr.next] = t
-		tr.next = (tr.next + 1) % len(tr.times)
-		tr.n = min(tr.n+1, len(tr.times))
+		// The ring grows with the events seen, up to threshold+1: a key
+		// reported once costs one time, not threshold+1.
+		if len(tr.times) <= r.Threshold {
+			tr.times = append(tr.times, t)
+		} else {
+			tr.times[tr.next] = t
+			tr.next = (tr.next + 1) % len(tr.times)
+		}
 		if t.After(tr.last) {
 			tr.last = t
 		}
 		tr.lastWhy = ev.Reason
-		if tr.n < len(tr.times) {
+		if len(tr.times) <= r.Threshold {
 			continue
 		}
 		// The ring is full: its oldest entry is at next.
@@ -309,7 +313,7 @@ func (d *Detector) Observe(ctx context.Context, events []OutOfIntent) ([]Action,
 			continue
 		}
 		tr.actedTil = now.Add(r.duration)
-		tr.n, tr.next = 0, 0
+		tr.times, tr.next = tr.times[:0], 0
 		todo = append(todo, pending{rule: r, kind: kind, value: value, count: r.Threshold + 1,
 			why: fmt.Sprintf("drift: %d out-of-intent requests in %v, last: %s (rule %s)", r.Threshold+1, r.window, tr.lastWhy, r.Name)})
 	}

@@ -3,6 +3,7 @@ package drift
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -193,6 +194,30 @@ func TestParsePolicy(t *testing.T) {
 	for i, b := range bad {
 		if _, err := ParsePolicy("d.yaml", []byte(b)); err == nil {
 			t.Errorf("bad policy %d accepted", i)
+		}
+	}
+}
+
+// A key reported once costs one time, not threshold+1: memory follows the
+// events received, whatever threshold the policy sets.
+func TestTrackerGrowsWithEvents(t *testing.T) {
+	big := Rule{Name: "big", Threshold: 10000, Window: Duration(time.Hour), Action: ActionRevoke}
+	d, _, clock := newDetector(t, []Rule{big}, nil)
+	var evs []OutOfIntent
+	for i := range 200 {
+		evs = append(evs, ev("spiffe://example.org/agent/a", fmt.Sprintf("task-%d", i), clock.Now()))
+	}
+	if _, err := d.Observe(context.Background(), evs); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.keys) != 200 {
+		t.Fatalf("%d keys tracked, want 200", len(d.keys))
+	}
+	for k, tr := range d.keys {
+		if cap(tr.times) > 4 {
+			t.Fatalf("key %q holds room for %d times after one event", k, cap(tr.times))
 		}
 	}
 }
