@@ -70,8 +70,11 @@ func validMethod(m string) (string, error) {
 
 var errBadHost = errors.New("authz: bad host")
 
-// normalizeHost lowercases the authority and strips a port. The host is
-// client-set and never identity; policies may still match on it.
+// normalizeHost lowercases the authority and strips a port and the
+// trailing dot of a fully qualified name ("secret.internal." is the host
+// "secret.internal" to DNS and to most upstreams: left in, it would slip
+// past a deny rule on that host). The host is client-set and never
+// identity; policies may still match on it.
 func normalizeHost(h string) (string, error) {
 	if len(h) > 255 {
 		return "", errBadHost
@@ -84,6 +87,12 @@ func normalizeHost(h string) (string, error) {
 			}
 		}
 		h = h[:i]
+	}
+	if len(h) > 1 && h[len(h)-1] == '.' {
+		h = h[:len(h)-1]
+	}
+	if h != "" && (h[0] == '.' || h[len(h)-1] == '.' || strings.Contains(h, "..")) {
+		return "", errBadHost // empty label: no host a policy could name
 	}
 	lower := true
 	for i := 0; i < len(h); i++ {
