@@ -16,6 +16,7 @@ import (
 const (
 	HeaderDecisionID = "x-mandate-decision-id"
 	HeaderMandate    = "x-mandate"
+	HeaderTask       = "x-mandate-task"
 )
 
 // allowParts holds every message of an allow response in one allocation.
@@ -24,23 +25,33 @@ type allowParts struct {
 	status rpcstatus.Status
 	ok     authv3.CheckResponse_OkResponse
 	okResp authv3.OkHttpResponse
-	opts   [1]*corev3.HeaderValueOption
-	opt    corev3.HeaderValueOption
-	hv     corev3.HeaderValue
+	opts   [2]*corev3.HeaderValueOption
+	opt    [2]corev3.HeaderValueOption
+	hv     [2]corev3.HeaderValue
 }
 
 // removeOnAllow is shared by every allow response; never modified. The
 // upstream never sees the mandate: it is a credential for this hop only.
 var removeOnAllow = []string{HeaderMandate}
 
-func allowResponse(decisionID string) *authv3.CheckResponse {
+// allowResponse lets the request through with the decision id and, when
+// the request has a task (declared or from its mandate), the task the
+// decision was made for; both overwrite whatever the client sent.
+func allowResponse(decisionID, task string) *authv3.CheckResponse {
 	p := &allowParts{}
 	p.status.Code = int32(codes.OK)
-	p.hv.Key, p.hv.Value = HeaderDecisionID, decisionID
-	p.opt.Header = &p.hv
-	p.opt.AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-	p.opts[0] = &p.opt
-	p.okResp.Headers = p.opts[:]
+	n := 0
+	for _, h := range [2][2]string{{HeaderDecisionID, decisionID}, {HeaderTask, task}} {
+		if h[1] == "" {
+			continue
+		}
+		p.hv[n].Key, p.hv[n].Value = h[0], h[1]
+		p.opt[n].Header = &p.hv[n]
+		p.opt[n].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		p.opts[n] = &p.opt[n]
+		n++
+	}
+	p.okResp.Headers = p.opts[:n]
 	p.okResp.HeadersToRemove = removeOnAllow
 	p.ok.OkResponse = &p.okResp
 	p.resp.Status = &p.status

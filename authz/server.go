@@ -187,7 +187,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 	}()
 	out := s.decide(ctx, req, &rec)
 	if out.effect == policies.EffectAllow {
-		resp = allowResponse(rec.DecisionID)
+		resp = allowResponse(rec.DecisionID, rec.Task)
 	} else {
 		resp = denyResponse(rec.DecisionID, &out)
 	}

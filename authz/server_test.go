@@ -281,14 +281,20 @@ func TestAllowResponseShape(t *testing.T) {
 	if len(ok.GetHeadersToRemove()) != 1 || ok.GetHeadersToRemove()[0] != "x-mandate" {
 		t.Fatalf("headers_to_remove = %v, want [x-mandate]", ok.GetHeadersToRemove())
 	}
-	var id string
+	var id, task string
 	for _, hv := range ok.GetHeaders() {
-		if hv.GetHeader().GetKey() == HeaderDecisionID {
-			id = hv.GetHeader().GetValue()
-			if hv.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
-				t.Error("decision id header must overwrite a client-sent one")
-			}
+		if hv.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+			t.Errorf("%s must overwrite a client-sent value", hv.GetHeader().GetKey())
 		}
+		switch hv.GetHeader().GetKey() {
+		case HeaderDecisionID:
+			id = hv.GetHeader().GetValue()
+		case HeaderTask:
+			task = hv.GetHeader().GetValue()
+		}
+	}
+	if task != "T-1" {
+		t.Errorf("task header %q, want T-1", task)
 	}
 	rec := h.log.last()
 	if id == "" || rec.DecisionID != id {
@@ -297,6 +303,9 @@ func TestAllowResponseShape(t *testing.T) {
 	if rec.Result != "allow" || rec.Rule != "list" || rec.Policy != "tickets" || rec.Task != "T-1" ||
 		rec.Subject != "spiffe://example.org/agent/support/a1" || rec.PolicyVersion == "" {
 		t.Fatalf("log record %+v", rec)
+	}
+	if noTask := h.check(t, checkReq("GET", "/queue")).resp.GetOkResponse(); len(noTask.GetHeaders()) != 1 {
+		t.Errorf("without a task the allow sets %d headers, want only the decision id", len(noTask.GetHeaders()))
 	}
 }
 
