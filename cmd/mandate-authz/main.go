@@ -270,11 +270,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		go func() { errc <- w.Run(ctx) }()
 	default:
 		mode = "control-plane"
-		stale, err := startXDS(ctx, o, store, verifier, &cfg, reg, logger, refreshHealth, errc)
-		if err != nil {
+		if err := startXDS(ctx, o, store, verifier, &cfg, reg, logger, refreshHealth, errc); err != nil {
 			return err
 		}
-		cfg.Staleness = stale
 	}
 
 	srv, err := authz.NewServer(cfg)

@@ -24,7 +24,7 @@ import (
 // type has synced once, so a replica never allows on a partial view (it
 // is not ready and denies until then).
 func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier *mandate.Verifier, cfg *authz.Config,
-	reg prometheus.Registerer, logger *slog.Logger, onApply func(), errc chan<- error) (authz.Staleness, error) {
+	reg prometheus.Registerer, logger *slog.Logger, onApply func(), errc chan<- error) error {
 	cpIDs := []string(o.cpIDs)
 	if len(cpIDs) == 0 {
 		cpIDs = []string{"spiffe://" + o.trustDomains[0] + "/mandate/cp"}
@@ -35,7 +35,7 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 	})
 	scancel()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	nodeID := o.nodeID
 	if nodeID == "" {
@@ -45,7 +45,7 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 	conn, err := grpc.NewClient(o.xdsServer, dialOpt)
 	if err != nil {
 		_ = src.Close()
-		return nil, fmt.Errorf("--xds-server: %w", err)
+		return fmt.Errorf("--xds-server: %w", err)
 	}
 	// Drift and step-up events go to the control plane over the same
 	// connection, batched off the request path.
@@ -53,7 +53,7 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 	if err != nil {
 		_ = conn.Close()
 		_ = src.Close()
-		return nil, err
+		return err
 	}
 	cfg.OnOutOfIntent = rep.OnOutOfIntent
 	cfg.OnStepUp = rep.OnStepUp
@@ -99,8 +99,11 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 	if err != nil {
 		_ = conn.Close()
 		_ = src.Close()
-		return nil, err
+		return err
 	}
+	// Set before the client runs: its Apply callback reads cfg (through
+	// the readiness check) from the client's goroutine.
+	cfg.Staleness = &staleness{c: c, budget: o.staleBudget, now: time.Now}
 	go func() {
 		err := c.Run(ctx)
 		_ = c.Close()
@@ -111,7 +114,7 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 		}
 		errc <- err
 	}()
-	return &staleness{c: c, budget: o.staleBudget, now: time.Now}, nil
+	return nil
 }
 
 // staleness reports a replica cut off from the control plane for longer
