@@ -1,0 +1,312 @@
+// Package mcp reads the JSON-RPC 2.0 request of a Model Context Protocol
+// call from what Envoy sends to ext_authz: the request body (with_request_body),
+// the dynamic metadata of Envoy's MCP filter and the Mcp-Method / Mcp-Name
+// headers. It is strict where parsers are known to disagree: one request
+// object (no batch, no response, no trailing data), jsonrpc exactly "2.0",
+// no duplicate member names anywhere, valid UTF-8, bounded size and
+// depth, no partial body. Every refusal carries a Reason that is safe to
+// send to the client.
+package mcp
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Reason is a client-safe code for a refused MCP request.
+type Reason string
+
+// Reason codes.
+const (
+	ReasonMalformed    Reason = "mcp_malformed"     // not one well-formed JSON value
+	ReasonBadUTF8      Reason = "mcp_bad_utf8"      // invalid UTF-8 or a lone surrogate escape
+	ReasonDuplicateKey Reason = "mcp_duplicate_key" // an object names a member twice (ignoring case)
+	ReasonTooDeep      Reason = "mcp_too_deep"      // nesting over Limits.MaxDepth
+	ReasonTooLarge     Reason = "mcp_too_large"     // body over Limits.MaxBytes
+	ReasonBatch        Reason = "mcp_batch"         // a JSON-RPC batch array
+	ReasonNotRequest   Reason = "mcp_not_request"   // not a request object (a response, unknown members, no method)
+	ReasonBadVersion   Reason = "mcp_bad_version"   // jsonrpc missing or not exactly "2.0"
+	ReasonBadID        Reason = "mcp_bad_id"        // id not a string or integer, or missing on a request
+	ReasonBadMethod    Reason = "mcp_bad_method"    // method not a short printable name
+	ReasonBadParams    Reason = "mcp_bad_params"    // params not an object, or a method's required params missing or malformed
+	ReasonPartialBody  Reason = "mcp_partial_body"  // Envoy sent part of the body only
+	ReasonNoBody       Reason = "mcp_no_body"       // a POST without body
+	ReasonMismatch     Reason = "mcp_mismatch"      // body, filter metadata and headers disagree
+)
+
+// Error is a refused MCP request.
+type Error struct {
+	Reason Reason
+	// Offset is the byte offset in the body where the problem was seen
+	// (0 when it is not about the body's syntax).
+	Offset int
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("mcp: %s at byte %d", e.Reason, e.Offset)
+}
+
+// Limits bound the work Parse does.
+type Limits struct {
+	// MaxBytes is the largest body accepted (default DefaultMaxBytes).
+	MaxBytes int
+	// MaxDepth is the deepest nesting accepted, the request object
+	// counting as 1 (default DefaultMaxDepth).
+	MaxDepth int
+}
+
+// Defaults of Limits.
+const (
+	DefaultMaxBytes = 1 << 20
+	DefaultMaxDepth = 32
+)
+
+// Length limits of the names Parse extracts.
+const (
+	MaxMethodLen = 128
+	MaxNameLen   = 128
+	MaxURILen    = 4096
+)
+
+// MCP methods whose params name their target.
+const (
+	MethodToolsCall             = "tools/call"
+	MethodPromptsGet            = "prompts/get"
+	MethodResourcesRead         = "resources/read"
+	MethodResourcesSubscribe    = "resources/subscribe"
+	MethodResourcesUnsubscribe  = "resources/unsubscribe"
+	notificationPrefix          = "notifications/"
+	methodResourcesPrefix       = "resources/"
+	methodResourcesListTemplate = "resources/templates/list"
+)
+
+// Request is a parsed MCP JSON-RPC request. Its strings point into the
+// body where they were written without escapes.
+type Request struct {
+	// ID is the id member as written (a JSON string or integer), to be
+	// echoed in an error response; "" for a notification.
+	ID string
+	// Method is the JSON-RPC method, e.g. "tools/call".
+	Method string
+	// Name is params.name of tools/call (the tool) and prompts/get (the
+	// prompt); "" for other methods.
+	Name string
+	// URI is params.uri of resources/read, resources/subscribe and
+	// resources/unsubscribe; "" for other methods.
+	URI string
+	// Arguments is params.arguments of tools/call and prompts/get as
+	// written: a JSON object, validated. "" when absent.
+	Arguments string
+}
+
+// Tool returns the tool a tools/call names, else "".
+func (r *Request) Tool() string {
+	if r.Method == MethodToolsCall {
+		return r.Name
+	}
+	return ""
+}
+
+// Target is what the Mcp-Name header carries for the request's method:
+// params.name or params.uri ("" when the method names neither).
+func (r *Request) Target() string {
+	if r.URI != "" {
+		return r.URI
+	}
+	return r.Name
+}
+
+// Parse reads body as one MCP JSON-RPC request. It never panics; every
+// refusal is an *Error.
+func Parse(body string, lim Limits) (Request, error) {
+	if lim.MaxBytes <= 0 {
+		lim.MaxBytes = DefaultMaxBytes
+	}
+	if lim.MaxDepth <= 0 {
+		lim.MaxDepth = DefaultMaxDepth
+	}
+	if len(body) > lim.MaxBytes {
+		return Request{}, &Error{Reason: ReasonTooLarge}
+	}
+	sc := scanner{s: body, maxDepth: lim.MaxDepth}
+	sc.ws()
+	if sc.i >= len(body) {
+		return Request{}, &Error{Reason: ReasonNoBody}
+	}
+	switch body[sc.i] {
+	case '{':
+	case '[':
+		return Request{}, sc.fail(ReasonBatch)
+	default:
+		if err := sc.value(0); err != nil {
+			return Request{}, err
+		}
+		return Request{}, &Error{Reason: ReasonNotRequest}
+	}
+	if err := sc.members(1, memberTop); err != nil {
+		return Request{}, err
+	}
+	sc.ws()
+	if sc.i != len(body) {
+		return Request{}, sc.fail(ReasonMalformed) // trailing data, e.g. a second object
+	}
+	return sc.p.request()
+}
+
+// field is a member value seen in the body.
+type field struct {
+	set   bool
+	str   bool // a string (value holds it unescaped)
+	value string
+	raw   string // the value as written
+}
+
+// parsed collects the members Parse reads.
+type parsed struct {
+	jsonrpc, id, method, params, name, uri, args field
+}
+
+// topMember scans a member of the request object.
+func (sc *scanner) topMember(name string, depth int) error {
+	p := &sc.p
+	switch name {
+	case "jsonrpc":
+		return sc.field(&p.jsonrpc, depth)
+	case "id":
+		return sc.field(&p.id, depth)
+	case "method":
+		return sc.field(&p.method, depth)
+	case "params":
+		p.params.set = true
+		if sc.s[sc.i] != '{' {
+			return sc.fail(ReasonBadParams)
+		}
+		return sc.members(depth+1, memberParams)
+	}
+	// A response ("result", "error") posing as a request, or a member
+	// JSON-RPC 2.0 does not define, which a server might read but
+	// Mandate does not: refused.
+	return sc.fail(ReasonNotRequest)
+}
+
+// paramsMember scans a member of params.
+func (sc *scanner) paramsMember(name string, depth int) error {
+	p := &sc.p
+	switch name {
+	case "name":
+		return sc.field(&p.name, depth)
+	case "uri":
+		return sc.field(&p.uri, depth)
+	case "arguments":
+		return sc.field(&p.args, depth)
+	}
+	return sc.value(depth)
+}
+
+// field scans a value and records it.
+func (sc *scanner) field(f *field, depth int) error {
+	start := sc.i
+	f.set = true
+	if sc.s[sc.i] == '"' {
+		s, e, esc, err := sc.str()
+		if err != nil {
+			return err
+		}
+		f.str, f.value = true, sc.s[s:e]
+		if esc {
+			f.value = string(appendUnquoted(nil, f.value))
+		}
+	} else if err := sc.value(depth); err != nil {
+		return err
+	}
+	f.raw = sc.s[start:sc.i]
+	return nil
+}
+
+func (p *parsed) request() (Request, error) {
+	if !p.jsonrpc.set || !p.jsonrpc.str || p.jsonrpc.value != "2.0" {
+		return Request{}, &Error{Reason: ReasonBadVersion}
+	}
+	if !p.method.set {
+		return Request{}, &Error{Reason: ReasonNotRequest}
+	}
+	if !p.method.str || !validMethod(p.method.value) {
+		return Request{}, &Error{Reason: ReasonBadMethod}
+	}
+	r := Request{Method: p.method.value}
+	notification := strings.HasPrefix(r.Method, notificationPrefix)
+	switch {
+	case p.id.set && notification, !p.id.set && !notification:
+		// A notification gets no answer, so an error could not reach
+		// the client; a request without id would run unanswered.
+		return Request{}, &Error{Reason: ReasonBadID}
+	case p.id.set:
+		if !p.id.str && !isInteger(p.id.raw) {
+			return Request{}, &Error{Reason: ReasonBadID}
+		}
+		r.ID = p.id.raw
+	}
+	if p.args.set && (p.args.raw == "" || p.args.raw[0] != '{') {
+		return Request{}, &Error{Reason: ReasonBadParams}
+	}
+	switch r.Method {
+	case MethodToolsCall, MethodPromptsGet:
+		if !p.name.str || !validName(p.name.value) {
+			return Request{}, &Error{Reason: ReasonBadParams}
+		}
+		r.Name, r.Arguments = p.name.value, p.args.raw
+	case MethodResourcesRead, MethodResourcesSubscribe, MethodResourcesUnsubscribe:
+		if !p.uri.str || !validURI(p.uri.value) {
+			return Request{}, &Error{Reason: ReasonBadParams}
+		}
+		r.URI = p.uri.value
+	}
+	return r, nil
+}
+
+// isInteger reports whether a validated JSON number has no fraction or
+// exponent (MCP ids are strings or integers).
+func isInteger(n string) bool {
+	return n != "" && n != "-" && !strings.ContainsAny(n, ".eE") && (n[0] == '-' || n[0] >= '0' && n[0] <= '9') && len(n) <= 20
+}
+
+func validMethod(m string) bool {
+	if m == "" || len(m) > MaxMethodLen {
+		return false
+	}
+	for i := 0; i < len(m); i++ {
+		if m[i] <= ' ' || m[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// validName accepts tool and prompt names of 1-128 characters of
+// [A-Za-z0-9_.:/-]: the characters MCP recommends, and nothing a glob
+// or a log could misread.
+func validName(n string) bool {
+	if n == "" || len(n) > MaxNameLen {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-' || c == '/' || c == ':') {
+			return false
+		}
+	}
+	return true
+}
+
+// validURI accepts 1-4096 visible ASCII characters.
+func validURI(u string) bool {
+	if u == "" || len(u) > MaxURILen {
+		return false
+	}
+	for i := 0; i < len(u); i++ {
+		if u[i] <= ' ' || u[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}

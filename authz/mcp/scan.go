@@ -1,0 +1,445 @@
+package mcp
+
+import (
+	"strings"
+	"unicode/utf8"
+)
+
+// scanner validates JSON text strictly (RFC 8259 with no extensions):
+// valid UTF-8 everywhere, no lone surrogates in \u escapes, no control
+// characters in strings, no duplicate names in any object (compared after
+// unescaping and ignoring case: Go's encoding/json, among others, matches
+// member names case-insensitively, so {"name":"a","NAME":"b"} names two
+// tools to two parsers), nesting at most maxDepth, nothing after the
+// value but whitespace. It allocates only for objects of many members and for names
+// written with escapes.
+type scanner struct {
+	s        string
+	i        int
+	maxDepth int
+	// buf holds the unescaped member names written with escapes.
+	buf []byte
+	// p collects the members Parse reads (modes memberTop, memberParams).
+	p parsed
+}
+
+// nameRef is a member name: s[start:end], or buf[start:end] when inBuf.
+type nameRef struct {
+	start, end int
+	inBuf      bool
+}
+
+// linearNames is how many members an object may have before duplicate
+// detection switches from comparing with each earlier name to a map.
+const linearNames = 16
+
+func (sc *scanner) fail(r Reason) error { return &Error{Reason: r, Offset: sc.i} }
+
+func (sc *scanner) ws() {
+	for sc.i < len(sc.s) {
+		switch sc.s[sc.i] {
+		case ' ', '\t', '\n', '\r':
+			sc.i++
+		default:
+			return
+		}
+	}
+}
+
+// value scans one value at nesting depth (the value itself counts).
+func (sc *scanner) value(depth int) error {
+	sc.ws()
+	if sc.i >= len(sc.s) {
+		return sc.fail(ReasonMalformed)
+	}
+	switch c := sc.s[sc.i]; {
+	case c == '{':
+		return sc.object(depth + 1)
+	case c == '[':
+		return sc.array(depth + 1)
+	case c == '"':
+		_, _, _, err := sc.str()
+		return err
+	case c == 't':
+		return sc.lit("true")
+	case c == 'f':
+		return sc.lit("false")
+	case c == 'n':
+		return sc.lit("null")
+	case c == '-' || c >= '0' && c <= '9':
+		return sc.number()
+	case c >= 0x80:
+		return sc.fail(nonASCIIReason(sc.s[sc.i:]))
+	}
+	return sc.fail(ReasonMalformed)
+}
+
+// nonASCIIReason tells invalid UTF-8 from a stray non-ASCII
+// character outside a string (both are refused).
+func nonASCIIReason(rest string) Reason {
+	if r, _ := utf8.DecodeRuneInString(rest); r == utf8.RuneError {
+		return ReasonBadUTF8
+	}
+	return ReasonMalformed
+}
+
+func (sc *scanner) lit(word string) error {
+	if len(sc.s)-sc.i < len(word) || sc.s[sc.i:sc.i+len(word)] != word {
+		return sc.fail(ReasonMalformed)
+	}
+	sc.i += len(word)
+	return nil
+}
+
+func (sc *scanner) number() error {
+	s, i := sc.s, sc.i
+	if s[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(s) && s[i] == '0':
+		i++
+	case i < len(s) && s[i] >= '1' && s[i] <= '9':
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+	default:
+		sc.i = i
+		return sc.fail(ReasonMalformed)
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		j := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		if i == j {
+			sc.i = i
+			return sc.fail(ReasonMalformed)
+		}
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		j := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		if i == j {
+			sc.i = i
+			return sc.fail(ReasonMalformed)
+		}
+	}
+	sc.i = i
+	return nil
+}
+
+const (
+	lo8 = 0x0101010101010101
+	hi8 = 0x8080808080808080
+)
+
+// str scans a string starting at its opening quote and returns the span
+// of its raw contents (between the quotes) and whether it holds escapes.
+func (sc *scanner) str() (start, end int, escaped bool, err error) {
+	s := sc.s
+	i := sc.i + 1
+	start = i
+	for {
+		// Eight bytes at a time while none of them is a quote, a
+		// backslash, a control character or non-ASCII.
+		for i+8 <= len(s) {
+			_ = s[i+7]
+			x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+				uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+			q := x ^ (lo8 * '"')
+			b := x ^ (lo8 * '\\')
+			m := ((q - lo8) &^ q) | ((b - lo8) &^ b) | (x - lo8*0x20) | x
+			if m&hi8 != 0 {
+				break
+			}
+			i += 8
+		}
+		if i >= len(s) {
+			sc.i = i
+			return 0, 0, false, sc.fail(ReasonMalformed)
+		}
+		c := s[i]
+		switch {
+		case c == '"':
+			sc.i = i + 1
+			return start, i, escaped, nil
+		case c == '\\':
+			escaped = true
+			n, r := sc.escape(i)
+			if r != "" {
+				sc.i = i
+				return 0, 0, false, sc.fail(r)
+			}
+			i += n
+		case c < 0x20:
+			sc.i = i
+			return 0, 0, false, sc.fail(ReasonMalformed)
+		case c < 0x80:
+			i++
+		default:
+			r, n := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && n <= 1 {
+				sc.i = i
+				return 0, 0, false, sc.fail(ReasonBadUTF8)
+			}
+			i += n
+		}
+	}
+}
+
+// escape checks the escape sequence at s[i] (a backslash) and returns its
+// length, or a reason when it is invalid. A \u escape of a high surrogate
+// must be followed by one of a low surrogate; a lone low surrogate is
+// refused (decoders disagree on what it becomes).
+func (sc *scanner) escape(i int) (int, Reason) {
+	s := sc.s
+	if i+1 >= len(s) {
+		return 0, ReasonMalformed
+	}
+	switch s[i+1] {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		return 2, ""
+	case 'u':
+		r, ok := hex4(s, i+2)
+		if !ok {
+			return 0, ReasonMalformed
+		}
+		switch {
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return 0, ReasonBadUTF8
+		case r >= 0xD800 && r <= 0xDBFF:
+			if i+7 >= len(s) || s[i+6] != '\\' || s[i+7] != 'u' {
+				return 0, ReasonBadUTF8
+			}
+			r2, ok := hex4(s, i+8)
+			if !ok || r2 < 0xDC00 || r2 > 0xDFFF {
+				return 0, ReasonBadUTF8
+			}
+			return 12, ""
+		}
+		return 6, ""
+	}
+	return 0, ReasonMalformed
+}
+
+func hex4(s string, i int) (rune, bool) {
+	if i+4 > len(s) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range []byte(s[i : i+4]) {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= rune(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= rune(c - 'a' + 10)
+		case c >= 'A' && c <= 'F':
+			r |= rune(c - 'A' + 10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
+}
+
+func (sc *scanner) array(depth int) error {
+	if depth > sc.maxDepth {
+		return sc.fail(ReasonTooDeep)
+	}
+	sc.i++ // '['
+	sc.ws()
+	if sc.i < len(sc.s) && sc.s[sc.i] == ']' {
+		sc.i++
+		return nil
+	}
+	for {
+		if err := sc.value(depth); err != nil {
+			return err
+		}
+		sc.ws()
+		if sc.i >= len(sc.s) {
+			return sc.fail(ReasonMalformed)
+		}
+		switch sc.s[sc.i] {
+		case ',':
+			sc.i++
+		case ']':
+			sc.i++
+			return nil
+		default:
+			return sc.fail(ReasonMalformed)
+		}
+	}
+}
+
+// object scans an object whose members are all scanned generically.
+func (sc *scanner) object(depth int) error {
+	return sc.members(depth, memberAny)
+}
+
+// memberMode says how members scans member values.
+type memberMode uint8
+
+const (
+	memberAny    memberMode = iota // generically
+	memberTop                      // the request object's (Parse)
+	memberParams                   // params' (Parse)
+)
+
+// members scans an object; member values are scanned as mode says.
+// Duplicate names are refused.
+func (sc *scanner) members(depth int, mode memberMode) error {
+	if depth > sc.maxDepth {
+		return sc.fail(ReasonTooDeep)
+	}
+	sc.i++ // '{'
+	// The names seen so far: in local up to linearNames, then in many.
+	var local [linearNames]nameRef
+	names := local[:0]
+	var many map[string]struct{}
+	sc.ws()
+	if sc.i < len(sc.s) && sc.s[sc.i] == '}' {
+		sc.i++
+		return nil
+	}
+	for {
+		sc.ws()
+		if sc.i >= len(sc.s) || sc.s[sc.i] != '"' {
+			return sc.fail(ReasonMalformed)
+		}
+		at := sc.i
+		start, end, esc, err := sc.str()
+		if err != nil {
+			return err
+		}
+		ref := nameRef{start: start, end: end}
+		if esc {
+			b0 := len(sc.buf)
+			sc.buf = appendUnquoted(sc.buf, sc.s[start:end])
+			ref = nameRef{start: b0, end: len(sc.buf), inBuf: true}
+		}
+		name := sc.name(ref)
+		switch {
+		case many != nil:
+			f := fold(name)
+			if _, dup := many[f]; dup {
+				sc.i = at
+				return sc.fail(ReasonDuplicateKey)
+			}
+			many[f] = struct{}{}
+		default:
+			for _, prev := range names {
+				if p := sc.name(prev); p == name || strings.EqualFold(p, name) {
+					sc.i = at
+					return sc.fail(ReasonDuplicateKey)
+				}
+			}
+			if len(names) == linearNames {
+				many = make(map[string]struct{}, 2*linearNames)
+				for _, prev := range names {
+					many[fold(sc.name(prev))] = struct{}{}
+				}
+				many[fold(name)] = struct{}{}
+			} else {
+				names = append(names, ref)
+			}
+		}
+		sc.ws()
+		if sc.i >= len(sc.s) || sc.s[sc.i] != ':' {
+			return sc.fail(ReasonMalformed)
+		}
+		sc.i++
+		sc.ws()
+		if sc.i >= len(sc.s) {
+			return sc.fail(ReasonMalformed)
+		}
+		switch mode {
+		case memberTop:
+			err = sc.topMember(name, depth)
+		case memberParams:
+			err = sc.paramsMember(name, depth)
+		default:
+			err = sc.value(depth)
+		}
+		if err != nil {
+			return err
+		}
+		sc.ws()
+		if sc.i >= len(sc.s) {
+			return sc.fail(ReasonMalformed)
+		}
+		switch sc.s[sc.i] {
+		case ',':
+			sc.i++
+		case '}':
+			sc.i++
+			return nil
+		default:
+			return sc.fail(ReasonMalformed)
+		}
+	}
+}
+
+// fold maps names that strings.EqualFold equates to one string (upper
+// then lower case: 'ſ' and 'K' (Kelvin) fold to "s" and "k").
+func fold(name string) string {
+	return strings.ToLower(strings.ToUpper(name))
+}
+
+// name returns a member name; a name in buf is copied only when the map
+// of a large object keeps it (Go's map assignment copies the string
+// header, not the bytes, so a buf-backed string must be materialized).
+func (sc *scanner) name(r nameRef) string {
+	if r.inBuf {
+		return string(sc.buf[r.start:r.end])
+	}
+	return sc.s[r.start:r.end]
+}
+
+// appendUnquoted appends the decoded contents of a validated JSON string
+// (without its quotes) to b.
+func appendUnquoted(b []byte, raw string) []byte {
+	for i := 0; i < len(raw); {
+		c := raw[i]
+		if c != '\\' {
+			b = append(b, c)
+			i++
+			continue
+		}
+		switch raw[i+1] {
+		case 'b':
+			b = append(b, '\b')
+		case 'f':
+			b = append(b, '\f')
+		case 'n':
+			b = append(b, '\n')
+		case 'r':
+			b = append(b, '\r')
+		case 't':
+			b = append(b, '\t')
+		case 'u':
+			r, _ := hex4(raw, i+2)
+			if r >= 0xD800 && r <= 0xDBFF { // validated: a low surrogate follows
+				r2, _ := hex4(raw, i+8)
+				r = 0x10000 + (r-0xD800)<<10 + (r2 - 0xDC00)
+				i += 6
+			}
+			b = utf8.AppendRune(b, r)
+			i += 6
+			continue
+		default: // '"', '\\', '/'
+			b = append(b, raw[i+1])
+		}
+		i += 2
+	}
+	return b
+}
