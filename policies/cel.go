@@ -25,11 +25,27 @@ const (
 	varMandate     = "mandate"
 	varChain       = "chain"
 	varNow         = "now"
+	varMCP         = "mcp" // only as the prefix of mcp.* variables
+	varMCPArgs     = "mcp.arguments"
 )
 
 // celVarNames are the names a comprehension variable must not shadow
 // for the header and clock analysis to stay exact.
-var celVarNames = []string{varSubject, varDestination, varIntent, varTask, varRequest, varLabels, varMandate, varChain, varNow}
+var celVarNames = []string{varSubject, varDestination, varIntent, varTask, varRequest, varLabels, varMandate, varChain, varNow, varMCP}
+
+// mcpVars are the mcp.* variables: the MCP request on routes labelled
+// protocol: mcp ("" and an empty map elsewhere). Argument values are
+// JSON: strings, bools, null, lists, maps, and numbers as int when
+// integral and within int64, else double.
+var mcpVars = []struct {
+	name string
+	typ  *cel.Type
+}{
+	{"mcp.method", cel.StringType},
+	{"mcp.tool", cel.StringType},
+	{"mcp.resource_uri", cel.StringType},
+	{varMCPArgs, cel.MapType(cel.StringType, cel.DynType)},
+}
 
 // requestVars are the request.* variables, declared as qualified names so
 // the type checker knows each one's exact type (in particular that header
@@ -80,6 +96,7 @@ func newCELEnv() (*cel.Env, error) {
 		cel.Variable(varChain, cel.ListType(cel.StringType)),
 		cel.Variable(varNow, cel.TimestampType),
 		ext.Strings(),
+		cel.CrossTypeNumericComparisons(true),
 		cel.ParserExpressionSizeLimit(MaxConditionLength),
 		cel.ParserRecursionLimit(64),
 	}
@@ -87,6 +104,9 @@ func newCELEnv() (*cel.Env, error) {
 		opts = append(opts, cel.Variable(v.name, v.typ))
 	}
 	for _, v := range mandateVars {
+		opts = append(opts, cel.Variable(v.name, v.typ))
+	}
+	for _, v := range mcpVars {
 		opts = append(opts, cel.Variable(v.name, v.typ))
 	}
 	env, err := cel.NewEnv(opts...)
@@ -107,6 +127,10 @@ type condition struct {
 	// allHeaders is set when the expression reads headers in a way that
 	// static analysis cannot pin to constant names.
 	allHeaders bool
+	// argKeys are the MCP argument names read by constant name; allArgs
+	// is set when the arguments are read in any other way.
+	argKeys []string
+	allArgs bool
 }
 
 // compileCondition type-checks, analyses and plans one expression.
@@ -121,7 +145,7 @@ func compileCondition(env *cel.Env, src string) (*condition, error) {
 	if !checked.OutputType().IsExactType(types.BoolType) {
 		return nil, fmt.Errorf("must return bool, returns %s", checked.OutputType())
 	}
-	a := analysis{keys: map[string]bool{}}
+	a := analysis{keys: map[string]bool{}, argKeys: map[string]bool{}}
 	a.walk(checked.NativeRep().Expr())
 	if len(a.errs) > 0 {
 		return nil, errors.Join(a.errs...)
@@ -138,11 +162,15 @@ func compileCondition(env *cel.Env, src string) (*condition, error) {
 	if err != nil {
 		return nil, fmt.Errorf("planning: %w", err)
 	}
-	c := &condition{prg: prg, usesNow: a.usesNow, allHeaders: a.allHeaders}
+	c := &condition{prg: prg, usesNow: a.usesNow, allHeaders: a.allHeaders, allArgs: a.allArgs}
 	for k := range a.keys {
 		c.headerKeys = append(c.headerKeys, k)
 	}
 	sort.Strings(c.headerKeys)
+	for k := range a.argKeys {
+		c.argKeys = append(c.argKeys, k)
+	}
+	sort.Strings(c.argKeys)
 	return c, nil
 }
 
@@ -178,6 +206,8 @@ func (c *condition) eval(r *Request) (bool, error) {
 type analysis struct {
 	keys       map[string]bool
 	allHeaders bool
+	argKeys    map[string]bool
+	allArgs    bool
 	usesNow    bool
 	errs       []error
 }
@@ -192,6 +222,8 @@ func (a *analysis) walk(e celast.Expr) {
 			// The headers map used as a value (iterated, passed to a
 			// function, indexed by a computed key): any header may be read.
 			a.allHeaders = true
+		case varMCPArgs:
+			a.allArgs = true // likewise for the MCP arguments
 		}
 	case celast.SelectKind:
 		sel := e.AsSelect()
@@ -199,6 +231,9 @@ func (a *analysis) walk(e celast.Expr) {
 		switch {
 		case isIdent(op, varHeaders):
 			a.addKey(sel.FieldName())
+			return
+		case isIdent(op, varMCPArgs):
+			a.argKeys[sel.FieldName()] = true
 			return
 		case isIdent(op, varMandate):
 			if !contains(mandateFieldNames, sel.FieldName()) {
@@ -216,9 +251,17 @@ func (a *analysis) walk(e celast.Expr) {
 				a.addKey(lit)
 				return
 			}
+			if lit, ok := stringLiteral(args[1]); ok && isIdent(args[0], varMCPArgs) {
+				a.argKeys[lit] = true
+				return
+			}
 		case call.FunctionName() == "@in" && len(args) == 2:
 			if lit, ok := stringLiteral(args[0]); ok && isIdent(args[1], varHeaders) {
 				a.addKey(lit)
+				return
+			}
+			if lit, ok := stringLiteral(args[0]); ok && isIdent(args[1], varMCPArgs) {
+				a.argKeys[lit] = true
 				return
 			}
 		}
@@ -247,7 +290,7 @@ func (a *analysis) walk(e celast.Expr) {
 			if contains(celVarNames, v) {
 				// A loop variable shadows a request variable: give up
 				// on precision and assume the worst.
-				a.allHeaders, a.usesNow = true, true
+				a.allHeaders, a.usesNow, a.allArgs = true, true, true
 			}
 		}
 		a.walk(c.IterRange())

@@ -60,6 +60,26 @@ func (a activation) ResolveName(name string) (any, bool) {
 		return types.NewStringList(types.DefaultTypeAdapter, r.Mandate.Chain), true
 	case varNow:
 		return types.Timestamp{Time: r.Now}, true
+	case "mcp.method":
+		if r.MCP == nil {
+			return types.String(""), true
+		}
+		return types.String(r.MCP.Method), true
+	case "mcp.tool":
+		if r.MCP == nil {
+			return types.String(""), true
+		}
+		return types.String(r.MCP.Tool), true
+	case "mcp.resource_uri":
+		if r.MCP == nil {
+			return types.String(""), true
+		}
+		return types.String(r.MCP.ResourceURI), true
+	case varMCPArgs:
+		if r.MCP == nil || r.MCP.Arguments == "" {
+			return jsonObject("{}"), true
+		}
+		return jsonObject(r.MCP.Arguments), true
 	}
 	if field, ok := strings.CutPrefix(name, "mandate."); ok {
 		if r.Mandate == nil {

@@ -25,6 +25,10 @@
 //	        - methods: [GET, HEAD]         # optional = any method
 //	          paths: ["/tickets/**"]       # optional = any path
 //	        - grpc: ["tickets.v1.Tickets/Get", "tickets.v1.Admin/*"]
+//	        - mcp:                         # MCP routes (protocol: mcp)
+//	            methods: [tools/call]      # optional = any JSON-RPC method
+//	            tools: ["github.list_*"]   # tool-name globs (tools/call)
+//	            # resources: ["file:///docs/**"]  # URI globs (resources/read...)
 //	      labels: {resource: tickets}      # optional
 //	      when: 'request.headers["x-ticket-id"] == task'       # optional CEL
 //
@@ -43,7 +47,12 @@
 //     matches the method and the normalized path (pattern globs; paths
 //     start with '/'); it also applies to gRPC requests, which are HTTP
 //     POSTs to /pkg.Service/Method. A gRPC entry lists "pkg.Service/Method"
-//     or "pkg.Service/*" and matches only gRPC requests.
+//     or "pkg.Service/*" and matches only gRPC requests. An MCP entry
+//     matches only MCP requests (routes labelled protocol: mcp, whose
+//     JSON-RPC body authz/mcp parsed): the method is one of methods, the
+//     tool (tools/call) matches a tools glob, the resource URI
+//     (resources/read, subscribe, unsubscribe) a resources glob; globs
+//     use the pattern syntax ('*' within a '/'-segment, final "**").
 //   - labels: each key is present in the route's context_extensions with
 //     exactly that value.
 //   - when: the CEL condition returns true.
@@ -89,6 +98,14 @@
 //	mandate.chain         list(string)  delegation chain, root first
 //	chain                 list(string)  mandate.chain, or [] without a mandate
 //	now                   timestamp  the decision time
+//	mcp.method            string  JSON-RPC method ("" unless an MCP request)
+//	mcp.tool              string  params.name of tools/call, else ""
+//	mcp.resource_uri      string  params.uri of resources/read, subscribe,
+//	                      unsubscribe, else ""
+//	mcp.arguments         map(string, dyn)  params.arguments of tools/call
+//	                      and prompts/get as JSON values (numbers: int when
+//	                      integral, else double); {} when absent; reading a
+//	                      missing argument is an error: guard with has()
 //
 // request.* and mandate.* are qualified variable names, typed exactly:
 // `request` alone is not a value. Reading a mandate.* variable without a
@@ -99,7 +116,10 @@
 // (request.headers["x"], request.headers.x, has(request.headers.x),
 // "x" in request.headers);
 // Set.ReadsAllHeaders reports a condition reading headers in any other way.
-// A decision cache must key on those headers. Conditions naming an unknown
+// A decision cache must key on those headers. Set.MCPArgumentKeys and
+// Set.ReadsAllMCPArguments do the same for mcp.arguments, and
+// Decision.ArgumentKeys names the arguments the deciding rule read (a
+// step-up approval is bound to their values). Conditions naming an unknown
 // request or mandate field, or an upper-case header name, do not compile.
 //
 // # Files

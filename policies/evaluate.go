@@ -34,6 +34,9 @@ func (s *Set) Evaluate(r *Request) Decision {
 	d.Effect, d.Reason = reasonEffect(reason), reason
 	if ru != nil {
 		d.Policy, d.Rule = ru.policy, ru.name
+		if ru.cond != nil {
+			d.ArgumentKeys, d.AllArguments = ru.cond.argKeys, ru.cond.allArgs
+		}
 	}
 	if reason == ReasonStepUpRequired {
 		// An approval lifts the step-up, never more: it allows only
@@ -213,6 +216,9 @@ func stripPort(h string) string {
 }
 
 func (a *action) match(r *Request) bool {
+	if a.mcp != nil {
+		return a.mcp.match(r.MCP)
+	}
 	if a.grpc {
 		if r.GRPCService == "" {
 			return false
@@ -228,6 +234,24 @@ func (a *action) match(r *Request) bool {
 		return false
 	}
 	return len(a.paths) == 0 || matchAny(a.paths, r.Path)
+}
+
+// match reports whether the MCP request c (nil when the request is not
+// MCP) matches every list the action sets.
+func (a *mcpAction) match(c *MCPCall) bool {
+	if c == nil {
+		return false
+	}
+	if len(a.methods) > 0 && !containsString(a.methods, c.Method) {
+		return false
+	}
+	if len(a.tools) > 0 && (c.Method != "tools/call" || c.Tool == "" || !matchAny(a.tools, c.Tool)) {
+		return false
+	}
+	if len(a.resources) > 0 && (c.ResourceURI == "" || !matchAny(a.resources, c.ResourceURI)) {
+		return false
+	}
+	return true
 }
 
 func containsString(list []string, s string) bool {

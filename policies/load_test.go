@@ -62,7 +62,7 @@ func TestValidationErrors(t *testing.T) {
 		{"http and grpc", rule("      effect: allow\n      subjects: [\"spiffe://example.org/a\"]\n      actions: [{methods: [GET], grpc: [\"a.B/C\"]}]\n"),
 			[]string{`rule "r1": actions[0]: an action is HTTP`}},
 		{"empty action", rule("      effect: allow\n      subjects: [\"spiffe://example.org/a\"]\n      actions: [{}]\n"),
-			[]string{`rule "r1": actions[0]: an action needs methods, paths or grpc`}},
+			[]string{`rule "r1": actions[0]: an action needs methods, paths, grpc or mcp`}},
 		{"duplicate rule", header + "metadata: {name: p1}\nspec:\n  rules:\n    - {name: r1, effect: allow, subjects: [\"spiffe://example.org/a\"]}\n    - {name: r1, effect: deny, subjects: [\"spiffe://example.org/a\"]}\n",
 			[]string{`policy "p1": rule "r1": name: duplicate rule name`}},
 		{"bad rule name", strings.Replace(rule("      effect: allow\n      subjects: [\"spiffe://example.org/a\"]\n"), "name: r1", "name: R 1", 1),

@@ -57,6 +57,9 @@ type Request struct {
 	Headers map[string]string
 	// Mandate is the verified mandate the request carries, nil when none.
 	Mandate *Mandate
+	// MCP is the MCP request of a route labelled protocol: mcp, parsed
+	// and checked strictly (package authz/mcp); nil elsewhere.
+	MCP *MCPCall
 	// Now is the decision time (conditions may read it as `now`).
 	Now time.Time
 }
@@ -71,6 +74,20 @@ type Mandate struct {
 	// holder to the current holder (the last element is the subject).
 	Chain     []string
 	ExpiresAt time.Time
+}
+
+// MCPCall is what a decision may read of an MCP JSON-RPC request.
+type MCPCall struct {
+	// Method is the JSON-RPC method ("tools/call").
+	Method string
+	// Tool is params.name of a tools/call, else "".
+	Tool string
+	// ResourceURI is params.uri of resources/read, resources/subscribe
+	// and resources/unsubscribe, else "".
+	ResourceURI string
+	// Arguments is params.arguments of tools/call and prompts/get: a
+	// JSON object as validated by authz/mcp ("" when absent). Client-set.
+	Arguments string
 }
 
 // Decision is the result of evaluating a Set against a Request.
@@ -91,6 +108,12 @@ type Decision struct {
 	// matches too: an approval then allows the request. Without it an
 	// approval changes nothing (approval never widens the policy).
 	AllowedIfApproved bool
+	// ArgumentKeys are the MCP argument names the deciding rule's
+	// condition reads by constant name (sorted), and AllArguments is set
+	// when it reads the arguments in any other way: a step-up approval
+	// is bound to those values. Shared: do not modify.
+	ArgumentKeys []string
+	AllArguments bool
 }
 
 // Match names one rule that matched and its effect.

@@ -25,6 +25,8 @@ type Set struct {
 	version    string
 	headerKeys []string
 	allHeaders bool
+	argKeys    []string
+	allArgs    bool
 }
 
 // rule is a compiled rule.
@@ -49,6 +51,7 @@ func Compile(policies []*Policy) (*Set, error) {
 	s := &Set{policies: append([]*Policy(nil), policies...)}
 	names := map[string]string{}
 	keys := map[string]bool{}
+	argKeys := map[string]bool{}
 	// Rules often share a condition: each distinct expression is compiled
 	// once and its program shared (programs are immutable and safe for
 	// concurrent use), which keeps large sets small in memory.
@@ -94,6 +97,10 @@ func Compile(policies []*Policy) (*Set, error) {
 					keys[k] = true
 				}
 				s.allHeaders = s.allHeaders || c.allHeaders
+				for _, k := range c.argKeys {
+					argKeys[k] = true
+				}
+				s.allArgs = s.allArgs || c.allArgs
 			}
 			s.rules = append(s.rules, r)
 		}
@@ -123,6 +130,10 @@ func Compile(policies []*Policy) (*Set, error) {
 		s.headerKeys = append(s.headerKeys, k)
 	}
 	sort.Strings(s.headerKeys)
+	for k := range argKeys {
+		s.argKeys = append(s.argKeys, k)
+	}
+	sort.Strings(s.argKeys)
 	s.version = version(s.policies)
 	return s, nil
 }
@@ -203,4 +214,21 @@ func (s *Set) HeaderKeys() []string {
 // map, computed keys, passing it to a function).
 func (s *Set) ReadsAllHeaders() bool {
 	return s != nil && s.allHeaders
+}
+
+// MCPArgumentKeys returns, sorted, the MCP argument names conditions read
+// by constant name (mcp.arguments.x, mcp.arguments["x"], has(...),
+// "x" in mcp.arguments). A decision cache must add those arguments'
+// values to its key (all arguments when ReadsAllMCPArguments is true).
+func (s *Set) MCPArgumentKeys() []string {
+	if s == nil {
+		return nil
+	}
+	return append([]string(nil), s.argKeys...)
+}
+
+// ReadsAllMCPArguments reports whether some condition reads the MCP
+// arguments in a way static analysis cannot pin to constant names.
+func (s *Set) ReadsAllMCPArguments() bool {
+	return s != nil && s.allArgs
 }

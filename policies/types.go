@@ -75,8 +75,8 @@ type Rule struct {
 	When string `yaml:"when,omitempty" json:"when,omitempty"`
 }
 
-// Action is an HTTP action (Methods and/or Paths) or a gRPC action (GRPC),
-// never both.
+// Action is an HTTP action (Methods and/or Paths), a gRPC action (GRPC)
+// or an MCP action (MCP), one kind only.
 type Action struct {
 	// Methods are upper-case HTTP methods; empty matches any method.
 	Methods []string `yaml:"methods,omitempty" json:"methods,omitempty"`
@@ -84,6 +84,22 @@ type Action struct {
 	Paths []string `yaml:"paths,omitempty" json:"paths,omitempty"`
 	// GRPC entries are "pkg.Service/Method" or "pkg.Service/*".
 	GRPC []string `yaml:"grpc,omitempty" json:"grpc,omitempty"`
+	// MCP matches Model Context Protocol requests.
+	MCP *MCPAction `yaml:"mcp,omitempty" json:"mcp,omitempty"`
+}
+
+// MCPAction matches MCP JSON-RPC requests (on routes labelled
+// protocol: mcp). Every list it sets must match; it needs at least one.
+type MCPAction struct {
+	// Methods are JSON-RPC methods ("tools/call", "resources/read",
+	// "prompts/get", ...); empty matches any method.
+	Methods []string `yaml:"methods,omitempty" json:"methods,omitempty"`
+	// Tools are tool-name globs ("github.*", "github.list_*"), for
+	// tools/call requests only.
+	Tools []string `yaml:"tools,omitempty" json:"tools,omitempty"`
+	// Resources are resource URI globs ("file:///repo/**"), for
+	// resources/read, resources/subscribe and resources/unsubscribe.
+	Resources []string `yaml:"resources,omitempty" json:"resources,omitempty"`
 }
 
 // ParseEffect maps a YAML effect name to an Effect.

@@ -134,6 +134,14 @@ type action struct {
 	methods []string
 	paths   []pattern.Pattern
 	rpcs    []rpc
+	mcp     *mcpAction
+}
+
+// mcpAction is a compiled MCPAction.
+type mcpAction struct {
+	methods   []string
+	tools     []pattern.Pattern
+	resources []pattern.Pattern
 }
 
 type rpc struct {
@@ -235,12 +243,22 @@ func checkRule(ru *Rule, add func(field string, err error)) staticRule {
 		field := fmt.Sprintf("actions[%d]", i)
 		var ca action
 		isHTTP := len(a.Methods) > 0 || len(a.Paths) > 0
+		kinds := 0
+		for _, k := range []bool{isHTTP, len(a.GRPC) > 0, a.MCP != nil} {
+			if k {
+				kinds++
+			}
+		}
 		switch {
-		case isHTTP && len(a.GRPC) > 0:
-			add(field, errors.New("an action is HTTP (methods, paths) or gRPC (grpc), not both"))
+		case kinds > 1:
+			add(field, errors.New("an action is HTTP (methods, paths), gRPC (grpc) or MCP (mcp), one only"))
 			continue
-		case !isHTTP && len(a.GRPC) == 0:
-			add(field, errors.New("an action needs methods, paths or grpc"))
+		case kinds == 0:
+			add(field, errors.New("an action needs methods, paths, grpc or mcp"))
+			continue
+		case a.MCP != nil:
+			ca.mcp = checkMCPAction(a.MCP, field+".mcp", add)
+			sr.actions = append(sr.actions, ca)
 			continue
 		}
 		for j, m := range a.Methods {
@@ -277,4 +295,63 @@ func checkRule(ru *Rule, add func(field string, err error)) staticRule {
 		sr.labels = append(sr.labels, label{k, v})
 	}
 	return sr
+}
+
+var (
+	mcpMethodRe = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_./-]{0,127}$`)
+	toolGlobRe  = regexp.MustCompile(`^[A-Za-z0-9_.:/*-]{1,128}$`)
+)
+
+// mcpResourceMethods are the methods whose params.uri resource globs match.
+var mcpResourceMethods = []string{"resources/read", "resources/subscribe", "resources/unsubscribe"}
+
+// checkMCPAction validates and compiles an MCP action. Tool globs apply to
+// tools/call and resource globs to the resources/ methods naming a URI, so
+// listing them with other methods is refused (the rule could never match
+// those).
+func checkMCPAction(a *MCPAction, field string, add func(string, error)) *mcpAction {
+	out := &mcpAction{}
+	if len(a.Methods) == 0 && len(a.Tools) == 0 && len(a.Resources) == 0 {
+		add(field, errors.New("needs methods, tools or resources"))
+	}
+	if len(a.Tools) > 0 && len(a.Resources) > 0 {
+		add(field, errors.New("tools (tools/call) and resources (resources/*) never match the same request: use two actions"))
+	}
+	for j, m := range a.Methods {
+		switch {
+		case !mcpMethodRe.MatchString(m):
+			add(fmt.Sprintf("%s.methods[%d]", field, j), fmt.Errorf("%q must be a JSON-RPC method like tools/call", m))
+			continue
+		case len(a.Tools) > 0 && m != "tools/call":
+			add(fmt.Sprintf("%s.methods[%d]", field, j), fmt.Errorf("%q: tools match tools/call only", m))
+		case len(a.Resources) > 0 && !containsString(mcpResourceMethods, m):
+			add(fmt.Sprintf("%s.methods[%d]", field, j), fmt.Errorf("%q: resources match %s only", m, strings.Join(mcpResourceMethods, ", ")))
+		}
+		out.methods = append(out.methods, m)
+	}
+	for j, g := range a.Tools {
+		if !toolGlobRe.MatchString(g) {
+			add(fmt.Sprintf("%s.tools[%d]", field, j), fmt.Errorf("%q must be 1-128 characters of [A-Za-z0-9_.:/-] and '*'", g))
+			continue
+		}
+		p, err := pattern.Compile(g)
+		if err != nil {
+			add(fmt.Sprintf("%s.tools[%d]", field, j), err)
+			continue
+		}
+		out.tools = append(out.tools, p)
+	}
+	for j, u := range a.Resources {
+		if len(u) > maxIDLength || strings.ContainsAny(u, " \t\n\r\\") {
+			add(fmt.Sprintf("%s.resources[%d]", field, j), fmt.Errorf("%q must be a URI glob of at most %d bytes without spaces or backslashes", u, maxIDLength))
+			continue
+		}
+		p, err := pattern.Compile(u)
+		if err != nil {
+			add(fmt.Sprintf("%s.resources[%d]", field, j), err)
+			continue
+		}
+		out.resources = append(out.resources, p)
+	}
+	return out
 }

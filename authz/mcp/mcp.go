@@ -298,13 +298,32 @@ func validName(n string) bool {
 	return true
 }
 
-// validURI accepts 1-4096 visible ASCII characters.
+// validURI accepts 1-4096 visible ASCII characters without backslash,
+// without "." or ".." path segments and without percent-encoded dots,
+// slashes or backslashes: a glob such as file:///repo/** must not be
+// escaped by file:///repo/../etc/passwd, however the server resolves it.
 func validURI(u string) bool {
 	if u == "" || len(u) > MaxURILen {
 		return false
 	}
 	for i := 0; i < len(u); i++ {
-		if u[i] <= ' ' || u[i] >= 0x7f {
+		c := u[i]
+		if c <= ' ' || c >= 0x7f || c == '\\' {
+			return false
+		}
+		if c == '%' && i+2 < len(u) {
+			switch strings.ToLower(u[i+1 : i+3]) {
+			case "2e", "2f", "5c":
+				return false
+			}
+		}
+	}
+	rest := u
+	if i := strings.IndexAny(rest, "?#"); i >= 0 {
+		rest = rest[:i]
+	}
+	for seg := range strings.SplitSeq(rest, "/") {
+		if seg == "." || seg == ".." {
 			return false
 		}
 	}

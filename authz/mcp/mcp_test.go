@@ -100,6 +100,11 @@ func TestParseRefuses(t *testing.T) {
 		{"tool with space", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"a b"}}`, ReasonBadParams},
 		{"tool with glob", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"a*"}}`, ReasonBadParams},
 		{"tool with NUL", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"a\u0000b"}}`, ReasonBadParams},
+		{"uri dot-dot", `{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"file:///repo/../etc/passwd"}}`, ReasonBadParams},
+		{"uri trailing dot-dot", `{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"file:///repo/.."}}`, ReasonBadParams},
+		{"uri encoded dot", `{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"file:///repo/%2E%2e/x"}}`, ReasonBadParams},
+		{"uri encoded slash", `{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"file:///repo%2fx"}}`, ReasonBadParams},
+		{"uri backslash", `{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"file:///repo\\..\\x"}}`, ReasonBadParams},
 		{"uri missing", `{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{}}`, ReasonBadParams},
 		{"no id on request", `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"}}`, ReasonBadID},
 		{"id on notification", `{"jsonrpc":"2.0","id":1,"method":"notifications/initialized"}`, ReasonBadID},
@@ -254,6 +259,9 @@ func FuzzParse(f *testing.F) {
 		if r.Arguments != "" && string(std.Params.Arguments) != r.Arguments {
 			t.Fatalf("arguments %q, encoding/json reads %q", r.Arguments, std.Params.Arguments)
 		}
+		if r.Arguments != "" {
+			checkMembers(t, r.Arguments)
+		}
 	})
 }
 
@@ -271,5 +279,67 @@ func BenchmarkParse4K(b *testing.B) {
 		if _, err := Parse(body, Limits{}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// checkMembers compares Members and Unquote with encoding/json on a
+// validated object.
+func checkMembers(t *testing.T, obj string) {
+	t.Helper()
+	var want map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(obj), &want); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	Members(obj, func(name, value string) bool {
+		n++
+		w, ok := want[name]
+		if !ok || string(w) != value {
+			t.Fatalf("member %q = %q, encoding/json reads %q (present %v)", name, value, w, ok)
+		}
+		if value[0] == '"' {
+			var ws string
+			if err := json.Unmarshal([]byte(value), &ws); err != nil || Unquote(value) != ws {
+				t.Fatalf("Unquote(%q) = %q, encoding/json reads %q", value, Unquote(value), ws)
+			}
+		}
+		if value[0] == '[' {
+			var wl []json.RawMessage
+			_ = json.Unmarshal([]byte(value), &wl)
+			i := 0
+			Elements(value, func(v string) bool {
+				if i >= len(wl) || string(wl[i]) != v {
+					t.Fatalf("element %d of %q = %q", i, value, v)
+				}
+				i++
+				return true
+			})
+			if i != len(wl) {
+				t.Fatalf("%d elements of %q, encoding/json reads %d", i, value, len(wl))
+			}
+		}
+		return true
+	})
+	if n != len(want) {
+		t.Fatalf("%d members of %q, encoding/json reads %d", n, obj, len(want))
+	}
+}
+
+func TestMembers(t *testing.T) {
+	for _, obj := range []string{`{}`, `{"a":1}`, `{ "a" : "x\u00e9\"" , "b":[1, {"c":"]"}, "s"] ,"n":null,"t":true,"f":-1.5e3}`,
+		`{"emoji":"\ud83d\ude00","k":{"x":"}"}}`} {
+		if _, err := Parse(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":`+obj+`}}`, Limits{}); err != nil {
+			t.Fatalf("%s: %v", obj, err)
+		}
+		checkMembers(t, obj)
+	}
+	// Not validated input: no panic, no result past the damage.
+	for _, bad := range []string{``, `{`, `{"a`, `{"a":`, `{"a":"\u12`, `[`, `{"a":[1,`} {
+		Members(bad, func(name, value string) bool { return true })
+		Elements(bad, func(string) bool { return true })
+		Unquote(bad)
+	}
+	if got := Unquote(`"\u12"`); got != "" {
+		t.Fatalf("Unquote of a cut escape = %q", got)
 	}
 }
