@@ -77,7 +77,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9091", "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&o.addrFile, "addr-file", "", "write the bound addresses as JSON ({\"xds\",\"admin\",\"metrics\",\"socket\"}) to this file once serving")
 	fs.StringVar(&o.trustDomain, "trust-domain", "example.org", "trust domain of the default identities")
-	fs.Var(&o.operators, "allowed-caller", "SPIFFE ID pattern of operators allowed to use the Admin API (repeatable; default spiffe://<td>/mandate/operator*)")
+	fs.Var(&o.operators, "allowed-caller", "SPIFFE ID pattern of operators allowed to use the Admin API (repeatable; default exactly spiffe://<td>/mandate/operator; a glob only where you write one)")
 	fs.Var(&o.operators, "operator-id", "alias of --allowed-caller")
 	fs.Var(&o.replicaIDs, "replica-id", "SPIFFE ID pattern of replicas allowed to subscribe to xDS (repeatable; default spiffe://<td>/mandate/authz)")
 	fs.Var(&o.adminPeers, "admin-peer", "extra SPIFFE ID pattern admitted on the admin listener for other services, e.g. orchestrators (repeatable)")
@@ -111,7 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("--xds-listen is required")
 	}
 	if len(o.operators) == 0 {
-		o.operators = cmdutil.List{"spiffe://" + o.trustDomain + "/mandate/operator*"}
+		o.operators = cmdutil.List{admin.DefaultOperator(o.trustDomain)}
 	}
 	if len(o.replicaIDs) == 0 {
 		o.replicaIDs = cmdutil.List{"spiffe://" + o.trustDomain + "/mandate/authz"}

@@ -212,7 +212,7 @@ func TestPlaintextRefusedUnlessAllowed(t *testing.T) {
 }
 
 func TestAuthorize(t *testing.T) {
-	a, err := NewAuth(AuthConfig{Operators: []string{"spiffe://example.org/mandate/operator*"}, UID: 1000})
+	a, err := NewAuth(AuthConfig{Operators: []string{DefaultOperator("example.org"), "spiffe://example.org/mandate/operators/*"}, UID: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,10 @@ func TestAuthorize(t *testing.T) {
 		ok   bool
 	}{
 		{"operator", Peer{SPIFFEID: "spiffe://example.org/mandate/operator", UID: -1}, true},
-		{"operator-2", Peer{SPIFFEID: "spiffe://example.org/mandate/operator-2", UID: -1}, true},
+		{"operator-2 (exact default)", Peer{SPIFFEID: "spiffe://example.org/mandate/operator-2", UID: -1}, false},
+		{"operatorX (exact default)", Peer{SPIFFEID: "spiffe://example.org/mandate/operatorX", UID: -1}, false},
+		{"written glob", Peer{SPIFFEID: "spiffe://example.org/mandate/operators/bob", UID: -1}, true},
+		{"written glob, one segment only", Peer{SPIFFEID: "spiffe://example.org/mandate/operators/bob/x", UID: -1}, false},
 		{"agent", Peer{SPIFFEID: "spiffe://example.org/agent/a", UID: -1}, false},
 		{"other domain", Peer{SPIFFEID: "spiffe://evil.org/mandate/operator", UID: -1}, false},
 		{"same uid", Peer{UID: 1000}, true},

@@ -77,9 +77,17 @@ func CallerFrom(ctx context.Context) (Peer, bool) {
 	return p, ok
 }
 
+// DefaultOperator is the operator identity admitted when none is
+// configured: exactly spiffe://<trustDomain>/mandate/operator, not a glob,
+// so that .../mandate/operatorX or .../mandate/operator-2 is no operator.
+func DefaultOperator(trustDomain string) string {
+	return "spiffe://" + trustDomain + "/mandate/operator"
+}
+
 // AuthConfig says who may call the Admin service.
 type AuthConfig struct {
-	// Operators are SPIFFE ID patterns of mTLS peers allowed to call Admin.
+	// Operators are SPIFFE ID patterns of mTLS peers allowed to call
+	// Admin. A pattern without '*' is one exact SPIFFE ID.
 	Operators []string
 	// AllowPlaintext admits calls over plaintext connections (the server
 	// is on loopback with --plaintext).
