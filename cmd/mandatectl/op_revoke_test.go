@@ -87,7 +87,7 @@ func TestRevokeSeveralValues(t *testing.T) {
 		{"one subject uses Revoke", []string{"revoke", "--subject", "spiffe://example.org/agent/a"}, 0,
 			[]string{"subject spiffe://example.org/agent/a until", "(revocation version 1)"}, "", "1", 1},
 		{"several flags, one version", []string{"revoke", "--subject", "spiffe://example.org/agent/b", "--subject", "spiffe://example.org/agent/c",
-			"--task", "t-9", "--mandate", "m-9", "--wait"}, 0,
+			"--task", "t-9", "--mandate", "m-9", "--wait", "--allow-none"}, 0,
 			[]string{"subject spiffe://example.org/agent/b", "subject spiffe://example.org/agent/c", "task t-9", "mandate m-9",
 				"4 revocations stored at revocation version 2"}, "ACK revocation version 2", "2", 5},
 		{"file of lines", []string{"revoke", "-f", lines}, 0,
@@ -102,6 +102,9 @@ func TestRevokeSeveralValues(t *testing.T) {
 		{"bad kind", []string{"revoke", "-f", lines, "--kind", "user"}, 1, nil, "--kind", "4", 9},
 		{"mandate kind refused for downgrade", []string{"downgrade", "-f", list, "--kind", "mandate", "--intents", "read"}, 1, nil, "--kind", "4", 9},
 		{"missing file", []string{"revoke", "-f", filepath.Join(dir, "nope")}, 1, nil, "nope", "4", 9},
+		// Stored, but --wait cannot say anybody enforces it.
+		{"--wait with no replica connected fails", []string{"revoke", "--subject", "spiffe://example.org/agent/w", "--wait"}, 1,
+			nil, "no replica is connected", "5", 10},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

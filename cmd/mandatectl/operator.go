@@ -74,15 +74,16 @@ func (a *adminFlags) conn(ctx context.Context, w *waitFlags) (context.Context, *
 	return ctx, conn, func() { closeConn(); cancel() }, nil
 }
 
-// waitFlags are --wait and --wait-timeout.
+// waitFlags are --wait, --wait-timeout and --allow-none.
 type waitFlags struct {
-	wait    bool
-	timeout time.Duration
+	wait, allowNone bool
+	timeout         time.Duration
 }
 
 func (w *waitFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&w.wait, "wait", false, "return once every connected replica has ACKed the change")
 	fs.DurationVar(&w.timeout, "wait-timeout", 30*time.Second, "how long --wait waits")
+	fs.BoolVar(&w.allowNone, "allow-none", false, "with --wait: succeed when no replica is connected (otherwise that fails: nothing enforces the change)")
 }
 
 // callCtx bounds the whole command: --timeout, stretched by --wait-timeout.
@@ -129,6 +130,9 @@ func waitAcked(ctx context.Context, c mandatev1.AdminClient, w *waitFlags, typeU
 	}
 	total := time.Since(start)
 	if resp.GetReplicas() == 0 {
+		if !w.allowNone {
+			return fmt.Errorf("%s not confirmed: no replica is connected to the control plane, nothing enforces it yet (--allow-none accepts that)", what)
+		}
 		fmt.Fprintf(stderr, "warning: no replica is connected to the control plane: nothing enforces %s yet (replicas that connect get it first)\n", what)
 		return nil
 	}
@@ -141,6 +145,10 @@ func waitAcked(ctx context.Context, c mandatev1.AdminClient, w *waitFlags, typeU
 			}
 		}
 		connected = max(n, connected)
+	}
+	if int(resp.GetReplicas()) < connected {
+		// A replica connected while we waited and has not ACKed yet.
+		return fmt.Errorf("%s not confirmed: enforced by %d of %d connected replicas", what, resp.GetReplicas(), connected)
 	}
 	fmt.Fprintf(stdout, "%s enforced by %d/%d replicas in %s\n", what, resp.GetReplicas(), connected, fmtDur(total))
 	return nil

@@ -58,7 +58,7 @@ func classifyPeer(ctx context.Context) (xdsserver.NodeKind, error) {
 		return xdsserver.NodeUnknown, err
 	}
 	switch s := id.String(); {
-	case s == "spiffe://example.org/mandate/authz":
+	case s == "spiffe://example.org/mandate/authz", strings.HasPrefix(s, "spiffe://example.org/mandate/authz/"):
 		return xdsserver.NodeReplica, nil
 	case strings.HasPrefix(s, "spiffe://example.org/envoy/"):
 		return xdsserver.NodeEnvoy, nil

@@ -2,14 +2,19 @@ package xdsserver
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strconv"
 	"unicode/utf8"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -57,10 +62,38 @@ func (s *Server) openStream(ctx context.Context, k streamKey) error {
 			return status.Errorf(codes.PermissionDenied, "xdsserver: %v", err)
 		}
 	}
+	id, err := peerIdentity(ctx)
+	if err != nil {
+		s.log.Warn("xds stream refused", "error", err)
+		return status.Errorf(codes.PermissionDenied, "xdsserver: %v", err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.streams[k] = &streamState{kind: kind, nonces: map[string]sent{}}
+	s.streams[k] = &streamState{kind: kind, peer: id, nonces: map[string]sent{},
+		acked: map[string]uint64{}, nacked: map[string]streamNack{}}
 	return nil
+}
+
+// peerIdentity is the identity the transport proved for the peer of ctx:
+// the SPIFFE ID of its client certificate over TLS, "" over a plaintext
+// (development) transport. A TLS peer without a SPIFFE ID is refused.
+func peerIdentity(ctx context.Context) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", nil
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return "", nil
+	}
+	if len(ti.State.PeerCertificates) == 0 {
+		return "", errors.New("TLS peer without a client certificate")
+	}
+	id, err := x509svid.IDFromCert(ti.State.PeerCertificates[0])
+	if err != nil {
+		return "", fmt.Errorf("peer certificate: %w", err)
+	}
+	return id.String(), nil
 }
 
 func (s *Server) closeStream(k streamKey) {
@@ -136,12 +169,19 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 		if n != nil && n.streams > 0 && n.kind != st.kind {
 			return status.Errorf(codes.PermissionDenied, "xdsserver: node id %q is connected as a %s", id, n.kind)
 		}
+		if n != nil && n.peer != st.peer {
+			// The node id is bound to the peer that first used it, for
+			// as long as the node is known: another peer reusing it
+			// could otherwise ACK (or NACK) in its name.
+			s.log.Warn("xds stream refused: node id bound to another peer", "node", id, "peer", st.peer, "bound", n.peer)
+			return status.Errorf(codes.PermissionDenied, "xdsserver: node id %q belongs to another peer", id)
+		}
 		st.node = id
 		if n == nil {
 			// Node ids are the peer's choice: forget the retained
 			// disconnected ones before remembering another.
 			s.pruneLocked()
-			n = &nodeState{types: map[string]*nodeType{}}
+			n = &nodeState{peer: st.peer, types: map[string]*nodeType{}}
 			s.nodes[id] = n
 		}
 		if n.kind != st.kind { // a new node, or a retained one that comes back as another kind
@@ -176,6 +216,12 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 	}
 	nt := n.typeLocked(typeURL)
 	if detail == nil {
+		if v, ok := st.acked[typeURL]; !ok || sn.version > v {
+			st.acked[typeURL] = sn.version
+		}
+		if nk, ok := st.nacked[typeURL]; ok && nk.version <= st.acked[typeURL] {
+			delete(st.nacked, typeURL)
+		}
 		if !nt.hasAck || sn.version > nt.acked {
 			if t, ok := s.types[typeURL].setAt[sn.version]; ok {
 				s.m.propagation.WithLabelValues(shortType(typeURL)).Observe(now.Sub(t).Seconds())
@@ -191,6 +237,7 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 			msg = msg[:maxNackErrLen]
 		}
 		nt.nacked, nt.hasNack, nt.nackedAt, nt.nackErr = sn.version, true, now, msg
+		st.nacked[typeURL] = streamNack{version: sn.version, msg: msg}
 		s.m.nacks.WithLabelValues(shortType(typeURL)).Inc()
 		s.log.Warn("xds node rejected resources", "node", st.node, "kind", n.kind, "type", shortType(typeURL),
 			"version", sn.version, "error", msg)

@@ -204,13 +204,30 @@ type sent struct {
 }
 
 type streamState struct {
-	node   string
-	kind   NodeKind
+	node string
+	kind NodeKind
+	// peer is the transport-proven identity of the stream's peer (its
+	// SPIFFE ID; "" over plaintext), fixed when the stream opens.
+	peer   string
 	nonces map[string]sent
+	// acked and nacked are what this stream answered, per type URL:
+	// WaitAcked requires every open stream of a node to have ACKed, so
+	// a second stream carrying the node id cannot answer for it.
+	acked  map[string]uint64
+	nacked map[string]streamNack
+}
+
+type streamNack struct {
+	version uint64
+	msg     string
 }
 
 type nodeState struct {
-	kind           NodeKind
+	kind NodeKind
+	// peer is the identity the node id is bound to: the peer of its first
+	// stream. A stream from another peer may not use the node id while
+	// the node is known (connected, or retained after it disconnected).
+	peer           string
 	streams        int
 	connectedSince time.Time
 	lastSeen       time.Time
@@ -580,7 +597,8 @@ func (s *Server) status(kind NodeKind) []ReplicaStatus {
 
 // WaitAcked blocks until every connected node of typeURL's kind (replicas
 // for mandate.v1 types, Envoys for Listener and Cluster) has ACKed a
-// version of typeURL at least version, or ctx ends. With no such node
+// version of typeURL at least version, or ctx ends. A node is acked when
+// every stream open with its node id has ACKed on that stream. With no such node
 // connected it returns nil at once: check Status (EnvoyStatus) to tell
 // "nobody" from "everybody".
 func (s *Server) WaitAcked(ctx context.Context, typeURL, version string) error {
@@ -617,22 +635,33 @@ func (s *Server) wait(ctx context.Context, typeURL, version string, stopOnNack b
 	kind := KindOf(typeURL)
 	for {
 		s.mu.Lock()
-		var lagging []string
+		// A node counts as acked only when every stream open with its
+		// node id ACKed: one stream cannot vouch for another.
+		lag := map[string]bool{}
 		var rejected *RejectedError
+		for _, st := range s.streams {
+			if st.node == "" || st.kind != kind {
+				continue
+			}
+			if v, ok := st.acked[typeURL]; ok && v >= want {
+				if _, seen := lag[st.node]; !seen {
+					lag[st.node] = false
+				}
+				continue
+			}
+			lag[st.node] = true
+			if nk, ok := st.nacked[typeURL]; stopOnNack && ok && nk.version >= want &&
+				(rejected == nil || st.node < rejected.Node) {
+				rejected = &RejectedError{Node: st.node, Version: format(nk.version), Message: nk.msg}
+			}
+		}
+		var lagging []string
 		acked := 0
-		for id, n := range s.nodes {
-			if n.streams == 0 || n.kind != kind {
-				continue
-			}
-			nt := n.types[typeURL]
-			if nt != nil && nt.hasAck && nt.acked >= want {
+		for id, l := range lag {
+			if l {
+				lagging = append(lagging, id)
+			} else {
 				acked++
-				continue
-			}
-			lagging = append(lagging, id)
-			if stopOnNack && nt != nil && nt.hasNack && nt.nacked >= want &&
-				(rejected == nil || id < rejected.Node) {
-				rejected = &RejectedError{Node: id, Version: format(nt.nacked), Message: nt.nackErr}
 			}
 		}
 		ch := s.changed
