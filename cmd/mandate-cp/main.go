@@ -41,11 +41,11 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "mandate-cp:", err)
-		os.Exit(1)
-	}
+	code := cmdutil.Main("mandate-cp", os.Args[1:], os.Stdout, os.Stderr, func(args []string) error {
+		return run(ctx, args, os.Stderr)
+	})
+	stop()
+	os.Exit(code)
 }
 
 type options struct {
@@ -122,7 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	o, err := parseFlags(args, stderr)
 	if err != nil {
-		return err
+		return cmdutil.UsageError(err)
 	}
 	level, err := cmdutil.ParseLevel(o.logLevel)
 	if err != nil {

@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
@@ -26,7 +26,7 @@ type connFlags struct {
 	timeout           time.Duration
 }
 
-func (c *connFlags) register(fs *flag.FlagSet, defAddr, defServer string) {
+func (c *connFlags) register(fs *pflag.FlagSet, defAddr, defServer string) {
 	fs.StringVar(&c.addr, "addr", defAddr, "server address")
 	fs.StringVar(&c.workloadAPI, "workload-api", "", "SPIFFE Workload API socket for mTLS (default $SPIFFE_ENDPOINT_SOCKET)")
 	fs.Var(&c.serverIDs, "server-id", "SPIFFE ID pattern the server must present (repeatable; default "+defServer+")")
@@ -53,8 +53,7 @@ func (c *connFlags) dial(ctx context.Context, defServer string) (*grpc.ClientCon
 	return conn, func() { _ = conn.Close(); _ = src.Close() }, nil
 }
 
-func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("check", stderr)
+func checkCmd(fs *pflag.FlagSet) runFunc {
 	var cf connFlags
 	cf.register(fs, "127.0.0.1:9191", "spiffe://example.org/mandate/authz")
 	var p envoyreq.Params
@@ -72,52 +71,51 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Var(&hdrs, "header", "extra header 'name: value' (repeatable)")
 	fs.Var(&exts, "context", "route context extension key=value (repeatable)")
 	fs.BoolVar(&asJSON, "json", false, "print the CheckResponse as JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	for _, h := range hdrs {
-		k, v, ok := strings.Cut(h, ":")
-		if !ok {
-			return fmt.Errorf("--header %q: want 'name: value'", h)
-		}
-		p.Headers = append(p.Headers, [2]string{strings.TrimSpace(k), strings.TrimSpace(v)})
-	}
-	for name, v := range map[string]string{"x-mandate-intent": intent, "x-mandate-task": task, "x-mandate": mandate} {
-		if v != "" {
-			p.Headers = append(p.Headers, [2]string{name, v})
-		}
-	}
-	if len(exts) > 0 {
-		p.ContextExtensions = map[string]string{}
-		for _, e := range exts {
-			k, v, ok := strings.Cut(e, "=")
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		for _, h := range hdrs {
+			k, v, ok := strings.Cut(h, ":")
 			if !ok {
-				return fmt.Errorf("--context %q: want key=value", e)
+				return fmt.Errorf("--header %q: want 'name: value'", h)
 			}
-			p.ContextExtensions[k] = v
+			p.Headers = append(p.Headers, [2]string{strings.TrimSpace(k), strings.TrimSpace(v)})
 		}
-	}
-	p.Time = time.Now()
+		for name, v := range map[string]string{"x-mandate-intent": intent, "x-mandate-task": task, "x-mandate": mandate} {
+			if v != "" {
+				p.Headers = append(p.Headers, [2]string{name, v})
+			}
+		}
+		if len(exts) > 0 {
+			p.ContextExtensions = map[string]string{}
+			for _, e := range exts {
+				k, v, ok := strings.Cut(e, "=")
+				if !ok {
+					return fmt.Errorf("--context %q: want key=value", e)
+				}
+				p.ContextExtensions[k] = v
+			}
+		}
+		p.Time = time.Now()
 
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	conn, closeConn, err := cf.dial(ctx, "spiffe://example.org/mandate/authz")
-	if err != nil {
-		return err
+		ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+		defer cancel()
+		conn, closeConn, err := cf.dial(ctx, "spiffe://example.org/mandate/authz")
+		if err != nil {
+			return err
+		}
+		defer closeConn()
+		start := time.Now()
+		resp, err := authv3.NewAuthorizationClient(conn).Check(ctx, envoyreq.Build(p))
+		if err != nil {
+			// Envoy would answer status_on_error (403) here: fail closed.
+			return fmt.Errorf("Check RPC failed (Envoy would deny with status_on_error): %w", err)
+		}
+		rtt := time.Since(start)
+		if asJSON {
+			b, _ := json.MarshalIndent(resp, "", "  ")
+			fmt.Fprintln(stdout, string(b))
+		}
+		return printDecision(stdout, resp, rtt, asJSON)
 	}
-	defer closeConn()
-	start := time.Now()
-	resp, err := authv3.NewAuthorizationClient(conn).Check(ctx, envoyreq.Build(p))
-	if err != nil {
-		// Envoy would answer status_on_error (403) here: fail closed.
-		return fmt.Errorf("Check RPC failed (Envoy would deny with status_on_error): %w", err)
-	}
-	rtt := time.Since(start)
-	if asJSON {
-		b, _ := json.MarshalIndent(resp, "", "  ")
-		fmt.Fprintln(stdout, string(b))
-	}
-	return printDecision(stdout, resp, rtt, asJSON)
 }
 
 func printDecision(w io.Writer, resp *authv3.CheckResponse, rtt time.Duration, quiet bool) error {

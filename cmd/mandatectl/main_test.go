@@ -50,7 +50,7 @@ func TestValidateAndTest(t *testing.T) {
 		{"test examples", []string{"test", "../../policies/examples"}, 0, " 0 failed"},
 		{"failing test case", []string{"test", failing}, 1, "FAIL"},
 		{"unknown command", []string{"nope"}, 2, "unknown command"},
-		{"no args", nil, 2, "usage"},
+		{"no args", nil, 2, "Usage:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

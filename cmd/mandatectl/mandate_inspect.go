@@ -10,12 +10,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/mandate-dev/mandate/authz/mandate"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
-func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("inspect", stderr)
+func inspectCmd(fs *pflag.FlagSet) runFunc {
 	var mf mandateFlags
 	mf.register(fs)
 	var verify bool
@@ -25,77 +26,75 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&issuer, "issuer", "", "issuer to require with --keys (default spiffe://example.org/mandate/cp)")
 	fs.StringVar(&audience, "audience", "mandate", "audience to require with --keys")
 	fs.StringVar(&holder, "holder", "", "also check the mandate is held by this SPIFFE ID")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usageError(stderr, "inspect TOKEN|- [--verify] [--keys FILE]")
-	}
-	token := pos[0]
-	if token == "-" {
-		b, err := io.ReadAll(io.LimitReader(os.Stdin, 64<<10))
+	return func(ctx context.Context, pos []string, stdout, stderr io.Writer) error {
+		if len(pos) != 1 {
+			return usagef("want one TOKEN, or - to read it from stdin")
+		}
+		token := pos[0]
+		if token == "-" {
+			b, err := io.ReadAll(io.LimitReader(os.Stdin, 64<<10))
+			if err != nil {
+				return err
+			}
+			token = strings.TrimSpace(string(b))
+		}
+		header, claims, err := decodeToken(token)
 		if err != nil {
 			return err
 		}
-		token = strings.TrimSpace(string(b))
-	}
-	header, claims, err := decodeToken(token)
-	if err != nil {
-		return err
-	}
-	printClaims(stdout, header, claims, time.Now())
-	if keysFile != "" {
-		verify = true
-	}
-	if !verify {
-		fmt.Fprintln(stdout, "signature: not verified (use --verify)")
+		printClaims(stdout, header, claims, time.Now())
+		if keysFile != "" {
+			verify = true
+		}
+		if !verify {
+			fmt.Fprintln(stdout, "signature: not verified (use --verify)")
+			return nil
+		}
+		var keys []mandate.Key
+		if keysFile != "" {
+			if keys, err = readKeyFile(keysFile); err != nil {
+				return err
+			}
+			if issuer == "" {
+				issuer = defCPID
+			}
+		} else {
+			cctx, conn, done, err := mf.conn(ctx, nil)
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := mandatev1.NewMandatesClient(conn).VerificationKeys(cctx, &mandatev1.MandateKeysRequest{})
+			if err != nil {
+				return rpcErr(err)
+			}
+			issuer, audience = resp.GetIssuer(), resp.GetAudience()
+			for _, k := range resp.GetKeys() {
+				key := mandate.Key{ID: k.GetName(), Public: k.GetPublicKey()}
+				if k.GetNotBefore() != nil {
+					key.NotBefore = k.GetNotBefore().AsTime()
+				}
+				if k.GetNotAfter() != nil {
+					key.NotAfter = k.GetNotAfter().AsTime()
+				}
+				keys = append(keys, key)
+			}
+		}
+		v, err := mandate.NewVerifier(mandate.VerifierConfig{Issuer: issuer, Audience: audience, Keys: keys, CacheSize: -1, MaxDepth: mandate.MaxChainDepth})
+		if err != nil {
+			return err
+		}
+		c, err := v.Verify(token)
+		if err == nil && holder != "" {
+			err = c.CheckHolder(holder)
+		}
+		if err != nil {
+			fmt.Fprintf(stdout, "verification: INVALID (%s): %v\n", mandate.ReasonOf(err), err)
+			return exitError{code: exitDenied}
+		}
+		fmt.Fprintf(stdout, "verification: OK (issuer %s, audience %s, %d key(s))\n", issuer, audience, len(keys))
 		return nil
 	}
-	var keys []mandate.Key
-	if keysFile != "" {
-		if keys, err = readKeyFile(keysFile); err != nil {
-			return err
-		}
-		if issuer == "" {
-			issuer = defCPID
-		}
-	} else {
-		cctx, conn, done, err := mf.conn(ctx, nil)
-		if err != nil {
-			return err
-		}
-		defer done()
-		resp, err := mandatev1.NewMandatesClient(conn).VerificationKeys(cctx, &mandatev1.MandateKeysRequest{})
-		if err != nil {
-			return rpcErr(err)
-		}
-		issuer, audience = resp.GetIssuer(), resp.GetAudience()
-		for _, k := range resp.GetKeys() {
-			key := mandate.Key{ID: k.GetName(), Public: k.GetPublicKey()}
-			if k.GetNotBefore() != nil {
-				key.NotBefore = k.GetNotBefore().AsTime()
-			}
-			if k.GetNotAfter() != nil {
-				key.NotAfter = k.GetNotAfter().AsTime()
-			}
-			keys = append(keys, key)
-		}
-	}
-	v, err := mandate.NewVerifier(mandate.VerifierConfig{Issuer: issuer, Audience: audience, Keys: keys, CacheSize: -1, MaxDepth: mandate.MaxChainDepth})
-	if err != nil {
-		return err
-	}
-	c, err := v.Verify(token)
-	if err == nil && holder != "" {
-		err = c.CheckHolder(holder)
-	}
-	if err != nil {
-		fmt.Fprintf(stdout, "verification: INVALID (%s): %v\n", mandate.ReasonOf(err), err)
-		return exitError{code: exitDenied}
-	}
-	fmt.Fprintf(stdout, "verification: OK (issuer %s, audience %s, %d key(s))\n", issuer, audience, len(keys))
-	return nil
 }
 
 // decodeToken splits a compact JWS and decodes header and claims without

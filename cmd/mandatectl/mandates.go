@@ -3,13 +3,13 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -20,15 +20,15 @@ import (
 
 // mandateCommands are the mandate lifecycle commands (issue, delegate,
 // approve, ...).
-func mandateCommands() map[string]command {
-	return map[string]command{
-		"issue":     {"mint a mandate: mandatectl issue --subject ID --task T --intent I --paths /a/** [--methods GET] [--ttl 10m] (token on stdout)", runIssue},
-		"delegate":  {"delegate your mandate: mandatectl delegate --parent TOKEN --to ID --paths ... [--ttl 5m] (token on stdout)", runDelegate},
-		"complete":  {"end a task, revoking every mandate of it and its delegations: mandatectl complete TASK [--reason R] [--wait]", runComplete},
-		"approvals": {"step-up approval requests: mandatectl approvals [--all]", runApprovals},
-		"approve":   {"approve a step-up request: mandatectl approve ID [--for 5m] [--wait]", runApprove},
-		"deny":      {"deny a step-up request (withdraws an approval): mandatectl deny ID [--reason R] [--wait]", runDeny},
-		"inspect":   {"decode a mandate, show chain, scope and times: mandatectl inspect TOKEN [--verify] [--keys FILE]", runInspect},
+func mandateCommands() []command {
+	return []command{
+		{"issue --subject ID --task T --intent I --paths P", "mint a mandate (token on stdout)", issueCmd},
+		{"delegate --parent TOKEN --to ID --paths P", "delegate your mandate (token on stdout)", delegateCmd},
+		{"complete TASK", "end a task, revoking every mandate of it and its delegations", completeCmd},
+		{"approvals", "list step-up approval requests", approvalsCmd},
+		{"approve ID", "approve a step-up request", approveCmd},
+		{"deny ID", "deny a step-up request (withdraws an approval)", denyCmd},
+		{"inspect TOKEN|-", "decode a mandate, show chain, scope and times", inspectCmd},
 	}
 }
 
@@ -38,7 +38,7 @@ type mandateFlags struct {
 	devAs string
 }
 
-func (m *mandateFlags) register(fs *flag.FlagSet) {
+func (m *mandateFlags) register(fs *pflag.FlagSet) {
 	m.adminFlags.register(fs)
 	fs.StringVar(&m.devAs, "dev-as", "", "with --plaintext against a dev mandate-cp: act as this SPIFFE ID (no mTLS identity to take it from)")
 }
@@ -64,7 +64,7 @@ type scopeFlags struct {
 	destinations, hosts, methods, paths, grpc listFlag
 }
 
-func (s *scopeFlags) register(fs *flag.FlagSet) {
+func (s *scopeFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&s.destinations, "destinations", "destination SPIFFE ID patterns (comma-separated or repeated; empty: any)")
 	fs.Var(&s.hosts, "hosts", "host names, exact or *.suffix (empty: any)")
 	fs.Var(&s.methods, "methods", "HTTP methods (empty: any)")
@@ -88,8 +88,7 @@ func (s *scopeFlags) proto() *mandatev1.MandateScope {
 		Paths: split(s.paths), Grpc: split(s.grpc)}
 }
 
-func runIssue(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("issue", stderr)
+func issueCmd(fs *pflag.FlagSet) runFunc {
 	var mf mandateFlags
 	mf.register(fs)
 	var sf scopeFlags
@@ -100,33 +99,31 @@ func runIssue(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&task, "task", "", "task id (required)")
 	fs.StringVar(&intent, "intent", "", "declared intent (required)")
 	fs.DurationVar(&ttl, "ttl", 0, "lifetime (default and cap: the issuance policy's maxTTL and --mandate-max-ttl)")
-	if err := fs.Parse(args); err != nil {
-		return err
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		if subject == "" || task == "" || intent == "" || len(args) != 0 {
+			return usagef("--subject, --task and --intent are required; no arguments")
+		}
+		req := &mandatev1.IssueMandateRequest{Subject: subject, Task: task, Intent: intent, Scope: sf.proto()}
+		if ttl != 0 {
+			req.Ttl = durationpb.New(ttl)
+		}
+		ctx, conn, done, err := mf.conn(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer done()
+		resp, err := mandatev1.NewMandatesClient(conn).IssueMandate(ctx, req)
+		if err != nil {
+			return rpcErr(err)
+		}
+		fmt.Fprintln(stdout, resp.GetToken())
+		fmt.Fprintf(stderr, "mandate %s for %s, task %s, intent %s, expires %s (key %s)\n", resp.GetId(), subject, task, intent,
+			resp.GetExpires().AsTime().Local().Format(time.RFC3339), resp.GetKeyId())
+		return nil
 	}
-	if subject == "" || task == "" || intent == "" || fs.NArg() != 0 {
-		return usageError(stderr, "issue --subject ID --task T --intent I --paths P [--methods M] [--destinations D] [--grpc G] [--ttl D]")
-	}
-	req := &mandatev1.IssueMandateRequest{Subject: subject, Task: task, Intent: intent, Scope: sf.proto()}
-	if ttl != 0 {
-		req.Ttl = durationpb.New(ttl)
-	}
-	ctx, conn, done, err := mf.conn(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer done()
-	resp, err := mandatev1.NewMandatesClient(conn).IssueMandate(ctx, req)
-	if err != nil {
-		return rpcErr(err)
-	}
-	fmt.Fprintln(stdout, resp.GetToken())
-	fmt.Fprintf(stderr, "mandate %s for %s, task %s, intent %s, expires %s (key %s)\n", resp.GetId(), subject, task, intent,
-		resp.GetExpires().AsTime().Local().Format(time.RFC3339), resp.GetKeyId())
-	return nil
 }
 
-func runDelegate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("delegate", stderr)
+func delegateCmd(fs *pflag.FlagSet) runFunc {
 	var mf mandateFlags
 	mf.register(fs)
 	var sf scopeFlags
@@ -136,183 +133,165 @@ func runDelegate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&parent, "parent", "", "your mandate (the token; '-' reads it from stdin)")
 	fs.StringVar(&to, "to", "", "SPIFFE ID of the agent to delegate to (required)")
 	fs.DurationVar(&ttl, "ttl", 0, "lifetime (never past the parent's expiry)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if parent == "" || to == "" || fs.NArg() != 0 {
-		return usageError(stderr, "delegate --parent TOKEN --to ID --paths P [...] [--ttl D]")
-	}
-	if parent == "-" {
-		b, err := io.ReadAll(io.LimitReader(os.Stdin, 64<<10))
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		if parent == "" || to == "" || len(args) != 0 {
+			return usagef("--parent and --to are required; no arguments")
+		}
+		if parent == "-" {
+			b, err := io.ReadAll(io.LimitReader(os.Stdin, 64<<10))
+			if err != nil {
+				return err
+			}
+			parent = strings.TrimSpace(string(b))
+		}
+		req := &mandatev1.DelegateMandateRequest{ParentToken: parent, To: to, Scope: sf.proto()}
+		if ttl != 0 {
+			req.Ttl = durationpb.New(ttl)
+		}
+		ctx, conn, done, err := mf.conn(ctx, nil)
 		if err != nil {
 			return err
 		}
-		parent = strings.TrimSpace(string(b))
+		defer done()
+		resp, err := mandatev1.NewMandatesClient(conn).Delegate(ctx, req)
+		if err != nil {
+			return rpcErr(err)
+		}
+		fmt.Fprintln(stdout, resp.GetToken())
+		fmt.Fprintf(stderr, "mandate %s delegated to %s at depth %d, expires %s\n", resp.GetId(), to, resp.GetDepth(),
+			resp.GetExpires().AsTime().Local().Format(time.RFC3339))
+		return nil
 	}
-	req := &mandatev1.DelegateMandateRequest{ParentToken: parent, To: to, Scope: sf.proto()}
-	if ttl != 0 {
-		req.Ttl = durationpb.New(ttl)
-	}
-	ctx, conn, done, err := mf.conn(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer done()
-	resp, err := mandatev1.NewMandatesClient(conn).Delegate(ctx, req)
-	if err != nil {
-		return rpcErr(err)
-	}
-	fmt.Fprintln(stdout, resp.GetToken())
-	fmt.Fprintf(stderr, "mandate %s delegated to %s at depth %d, expires %s\n", resp.GetId(), to, resp.GetDepth(),
-		resp.GetExpires().AsTime().Local().Format(time.RFC3339))
-	return nil
 }
 
-func runComplete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("complete", stderr)
+func completeCmd(fs *pflag.FlagSet) runFunc {
 	var mf mandateFlags
 	mf.register(fs)
 	var wf waitFlags
 	wf.register(fs)
 	var reason string
 	fs.StringVar(&reason, "reason", "", "why, for the audit trail")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
+	return func(ctx context.Context, pos []string, stdout, stderr io.Writer) error {
+		if len(pos) != 1 {
+			return usagef("want one TASK")
+		}
+		ctx, conn, done, err := mf.conn(ctx, &wf)
+		if err != nil {
+			return err
+		}
+		defer done()
+		resp, err := mandatev1.NewMandatesClient(conn).CompleteTask(ctx,
+			&mandatev1.CompleteTaskRequest{Task: pos[0], Reason: reason})
+		if err != nil {
+			return rpcErr(err)
+		}
+		fmt.Fprintf(stdout, "task %s completed: revocation %s (version %s) until %s\n", pos[0], resp.GetRevocationId(), resp.GetVersion(),
+			resp.GetExpires().AsTime().Local().Format(time.RFC3339))
+		if wf.wait {
+			return waitAcked(ctx, mandatev1.NewAdminClient(conn), &wf, mandatev1.RevocationTypeURL, resp.GetVersion(), "revocation "+resp.GetRevocationId(), stdout, stderr)
+		}
+		return nil
 	}
-	if len(pos) != 1 {
-		return usageError(stderr, "complete TASK [--reason R] [--wait]")
-	}
-	ctx, conn, done, err := mf.conn(ctx, &wf)
-	if err != nil {
-		return err
-	}
-	defer done()
-	resp, err := mandatev1.NewMandatesClient(conn).CompleteTask(ctx,
-		&mandatev1.CompleteTaskRequest{Task: pos[0], Reason: reason})
-	if err != nil {
-		return rpcErr(err)
-	}
-	fmt.Fprintf(stdout, "task %s completed: revocation %s (version %s) until %s\n", pos[0], resp.GetRevocationId(), resp.GetVersion(),
-		resp.GetExpires().AsTime().Local().Format(time.RFC3339))
-	if wf.wait {
-		return waitAcked(ctx, mandatev1.NewAdminClient(conn), &wf, mandatev1.RevocationTypeURL, resp.GetVersion(), "revocation "+resp.GetRevocationId(), stdout, stderr)
-	}
-	return nil
 }
 
-func runApprovals(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("approvals", stderr)
+func approvalsCmd(fs *pflag.FlagSet) runFunc {
 	var mf mandateFlags
 	mf.register(fs)
 	var all bool
 	fs.BoolVar(&all, "all", false, "include approved and denied requests")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	ctx, conn, done, err := mf.conn(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer done()
-	resp, err := mandatev1.NewApprovalsClient(conn).List(ctx, &mandatev1.ListApprovalRequestsRequest{All: all})
-	if err != nil {
-		return rpcErr(err)
-	}
-	if len(resp.GetRequests()) == 0 {
-		fmt.Fprintln(stderr, "no approval requests")
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		ctx, conn, done, err := mf.conn(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer done()
+		resp, err := mandatev1.NewApprovalsClient(conn).List(ctx, &mandatev1.ListApprovalRequestsRequest{All: all})
+		if err != nil {
+			return rpcErr(err)
+		}
+		if len(resp.GetRequests()) == 0 {
+			fmt.Fprintln(stderr, "no approval requests")
+			return nil
+		}
+		now := time.Now()
+		fmt.Fprintf(stdout, "%-23s  %-8s  %-5s  %-40s  %-16s  %-30s  %-20s  %s\n", "ID", "STATE", "COUNT", "SUBJECT", "TASK", "ACTION", "POLICY/RULE", "EXPIRES")
+		for _, r := range resp.GetRequests() {
+			action := r.GetMethod() + " " + r.GetPath()
+			if r.GetGrpc() != "" {
+				action = "grpc " + r.GetGrpc()
+			}
+			state := r.GetState()
+			if r.GetDecidedBy() != "" {
+				state += " by " + r.GetDecidedBy()
+			}
+			fmt.Fprintf(stdout, "%-23s  %-8s  %-5d  %-40s  %-16s  %-30s  %-20s  %s\n", r.GetId(), state, r.GetCount(), trunc(r.GetSubject(), 40),
+				trunc(r.GetTask(), 16), trunc(action, 30), trunc(r.GetPolicy()+"/"+r.GetRule(), 20), until(now, r.GetExpires()))
+		}
 		return nil
 	}
-	now := time.Now()
-	fmt.Fprintf(stdout, "%-23s  %-8s  %-5s  %-40s  %-16s  %-30s  %-20s  %s\n", "ID", "STATE", "COUNT", "SUBJECT", "TASK", "ACTION", "POLICY/RULE", "EXPIRES")
-	for _, r := range resp.GetRequests() {
-		action := r.GetMethod() + " " + r.GetPath()
-		if r.GetGrpc() != "" {
-			action = "grpc " + r.GetGrpc()
-		}
-		state := r.GetState()
-		if r.GetDecidedBy() != "" {
-			state += " by " + r.GetDecidedBy()
-		}
-		fmt.Fprintf(stdout, "%-23s  %-8s  %-5d  %-40s  %-16s  %-30s  %-20s  %s\n", r.GetId(), state, r.GetCount(), trunc(r.GetSubject(), 40),
-			trunc(r.GetTask(), 16), trunc(action, 30), trunc(r.GetPolicy()+"/"+r.GetRule(), 20), until(now, r.GetExpires()))
-	}
-	return nil
 }
 
-func runApprove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("approve", stderr)
+func approveCmd(fs *pflag.FlagSet) runFunc {
 	var mf mandateFlags
 	mf.register(fs)
 	var wf waitFlags
 	wf.register(fs)
 	var window time.Duration
 	fs.DurationVar(&window, "for", 0, "approval window (default: mandate-cp's --approval-window)")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
+	return func(ctx context.Context, pos []string, stdout, stderr io.Writer) error {
+		if len(pos) != 1 {
+			return usagef("want one approval request ID")
+		}
+		req := &mandatev1.ApproveStepUpRequest{Id: pos[0]}
+		if window != 0 {
+			req.Window = durationpb.New(window)
+		}
+		ctx, conn, done, err := mf.conn(ctx, &wf)
+		if err != nil {
+			return err
+		}
+		defer done()
+		resp, err := mandatev1.NewApprovalsClient(conn).Approve(ctx, req)
+		if err != nil {
+			return rpcErr(err)
+		}
+		r := resp.GetRequest()
+		fmt.Fprintf(stdout, "approved %s for %s (task %s, %s %s%s) until %s\n", r.GetId(), r.GetSubject(), r.GetTask(), r.GetMethod(), r.GetPath(),
+			r.GetGrpc(), r.GetExpires().AsTime().Local().Format(time.RFC3339))
+		if wf.wait {
+			return waitAcked(ctx, mandatev1.NewAdminClient(conn), &wf, mandatev1.ApprovalTypeURL, resp.GetVersion(), "approval "+r.GetId(), stdout, stderr)
+		}
+		return nil
 	}
-	if len(pos) != 1 {
-		return usageError(stderr, "approve ID [--for 5m] [--wait]")
-	}
-	req := &mandatev1.ApproveStepUpRequest{Id: pos[0]}
-	if window != 0 {
-		req.Window = durationpb.New(window)
-	}
-	ctx, conn, done, err := mf.conn(ctx, &wf)
-	if err != nil {
-		return err
-	}
-	defer done()
-	resp, err := mandatev1.NewApprovalsClient(conn).Approve(ctx, req)
-	if err != nil {
-		return rpcErr(err)
-	}
-	r := resp.GetRequest()
-	fmt.Fprintf(stdout, "approved %s for %s (task %s, %s %s%s) until %s\n", r.GetId(), r.GetSubject(), r.GetTask(), r.GetMethod(), r.GetPath(),
-		r.GetGrpc(), r.GetExpires().AsTime().Local().Format(time.RFC3339))
-	if wf.wait {
-		return waitAcked(ctx, mandatev1.NewAdminClient(conn), &wf, mandatev1.ApprovalTypeURL, resp.GetVersion(), "approval "+r.GetId(), stdout, stderr)
-	}
-	return nil
 }
 
-func runDeny(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("deny", stderr)
+func denyCmd(fs *pflag.FlagSet) runFunc {
 	var mf mandateFlags
 	mf.register(fs)
 	var wf waitFlags
 	wf.register(fs)
 	var reason string
 	fs.StringVar(&reason, "reason", "", "why, for the audit trail")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usageError(stderr, "deny ID [--reason R] [--wait]")
-	}
-	ctx, conn, done, err := mf.conn(ctx, &wf)
-	if err != nil {
-		return err
-	}
-	defer done()
-	resp, err := mandatev1.NewApprovalsClient(conn).Deny(ctx, &mandatev1.DenyStepUpRequest{Id: pos[0], Reason: reason})
-	if err != nil {
-		return rpcErr(err)
-	}
-	fmt.Fprintf(stdout, "denied %s\n", resp.GetRequest().GetId())
-	if resp.GetVersion() != "" {
-		fmt.Fprintf(stdout, "approval withdrawn (version %s)\n", resp.GetVersion())
-		if wf.wait {
-			return waitAcked(ctx, mandatev1.NewAdminClient(conn), &wf, mandatev1.ApprovalTypeURL, resp.GetVersion(), "withdrawal of "+pos[0], stdout, stderr)
+	return func(ctx context.Context, pos []string, stdout, stderr io.Writer) error {
+		if len(pos) != 1 {
+			return usagef("want one approval request ID")
 		}
+		ctx, conn, done, err := mf.conn(ctx, &wf)
+		if err != nil {
+			return err
+		}
+		defer done()
+		resp, err := mandatev1.NewApprovalsClient(conn).Deny(ctx, &mandatev1.DenyStepUpRequest{Id: pos[0], Reason: reason})
+		if err != nil {
+			return rpcErr(err)
+		}
+		fmt.Fprintf(stdout, "denied %s\n", resp.GetRequest().GetId())
+		if resp.GetVersion() != "" {
+			fmt.Fprintf(stdout, "approval withdrawn (version %s)\n", resp.GetVersion())
+			if wf.wait {
+				return waitAcked(ctx, mandatev1.NewAdminClient(conn), &wf, mandatev1.ApprovalTypeURL, resp.GetVersion(), "withdrawal of "+pos[0], stdout, stderr)
+			}
+		}
+		return nil
 	}
-	return nil
-}
-
-// usageError prints "usage: mandatectl " + usage and exits 2.
-func usageError(stderr io.Writer, usage string) error {
-	fmt.Fprintln(stderr, "usage: mandatectl "+usage)
-	return exitError{code: 2}
 }

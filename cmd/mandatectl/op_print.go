@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -39,82 +39,79 @@ func printYAML(w io.Writer, m proto.Message) error {
 	return err
 }
 
-func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("get", stderr)
+func getCmd(fs *pflag.FlagSet) runFunc {
 	var af adminFlags
 	af.register(fs)
-	out := fs.String("o", "table", "output: table | yaml | json")
+	out := fs.StringP("output", "o", "table", "output: table | yaml | json")
 	all := fs.Bool("all", false, "revocations: include expired records")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 || (*out != "table" && *out != "yaml" && *out != "json") {
-		return errors.New("usage: mandatectl get policies|revocations [-o table|yaml|json] [--all]")
-	}
-	ctx, conn, done, err := af.conn(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer done()
-	c := mandatev1.NewAdminClient(conn)
-	switch pos[0] {
-	case "policies", "policy":
-		resp, err := c.ListPolicies(ctx, &mandatev1.ListPoliciesRequest{})
-		if err != nil {
-			return rpcErr(err)
+	return func(ctx context.Context, pos []string, stdout, stderr io.Writer) error {
+		if len(pos) != 1 || (*out != "table" && *out != "yaml" && *out != "json") {
+			return usagef("want policies or revocations, and -o table, yaml or json")
 		}
-		switch *out {
-		case "json":
-			return printJSON(stdout, resp)
-		case "yaml":
-			// The sources themselves, ready to apply again.
-			for i, p := range resp.GetPolicies() {
-				if i > 0 {
-					fmt.Fprintln(stdout, "---")
-				}
-				fmt.Fprintf(stdout, "# policy/%s from %s\n%s", p.GetName(), p.GetSourceFile(), strings.TrimPrefix(string(p.GetSource()), "---\n"))
-				if !strings.HasSuffix(string(p.GetSource()), "\n") {
-					fmt.Fprintln(stdout)
-				}
+		ctx, conn, done, err := af.conn(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer done()
+		c := mandatev1.NewAdminClient(conn)
+		switch pos[0] {
+		case "policies", "policy":
+			resp, err := c.ListPolicies(ctx, &mandatev1.ListPoliciesRequest{})
+			if err != nil {
+				return rpcErr(err)
 			}
+			switch *out {
+			case "json":
+				return printJSON(stdout, resp)
+			case "yaml":
+				// The sources themselves, ready to apply again.
+				for i, p := range resp.GetPolicies() {
+					if i > 0 {
+						fmt.Fprintln(stdout, "---")
+					}
+					fmt.Fprintf(stdout, "# policy/%s from %s\n%s", p.GetName(), p.GetSourceFile(), strings.TrimPrefix(string(p.GetSource()), "---\n"))
+					if !strings.HasSuffix(string(p.GetSource()), "\n") {
+						fmt.Fprintln(stdout)
+					}
+				}
+				return nil
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSOURCE FILE\tCONTENT HASH")
+			for _, p := range resp.GetPolicies() {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", p.GetName(), p.GetSourceFile(), trunc(p.GetVersion(), 19))
+			}
+			_ = tw.Flush()
+			fmt.Fprintf(stdout, "policy version %s\n", resp.GetVersion())
+			return nil
+		case "revocations", "revocation":
+			resp, err := c.ListRevocations(ctx, &mandatev1.ListRevocationsRequest{IncludeExpired: *all})
+			if err != nil {
+				return rpcErr(err)
+			}
+			switch *out {
+			case "json":
+				return printJSON(stdout, resp)
+			case "yaml":
+				return printYAML(stdout, resp)
+			}
+			now := time.Now()
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tKIND\tVALUE\tINTENTS\tEXPIRES\tCREATED BY\tREASON")
+			for _, r := range resp.GetRevocations() {
+				intents := "-"
+				if len(r.GetIntents()) > 0 {
+					intents = strings.Join(r.GetIntents(), ",")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetName(), r.GetKind(), r.GetValue(), intents,
+					until(now, r.GetExpires()), r.GetCreatedBy(), trunc(r.GetReason(), 40))
+			}
+			_ = tw.Flush()
+			fmt.Fprintf(stdout, "revocation version %s\n", resp.GetVersion())
 			return nil
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tSOURCE FILE\tCONTENT HASH")
-		for _, p := range resp.GetPolicies() {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", p.GetName(), p.GetSourceFile(), trunc(p.GetVersion(), 19))
-		}
-		_ = tw.Flush()
-		fmt.Fprintf(stdout, "policy version %s\n", resp.GetVersion())
-		return nil
-	case "revocations", "revocation":
-		resp, err := c.ListRevocations(ctx, &mandatev1.ListRevocationsRequest{IncludeExpired: *all})
-		if err != nil {
-			return rpcErr(err)
-		}
-		switch *out {
-		case "json":
-			return printJSON(stdout, resp)
-		case "yaml":
-			return printYAML(stdout, resp)
-		}
-		now := time.Now()
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tKIND\tVALUE\tINTENTS\tEXPIRES\tCREATED BY\tREASON")
-		for _, r := range resp.GetRevocations() {
-			intents := "-"
-			if len(r.GetIntents()) > 0 {
-				intents = strings.Join(r.GetIntents(), ",")
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetName(), r.GetKind(), r.GetValue(), intents,
-				until(now, r.GetExpires()), r.GetCreatedBy(), trunc(r.GetReason(), 40))
-		}
-		_ = tw.Flush()
-		fmt.Fprintf(stdout, "revocation version %s\n", resp.GetVersion())
-		return nil
+		return usagef("unknown object %q (policies or revocations)", pos[0])
 	}
-	return fmt.Errorf("mandatectl get: unknown object %q (policies or revocations)", pos[0])
 }
 
 func until(now time.Time, ts *timestamppb.Timestamp) string {
@@ -139,29 +136,27 @@ var typeColumns = []struct{ url, name string }{
 	{mandatev1.VerificationKeyTypeURL, "KEY"},
 }
 
-func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("status", stderr)
+func statusCmd(fs *pflag.FlagSet) runFunc {
 	var af adminFlags
 	af.register(fs)
-	out := fs.String("o", "table", "output: table | json")
-	if _, err := parseInterspersed(fs, args); err != nil {
-		return err
+	out := fs.StringP("output", "o", "table", "output: table | json")
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		ctx, conn, done, err := af.conn(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer done()
+		c := mandatev1.NewAdminClient(conn)
+		resp, err := c.Status(ctx, &mandatev1.StatusRequest{})
+		if err != nil {
+			return rpcErr(err)
+		}
+		if *out == "json" {
+			return printJSON(stdout, resp)
+		}
+		printStatus(stdout, stderr, resp, time.Now())
+		return nil
 	}
-	ctx, conn, done, err := af.conn(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer done()
-	c := mandatev1.NewAdminClient(conn)
-	resp, err := c.Status(ctx, &mandatev1.StatusRequest{})
-	if err != nil {
-		return rpcErr(err)
-	}
-	if *out == "json" {
-		return printJSON(stdout, resp)
-	}
-	printStatus(stdout, stderr, resp, time.Now())
-	return nil
 }
 
 var envoyColumns = []struct{ url, name string }{
@@ -267,44 +262,42 @@ func printNodes(w io.Writer, nodes []*mandatev1.ReplicaStatus, cols []struct{ ur
 	_ = tw.Flush()
 }
 
-func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("audit", stderr)
+func auditCmd(fs *pflag.FlagSet) runFunc {
 	var af adminFlags
 	af.register(fs)
 	since := fs.String("since", "", "only entries newer than this: a duration (1h) or an RFC 3339 time")
 	limit := fs.Int("limit", 1000, "at most this many entries")
-	out := fs.String("o", "table", "output: table | json")
-	if _, err := parseInterspersed(fs, args); err != nil {
-		return err
-	}
-	req := &mandatev1.AuditLogRequest{Limit: int32(*limit)}
-	if *since != "" {
-		if d, err := time.ParseDuration(*since); err == nil {
-			req.Since = timestamppb.New(time.Now().Add(-d))
-		} else if t, err := time.Parse(time.RFC3339, *since); err == nil {
-			req.Since = timestamppb.New(t)
-		} else {
-			return fmt.Errorf("--since %q: want a duration or an RFC 3339 time", *since)
+	out := fs.StringP("output", "o", "table", "output: table | json")
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		req := &mandatev1.AuditLogRequest{Limit: int32(*limit)}
+		if *since != "" {
+			if d, err := time.ParseDuration(*since); err == nil {
+				req.Since = timestamppb.New(time.Now().Add(-d))
+			} else if t, err := time.Parse(time.RFC3339, *since); err == nil {
+				req.Since = timestamppb.New(t)
+			} else {
+				return fmt.Errorf("--since %q: want a duration or an RFC 3339 time", *since)
+			}
 		}
+		ctx, conn, done, err := af.conn(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer done()
+		c := mandatev1.NewAdminClient(conn)
+		resp, err := c.AuditLog(ctx, req)
+		if err != nil {
+			return rpcErr(err)
+		}
+		if *out == "json" {
+			return printJSON(stdout, resp)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tOBJECT\tDETAIL")
+		for _, e := range resp.GetEntries() {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.GetTime().AsTime().Local().Format(time.RFC3339), e.GetActor(),
+				e.GetAction(), e.GetObject(), trunc(e.GetDetail(), 80))
+		}
+		return tw.Flush()
 	}
-	ctx, conn, done, err := af.conn(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer done()
-	c := mandatev1.NewAdminClient(conn)
-	resp, err := c.AuditLog(ctx, req)
-	if err != nil {
-		return rpcErr(err)
-	}
-	if *out == "json" {
-		return printJSON(stdout, resp)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tOBJECT\tDETAIL")
-	for _, e := range resp.GetEntries() {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.GetTime().AsTime().Local().Format(time.RFC3339), e.GetActor(),
-			e.GetAction(), e.GetObject(), trunc(e.GetDetail(), 80))
-	}
-	return tw.Flush()
 }

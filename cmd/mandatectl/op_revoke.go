@@ -4,13 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
 
@@ -29,19 +29,10 @@ type revokeOpts struct {
 	ttl                                       time.Duration
 }
 
-func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return revokeOrDowngrade(ctx, "revoke", args, stdout, stderr)
-}
-
-func runDowngrade(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return revokeOrDowngrade(ctx, "downgrade", args, stdout, stderr)
-}
-
 // revokeOrDowngrade sends one Revoke for a single value, else one
 // RevokeBatch: all values are stored together under one revocation
 // version, or none is.
-func revokeOrDowngrade(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags(name, stderr)
+func revokeOrDowngrade(name string, fs *pflag.FlagSet) runFunc {
 	var af adminFlags
 	af.register(fs)
 	var wf waitFlags
@@ -54,115 +45,113 @@ func revokeOrDowngrade(ctx context.Context, name string, args []string, stdout, 
 	} else {
 		fs.Var(&o.intents, "intents", "intents still allowed, comma-separated (repeatable)")
 	}
-	fs.Var(&o.files, "f", "file of values, one per line (# comments) or a YAML list; - for stdin (repeatable)")
+	fs.VarP(&o.files, "filename", "f", "file of values, one per line (# comments) or a YAML list; - for stdin (repeatable)")
 	fs.StringVar(&o.kind, "kind", "subject", "kind of the values read with -f: subject, task or mandate")
 	fs.DurationVar(&o.ttl, "for", 0, "how long the records apply, e.g. 1h (required: records expire, they are never deleted)")
 	fs.StringVar(&o.reason, "reason", "", "why (kept in the records and the audit trail, never sent to clients)")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	var intents []string
-	for _, i := range o.intents {
-		for _, p := range strings.Split(i, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				intents = append(intents, p)
+	return func(ctx context.Context, pos []string, stdout, stderr io.Writer) error {
+		var intents []string
+		for _, i := range o.intents {
+			for _, p := range strings.Split(i, ",") {
+				if p = strings.TrimSpace(p); p != "" {
+					intents = append(intents, p)
+				}
 			}
 		}
-	}
-	kinds := "--subject, --task"
-	if name == "revoke" {
-		kinds += ", --mandate"
-	}
-	switch {
-	case len(pos) > 0:
-		return fmt.Errorf("usage: mandatectl %s: unexpected arguments %q", name, pos)
-	case o.kind != "subject" && o.kind != "task" && (o.kind != "mandate" || name != "revoke"):
-		return fmt.Errorf("--kind %q: want subject, task%s", o.kind, map[bool]string{true: " or mandate"}[name == "revoke"])
-	case o.ttl <= 0:
-		return errors.New("--for DURATION is required (for example --for 1h)")
-	case name == "downgrade" && len(intents) == 0:
-		return errors.New("--intents is required")
-	}
-	type target struct{ kind, value string }
-	var targets []target
-	for _, g := range []struct {
-		kind   string
-		values []string
-	}{{"subject", o.subjects}, {"task", o.tasks}, {"mandate", o.mandates}} {
-		for _, v := range g.values {
-			targets = append(targets, target{g.kind, v})
+		kinds := "--subject, --task"
+		if name == "revoke" {
+			kinds += ", --mandate"
 		}
-	}
-	for _, f := range o.files {
-		vs, err := readRevokeFile(f, os.Stdin)
+		switch {
+		case len(pos) > 0:
+			return usagef("unexpected arguments %q", pos)
+		case o.kind != "subject" && o.kind != "task" && (o.kind != "mandate" || name != "revoke"):
+			return usagef("--kind %q: want subject, task%s", o.kind, map[bool]string{true: " or mandate"}[name == "revoke"])
+		case o.ttl <= 0:
+			return usagef("--for DURATION is required (for example --for 1h)")
+		case name == "downgrade" && len(intents) == 0:
+			return usagef("--intents is required")
+		}
+		type target struct{ kind, value string }
+		var targets []target
+		for _, g := range []struct {
+			kind   string
+			values []string
+		}{{"subject", o.subjects}, {"task", o.tasks}, {"mandate", o.mandates}} {
+			for _, v := range g.values {
+				targets = append(targets, target{g.kind, v})
+			}
+		}
+		for _, f := range o.files {
+			vs, err := readRevokeFile(f, os.Stdin)
+			if err != nil {
+				return err
+			}
+			for _, v := range vs {
+				targets = append(targets, target{o.kind, v})
+			}
+		}
+		switch {
+		case len(targets) == 0:
+			return usagef("at least one of %s or -f FILE is required", kinds)
+		case len(targets) > maxRevokeBatch:
+			return fmt.Errorf("%d values exceed the limit of %d per call: split them", len(targets), maxRevokeBatch)
+		}
+		seen := map[target]bool{}
+		reqs := make([]*mandatev1.RevokeRequest, 0, len(targets))
+		for _, t := range targets {
+			if t.value == "" {
+				return fmt.Errorf("empty %s value", t.kind)
+			}
+			if seen[t] {
+				return fmt.Errorf("%s %s given twice", t.kind, t.value)
+			}
+			seen[t] = true
+			reqs = append(reqs, &mandatev1.RevokeRequest{Kind: t.kind, Value: t.value, Intents: intents,
+				Ttl: durationpb.New(o.ttl), Reason: o.reason})
+		}
+
+		ctx, conn, done, err := af.conn(ctx, &wf)
 		if err != nil {
 			return err
 		}
-		for _, v := range vs {
-			targets = append(targets, target{o.kind, v})
+		defer done()
+		c := mandatev1.NewAdminClient(conn)
+		var (
+			recs    []*mandatev1.Revocation
+			version string
+		)
+		if len(reqs) == 1 {
+			resp, err := c.Revoke(ctx, reqs[0])
+			if err != nil {
+				return rpcErr(err)
+			}
+			recs, version = []*mandatev1.Revocation{resp.GetRecord()}, resp.GetVersion()
+		} else {
+			resp, err := c.RevokeBatch(ctx, &mandatev1.RevokeBatchRequest{Revocations: reqs})
+			if err != nil {
+				return rpcErr(err)
+			}
+			recs, version = resp.GetRecords(), resp.GetVersion()
 		}
-	}
-	switch {
-	case len(targets) == 0:
-		return fmt.Errorf("usage: mandatectl %s: at least one of %s or -f FILE is required", name, kinds)
-	case len(targets) > maxRevokeBatch:
-		return fmt.Errorf("%d values exceed the limit of %d per call: split them", len(targets), maxRevokeBatch)
-	}
-	seen := map[target]bool{}
-	reqs := make([]*mandatev1.RevokeRequest, 0, len(targets))
-	for _, t := range targets {
-		if t.value == "" {
-			return fmt.Errorf("empty %s value", t.kind)
+		what := "revocation"
+		if len(intents) > 0 {
+			what = "downgrade"
 		}
-		if seen[t] {
-			return fmt.Errorf("%s %s given twice", t.kind, t.value)
+		for _, rec := range recs {
+			fmt.Fprintf(stdout, "%s %s: %s %s until %s (revocation version %s)\n", what, rec.GetName(), rec.GetKind(), rec.GetValue(),
+				rec.GetExpires().AsTime().Local().Format(time.RFC3339), version)
 		}
-		seen[t] = true
-		reqs = append(reqs, &mandatev1.RevokeRequest{Kind: t.kind, Value: t.value, Intents: intents,
-			Ttl: durationpb.New(o.ttl), Reason: o.reason})
-	}
-
-	ctx, conn, done, err := af.conn(ctx, &wf)
-	if err != nil {
-		return err
-	}
-	defer done()
-	c := mandatev1.NewAdminClient(conn)
-	var (
-		recs    []*mandatev1.Revocation
-		version string
-	)
-	if len(reqs) == 1 {
-		resp, err := c.Revoke(ctx, reqs[0])
-		if err != nil {
-			return rpcErr(err)
+		waitWhat := what + " " + recs[0].GetName()
+		if len(recs) > 1 {
+			fmt.Fprintf(stdout, "%d %ss stored at revocation version %s\n", len(recs), what, version)
+			waitWhat = fmt.Sprintf("%d %ss", len(recs), what)
 		}
-		recs, version = []*mandatev1.Revocation{resp.GetRecord()}, resp.GetVersion()
-	} else {
-		resp, err := c.RevokeBatch(ctx, &mandatev1.RevokeBatchRequest{Revocations: reqs})
-		if err != nil {
-			return rpcErr(err)
+		if wf.wait {
+			return waitAcked(ctx, c, &wf, mandatev1.RevocationTypeURL, version, waitWhat, stdout, stderr)
 		}
-		recs, version = resp.GetRecords(), resp.GetVersion()
+		return nil
 	}
-	what := "revocation"
-	if len(intents) > 0 {
-		what = "downgrade"
-	}
-	for _, rec := range recs {
-		fmt.Fprintf(stdout, "%s %s: %s %s until %s (revocation version %s)\n", what, rec.GetName(), rec.GetKind(), rec.GetValue(),
-			rec.GetExpires().AsTime().Local().Format(time.RFC3339), version)
-	}
-	waitWhat := what + " " + recs[0].GetName()
-	if len(recs) > 1 {
-		fmt.Fprintf(stdout, "%d %ss stored at revocation version %s\n", len(recs), what, version)
-		waitWhat = fmt.Sprintf("%d %ss", len(recs), what)
-	}
-	if wf.wait {
-		return waitAcked(ctx, c, &wf, mandatev1.RevocationTypeURL, version, waitWhat, stdout, stderr)
-	}
-	return nil
 }
 
 // readRevokeFile reads values from path ("-": stdin): a YAML list of

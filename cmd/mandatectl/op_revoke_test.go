@@ -98,9 +98,9 @@ func TestRevokeSeveralValues(t *testing.T) {
 			nil, "revocation 3 of 3", "4", 9},
 		{"duplicate value", []string{"revoke", "--subject", "spiffe://example.org/agent/d", "--subject", "spiffe://example.org/agent/d"}, 1,
 			nil, "given twice", "4", 9},
-		{"no value", []string{"revoke"}, 1, nil, "at least one of", "4", 9},
-		{"bad kind", []string{"revoke", "-f", lines, "--kind", "user"}, 1, nil, "--kind", "4", 9},
-		{"mandate kind refused for downgrade", []string{"downgrade", "-f", list, "--kind", "mandate", "--intents", "read"}, 1, nil, "--kind", "4", 9},
+		{"no value", []string{"revoke"}, 2, nil, "at least one of", "4", 9},
+		{"bad kind", []string{"revoke", "-f", lines, "--kind", "user"}, 2, nil, "--kind", "4", 9},
+		{"mandate kind refused for downgrade", []string{"downgrade", "-f", list, "--kind", "mandate", "--intents", "read"}, 2, nil, "--kind", "4", 9},
 		{"missing file", []string{"revoke", "-f", filepath.Join(dir, "nope")}, 1, nil, "nope", "4", 9},
 		// Stored, but --wait cannot say anybody enforces it.
 		{"--wait with no replica connected fails", []string{"revoke", "--subject", "spiffe://example.org/agent/w", "--wait"}, 1,

@@ -2,14 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -20,16 +19,16 @@ import (
 
 // operatorCommands are the control-plane operator commands (apply, revoke,
 // status, ...).
-func operatorCommands() map[string]command {
-	return map[string]command{
-		"apply":     {"store policy files in mandate-cp: mandatectl apply -f FILE|DIR [--prune] [--wait]", runApply},
-		"diff":      {"show what apply would change (exit 1 when it would): mandatectl diff -f FILE|DIR", runDiff},
-		"delete":    {"delete a stored policy: mandatectl delete NAME [--wait]", runDelete},
-		"get":       {"list stored objects: mandatectl get policies|revocations [-o table|yaml|json]", runGet},
-		"revoke":    {"revoke subjects, tasks or mandates: mandatectl revoke --subject|--task|--mandate V ... [-f FILE [--kind K]] --for D [--wait]", runRevoke},
-		"downgrade": {"limit subjects or tasks to intents: mandatectl downgrade --subject|--task V ... [-f FILE [--kind K]] --intents a,b --for D [--wait]", runDowngrade},
-		"status":    {"replicas connected to mandate-cp, the versions each ACKed or NACKed, their lag", runStatus},
-		"audit":     {"the control plane's audit trail: mandatectl audit [--since 1h]", runAudit},
+func operatorCommands() []command {
+	return []command{
+		{"apply -f FILE|DIR", "store policy files in mandate-cp", func(fs *pflag.FlagSet) runFunc { return applyOrDiff("apply", fs) }},
+		{"diff -f FILE|DIR", "show what apply would change (exit 1 when it would)", func(fs *pflag.FlagSet) runFunc { return applyOrDiff("diff", fs) }},
+		{"delete NAME", "delete a stored policy", deleteCmd},
+		{"get policies|revocations", "list stored objects", getCmd},
+		{"revoke --subject|--task|--mandate V ... --for D", "revoke subjects, tasks or mandates", func(fs *pflag.FlagSet) runFunc { return revokeOrDowngrade("revoke", fs) }},
+		{"downgrade --subject|--task V ... --intents a,b --for D", "limit subjects or tasks to intents", func(fs *pflag.FlagSet) runFunc { return revokeOrDowngrade("downgrade", fs) }},
+		{"status", "replicas connected to mandate-cp, the versions each ACKed or NACKed, their lag", statusCmd},
+		{"audit", "the control plane's audit trail", auditCmd},
 	}
 }
 
@@ -44,7 +43,7 @@ type adminFlags struct {
 	socket string
 }
 
-func (a *adminFlags) register(fs *flag.FlagSet) {
+func (a *adminFlags) register(fs *pflag.FlagSet) {
 	a.connFlags.register(fs, defCPAddr, defCPID)
 	fs.StringVar(&a.socket, "socket", "", "use mandate-cp's local admin unix socket instead of --addr")
 }
@@ -80,7 +79,7 @@ type waitFlags struct {
 	timeout         time.Duration
 }
 
-func (w *waitFlags) register(fs *flag.FlagSet) {
+func (w *waitFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&w.wait, "wait", false, "return once every connected replica has ACKed the change")
 	fs.DurationVar(&w.timeout, "wait-timeout", 30*time.Second, "how long --wait waits")
 	fs.BoolVar(&w.allowNone, "allow-none", false, "with --wait: succeed when no replica is connected (otherwise that fails: nothing enforces the change)")
@@ -93,22 +92,6 @@ func callCtx(ctx context.Context, a *adminFlags, w *waitFlags) (context.Context,
 		d = w.timeout + a.timeout
 	}
 	return context.WithTimeout(ctx, d)
-}
-
-// parseInterspersed parses flags placed before and after positional
-// arguments ("delete NAME --wait"), returning the positionals.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
 }
 
 // rpcErr turns a gRPC error into the server's message.
@@ -173,112 +156,98 @@ func short(typeURL string) string {
 	return typeURL
 }
 
-func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return applyOrDiff(ctx, "apply", args, stdout, stderr)
-}
-
-func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return applyOrDiff(ctx, "diff", args, stdout, stderr)
-}
-
-func applyOrDiff(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags(name, stderr)
+func applyOrDiff(name string, fs *pflag.FlagSet) runFunc {
 	var af adminFlags
 	af.register(fs)
 	var wf waitFlags
 	var files listFlag
-	fs.Var(&files, "f", "policy file or directory (repeatable)")
+	fs.VarP(&files, "filename", "f", "policy file or directory (repeatable)")
 	prune := fs.Bool("prune", false, "also delete stored policies that the given files do not hold")
 	if name == "apply" {
 		wf.register(fs)
 	}
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(files) == 0 || len(pos) > 0 {
-		return fmt.Errorf("usage: mandatectl %s -f FILE|DIR [-f ...]", name)
-	}
-	ps, err := readPolicyFiles(files)
-	if err != nil {
-		return err
-	}
-	ctx, conn, done, err := af.conn(ctx, &wf)
-	if err != nil {
-		return err
-	}
-	defer done()
-	c := mandatev1.NewAdminClient(conn)
-	resp, err := c.ApplyPolicies(ctx, &mandatev1.ApplyPoliciesRequest{Policies: ps, DryRun: name == "diff", Prune: *prune})
-	if err != nil {
-		return rpcErr(err)
-	}
-	changed := false
-	for _, ch := range resp.GetChanges() {
-		if ch.GetChange() != "unchanged" {
-			changed = true
+	return func(ctx context.Context, pos []string, stdout, stderr io.Writer) error {
+		if len(files) == 0 || len(pos) > 0 {
+			return usagef("want -f FILE|DIR [-f ...] and no arguments")
 		}
-		if name == "diff" {
-			if ch.GetChange() == "unchanged" {
+		ps, err := readPolicyFiles(files)
+		if err != nil {
+			return err
+		}
+		ctx, conn, done, err := af.conn(ctx, &wf)
+		if err != nil {
+			return err
+		}
+		defer done()
+		c := mandatev1.NewAdminClient(conn)
+		resp, err := c.ApplyPolicies(ctx, &mandatev1.ApplyPoliciesRequest{Policies: ps, DryRun: name == "diff", Prune: *prune})
+		if err != nil {
+			return rpcErr(err)
+		}
+		changed := false
+		for _, ch := range resp.GetChanges() {
+			if ch.GetChange() != "unchanged" {
+				changed = true
+			}
+			if name == "diff" {
+				if ch.GetChange() == "unchanged" {
+					continue
+				}
+				fmt.Fprintf(stdout, "policy/%s %s\n", ch.GetName(), ch.GetChange())
+				if ch.GetDiff() != "" {
+					for _, l := range strings.SplitAfter(ch.GetDiff(), "\n") {
+						if l != "" {
+							fmt.Fprint(stdout, "    "+l)
+						}
+					}
+				}
 				continue
 			}
 			fmt.Fprintf(stdout, "policy/%s %s\n", ch.GetName(), ch.GetChange())
-			if ch.GetDiff() != "" {
-				for _, l := range strings.SplitAfter(ch.GetDiff(), "\n") {
-					if l != "" {
-						fmt.Fprint(stdout, "    "+l)
-					}
-				}
+		}
+		if name == "diff" {
+			if changed {
+				return exitError{code: 1}
 			}
-			continue
+			fmt.Fprintln(stdout, "no changes")
+			return nil
 		}
-		fmt.Fprintf(stdout, "policy/%s %s\n", ch.GetName(), ch.GetChange())
-	}
-	if name == "diff" {
-		if changed {
-			return exitError{code: 1}
+		if !changed {
+			fmt.Fprintf(stdout, "no changes (policy version %s)\n", resp.GetVersion())
+		} else {
+			fmt.Fprintf(stdout, "policy version %s\n", resp.GetVersion())
 		}
-		fmt.Fprintln(stdout, "no changes")
+		if wf.wait {
+			return waitAcked(ctx, c, &wf, mandatev1.PolicyTypeURL, resp.GetVersion(), "policy version "+resp.GetVersion(), stdout, stderr)
+		}
 		return nil
 	}
-	if !changed {
-		fmt.Fprintf(stdout, "no changes (policy version %s)\n", resp.GetVersion())
-	} else {
-		fmt.Fprintf(stdout, "policy version %s\n", resp.GetVersion())
-	}
-	if wf.wait {
-		return waitAcked(ctx, c, &wf, mandatev1.PolicyTypeURL, resp.GetVersion(), "policy version "+resp.GetVersion(), stdout, stderr)
-	}
-	return nil
 }
 
-func runDelete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("delete", stderr)
+func deleteCmd(fs *pflag.FlagSet) runFunc {
 	var af adminFlags
 	af.register(fs)
 	var wf waitFlags
 	wf.register(fs)
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
+	return func(ctx context.Context, pos []string, stdout, stderr io.Writer) error {
+		if len(pos) != 1 {
+			return usagef("want one policy NAME")
+		}
+		name := strings.TrimPrefix(pos[0], "policy/")
+		ctx, conn, done, err := af.conn(ctx, &wf)
+		if err != nil {
+			return err
+		}
+		defer done()
+		c := mandatev1.NewAdminClient(conn)
+		resp, err := c.DeletePolicy(ctx, &mandatev1.DeletePolicyRequest{Name: name})
+		if err != nil {
+			return rpcErr(err)
+		}
+		fmt.Fprintf(stdout, "policy/%s deleted (policy version %s)\n", name, resp.GetVersion())
+		if wf.wait {
+			return waitAcked(ctx, c, &wf, mandatev1.PolicyTypeURL, resp.GetVersion(), "deletion of policy/"+name, stdout, stderr)
+		}
+		return nil
 	}
-	if len(pos) != 1 {
-		return errors.New("usage: mandatectl delete NAME [--wait]")
-	}
-	name := strings.TrimPrefix(pos[0], "policy/")
-	ctx, conn, done, err := af.conn(ctx, &wf)
-	if err != nil {
-		return err
-	}
-	defer done()
-	c := mandatev1.NewAdminClient(conn)
-	resp, err := c.DeletePolicy(ctx, &mandatev1.DeletePolicyRequest{Name: name})
-	if err != nil {
-		return rpcErr(err)
-	}
-	fmt.Fprintf(stdout, "policy/%s deleted (policy version %s)\n", name, resp.GetVersion())
-	if wf.wait {
-		return waitAcked(ctx, c, &wf, mandatev1.PolicyTypeURL, resp.GetVersion(), "deletion of policy/"+name, stdout, stderr)
-	}
-	return nil
 }

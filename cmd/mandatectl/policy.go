@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"github.com/spf13/pflag"
 	"io"
 	"os"
 
@@ -11,11 +11,11 @@ import (
 	"github.com/mandate-dev/mandate/policies/policytest"
 )
 
-func policyCommands() map[string]command {
-	return map[string]command{
-		"validate": {"check policy files: mandatectl validate DIR|FILE...", runValidate},
-		"test":     {"run policy test cases: mandatectl test DIR", runTest},
-		"check":    {"send one Envoy-shaped CheckRequest to mandate-authz and print the decision", runCheck},
+func policyCommands() []command {
+	return []command{
+		{"validate DIR|FILE...", "check policy files", validateCmd},
+		{"test DIR", "run policy test cases", testCmd},
+		{"check", "send one Envoy-shaped CheckRequest to mandate-authz and print the decision", checkCmd},
 	}
 }
 
@@ -30,16 +30,16 @@ func loadPath(path string) (*policies.Set, error) {
 	return policies.LoadFile(path)
 }
 
+func validateCmd(_ *pflag.FlagSet) runFunc {
+	return runValidate
+}
+
 func runValidate(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("validate", stderr)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() == 0 {
-		return errors.New("usage: mandatectl validate DIR|FILE...")
+	if len(args) == 0 {
+		return usagef("want at least one DIR or FILE")
 	}
 	failed := false
-	for _, p := range fs.Args() {
+	for _, p := range args {
 		set, err := loadPath(p)
 		if err != nil {
 			fmt.Fprintf(stderr, "INVALID %s\n  %v\n", p, err)
@@ -54,16 +54,18 @@ func runValidate(_ context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
-func runTest(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("test", stderr)
-	verbose := fs.Bool("v", false, "print every case, not only failures")
-	if err := fs.Parse(args); err != nil {
-		return err
+func testCmd(fs *pflag.FlagSet) runFunc {
+	verbose := fs.BoolP("verbose", "v", false, "print every case, not only failures")
+	return func(_ context.Context, args []string, stdout, stderr io.Writer) error {
+		return runTest(args, *verbose, stdout)
 	}
-	if fs.NArg() != 1 {
-		return errors.New("usage: mandatectl test [-v] DIR")
+}
+
+func runTest(args []string, verbose bool, stdout io.Writer) error {
+	if len(args) != 1 {
+		return usagef("want one DIR")
 	}
-	dir := fs.Arg(0)
+	dir := args[0]
 	set, err := policies.LoadDir(dir)
 	if err != nil {
 		return err
@@ -80,7 +82,7 @@ func runTest(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		switch {
 		case !r.Pass:
 			fmt.Fprintf(stdout, "FAIL %s: %s / %s\n     %s\n", r.File, r.Suite, r.Case, r.Message)
-		case *verbose:
+		case verbose:
 			fmt.Fprintf(stdout, "PASS %s: %s / %s\n", r.File, r.Suite, r.Case)
 		}
 	}

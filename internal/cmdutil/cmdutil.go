@@ -1,14 +1,19 @@
 // Package cmdutil holds the small pieces Mandate's binaries share: a
 // repeatable list flag, the address file tests and scripts read, and the
-// log level flag.
+// log level flag, and the exit codes of a command line.
 package cmdutil
 
 import (
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/mandate-dev/mandate/internal/buildinfo"
 )
 
 // List is a repeatable flag; each value may also hold several
@@ -52,4 +57,44 @@ func ParseLevel(s string) (slog.Level, error) {
 		return slog.LevelInfo, fmt.Errorf("log level %q: want debug, info, warn or error", s)
 	}
 	return l, nil
+}
+
+// usageError is a wrong command line.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// UsageError marks err (nil stays nil) as a wrong command line: Main
+// exits 2 for it, as for a flag parsing error.
+func UsageError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return usageError{err}
+}
+
+// Main runs a server binary's command line and returns its exit code:
+// `version` (or --version) prints the module version and VCS revision;
+// --help exits 0; a usage error exits 2 with a pointer to --help; any
+// other error exits 1. Errors are printed once, prefixed with name.
+func Main(name string, args []string, stdout, stderr io.Writer, run func(args []string) error) int {
+	if len(args) == 1 && (args[0] == "version" || args[0] == "--version" || args[0] == "-version") {
+		fmt.Fprintln(stdout, buildinfo.Line(name))
+		return 0
+	}
+	err := run(args)
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "%s: %v\nRun '%s --help' for usage.\n", name, err, name)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 1
+	}
 }

@@ -1,12 +1,16 @@
 package cmdutil
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -52,5 +56,41 @@ func TestParseLevel(t *testing.T) {
 	}
 	if _, err := ParseLevel("loud"); err == nil {
 		t.Fatal("accepted an unknown level")
+	}
+}
+
+func TestMain(t *testing.T) {
+	parse := func(args []string) error {
+		fs := flag.NewFlagSet("srv", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		n := fs.Int("n", 0, "")
+		if err := fs.Parse(args); err != nil {
+			return UsageError(err)
+		}
+		if *n < 0 {
+			return errors.New("boom")
+		}
+		return nil
+	}
+	tests := []struct {
+		args      []string
+		code      int
+		out, errs string
+	}{
+		{nil, 0, "", ""},
+		{[]string{"version"}, 0, "srv ", ""},
+		{[]string{"--version"}, 0, "srv ", ""},
+		{[]string{"--help"}, 0, "", ""},
+		{[]string{"-h"}, 0, "", ""},
+		{[]string{"--bogus"}, 2, "", "srv: flag provided but not defined: -bogus\nRun 'srv --help' for usage.\n"},
+		{[]string{"-n", "x"}, 2, "", "Run 'srv --help'"},
+		{[]string{"-n", "-1"}, 1, "", "srv: boom\n"},
+	}
+	for _, tt := range tests {
+		var out, errb bytes.Buffer
+		code := Main("srv", tt.args, &out, &errb, parse)
+		if code != tt.code || !strings.Contains(out.String(), tt.out) || !strings.Contains(errb.String(), tt.errs) {
+			t.Errorf("Main(%q) = %d, stdout %q, stderr %q; want %d, %q, %q", tt.args, code, out.String(), errb.String(), tt.code, tt.out, tt.errs)
+		}
 	}
 }
