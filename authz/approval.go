@@ -35,13 +35,18 @@ func NewApprovalSet(approvals []Approval) *ApprovalSet {
 }
 
 // Find returns the approval that covers the step_up decision d for r at
-// now: same subject, task, action and rule, not expired.
-func (s *ApprovalSet) Find(now time.Time, r *policies.Request, d *policies.Decision) (Approval, bool) {
+// now: same subject, task, action and rule, not expired. An MCP request
+// is covered only by the approval of its own request id (stepUpID), which
+// binds the tool and the argument values the step_up rule read.
+func (s *ApprovalSet) Find(now time.Time, r *policies.Request, d *policies.Decision, id string) (Approval, bool) {
 	if s == nil {
 		return Approval{}, false
 	}
 	for _, a := range s.bySubject[r.Subject] {
 		if !now.Before(a.Expires) || a.Task != r.Task || a.Policy != d.Policy || a.Rule != d.Rule {
+			continue
+		}
+		if r.MCP != nil && a.ID != id {
 			continue
 		}
 		if r.GRPCService != "" {

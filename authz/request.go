@@ -4,12 +4,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
 	"github.com/mandate-dev/mandate/authz/headers"
 	"github.com/mandate-dev/mandate/authz/identity"
+	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/authz/reqpath"
 	"github.com/mandate-dev/mandate/policies"
 )
@@ -48,6 +50,10 @@ func reasonOf(err error) string {
 	var rErr *ReasonError
 	if errors.As(err, &rErr) {
 		return rErr.Reason
+	}
+	var mcpErr *mcp.Error
+	if errors.As(err, &mcpErr) {
+		return string(mcpErr.Reason)
 	}
 	return reasonBadRequest
 }
@@ -113,15 +119,47 @@ func normalizeHost(h string) (string, error) {
 
 // stepUpID names an approval request: the same subject, task, action and
 // rule always get the same id, so repeated attempts wait on one approval.
-func stepUpID(r *policies.Request, policy, rule string) string {
+// For an MCP request the action is the method and its tool or resource,
+// and the id also covers the argument values the step_up rule's
+// condition read (argKeys, or all arguments when allArgs): an approval
+// of one pull request is not an approval of another. It returns those
+// values too (raw JSON by name; "*" holds all of them).
+func stepUpID(r *policies.Request, policy, rule string, argKeys []string, allArgs bool) (string, map[string]string) {
 	h := sha256.New()
-	for _, f := range []string{r.Subject, r.Task, r.Method, r.Path, r.GRPCService, r.GRPCMethod, policy, rule} {
+	write := func(f string) {
 		var n [4]byte
 		n[0], n[1], n[2], n[3] = byte(len(f)>>24), byte(len(f)>>16), byte(len(f)>>8), byte(len(f))
 		h.Write(n[:])
 		h.Write([]byte(f))
 	}
-	return "ar-" + hex.EncodeToString(h.Sum(nil)[:10])
+	for _, f := range []string{r.Subject, r.Task, r.Method, r.Path, r.GRPCService, r.GRPCMethod, policy, rule} {
+		write(f)
+	}
+	var args map[string]string
+	if c := r.MCP; c != nil {
+		for _, f := range []string{"mcp", c.Method, c.Tool, c.ResourceURI} {
+			write(f)
+		}
+		switch {
+		case allArgs:
+			args = map[string]string{"*": c.Arguments}
+			write("*")
+			write(c.Arguments)
+		case len(argKeys) > 0:
+			args = make(map[string]string, len(argKeys))
+			mcp.Members(c.Arguments, func(name, value string) bool {
+				if slices.Contains(argKeys, name) {
+					args[name] = value
+				}
+				return true
+			})
+			for _, k := range argKeys {
+				write(k)
+				write(args[k]) // "" when absent: no JSON value is empty
+			}
+		}
+	}
+	return "ar-" + hex.EncodeToString(h.Sum(nil)[:10]), args
 }
 
 // flattenHeaderMap turns Envoy's raw header_map (sent with

@@ -2,6 +2,7 @@ package authz
 
 import (
 	"strconv"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -9,6 +10,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 
+	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/policies"
 )
 
@@ -91,4 +93,54 @@ func denyResponse(decisionID string, out *outcome) *authv3.CheckResponse {
 			Body:    string(body),
 		}},
 	}
+}
+
+// JSON-RPC error codes of MCP denials: -32001 refused by policy, -32002
+// waiting for a person's approval, and JSON-RPC's own -32700 (parse
+// error) and -32600 (invalid request) for requests Mandate could not
+// read.
+const (
+	rpcCodeDenied         = -32001
+	rpcCodeStepUp         = -32002
+	rpcCodeParseError     = -32700
+	rpcCodeInvalidRequest = -32600
+)
+
+// mcpDenyResponse answers a deny on an MCP route the way an MCP client
+// understands: a JSON-RPC error response echoing the request's id (null
+// when it could not be read), HTTP 403 (401 for step-up), with the
+// decision id, reason code and approval-request id in error.data. Like
+// every deny body it names no policy or rule.
+func mcpDenyResponse(decisionID, rpcID string, out *outcome) *authv3.CheckResponse {
+	resp := denyResponse(decisionID, out)
+	code, msg := rpcCodeDenied, "denied by Mandate"
+	switch {
+	case out.effect == policies.EffectStepUp:
+		code, msg = rpcCodeStepUp, "approval required"
+	case out.reason == string(mcp.ReasonMalformed) || out.reason == string(mcp.ReasonBadUTF8):
+		code, msg = rpcCodeParseError, "parse error"
+	case strings.HasPrefix(out.reason, "mcp_"):
+		code, msg = rpcCodeInvalidRequest, "invalid request"
+	}
+	if rpcID == "" {
+		rpcID = "null"
+	}
+	body := make([]byte, 0, 192)
+	body = append(body, `{"jsonrpc":"2.0","id":`...)
+	body = append(body, rpcID...)
+	body = append(body, `,"error":{"code":`...)
+	body = strconv.AppendInt(body, int64(code), 10)
+	body = append(body, `,"message":`...)
+	body = strconv.AppendQuote(body, msg)
+	body = append(body, `,"data":{"decision_id":`...)
+	body = strconv.AppendQuote(body, decisionID)
+	body = append(body, `,"reason":`...)
+	body = strconv.AppendQuote(body, out.reason)
+	if out.approval != "" {
+		body = append(body, `,"approval_request":`...)
+		body = strconv.AppendQuote(body, out.approval)
+	}
+	body = append(body, "}}}\n"...)
+	resp.GetDeniedResponse().Body = string(body)
+	return resp
 }

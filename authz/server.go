@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"runtime/debug"
 	"slices"
@@ -19,6 +20,7 @@ import (
 	"github.com/mandate-dev/mandate/authz/decisionlog"
 	"github.com/mandate-dev/mandate/authz/headers"
 	"github.com/mandate-dev/mandate/authz/identity"
+	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/authz/reqpath"
 	"github.com/mandate-dev/mandate/authz/revocation"
 	"github.com/mandate-dev/mandate/policies"
@@ -72,6 +74,9 @@ type Config struct {
 	// OnStepUp is called for each step_up denial that no approval covers,
 	// so the control plane can list the pending approval request.
 	OnStepUp func(StepUpRequest)
+	// MCPLimits bound the MCP request bodies read on routes labelled
+	// protocol: mcp (zero values: package mcp's defaults).
+	MCPLimits mcp.Limits
 	// Now is the decision clock; defaults to time.Now.
 	Now func() time.Time
 	// Logger receives operational events (recovered panics). Defaults to
@@ -101,6 +106,11 @@ type StepUpRequest struct {
 	Policy  string
 	Rule    string
 	Time    time.Time
+	// MCP is the MCP request ("tools/call github.create_pull_request"),
+	// and Arguments the argument values the step_up rule's condition read
+	// (raw JSON, by name), which the approval is bound to.
+	MCP       string
+	Arguments map[string]string
 }
 
 // Server implements envoy.service.auth.v3.Authorization.
@@ -112,6 +122,8 @@ type Server struct {
 	logger  *slog.Logger
 	ids     *idGen
 	keyPool sync.Pool
+	// argSeeds key the hash of MCP arguments in cache keys.
+	argSeeds [2]maphash.Seed
 }
 
 // NewServer validates cfg and returns a Server.
@@ -126,7 +138,8 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, now: cfg.Now, logger: cfg.Logger, ids: ids}
+	s := &Server{cfg: cfg, now: cfg.Now, logger: cfg.Logger, ids: ids,
+		argSeeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -164,6 +177,9 @@ type outcome struct {
 	// approvable: a step_up an approval may lift (an allow rule matched).
 	approvable bool
 	approval   string // step-up approval request id
+	// argKeys, allArgs: the MCP arguments the deciding rule read.
+	argKeys []string
+	allArgs bool
 }
 
 // Check decides one request. It never returns an error: every failure is
@@ -186,9 +202,12 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 		}
 	}()
 	out := s.decide(ctx, req, &rec)
-	if out.effect == policies.EffectAllow {
+	switch {
+	case out.effect == policies.EffectAllow:
 		resp = allowResponse(rec.DecisionID, rec.Task)
-	} else {
+	case isMCPRoute(req.GetAttributes().GetContextExtensions()):
+		resp = mcpDenyResponse(rec.DecisionID, rec.MCPRequestID, &out)
+	default:
 		resp = denyResponse(rec.DecisionID, &out)
 	}
 	s.finish(&rec, &out, start)
@@ -291,6 +310,17 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 	if svc, m, ok := reqpath.GRPC(r.Path, hdrs["content-type"]); ok {
 		r.GRPCService, r.GRPCMethod = svc, m
 	}
+	if isMCPRoute(r.Labels) {
+		call, mreq, err := s.mcpRequest(attrs, r.Method, hdrs)
+		if err != nil {
+			return deny(reasonOf(err))
+		}
+		r.MCP = call
+		if call != nil {
+			rec.MCPRequestID, rec.MCPMethod, rec.MCPTool, rec.MCPResource = mreq.ID, call.Method, call.Tool, call.ResourceURI
+			rec.MCPArguments = call.Arguments
+		}
+	}
 	if r.Intent, err = headers.Intent(hdrs); err != nil {
 		return deny(reasonOf(err))
 	}
@@ -344,14 +374,16 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 		d := policies.Decision{Policy: out.policy, Rule: out.rule}
 		// An approval lifts the step-up only where an allow rule matches
 		// too: it never allows more than the policy would without it.
-		if _, ok := st.Approvals.Find(now, &r, &d); ok && out.approvable {
+		id, args := stepUpID(&r, out.policy, out.rule, out.argKeys, out.allArgs)
+		if _, ok := st.Approvals.Find(now, &r, &d, id); ok && out.approvable {
 			out.effect, out.reason = policies.EffectAllow, reasonApproved
 		} else {
-			out.approval = stepUpID(&r, out.policy, out.rule)
+			out.approval = id
 			if s.cfg.OnStepUp != nil {
 				s.cfg.OnStepUp(StepUpRequest{
 					ID: out.approval, Subject: r.Subject, Task: r.Task, Intent: r.Intent,
 					Method: r.Method, Path: r.Path, GRPC: grpcName(&r), Policy: out.policy, Rule: out.rule, Time: now,
+					MCP: mcpName(r.MCP), Arguments: args,
 				})
 			}
 		}
@@ -369,15 +401,16 @@ func (s *Server) evaluate(st *State, r *policies.Request, notAfter time.Time) ou
 	if cache != nil {
 		key = s.keyPool.Get().(*decisioncache.Key)
 		defer s.keyPool.Put(key)
-		buildKey(key, st, r)
+		s.buildKey(key, st, r)
 		if e, ok := cache.Get(key.Bytes(), st.PolicyEpoch); ok {
 			return outcome{effect: policies.Effect(e.Effect), reason: e.Reason, policy: e.Policy,
-				rule: e.Rule, dryRun: e.DryRun, cacheHit: true, approvable: e.AllowedIfApproved}
+				rule: e.Rule, dryRun: e.DryRun, cacheHit: true, approvable: e.AllowedIfApproved,
+				argKeys: e.ArgumentKeys, allArgs: e.AllArguments}
 		}
 	}
 	d := st.Policies.Evaluate(r)
 	out := outcome{effect: d.Effect, reason: string(d.Reason), policy: d.Policy, rule: d.Rule,
-		evaluated: true, approvable: d.AllowedIfApproved}
+		evaluated: true, approvable: d.AllowedIfApproved, argKeys: d.ArgumentKeys, allArgs: d.AllArguments}
 	if d.DryRun != nil {
 		out.dryRun = d.DryRun.Policy + "/" + d.DryRun.Rule + "=" + d.DryRun.Effect.String()
 	}
@@ -385,13 +418,14 @@ func (s *Server) evaluate(st *State, r *policies.Request, notAfter time.Time) ou
 		cache.Set(key.Bytes(), &decisioncache.Entry{
 			Effect: uint8(d.Effect), Policy: d.Policy, Rule: d.Rule, Reason: out.reason,
 			DryRun: out.dryRun, Epoch: st.PolicyEpoch, AllowedIfApproved: d.AllowedIfApproved,
+			ArgumentKeys: d.ArgumentKeys, AllArguments: d.AllArguments,
 		}, notAfter)
 	}
 	return out
 }
 
 // buildKey writes every input the policy evaluation can read.
-func buildKey(k *decisioncache.Key, st *State, r *policies.Request) {
+func (s *Server) buildKey(k *decisioncache.Key, st *State, r *policies.Request) {
 	k.Reset()
 	k.Uint(st.PolicyEpoch)
 	k.String(r.Subject)
@@ -410,6 +444,7 @@ func buildKey(k *decisioncache.Key, st *State, r *policies.Request) {
 		k.Uint(0)
 	}
 	appendSorted(k, r.Labels)
+	s.appendMCPKey(k, st, r.MCP)
 	if st.Policies.ReadsAllHeaders() {
 		appendSorted(k, r.Headers)
 		return
@@ -455,6 +490,20 @@ func (s *Server) outOfIntent(r *policies.Request, mandateID, reason string, now 
 
 func deny(reason string) outcome {
 	return outcome{effect: policies.EffectDeny, reason: reason}
+}
+
+// mcpName describes an MCP request for people: the method and its
+// tool or resource.
+func mcpName(c *policies.MCPCall) string {
+	switch {
+	case c == nil:
+		return ""
+	case c.Tool != "":
+		return c.Method + " " + c.Tool
+	case c.ResourceURI != "":
+		return c.Method + " " + c.ResourceURI
+	}
+	return c.Method
 }
 
 func grpcName(r *policies.Request) string {

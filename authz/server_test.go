@@ -377,7 +377,7 @@ func TestRevocationBeatsFillRace(t *testing.T) {
 	var k decisioncache.Key
 	r := policies.Request{Subject: "spiffe://example.org/agent/support/a1", Destination: "spiffe://example.org/svc/tickets",
 		Host: "tickets.internal", Method: "GET", Path: "/queue", Headers: req.Attributes.Request.Http.Headers}
-	buildKey(&k, st, &r)
+	h.srv.buildKey(&k, st, &r)
 	h.store.Update(func(s *State) {
 		s.Policies = compile(t, `
 apiVersion: mandate.dev/v1

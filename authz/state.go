@@ -28,8 +28,10 @@ type State struct {
 	// Loaded is when this state was installed.
 	Loaded time.Time
 
-	// headerKeys caches Policies.HeaderKeys() for the cache key.
+	// headerKeys caches Policies.HeaderKeys() for the cache key, and
+	// argKeys Policies.MCPArgumentKeys().
 	headerKeys []string
+	argKeys    []string
 }
 
 // PolicyVersion returns the policy set's version, or "" without one.
@@ -79,9 +81,10 @@ func (s *StateStore) Update(fn func(next *State)) *State {
 	if next.Approvals == nil {
 		next.Approvals = &ApprovalSet{}
 	}
-	next.headerKeys = nil
+	next.headerKeys, next.argKeys = nil, nil
 	if next.Policies != nil {
 		next.headerKeys = next.Policies.HeaderKeys()
+		next.argKeys = next.Policies.MCPArgumentKeys()
 	}
 	s.epoch++
 	next.Epoch = s.epoch

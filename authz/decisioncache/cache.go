@@ -27,8 +27,12 @@ type Entry struct {
 	DryRun string // "policy/rule=effect" of the dry-run match, or ""
 	// AllowedIfApproved: a step_up decision an approval may lift.
 	AllowedIfApproved bool
-	Epoch             uint64
-	Expires           time.Time
+	// ArgumentKeys, AllArguments: the MCP arguments the deciding rule
+	// read (policies.Decision); shared, never modified.
+	ArgumentKeys []string
+	AllArguments bool
+	Epoch        uint64
+	Expires      time.Time
 }
 
 // Config sizes the cache.

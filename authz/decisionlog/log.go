@@ -37,6 +37,16 @@ type Record struct {
 	DryRun        string
 	CacheHit      bool
 	Latency       time.Duration
+
+	// The MCP request on routes labelled protocol: mcp. MCPArguments is
+	// the raw params.arguments JSON (validated): the logger writes its
+	// member names and SHA-256, and the value itself (redacted) only
+	// when Config.MCPArguments opts in.
+	MCPRequestID string
+	MCPMethod    string
+	MCPTool      string
+	MCPResource  string
+	MCPArguments string
 }
 
 // Logger queues records and writes them in the background.
@@ -46,6 +56,8 @@ type Logger struct {
 	dropped atomic.Uint64
 	written atomic.Uint64
 	onDrop  func()
+	args    bool
+	redact  []string
 	done    chan struct{}
 	stop    chan struct{} // closed by Close
 	closed  atomic.Bool
@@ -61,6 +73,11 @@ type Config struct {
 	// OnDrop is called (on the request path, so keep it cheap: a counter)
 	// for each record dropped because the queue was full.
 	OnDrop func()
+	// MCPArguments writes MCP tool arguments in records, with the values
+	// of members named in Redact (at any depth, ignoring case) replaced.
+	// Off by default: records carry only argument names and a hash.
+	MCPArguments bool
+	Redact       []string
 }
 
 // New starts a Logger; it runs until ctx is done or Close is called.
@@ -75,6 +92,8 @@ func New(ctx context.Context, cfg Config) (*Logger, error) {
 		out:    cfg.Out,
 		queue:  make(chan Record, cfg.QueueSize),
 		onDrop: cfg.OnDrop,
+		args:   cfg.MCPArguments,
+		redact: cfg.Redact,
 		done:   make(chan struct{}),
 		stop:   make(chan struct{}),
 	}
@@ -170,6 +189,9 @@ func (l *Logger) write(ctx context.Context, r *Record) {
 		slog.String("dry_run", r.DryRun),
 		slog.Bool("cache_hit", r.CacheHit),
 		slog.Int64("latency_ns", r.Latency.Nanoseconds()),
+	}
+	if r.MCPMethod != "" {
+		attrs = append(attrs, l.mcpAttrs(r))
 	}
 	// The record's time is the decision's, not the time it was written.
 	t := r.Time

@@ -112,3 +112,43 @@ func TestLogAfterCloseDrops(t *testing.T) {
 		t.Fatalf("a record logged after Close was written: %q", buf.String())
 	}
 }
+
+func TestMCPRecord(t *testing.T) {
+	ctx := context.Background()
+	for _, withArgs := range []bool{false, true} {
+		var buf syncBuf
+		l, err := New(ctx, Config{Out: slog.New(slog.NewJSONHandler(&buf, nil)), MCPArguments: withArgs, Redact: []string{"token"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Log(Record{DecisionID: "d1", MCPMethod: "tools/call", MCPTool: "github.get_file", MCPRequestID: "7",
+			MCPArguments: `{"owner":"acme","auth":{"Token":"s3cret"},"list":[{"token":"x"},1]}`})
+		l.Close()
+		var out struct {
+			MCP struct {
+				Method    string   `json:"method"`
+				Tool      string   `json:"tool"`
+				ID        string   `json:"request_id"`
+				Keys      []string `json:"argument_keys"`
+				Hash      string   `json:"arguments_sha256"`
+				Arguments *string  `json:"arguments"`
+			} `json:"mcp"`
+		}
+		if err := json.Unmarshal([]byte(buf.String()), &out); err != nil {
+			t.Fatalf("%s: %v", buf.String(), err)
+		}
+		m := out.MCP
+		if m.Method != "tools/call" || m.Tool != "github.get_file" || m.ID != "7" || strings.Join(m.Keys, ",") != "owner,auth,list" || len(m.Hash) != 64 {
+			t.Fatalf("record %s", buf.String())
+		}
+		if strings.Contains(buf.String(), "s3cret") {
+			t.Fatalf("argument value written: %s", buf.String())
+		}
+		switch {
+		case !withArgs && m.Arguments != nil:
+			t.Fatalf("arguments written without opt-in: %s", buf.String())
+		case withArgs && (m.Arguments == nil || *m.Arguments != `{"owner":"acme","auth":{"Token":"[redacted]"},"list":[{"token":"[redacted]"},1]}`):
+			t.Fatalf("arguments %v", m.Arguments)
+		}
+	}
+}

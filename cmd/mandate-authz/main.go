@@ -32,6 +32,7 @@ import (
 	"github.com/mandate-dev/mandate/authz/decisionlog"
 	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/authz/mandate"
+	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/authz/policydir"
 	"github.com/mandate-dev/mandate/internal/cmdutil"
 	"github.com/mandate-dev/mandate/internal/opshttp"
@@ -58,6 +59,9 @@ type options struct {
 	cacheSize                                                      int64
 	maxRules                                                       int
 	staleMode, decisionLog, logLevel                               string
+	mcpMaxBody, mcpMaxDepth                                        int
+	logMCPArguments                                                bool
+	logRedact                                                      cmdutil.List
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -83,6 +87,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.staleMode, "stale-mode", "all", "what a stale replica denies: all | sensitive (routes labelled sensitivity=high)")
 	fs.StringVar(&o.decisionLog, "decision-log", "stdout", "decision log destination: stdout | stderr | off | a file path")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug | info | warn | error")
+	fs.IntVar(&o.mcpMaxBody, "mcp-max-body", mcp.DefaultMaxBytes, "largest MCP request body read on routes labelled protocol: mcp (bytes; larger: denied mcp_too_large)")
+	fs.IntVar(&o.mcpMaxDepth, "mcp-max-depth", mcp.DefaultMaxDepth, "deepest JSON nesting of an MCP request (deeper: denied mcp_too_deep)")
+	fs.BoolVar(&o.logMCPArguments, "log-mcp-arguments", false, "write MCP tool arguments in decision records (default: only their names and SHA-256)")
+	fs.Var(&o.logRedact, "log-redact", "with --log-mcp-arguments: argument member name whose values are written as [redacted], at any depth (repeatable)")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the metrics address")
 	fs.StringVar(&o.addrFile, "addr-file", "", "write the bound addresses as JSON to this file once serving (for --listen 127.0.0.1:0)")
 	fs.StringVar(&o.mandateIssuer, "mandate-issuer", "", "issuer of mandates to accept (default spiffe://<first trust domain>/mandate/cp)")
@@ -108,6 +116,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.mandateKeys != "" && o.xdsServer != "" {
 		return nil, errors.New("--mandate-keys is for standalone mode; with --xds-server keys come from the control plane")
+	}
+	if o.mcpMaxBody <= 0 || o.mcpMaxDepth <= 0 {
+		return nil, errors.New("--mcp-max-body and --mcp-max-depth must be positive")
 	}
 	if o.svidTimeout <= 0 {
 		return nil, errors.New("--svid-timeout must be positive")
@@ -173,8 +184,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		defer closeLog()
 		l, err := decisionlog.New(ctx, decisionlog.Config{
-			Out:    slog.New(slog.NewJSONHandler(w, nil)),
-			OnDrop: metrics.LogDropped,
+			Out:          slog.New(slog.NewJSONHandler(w, nil)),
+			OnDrop:       metrics.LogDropped,
+			MCPArguments: o.logMCPArguments,
+			Redact:       o.logRedact,
 		})
 		if err != nil {
 			return err
@@ -211,6 +224,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Mandates:  authz.NewMandates(verifier),
 		StaleMode: staleMode,
 		Logger:    logger,
+		MCPLimits: mcp.Limits{MaxBytes: o.mcpMaxBody, MaxDepth: o.mcpMaxDepth},
 	}
 
 	hs := health.NewServer()
