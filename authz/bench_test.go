@@ -135,3 +135,63 @@ func BenchmarkCheck(b *testing.B) {
 		})
 	}
 }
+
+// mcpBody4K is a tools/call of about 4 KiB: a pull-request body in the
+// arguments, the kind of payload agents send.
+func mcpBody4K(id int, repo string) string {
+	return `{"jsonrpc":"2.0","id":` + strconv.Itoa(id) + `,"method":"tools/call","params":{"name":"github.list_issues","arguments":{"owner":"acme","repo":"` + repo +
+		`","state":"open","labels":["bug","p1"],"query":"` + strings.Repeat("frobnicator overflow when the widget count wraps; ", 78) + `"}}}`
+}
+
+// BenchmarkCheckMCP measures a decision on a 4 KiB tools/call (strict
+// parse, header agreement, policy with an argument condition): a cache
+// hit, and a miss (each request another repo, which a condition reads,
+// so each is evaluated). http/* is a plain request through the same
+// server for comparison.
+func BenchmarkCheckMCP(b *testing.B) {
+	ctx := context.Background()
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := mcpHarness(b, func(c *Config) { c.Log, c.Metrics = nil, m })
+	b.Run("hit", func(b *testing.B) {
+		req := mcpReq(mcpBody4K(1, "widgets"), hdr("mcp-method", "tools/call"), hdr("mcp-name", "github.list_issues"))
+		if res := h.checkMCP(b, req); !res.allowed {
+			b.Fatalf("denied: %s", res.body)
+		}
+		b.SetBytes(int64(len(req.Attributes.Request.Http.Body)))
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, err := h.srv.Check(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("miss", func(b *testing.B) {
+		reqs := make([]*authv3.CheckRequest, 1<<12)
+		for i := range reqs {
+			reqs[i] = mcpReq(mcpBody4K(i, "repo-"+strconv.Itoa(i)), hdr("mcp-method", "tools/call"), hdr("mcp-name", "github.list_issues"))
+		}
+		if res := h.checkMCP(b, reqs[1]); !res.allowed {
+			b.Fatalf("denied: %s", res.body)
+		}
+		before := testutil.ToFloat64(m.cacheHits)
+		b.SetBytes(int64(len(reqs[0].Attributes.Request.Http.Body)))
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if i%len(reqs) == 0 {
+				h.clock.Add(2 * time.Minute)
+			}
+			if _, err := h.srv.Check(ctx, reqs[i%len(reqs)]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		if hits := testutil.ToFloat64(m.cacheHits) - before; hits > 0 {
+			b.Fatalf("%v cache hits in a benchmark of misses", hits)
+		}
+	})
+}

@@ -234,8 +234,8 @@ func TestExamplesLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(set.Policies()) != 4 {
-		t.Errorf("examples hold %d policies, want 4", len(set.Policies()))
+	if len(set.Policies()) != 5 {
+		t.Errorf("examples hold %d policies, want 5", len(set.Policies()))
 	}
 	want := []string{"x-refund-amount", "x-ticket-id"}
 	if got := set.HeaderKeys(); strings.Join(got, ",") != strings.Join(want, ",") {

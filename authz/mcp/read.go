@@ -97,13 +97,22 @@ func skipWS(s string, i int) int {
 // skipString returns the index after the string starting at s[i] (its
 // opening quote), or len(s).
 func skipString(s string, i int) int {
-	for i++; i < len(s); i++ {
-		switch s[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
+	for i++; i < len(s); {
+		j := strings.IndexByte(s[i:], '"')
+		if j < 0 {
+			return len(s)
 		}
+		q := i + j
+		// The quote ends the string unless an odd run of backslashes
+		// escapes it.
+		bs := 0
+		for k := q - 1; k >= i && s[k] == '\\'; k-- {
+			bs++
+		}
+		if bs%2 == 0 {
+			return q + 1
+		}
+		i = q + 1
 	}
 	return len(s)
 }

@@ -58,7 +58,7 @@ func checkCmd(fs *pflag.FlagSet) runFunc {
 	cf.register(fs, "127.0.0.1:9191", "spiffe://example.org/mandate/authz")
 	var p envoyreq.Params
 	var hdrs, exts listFlag
-	var intent, task, mandate string
+	var intent, task, mandate, mcpTool, mcpArgs string
 	var asJSON bool
 	fs.StringVar(&p.Principal, "principal", "", "caller's SPIFFE ID, as Envoy reports the peer certificate (empty: no mTLS)")
 	fs.StringVar(&p.Destination, "destination", "", "destination principal")
@@ -70,6 +70,9 @@ func checkCmd(fs *pflag.FlagSet) runFunc {
 	fs.StringVar(&mandate, "mandate", "", "x-mandate token")
 	fs.Var(&hdrs, "header", "extra header 'name: value' (repeatable)")
 	fs.Var(&exts, "context", "route context extension key=value (repeatable)")
+	fs.StringVar(&p.Body, "body", "", "request body, sent as Envoy's with_request_body does (an MCP route reads its JSON-RPC request)")
+	fs.StringVar(&mcpTool, "mcp-tool", "", "send an MCP tools/call of this tool: POST /mcp on a route labelled protocol=mcp (unless --method/--path/--context say otherwise)")
+	fs.StringVar(&mcpArgs, "mcp-arguments", "{}", "with --mcp-tool: the tool's arguments, a JSON object")
 	fs.BoolVar(&asJSON, "json", false, "print the CheckResponse as JSON")
 	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		for _, h := range hdrs {
@@ -93,6 +96,26 @@ func checkCmd(fs *pflag.FlagSet) runFunc {
 				}
 				p.ContextExtensions[k] = v
 			}
+		}
+		if mcpTool != "" {
+			if p.Body != "" {
+				return errors.New("--body and --mcp-tool exclude each other")
+			}
+			if !json.Valid([]byte(mcpArgs)) || !strings.HasPrefix(strings.TrimSpace(mcpArgs), "{") {
+				return fmt.Errorf("--mcp-arguments %q: want a JSON object", mcpArgs)
+			}
+			name, _ := json.Marshal(mcpTool)
+			p.Body = `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":` + string(name) + `,"arguments":` + mcpArgs + `}}`
+			if !fs.Changed("method") {
+				p.Method = "POST"
+			}
+			if !fs.Changed("path") {
+				p.Path = "/mcp"
+			}
+			if p.ContextExtensions == nil {
+				p.ContextExtensions = map[string]string{"protocol": "mcp"}
+			}
+			p.Headers = append(p.Headers, [2]string{"content-type", "application/json"})
 		}
 		p.Time = time.Now()
 

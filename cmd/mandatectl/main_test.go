@@ -95,6 +95,19 @@ func TestCheck(t *testing.T) {
 	if code, out, _ := runCLI(t, append(base, "--path", "/tickets/T-2")...); code != exitDenied || !strings.Contains(out, "no_matching_rule") {
 		t.Fatalf("deny: exit %d %s", code, out)
 	}
+	coder := []string{"check", "--plaintext", "--addr", lis.Addr().String(), "--principal", "spiffe://example.org/agent/coder/c1"}
+	if code, out, errOut := runCLI(t, append(coder, "--mcp-tool", "github.list_issues", "--mcp-arguments", `{"owner":"acme"}`)...); code != 0 || !strings.HasPrefix(out, "ALLOW") {
+		t.Fatalf("MCP allow: exit %d %s%s", code, out, errOut)
+	}
+	if code, out, _ := runCLI(t, append(coder, "--mcp-tool", "github.delete_repository", "--mcp-arguments", `{"owner":"acme"}`)...); code != exitDenied ||
+		!strings.Contains(out, `"jsonrpc":"2.0","id":1,"error"`) || !strings.Contains(out, "denied_by_rule") {
+		t.Fatalf("MCP deny: exit %d %s", code, out)
+	}
+	dup := `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"github.list_issues","name":"github.delete_repository","arguments":{"owner":"acme"}}}`
+	if code, out, _ := runCLI(t, append(coder, "--method", "POST", "--path", "/mcp", "--context", "protocol=mcp", "--body", dup)...); code != exitDenied ||
+		!strings.Contains(out, "mcp_duplicate_key") {
+		t.Fatalf("MCP duplicate key: exit %d %s", code, out)
+	}
 	if code, _, errOut := runCLI(t, "check", "--plaintext", "--addr", "10.1.2.3:9191"); code != 1 || !strings.Contains(errOut, "loopback") {
 		t.Fatalf("plaintext off loopback: exit %d %s", code, errOut)
 	}

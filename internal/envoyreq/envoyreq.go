@@ -28,6 +28,9 @@ type Params struct {
 	Headers [][2]string
 	// ContextExtensions are the route's ext_authz context_extensions.
 	ContextExtensions map[string]string
+	// Body is the request body, sent whole as with_request_body does
+	// (allow_partial_message false) when non-empty.
+	Body string
 	ID                string
 	Time              time.Time
 }
@@ -82,6 +85,10 @@ func Build(p Params) *authv3.CheckRequest {
 	}}
 	if !p.Time.IsZero() {
 		req.Attributes.Request.Time = timestamppb.New(p.Time)
+	}
+	if p.Body != "" {
+		req.Attributes.Request.Http.Body = p.Body
+		req.Attributes.Request.Http.Size = int64(len(p.Body))
 	}
 	return req
 }

@@ -20,6 +20,11 @@
 //	      headers: {x-ticket-id: T-1}      # names are lowercased, as Envoy does
 //	      labels: {resource: tickets}
 //	      mandate: {id: m1, issuer: ..., task: T-1, intent: support.read, chain: [...]}
+//	      # mcp: an MCP JSON-RPC request (route labelled protocol: mcp,
+//	      # POST /mcp unless set): method (default tools/call), tool or
+//	      # resource, arguments; or body: the raw JSON-RPC text. Either is
+//	      # parsed as strictly as the authorizer does.
+//	      # mcp: {tool: github.list_issues, arguments: {owner: acme}}
 //	      now: 2026-01-01T12:00:00Z        # default DefaultNow
 //	    expect:
 //	      effect: allow                    # allow | deny | step_up (required)
@@ -33,12 +38,14 @@
 package policytest
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/policies"
 	"github.com/mandate-dev/mandate/policies/internal/yamldoc"
 )
@@ -87,7 +94,51 @@ type Request struct {
 	Headers     map[string]string `yaml:"headers,omitempty"`
 	Labels      map[string]string `yaml:"labels,omitempty"`
 	Mandate     *Mandate          `yaml:"mandate,omitempty"`
+	MCP         *MCP              `yaml:"mcp,omitempty"`
 	Now         *time.Time        `yaml:"now,omitempty"`
+}
+
+// MCP is a case's MCP request.
+type MCP struct {
+	Method    string         `yaml:"method,omitempty"`
+	Tool      string         `yaml:"tool,omitempty"`
+	Resource  string         `yaml:"resource,omitempty"`
+	Arguments map[string]any `yaml:"arguments,omitempty"`
+	Body      string         `yaml:"body,omitempty"`
+}
+
+// Parse returns the JSON-RPC request the case describes, parsed by
+// authz/mcp.
+func (m *MCP) Parse() (mcp.Request, error) {
+	body := m.Body
+	if body == "" {
+		method := m.Method
+		if method == "" {
+			method = mcp.MethodToolsCall
+		}
+		params := map[string]any{}
+		if m.Tool != "" {
+			params["name"] = m.Tool
+		}
+		if m.Resource != "" {
+			params["uri"] = m.Resource
+		}
+		if m.Arguments != nil {
+			params["arguments"] = m.Arguments
+		}
+		msg := map[string]any{"jsonrpc": "2.0", "method": method, "params": params}
+		if !strings.HasPrefix(method, "notifications/") {
+			msg["id"] = 1
+		}
+		b, err := json.Marshal(msg)
+		if err != nil {
+			return mcp.Request{}, err
+		}
+		body = string(b)
+	} else if m.Method != "" || m.Tool != "" || m.Resource != "" || m.Arguments != nil {
+		return mcp.Request{}, errors.New("set body or method/tool/resource/arguments, not both")
+	}
+	return mcp.Parse(body, mcp.Limits{})
 }
 
 // Mandate is a case's verified mandate.
@@ -263,6 +314,11 @@ func checkCase(c *Case) []error {
 		}
 	}
 	r := &c.Request
+	if r.MCP != nil {
+		if _, err := r.MCP.Parse(); err != nil {
+			errs = append(errs, fieldError{"request.mcp", err})
+		}
+	}
 	if r.GRPC != "" {
 		svc, method, ok := strings.Cut(r.GRPC, "/")
 		if !ok || svc == "" || method == "" || strings.Contains(method, "/") {
@@ -318,6 +374,24 @@ func (r *Request) Build() *policies.Request {
 	}
 	if r.Now != nil {
 		out.Now = *r.Now
+	}
+	if r.MCP != nil {
+		if req, err := r.MCP.Parse(); err == nil {
+			out.MCP = &policies.MCPCall{Method: req.Method, Tool: req.Tool(), ResourceURI: req.URI, Arguments: req.Arguments}
+		}
+		if out.Method == "" {
+			out.Method = "POST"
+		}
+		if out.Path == "" {
+			out.Path = "/mcp"
+		}
+		if _, ok := out.Labels["protocol"]; !ok {
+			labels := map[string]string{"protocol": "mcp"}
+			for k, v := range out.Labels {
+				labels[k] = v
+			}
+			out.Labels = labels
+		}
 	}
 	return out
 }
