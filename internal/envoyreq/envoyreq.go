@@ -31,8 +31,8 @@ type Params struct {
 	// Body is the request body, sent whole as with_request_body does
 	// (allow_partial_message false) when non-empty.
 	Body string
-	ID                string
-	Time              time.Time
+	ID   string
+	Time time.Time
 }
 
 // Build returns the CheckRequest.
