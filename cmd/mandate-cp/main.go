@@ -36,7 +36,6 @@ import (
 	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
-	"github.com/mandate-dev/mandate/xds/store"
 )
 
 func main() {
@@ -64,6 +63,7 @@ type options struct {
 	maxDepth, driftThreshold                 int
 
 	envoy envoyOptions // --envoy-dir, --envoy-id: LDS/CDS for Envoys (envoy.go)
+	store storeOptions // --kek-file (store.go)
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -98,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.driftAction, "drift-action", "revoke", "revoke | downgrade")
 	fs.Var(&o.driftIntents, "drift-downgrade-intents", "intents a downgraded task keeps (with --drift-action downgrade)")
 	o.envoy.register(fs)
+	o.store.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -133,7 +134,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	st, err := store.Open(ctx, o.dataDir)
+	st, err := openStore(ctx, o.dataDir, o.store, logger)
 	if err != nil {
 		return err
 	}
@@ -200,7 +201,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	services, err := mandateServices(ctx, o, pl, auth, logger)
+	services, err := mandateServices(ctx, o, pl, st, auth, logger)
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,7 @@ func (s *cpServices) register(g *grpc.Server) {
 
 // mandateServices builds issuance (with its signing keys, started and
 // rotating until ctx ends), step-up approvals and drift detection.
-func mandateServices(ctx context.Context, o *options, pl *plane.Plane, auth *admin.Auth, logger *slog.Logger) (*cpServices, error) {
+func mandateServices(ctx context.Context, o *options, pl *plane.Plane, st issuer.Store, auth *admin.Auth, logger *slog.Logger) (*cpServices, error) {
 	cpID := "spiffe://" + o.trustDomain + "/mandate/cp"
 	identify := func(ctx context.Context) (string, error) { return rpcutil.Identify(ctx, o.plaintext) }
 	operator := func(ctx context.Context) (string, error) {
@@ -56,7 +56,7 @@ func mandateServices(ctx context.Context, o *options, pl *plane.Plane, auth *adm
 		}
 	}
 	is, err := issuer.New(issuer.Config{
-		Plane: pl, Policy: pol, Issuer: cpID, MaxTTL: o.maxTTL, MaxDepth: o.maxDepth,
+		Plane: pl, Store: st, Policy: pol, Issuer: cpID, MaxTTL: o.maxTTL, MaxDepth: o.maxDepth,
 		Rotation: o.keyRotation, Overlap: o.keyOverlap, Identify: identify, Operator: operator, Logger: logger,
 	})
 	if err != nil {

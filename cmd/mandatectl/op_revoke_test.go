@@ -17,9 +17,9 @@ import (
 
 	"github.com/mandate-dev/mandate/cp/admin"
 	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/cp/store/boltstore"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
-	"github.com/mandate-dev/mandate/xds/store"
 )
 
 // startCP serves the Admin API over a real plane on 127.0.0.1:0,
@@ -28,7 +28,7 @@ func startCP(t *testing.T) (string, *plane.Plane) {
 	t.Helper()
 	ctx := context.Background()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := store.Open(ctx, t.TempDir())
+	st, err := boltstore.Open(ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,9 +29,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/cp/store/boltstore"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
-	"github.com/mandate-dev/mandate/xds/store"
 )
 
 const goodPolicy = `apiVersion: mandate.dev/v1
@@ -51,7 +51,7 @@ func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, ni
 func serve(t *testing.T, lis net.Listener, creds credentials.TransportCredentials, cfg AuthConfig) (*plane.Plane, *prometheus.Registry) {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, t.TempDir())
+	st, err := boltstore.Open(ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,9 +25,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/cp/store/boltstore"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
-	"github.com/mandate-dev/mandate/xds/store"
 )
 
 type testClock struct {
@@ -77,7 +77,7 @@ func startEnvoyHarness(t *testing.T) *envoyHarness {
 	t.Helper()
 	ctx := context.Background()
 	clock := &testClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-	st, err := store.Open(ctx, t.TempDir())
+	st, err := boltstore.Open(ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

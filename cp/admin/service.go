@@ -17,9 +17,9 @@ import (
 
 	"github.com/mandate-dev/mandate/authz/revocation"
 	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
-	"github.com/mandate-dev/mandate/xds/store"
 )
 
 // Plane is what the service needs of *plane.Plane.

@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -12,8 +13,8 @@ import (
 
 	"github.com/mandate-dev/mandate/authz/mandate"
 	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
-	"github.com/mandate-dev/mandate/xds/store"
 )
 
 type fakeClock struct {
@@ -37,7 +38,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 
 // fakePlane is the Plane contract over a real store, without xDS.
 type fakePlane struct {
-	st *store.Store
+	st *store.DB
 
 	mu      sync.Mutex
 	keys    []*mandatev1.VerificationKey
@@ -47,15 +48,10 @@ type fakePlane struct {
 
 func newFakePlane(t *testing.T, now func() time.Time) *fakePlane {
 	t.Helper()
-	st, err := store.Open(context.Background(), t.TempDir(), store.WithClock(now))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := store.NewMemory(store.WithClock(now))
 	t.Cleanup(func() { st.Close() })
 	return &fakePlane{st: st}
 }
-
-func (p *fakePlane) Store() *store.Store { return p.st }
 
 func (p *fakePlane) SetVerificationKeys(_ context.Context, keys []*mandatev1.VerificationKey, _ string) (string, error) {
 	p.mu.Lock()
@@ -73,21 +69,31 @@ func (p *fakePlane) Revoke(ctx context.Context, r revocation.Record, actor strin
 		return "", err
 	}
 	r.CreatedBy = actor
-	_, err := p.st.PutRevocation(ctx, &mandatev1.Revocation{
-		Name: r.ID, Kind: r.Kind.String(), Value: r.Value, Intents: r.Intents,
-		Expires: timestamppb.New(r.Expires), Reason: r.Reason, CreatedAt: timestamppb.New(r.CreatedAt), CreatedBy: actor,
-	})
-	if err != nil {
-		return "", err
-	}
 	p.mu.Lock()
 	p.revs = append(p.revs, r)
 	p.mu.Unlock()
 	return "7", nil
 }
 
+func (p *fakePlane) Revocations(bool) ([]*mandatev1.Revocation, string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []*mandatev1.Revocation
+	for i, r := range p.revs {
+		name := r.ID
+		if name == "" {
+			name = fmt.Sprint("r-", i)
+		}
+		out = append(out, &mandatev1.Revocation{
+			Name: name, Kind: r.Kind.String(), Value: r.Value, Intents: r.Intents,
+			Expires: timestamppb.New(r.Expires), Reason: r.Reason, CreatedAt: timestamppb.New(r.CreatedAt), CreatedBy: r.CreatedBy,
+		})
+	}
+	return out, "7"
+}
+
 func (p *fakePlane) Audit(ctx context.Context, actor, action, object, detail string) error {
-	return p.st.Audit(ctx, store.AuditEntry{Actor: actor, Action: action, Object: object, Detail: detail})
+	return p.st.AppendAudit(ctx, store.AuditEntry{Actor: actor, Action: action, Object: object, Detail: detail})
 }
 
 func (p *fakePlane) published() []mandate.Key {

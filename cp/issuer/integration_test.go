@@ -26,9 +26,10 @@ import (
 	"github.com/mandate-dev/mandate/cp/issuer/rpcutil"
 	"github.com/mandate-dev/mandate/cp/plane"
 	"github.com/mandate-dev/mandate/cp/stepup"
+	"github.com/mandate-dev/mandate/cp/store"
+	"github.com/mandate-dev/mandate/cp/store/boltstore"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
-	"github.com/mandate-dev/mandate/xds/store"
 )
 
 const (
@@ -54,7 +55,7 @@ rules:
 
 type cp struct {
 	plane *plane.Plane
-	st    *store.Store
+	st    *store.DB
 	conn  *grpc.ClientConn
 
 	mandates  mandatev1.MandatesClient
@@ -69,7 +70,7 @@ func startCP(t *testing.T) *cp {
 	t.Helper()
 	ctx := context.Background()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := store.Open(ctx, t.TempDir())
+	st, err := boltstore.Open(ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +100,7 @@ func startCP(t *testing.T) *cp {
 		}
 		return id, nil
 	}
-	is, err := issuer.New(issuer.Config{Plane: pl, Policy: pol, Issuer: cpID, Identify: identify, Operator: op, Logger: logger})
+	is, err := issuer.New(issuer.Config{Plane: pl, Store: st, Policy: pol, Issuer: cpID, Identify: identify, Operator: op, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,10 +149,7 @@ func as(id string) context.Context {
 // publishes to replicas.
 func replicaVerifier(t *testing.T, c *cp) *mandate.Verifier {
 	t.Helper()
-	ks, _, err := c.st.Keys(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	ks := c.plane.VerificationKeys()
 	var keys []mandate.Key
 	for _, k := range ks {
 		keys = append(keys, mandate.Key{ID: k.GetName(), Public: k.GetPublicKey(), NotBefore: k.GetNotBefore().AsTime(), NotAfter: k.GetNotAfter().AsTime()})

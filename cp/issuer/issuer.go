@@ -22,17 +22,24 @@ import (
 	"github.com/mandate-dev/mandate/authz/mandate"
 	"github.com/mandate-dev/mandate/authz/revocation"
 	"github.com/mandate-dev/mandate/cp/issuance"
+	"github.com/mandate-dev/mandate/cp/store"
 	xdsclient "github.com/mandate-dev/mandate/xds/client"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
-	"github.com/mandate-dev/mandate/xds/store"
 )
 
 // Plane is what the issuer needs of cp/plane.
 type Plane interface {
 	Revoke(ctx context.Context, r revocation.Record, actor string) (string, error)
 	SetVerificationKeys(ctx context.Context, keys []*mandatev1.VerificationKey, actor string) (string, error)
-	Store() *store.Store
+	Revocations(includeExpired bool) ([]*mandatev1.Revocation, string)
 	Audit(ctx context.Context, actor, action, object, detail string) error
+}
+
+// Store is what the issuer needs of the store (cp/store.DB): the signing
+// keys and the audit trail (the task index is rebuilt from it).
+type Store interface {
+	KeyStore
+	AuditLog(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error)
 }
 
 // Defaults of Config.
@@ -48,6 +55,8 @@ const (
 // Config configures a Service. Zero durations take the defaults.
 type Config struct {
 	Plane Plane
+	// Store keeps the signing keys; required.
+	Store Store
 	// Policy is the issuance policy; nil admits no IssueMandate call.
 	// SetPolicy replaces it.
 	Policy *issuance.Policy
@@ -97,6 +106,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Plane == nil {
 		return nil, errors.New("issuer: Plane is required")
 	}
+	if cfg.Store == nil {
+		return nil, errors.New("issuer: Store is required")
+	}
 	if cfg.Identify == nil {
 		return nil, errors.New("issuer: Identify is required")
 	}
@@ -145,7 +157,7 @@ func New(cfg Config) (*Service, error) {
 		l = slog.Default()
 	}
 	kr, err := NewKeyring(KeyringConfig{
-		Plane: cfg.Plane, Issuer: cfg.Issuer, Rotation: cfg.Rotation, Overlap: cfg.Overlap,
+		Plane: cfg.Plane, Store: cfg.Store, Issuer: cfg.Issuer, Rotation: cfg.Rotation, Overlap: cfg.Overlap,
 		Skew: cfg.Skew, Now: cfg.Now, Rand: cfg.Rand, Logger: l,
 	})
 	if err != nil {
@@ -188,7 +200,7 @@ func (s *Service) Start(ctx context.Context) error {
 		return err
 	}
 	since := s.cfg.Now().Add(-s.cfg.MaxTTL - s.cfg.Skew)
-	entries, err := s.cfg.Plane.Store().AuditLog(ctx, since, 1<<20)
+	entries, err := s.cfg.Store.AuditLog(ctx, since, 1<<20)
 	if err != nil {
 		return fmt.Errorf("issuer: read audit trail: %w", err)
 	}
@@ -453,10 +465,7 @@ func (s *Service) signer(ctx context.Context) (*mandate.Signer, error) {
 
 // checkRevoked refuses when a live revocation covers q.
 func (s *Service) checkRevoked(ctx context.Context, q revocation.Query) error {
-	rs, _, err := s.cfg.Plane.Store().Revocations(ctx)
-	if err != nil {
-		return &Error{Kind: KindUnavailable, Reason: "store_unavailable", Err: err}
-	}
+	rs, _ := s.cfg.Plane.Revocations(true)
 	recs := make([]revocation.Record, 0, len(rs))
 	for _, r := range rs {
 		rec, err := xdsclient.RevocationRecord(r)

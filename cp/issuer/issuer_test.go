@@ -3,6 +3,8 @@ package issuer
 import (
 	"context"
 	"errors"
+	"github.com/mandate-dev/mandate/cp/store"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,7 +56,7 @@ func newEnv(t *testing.T, mod func(*Config)) *env {
 		t.Fatal(err)
 	}
 	cfg := Config{
-		Plane: plane, Policy: pol, Issuer: cpID, Now: clock.Now,
+		Plane: plane, Store: plane.st, Policy: pol, Issuer: cpID, Now: clock.Now,
 		Identify: func(context.Context) (string, error) { return "", errors.New("unused") },
 	}
 	if mod != nil {
@@ -93,7 +95,7 @@ func (e *env) issue(t *testing.T, subject string, ttl time.Duration) *Issued {
 
 func TestConfigValidation(t *testing.T) {
 	base := func() Config {
-		return Config{Plane: &fakePlane{}, Issuer: cpID, Identify: func(context.Context) (string, error) { return "", nil }}
+		return Config{Plane: &fakePlane{}, Store: store.NewMemory(), Issuer: cpID, Identify: func(context.Context) (string, error) { return "", nil }}
 	}
 	tests := []struct {
 		name string
@@ -101,6 +103,7 @@ func TestConfigValidation(t *testing.T) {
 		want string
 	}{
 		{"no plane", func(c *Config) { c.Plane = nil }, "Plane"},
+		{"no store", func(c *Config) { c.Store = nil }, "Store"},
 		{"no identify", func(c *Config) { c.Identify = nil }, "Identify"},
 		{"no issuer", func(c *Config) { c.Issuer = "" }, "Issuer"},
 		{"bad issuer", func(c *Config) { c.Issuer = "mandate-cp" }, "issuer"},
@@ -227,7 +230,7 @@ func TestRotationOverlap(t *testing.T) {
 	if len(keys) != 1 || keys[0].ID != fresh.KeyID {
 		t.Fatalf("published after the overlap = %v, want only %s", keys, fresh.KeyID)
 	}
-	if _, err := e.plane.st.SigningKey(ctx, old.KeyID); err == nil {
+	if sks, err := e.plane.st.SigningKeys(ctx); err != nil || slices.ContainsFunc(sks, func(k store.SigningKey) bool { return k.ID == old.KeyID }) {
 		t.Fatal("retired signing key still in the store after the overlap")
 	}
 	// A token signed by the retired key is refused as unknown, whatever its

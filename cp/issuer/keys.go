@@ -14,19 +14,27 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-dev/mandate/authz/mandate"
+	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
-	"github.com/mandate-dev/mandate/xds/store"
 )
 
 // KeyPlane is what the keyring needs of cp/plane.
 type KeyPlane interface {
 	SetVerificationKeys(ctx context.Context, keys []*mandatev1.VerificationKey, actor string) (string, error)
-	Store() *store.Store
+}
+
+// KeyStore is what the keyring needs of the store (cp/store.DB): the
+// signing keys, sealed at rest when the store has a key-encryption key.
+type KeyStore interface {
+	SigningKeys(ctx context.Context) ([]store.SigningKey, error)
+	PutSigningKey(ctx context.Context, k store.SigningKey, audit ...store.AuditEntry) error
+	DeleteSigningKey(ctx context.Context, id string, audit ...store.AuditEntry) error
 }
 
 // KeyringConfig configures a Keyring.
 type KeyringConfig struct {
 	Plane KeyPlane
+	Store KeyStore
 	// Issuer is stamped into every mandate ("iss") and is the actor of key
 	// changes in the audit trail.
 	Issuer string
@@ -68,6 +76,8 @@ func NewKeyring(cfg KeyringConfig) (*Keyring, error) {
 	switch {
 	case cfg.Plane == nil:
 		return nil, errors.New("issuer: keyring: Plane is required")
+	case cfg.Store == nil:
+		return nil, errors.New("issuer: keyring: Store is required")
 	case cfg.Issuer == "":
 		return nil, errors.New("issuer: keyring: Issuer is required")
 	case cfg.Rotation < time.Minute:
@@ -91,7 +101,7 @@ func NewKeyring(cfg KeyringConfig) (*Keyring, error) {
 // clock says, creates a key when none is active, and publishes the
 // verification keys (always, so replicas match the store after a restart).
 func (k *Keyring) Load(ctx context.Context) error {
-	sks, err := k.cfg.Plane.Store().SigningKeys(ctx)
+	sks, err := k.cfg.Store.SigningKeys(ctx)
 	if err != nil {
 		return fmt.Errorf("issuer: load signing keys: %w", err)
 	}
@@ -107,7 +117,7 @@ func (k *Keyring) Load(ctx context.Context) error {
 		// leaves two active keys: retire the older one now.
 		if i < len(sks)-1 && sk.NotAfter.IsZero() {
 			sk.NotAfter = sks[i+1].CreatedAt.Add(k.cfg.Overlap)
-			if err := k.cfg.Plane.Store().PutSigningKey(ctx, sk, k.auditEntry("signing-key.retire", sk.ID, "superseded")); err != nil {
+			if err := k.cfg.Store.PutSigningKey(ctx, sk, k.auditEntry("signing-key.retire", sk.ID, "superseded")); err != nil {
 				return fmt.Errorf("issuer: retire signing key %q: %w", sk.ID, err)
 			}
 		}
@@ -153,7 +163,7 @@ func (k *Keyring) Tick(ctx context.Context) (bool, error) {
 
 func (k *Keyring) tickLocked(ctx context.Context, publish bool) (bool, error) {
 	now := k.cfg.Now()
-	st := k.cfg.Plane.Store()
+	st := k.cfg.Store
 	changed := false
 	kept := k.keys[:0]
 	for _, rk := range k.keys {
@@ -198,7 +208,7 @@ func (k *Keyring) rotateLocked(ctx context.Context, now time.Time) error {
 		return fmt.Errorf("issuer: %w", err)
 	}
 	sk := store.SigningKey{ID: kid, Algorithm: mandateAlg, Private: priv, CreatedAt: now.UTC()}
-	st := k.cfg.Plane.Store()
+	st := k.cfg.Store
 	// The new key is stored before the old one is retired: a crash in
 	// between leaves two unretired keys, which Load resolves.
 	if err := st.PutSigningKey(ctx, sk, k.auditEntry("signing-key.create", kid, "rotation")); err != nil {

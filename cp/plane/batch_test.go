@@ -74,7 +74,7 @@ func TestRevokeManyAllOrNothing(t *testing.T) {
 			if v := e.xds.Versions()[mandatev1.RevocationTypeURL]; v != "1" {
 				t.Errorf("xDS revocation version moved to %s", v)
 			}
-			stored, sv, _ := e.st.Revocations(ctx)
+			stored, sv, _ := load(ctx, e.st, mandatev1.RevocationTypeURL, newRevocation)
 			if sv != 1 || len(stored) != 1 {
 				t.Errorf("store changed: version %d, %d records", sv, len(stored))
 			}
@@ -234,7 +234,7 @@ func TestSweepRevocations(t *testing.T) {
 	if len(rs) != 1 || rs[0].GetValue() != "spiffe://example.org/agent/long" {
 		t.Fatalf("left: %v", rs)
 	}
-	stored, sv, _ := e.st.Revocations(ctx)
+	stored, sv, _ := load(ctx, e.st, mandatev1.RevocationTypeURL, newRevocation)
 	if len(stored) != 1 || sv != 3 || stored[short[0].GetName()] != nil {
 		t.Fatalf("store: %d records at version %d", len(stored), sv)
 	}

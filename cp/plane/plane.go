@@ -29,11 +29,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/policies"
 	xdsclient "github.com/mandate-dev/mandate/xds/client"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
-	"github.com/mandate-dev/mandate/xds/store"
 )
 
 // Limits on what a single write may carry.
@@ -99,9 +99,21 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 	}
 }
 
+// Store is what the plane needs of the durable store (cp/store.DB over
+// bbolt or etcd, or its in-memory fake): resources by type URL, each
+// write returning the type's version, and the audit trail.
+type Store interface {
+	Put(ctx context.Context, typeURL string, items []store.Item, audit ...store.AuditEntry) (uint64, error)
+	Delete(ctx context.Context, typeURL string, names []string, audit ...store.AuditEntry) (uint64, error)
+	Replace(ctx context.Context, typeURL string, items []store.Item, audit ...store.AuditEntry) (uint64, error)
+	List(ctx context.Context, typeURL string) ([]store.Item, uint64, error)
+	AppendAudit(ctx context.Context, entries ...store.AuditEntry) error
+	AuditLog(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error)
+}
+
 // Plane validates, stores and publishes. Create it with New.
 type Plane struct {
-	st  *store.Store
+	st  Store
 	xds *xdsserver.Server
 	log *slog.Logger
 	now func() time.Time
@@ -128,21 +140,17 @@ type Plane struct {
 // ServerOptions returns the xdsserver options that make a server built
 // over st count versions from where the store left them: publishing the
 // stored content (New does) then yields exactly the stored versions.
-func ServerOptions(ctx context.Context, st *store.Store) ([]xdsserver.Option, error) {
+func ServerOptions(ctx context.Context, st Store) ([]xdsserver.Option, error) {
 	if st == nil {
 		return nil, errors.New("plane: nil store")
 	}
-	counts, err := storedCounts(ctx, st)
-	if err != nil {
-		return nil, err
-	}
 	var opts []xdsserver.Option
 	for _, t := range mandatev1.TypeURLs() {
-		v, err := st.Version(ctx, t)
+		items, v, err := st.List(ctx, t)
 		if err != nil {
-			return nil, fmt.Errorf("plane: %w", err)
+			return nil, fmt.Errorf("plane: load %s: %w", short(t), err)
 		}
-		if v > 0 && counts[t] > 0 {
+		if v > 0 && len(items) > 0 {
 			v-- // the initial publish raises it by one
 		}
 		opts = append(opts, xdsserver.WithInitialVersion(t, v))
@@ -150,32 +158,9 @@ func ServerOptions(ctx context.Context, st *store.Store) ([]xdsserver.Option, er
 	return opts, nil
 }
 
-func storedCounts(ctx context.Context, st *store.Store) (map[string]int, error) {
-	ps, _, err := st.Policies(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("plane: load policies: %w", err)
-	}
-	rs, _, err := st.Revocations(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("plane: load revocations: %w", err)
-	}
-	as, _, err := st.Approvals(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("plane: load approvals: %w", err)
-	}
-	ks, _, err := st.Keys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("plane: load keys: %w", err)
-	}
-	return map[string]int{
-		mandatev1.PolicyTypeURL: len(ps), mandatev1.RevocationTypeURL: len(rs),
-		mandatev1.ApprovalTypeURL: len(as), mandatev1.VerificationKeyTypeURL: len(ks),
-	}, nil
-}
-
 // New loads everything the store holds and publishes it (restart
 // recovery). Build xds with ServerOptions(st) so versions continue.
-func New(ctx context.Context, st *store.Store, xds *xdsserver.Server, logger *slog.Logger, opts ...Option) (*Plane, error) {
+func New(ctx context.Context, st Store, xds *xdsserver.Server, logger *slog.Logger, opts ...Option) (*Plane, error) {
 	if st == nil || xds == nil || logger == nil {
 		return nil, errors.New("plane: store, xDS server and logger are required")
 	}
@@ -200,18 +185,19 @@ func New(ctx context.Context, st *store.Store, xds *xdsserver.Server, logger *sl
 		}
 	}
 
+	stored := map[string]uint64{}
 	var err error
-	if p.policies, _, err = st.Policies(ctx); err != nil {
-		return nil, fmt.Errorf("plane: load policies: %w", err)
+	if p.policies, stored[mandatev1.PolicyTypeURL], err = load(ctx, st, mandatev1.PolicyTypeURL, newPolicy); err != nil {
+		return nil, err
 	}
-	if p.revocations, _, err = st.Revocations(ctx); err != nil {
-		return nil, fmt.Errorf("plane: load revocations: %w", err)
+	if p.revocations, stored[mandatev1.RevocationTypeURL], err = load(ctx, st, mandatev1.RevocationTypeURL, newRevocation); err != nil {
+		return nil, err
 	}
-	if p.approvals, _, err = st.Approvals(ctx); err != nil {
-		return nil, fmt.Errorf("plane: load approvals: %w", err)
+	if p.approvals, stored[mandatev1.ApprovalTypeURL], err = load(ctx, st, mandatev1.ApprovalTypeURL, newApproval); err != nil {
+		return nil, err
 	}
-	if p.keys, _, err = st.Keys(ctx); err != nil {
-		return nil, fmt.Errorf("plane: load keys: %w", err)
+	if p.keys, stored[mandatev1.VerificationKeyTypeURL], err = load(ctx, st, mandatev1.VerificationKeyTypeURL, newKey); err != nil {
+		return nil, err
 	}
 	// A store written by an older or buggy control plane must not push a
 	// set replicas reject: refuse to start instead.
@@ -226,11 +212,7 @@ func New(ctx context.Context, st *store.Store, xds *xdsserver.Server, logger *sl
 		if err != nil {
 			return nil, err
 		}
-		sv, err := st.Version(ctx, t)
-		if err != nil {
-			return nil, fmt.Errorf("plane: %w", err)
-		}
-		if v != strconv.FormatUint(sv, 10) {
+		if sv := stored[t]; v != strconv.FormatUint(sv, 10) {
 			logger.Warn("xds version differs from the stored version (build the xDS server with plane.ServerOptions)",
 				"type", short(t), "xds", v, "store", sv)
 		}
@@ -307,16 +289,12 @@ func (p *Plane) countWrite(typeURL string, err error) {
 	p.writes.WithLabelValues(short(typeURL), res).Inc()
 }
 
-// Store returns the store (for services that keep their own records, such
-// as signing keys).
-func (p *Plane) Store() *store.Store { return p.st }
-
 // Versions returns the current xDS version of every type.
 func (p *Plane) Versions() map[string]string { return p.xds.Versions() }
 
 // Audit appends an audit entry for an action that is not a resource write.
 func (p *Plane) Audit(ctx context.Context, actor, action, object, detail string) error {
-	if err := p.st.Audit(ctx, store.AuditEntry{Time: p.now(), Actor: actor, Action: action, Object: object, Detail: detail}); err != nil {
+	if err := p.st.AppendAudit(ctx, p.audit(actor, action, object, detail)); err != nil {
 		return fmt.Errorf("plane: audit: %w", err)
 	}
 	return nil
@@ -425,8 +403,11 @@ func (p *Plane) ApplyPolicySet(ctx context.Context, ps []*mandatev1.Policy, prun
 			summary = append(summary, c.Kind+" "+c.Name)
 		}
 	}
-	list := slices.Collect(maps.Values(next))
-	_, err = p.st.ReplacePolicies(ctx, list, p.audit(actor, "policy.apply", "policies", strings.Join(summary, ", ")))
+	items, err := encodeAll(slices.Collect(maps.Values(next)))
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	_, err = p.st.Replace(ctx, mandatev1.PolicyTypeURL, items, p.audit(actor, "policy.apply", "policies", strings.Join(summary, ", ")))
 	p.countWrite(mandatev1.PolicyTypeURL, err)
 	if err != nil {
 		return ApplyResult{}, fmt.Errorf("plane: store policies: %w", err)
@@ -503,7 +484,7 @@ func (p *Plane) DeletePolicy(ctx context.Context, name, actor string) (string, e
 		p.countWrite(mandatev1.PolicyTypeURL, err)
 		return "", err
 	}
-	_, err := p.st.DeletePolicy(ctx, name, p.audit(actor, "policy.delete", "policy/"+name, ""))
+	_, err := p.st.Delete(ctx, mandatev1.PolicyTypeURL, []string{name}, p.audit(actor, "policy.delete", "policy/"+name, ""))
 	p.countWrite(mandatev1.PolicyTypeURL, err)
 	if err != nil {
 		return "", fmt.Errorf("plane: delete policy: %w", err)
@@ -598,7 +579,11 @@ func (p *Plane) RevokeMany(ctx context.Context, rs []revocation.Record, actor st
 			return nil, "", err
 		}
 	}
-	_, err := p.st.PutRevocations(ctx, recs, audit...)
+	items, err := encodeAll(recs)
+	if err != nil {
+		return nil, "", err
+	}
+	_, err = p.st.Put(ctx, mandatev1.RevocationTypeURL, items, audit...)
 	p.countWrite(mandatev1.RevocationTypeURL, err)
 	if err != nil {
 		return nil, "", fmt.Errorf("plane: store revocations: %w", err)
@@ -707,7 +692,11 @@ func (p *Plane) PutApproval(ctx context.Context, a *mandatev1.Approval, actor st
 	if old, ok := p.approvals[a.GetName()]; ok && proto.Equal(old, a) {
 		return p.xds.Versions()[mandatev1.ApprovalTypeURL], nil
 	}
-	_, err := p.st.PutApproval(ctx, a, p.audit(actor, "approval.put", "approval/"+a.GetName(),
+	items, err := encodeAll([]*mandatev1.Approval{a})
+	if err != nil {
+		return "", err
+	}
+	_, err = p.st.Put(ctx, mandatev1.ApprovalTypeURL, items, p.audit(actor, "approval.put", "approval/"+a.GetName(),
 		fmt.Sprintf("subject %s until %s", a.GetSubject(), a.GetExpires().AsTime().UTC().Format(time.RFC3339))))
 	p.countWrite(mandatev1.ApprovalTypeURL, err)
 	if err != nil {
@@ -726,7 +715,7 @@ func (p *Plane) DeleteApproval(ctx context.Context, name, actor string) (string,
 	if _, ok := p.approvals[name]; !ok {
 		return "", fmt.Errorf("approval %q: %w", name, ErrNotFound)
 	}
-	_, err := p.st.DeleteApproval(ctx, name, p.audit(actor, "approval.delete", "approval/"+name, ""))
+	_, err := p.st.Delete(ctx, mandatev1.ApprovalTypeURL, []string{name}, p.audit(actor, "approval.delete", "approval/"+name, ""))
 	p.countWrite(mandatev1.ApprovalTypeURL, err)
 	if err != nil {
 		return "", fmt.Errorf("plane: delete approval: %w", err)
@@ -773,7 +762,11 @@ func (p *Plane) SetVerificationKeys(ctx context.Context, keys []*mandatev1.Verif
 		if old, ok := p.keys[name]; ok && proto.Equal(old, next[name]) {
 			continue
 		}
-		_, err := p.st.PutKey(ctx, next[name], p.audit(actor, "key.put", "verification_key/"+name, ""))
+		items, err := encodeAll([]*mandatev1.VerificationKey{next[name]})
+		if err != nil {
+			return "", err
+		}
+		_, err = p.st.Put(ctx, mandatev1.VerificationKeyTypeURL, items, p.audit(actor, "key.put", "verification_key/"+name, ""))
 		p.countWrite(mandatev1.VerificationKeyTypeURL, err)
 		if err != nil {
 			return "", fmt.Errorf("plane: store key: %w", err)
@@ -789,7 +782,7 @@ func (p *Plane) SetVerificationKeys(ctx context.Context, keys []*mandatev1.Verif
 		if _, keep := next[name]; keep {
 			continue
 		}
-		_, err := p.st.DeleteKey(ctx, name, p.audit(actor, "key.delete", "verification_key/"+name, ""))
+		_, err := p.st.Delete(ctx, mandatev1.VerificationKeyTypeURL, []string{name}, p.audit(actor, "key.delete", "verification_key/"+name, ""))
 		p.countWrite(mandatev1.VerificationKeyTypeURL, err)
 		if err != nil {
 			return "", fmt.Errorf("plane: delete key: %w", err)
@@ -834,6 +827,50 @@ func (p *Plane) AuditLog(ctx context.Context, since time.Time, limit int) ([]sto
 	out, err := p.st.AuditLog(ctx, since, limit)
 	if err != nil {
 		return nil, fmt.Errorf("plane: %w", err)
+	}
+	return out, nil
+}
+
+func newPolicy() *mandatev1.Policy         { return &mandatev1.Policy{} }
+func newRevocation() *mandatev1.Revocation { return &mandatev1.Revocation{} }
+func newApproval() *mandatev1.Approval     { return &mandatev1.Approval{} }
+func newKey() *mandatev1.VerificationKey   { return &mandatev1.VerificationKey{} }
+
+// load decodes every stored resource of a type, keyed by name, and
+// returns the type's version.
+func load[M named](ctx context.Context, st Store, typeURL string, fresh func() M) (map[string]M, uint64, error) {
+	items, v, err := st.List(ctx, typeURL)
+	if err != nil {
+		return nil, 0, fmt.Errorf("plane: load %s: %w", short(typeURL), err)
+	}
+	out := make(map[string]M, len(items))
+	for _, it := range items {
+		m := fresh()
+		if err := proto.Unmarshal(it.Value, m); err != nil {
+			return nil, 0, fmt.Errorf("plane: decode %s %q: %w", short(typeURL), it.Name, err)
+		}
+		if m.GetName() != it.Name {
+			return nil, 0, fmt.Errorf("plane: stored %s %q holds name %q", short(typeURL), it.Name, m.GetName())
+		}
+		out[it.Name] = m
+	}
+	return out, v, nil
+}
+
+type named interface {
+	proto.Message
+	GetName() string
+}
+
+// encodeAll encodes resources as store items (deterministic protobuf).
+func encodeAll[M named](ms []M) ([]store.Item, error) {
+	out := make([]store.Item, len(ms))
+	for i, m := range ms {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			return nil, fmt.Errorf("plane: encode %q: %w", m.GetName(), err)
+		}
+		out[i] = store.Item{Name: m.GetName(), Value: b}
 	}
 	return out, nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,10 +21,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/cp/store"
+	"github.com/mandate-dev/mandate/cp/store/boltstore"
 	xdsclient "github.com/mandate-dev/mandate/xds/client"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
-	"github.com/mandate-dev/mandate/xds/store"
 )
 
 const policyA = `apiVersion: mandate.dev/v1
@@ -62,7 +64,7 @@ func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, ni
 
 type env struct {
 	dir   string
-	st    *store.Store
+	st    *store.DB
 	xds   *xdsserver.Server
 	p     *Plane
 	addr  string
@@ -74,7 +76,7 @@ type env struct {
 func open(t testing.TB, dir string, opts ...Option) *env {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, dir)
+	st, err := boltstore.Open(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +193,7 @@ func TestInvalidPolicySetNeverStoredOrPublished(t *testing.T) {
 			if got := e.xds.Versions()[mandatev1.PolicyTypeURL]; got != "1" {
 				t.Errorf("xDS policy version moved to %s", got)
 			}
-			stored, sv, _ := e.st.Policies(ctx)
+			stored, sv, _ := load(ctx, e.st, mandatev1.PolicyTypeURL, newPolicy)
 			if sv != 1 || len(stored) != 1 || stored["reader"] == nil {
 				t.Errorf("store changed: version %d, %d policies", sv, len(stored))
 			}
@@ -300,6 +302,14 @@ func TestRevokeValidation(t *testing.T) {
 
 func itoa(n int) string { return string(rune('0' + n)) }
 
+func mustUint(s string) uint64 {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		panic(err)
+	}
+	return n
+}
+
 func TestRestartRecoversEverything(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -333,8 +343,13 @@ func TestRestartRecoversEverything(t *testing.T) {
 
 	e2 := open(t, dir)
 	after := e2.xds.Versions()
+	// Store versions are global revisions, so a restarted plane may start
+	// a type above where it was; never below (a replica would take the
+	// state for old).
 	for typ, v := range before {
-		if after[typ] != v {
+		b, _ := strconv.ParseUint(v, 10, 64)
+		a, _ := strconv.ParseUint(after[typ], 10, 64)
+		if a < b {
 			t.Errorf("%s: version %s before restart, %s after", typ, v, after[typ])
 		}
 	}
@@ -355,8 +370,8 @@ func TestRestartRecoversEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	sv, _ := e2.st.Version(ctx, mandatev1.RevocationTypeURL)
-	if v != "2" || sv != 2 {
-		t.Fatalf("revocation version after restart: xds %s store %d", v, sv)
+	if xv, _ := strconv.ParseUint(v, 10, 64); xv <= mustUint(after[mandatev1.RevocationTypeURL]) || sv < xv {
+		t.Fatalf("revocation version after restart: xds %s (was %s), store %d", v, after[mandatev1.RevocationTypeURL], sv)
 	}
 }
 
