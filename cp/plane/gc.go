@@ -83,7 +83,7 @@ func (p *Plane) SweepRevocations(ctx context.Context) (SweepResult, error) {
 	slices.Sort(names)
 	detail := fmt.Sprintf("removed %d records expired before %s (retention %s)",
 		len(names), cutoff.UTC().Format(time.RFC3339), p.retention)
-	_, err := p.st.Delete(ctx, mandatev1.RevocationTypeURL, names, p.audit(GCActor, "revocation.gc", "revocations", detail))
+	sv, err := p.st.Delete(ctx, mandatev1.RevocationTypeURL, names, p.audit(GCActor, "revocation.gc", "revocations", detail))
 	p.countWrite(mandatev1.RevocationTypeURL, err)
 	if err != nil {
 		return SweepResult{}, fmt.Errorf("plane: revocation gc: %w", err)
@@ -91,7 +91,7 @@ func (p *Plane) SweepRevocations(ctx context.Context) (SweepResult, error) {
 	for _, name := range names {
 		delete(p.revocations, name)
 	}
-	v, err := p.publishRevocations(nil, names)
+	v, err := p.publishRevocations(nil, names, sv)
 	p.log.Info("expired revocations removed", "records", len(names), "cutoff", cutoff, "version", v)
 	return SweepResult{Removed: len(names), Version: v}, err
 }

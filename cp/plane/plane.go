@@ -208,7 +208,7 @@ func New(ctx context.Context, st Store, xds *xdsserver.Server, logger *slog.Logg
 		return nil, fmt.Errorf("plane: stored revocations: %w", err)
 	}
 	for _, t := range mandatev1.TypeURLs() {
-		v, err := p.publish(t)
+		v, err := p.publish(t, stored[t])
 		if err != nil {
 			return nil, err
 		}
@@ -222,33 +222,40 @@ func New(ctx context.Context, st Store, xds *xdsserver.Server, logger *slog.Logg
 	return p, nil
 }
 
-// publish pushes the in-memory copy of one type; callers hold p.mu (or
-// are in New).
-func (p *Plane) publish(typeURL string) (string, error) {
-	var (
-		v   string
-		err error
-	)
+// publish pushes the in-memory copy of one type as version at (the
+// store's version of the write); callers hold p.mu (or are in New).
+func (p *Plane) publish(typeURL string, at uint64) (string, error) {
+	var res map[string]proto.Message
 	switch typeURL {
 	case mandatev1.PolicyTypeURL:
-		v, err = p.xds.SetPolicies(p.policies)
+		res = messages(p.policies)
 	case mandatev1.RevocationTypeURL:
-		v, err = p.xds.SetRevocations(p.revocations)
+		res = messages(p.revocations)
 	case mandatev1.ApprovalTypeURL:
-		v, err = p.xds.SetApprovals(p.approvals)
+		res = messages(p.approvals)
 	case mandatev1.VerificationKeyTypeURL:
-		v, err = p.xds.SetKeys(p.keys)
+		res = messages(p.keys)
 	default:
 		return "", fmt.Errorf("plane: unknown type %q", typeURL)
 	}
+	v, err := p.xds.SetAt(typeURL, at, res)
 	return p.published(typeURL, v, err)
 }
 
+func messages[M proto.Message](m map[string]M) map[string]proto.Message {
+	out := make(map[string]proto.Message, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
 // publishRevocations pushes the revocations put and deleted since the
-// last publish (p.revocations already holds the result): its cost is in
-// the number of records changed, not the number held. Callers hold p.mu.
-func (p *Plane) publishRevocations(put map[string]*mandatev1.Revocation, del []string) (string, error) {
-	v, err := p.xds.UpdateRevocations(put, del)
+// last publish (p.revocations already holds the result) as version at:
+// its cost is in the number of records changed, not the number held.
+// Callers hold p.mu.
+func (p *Plane) publishRevocations(put map[string]*mandatev1.Revocation, del []string, at uint64) (string, error) {
+	v, err := p.xds.UpdateAt(mandatev1.RevocationTypeURL, at, messages(put), del)
 	return p.published(mandatev1.RevocationTypeURL, v, err)
 }
 
@@ -407,13 +414,13 @@ func (p *Plane) ApplyPolicySet(ctx context.Context, ps []*mandatev1.Policy, prun
 	if err != nil {
 		return ApplyResult{}, err
 	}
-	_, err = p.st.Replace(ctx, mandatev1.PolicyTypeURL, items, p.audit(actor, "policy.apply", "policies", strings.Join(summary, ", ")))
+	sv, err := p.st.Replace(ctx, mandatev1.PolicyTypeURL, items, p.audit(actor, "policy.apply", "policies", strings.Join(summary, ", ")))
 	p.countWrite(mandatev1.PolicyTypeURL, err)
 	if err != nil {
 		return ApplyResult{}, fmt.Errorf("plane: store policies: %w", err)
 	}
 	p.policies = next
-	res.Version, err = p.publish(mandatev1.PolicyTypeURL)
+	res.Version, err = p.publish(mandatev1.PolicyTypeURL, sv)
 	p.log.Info("policies applied", "actor", actor, "changes", strings.Join(summary, ", "), "version", res.Version)
 	return res, err
 }
@@ -484,13 +491,13 @@ func (p *Plane) DeletePolicy(ctx context.Context, name, actor string) (string, e
 		p.countWrite(mandatev1.PolicyTypeURL, err)
 		return "", err
 	}
-	_, err := p.st.Delete(ctx, mandatev1.PolicyTypeURL, []string{name}, p.audit(actor, "policy.delete", "policy/"+name, ""))
+	sv, err := p.st.Delete(ctx, mandatev1.PolicyTypeURL, []string{name}, p.audit(actor, "policy.delete", "policy/"+name, ""))
 	p.countWrite(mandatev1.PolicyTypeURL, err)
 	if err != nil {
 		return "", fmt.Errorf("plane: delete policy: %w", err)
 	}
 	p.policies = next
-	v, err := p.publish(mandatev1.PolicyTypeURL)
+	v, err := p.publish(mandatev1.PolicyTypeURL, sv)
 	p.log.Info("policy deleted", "actor", actor, "policy", name, "version", v)
 	return v, err
 }
@@ -583,7 +590,7 @@ func (p *Plane) RevokeMany(ctx context.Context, rs []revocation.Record, actor st
 	if err != nil {
 		return nil, "", err
 	}
-	_, err = p.st.Put(ctx, mandatev1.RevocationTypeURL, items, audit...)
+	sv, err := p.st.Put(ctx, mandatev1.RevocationTypeURL, items, audit...)
 	p.countWrite(mandatev1.RevocationTypeURL, err)
 	if err != nil {
 		return nil, "", fmt.Errorf("plane: store revocations: %w", err)
@@ -596,7 +603,7 @@ func (p *Plane) RevokeMany(ctx context.Context, rs []revocation.Record, actor st
 		p.revocations[rec.GetName()] = rec
 		put[rec.GetName()] = rec
 	}
-	v, err := p.publishRevocations(put, nil)
+	v, err := p.publishRevocations(put, nil, sv)
 	if len(recs) == 1 {
 		r := rs[0]
 		p.log.Info("revocation recorded", "actor", actor, "id", recs[0].GetName(), "kind", r.Kind.String(), "value", r.Value,
@@ -696,7 +703,7 @@ func (p *Plane) PutApproval(ctx context.Context, a *mandatev1.Approval, actor st
 	if err != nil {
 		return "", err
 	}
-	_, err = p.st.Put(ctx, mandatev1.ApprovalTypeURL, items, p.audit(actor, "approval.put", "approval/"+a.GetName(),
+	sv, err := p.st.Put(ctx, mandatev1.ApprovalTypeURL, items, p.audit(actor, "approval.put", "approval/"+a.GetName(),
 		fmt.Sprintf("subject %s until %s", a.GetSubject(), a.GetExpires().AsTime().UTC().Format(time.RFC3339))))
 	p.countWrite(mandatev1.ApprovalTypeURL, err)
 	if err != nil {
@@ -705,7 +712,7 @@ func (p *Plane) PutApproval(ctx context.Context, a *mandatev1.Approval, actor st
 	next := maps.Clone(p.approvals)
 	next[a.GetName()] = a
 	p.approvals = next
-	return p.publish(mandatev1.ApprovalTypeURL)
+	return p.publish(mandatev1.ApprovalTypeURL, sv)
 }
 
 // DeleteApproval removes an approval.
@@ -715,7 +722,7 @@ func (p *Plane) DeleteApproval(ctx context.Context, name, actor string) (string,
 	if _, ok := p.approvals[name]; !ok {
 		return "", fmt.Errorf("approval %q: %w", name, ErrNotFound)
 	}
-	_, err := p.st.Delete(ctx, mandatev1.ApprovalTypeURL, []string{name}, p.audit(actor, "approval.delete", "approval/"+name, ""))
+	sv, err := p.st.Delete(ctx, mandatev1.ApprovalTypeURL, []string{name}, p.audit(actor, "approval.delete", "approval/"+name, ""))
 	p.countWrite(mandatev1.ApprovalTypeURL, err)
 	if err != nil {
 		return "", fmt.Errorf("plane: delete approval: %w", err)
@@ -723,7 +730,7 @@ func (p *Plane) DeleteApproval(ctx context.Context, name, actor string) (string,
 	next := maps.Clone(p.approvals)
 	delete(next, name)
 	p.approvals = next
-	return p.publish(mandatev1.ApprovalTypeURL)
+	return p.publish(mandatev1.ApprovalTypeURL, sv)
 }
 
 // Approvals returns the stored approvals sorted by name.
@@ -766,7 +773,7 @@ func (p *Plane) SetVerificationKeys(ctx context.Context, keys []*mandatev1.Verif
 		if err != nil {
 			return "", err
 		}
-		_, err = p.st.Put(ctx, mandatev1.VerificationKeyTypeURL, items, p.audit(actor, "key.put", "verification_key/"+name, ""))
+		sv, err := p.st.Put(ctx, mandatev1.VerificationKeyTypeURL, items, p.audit(actor, "key.put", "verification_key/"+name, ""))
 		p.countWrite(mandatev1.VerificationKeyTypeURL, err)
 		if err != nil {
 			return "", fmt.Errorf("plane: store key: %w", err)
@@ -774,7 +781,7 @@ func (p *Plane) SetVerificationKeys(ctx context.Context, keys []*mandatev1.Verif
 		cur := maps.Clone(p.keys)
 		cur[name] = next[name]
 		p.keys = cur
-		if v, err = p.publish(mandatev1.VerificationKeyTypeURL); err != nil {
+		if v, err = p.publish(mandatev1.VerificationKeyTypeURL, sv); err != nil {
 			return v, err
 		}
 	}
@@ -782,7 +789,7 @@ func (p *Plane) SetVerificationKeys(ctx context.Context, keys []*mandatev1.Verif
 		if _, keep := next[name]; keep {
 			continue
 		}
-		_, err := p.st.Delete(ctx, mandatev1.VerificationKeyTypeURL, []string{name}, p.audit(actor, "key.delete", "verification_key/"+name, ""))
+		sv, err := p.st.Delete(ctx, mandatev1.VerificationKeyTypeURL, []string{name}, p.audit(actor, "key.delete", "verification_key/"+name, ""))
 		p.countWrite(mandatev1.VerificationKeyTypeURL, err)
 		if err != nil {
 			return "", fmt.Errorf("plane: delete key: %w", err)
@@ -790,7 +797,7 @@ func (p *Plane) SetVerificationKeys(ctx context.Context, keys []*mandatev1.Verif
 		cur := maps.Clone(p.keys)
 		delete(cur, name)
 		p.keys = cur
-		if v, err = p.publish(mandatev1.VerificationKeyTypeURL); err != nil {
+		if v, err = p.publish(mandatev1.VerificationKeyTypeURL, sv); err != nil {
 			return v, err
 		}
 	}

@@ -247,7 +247,7 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 }
 
 // onResponse records a response about to be sent and returns the version
-// to put in it (the cache's version shifted by the type's base).
+// to put in it (the version the cache version stands for).
 func (s *Server) onResponse(k streamKey, typeURL, nonce, cacheVersion string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -260,7 +260,11 @@ func (s *Server) onResponse(k streamKey, typeURL, nonce, cacheVersion string) st
 		s.log.Error("xds cache produced a non-numeric version", "type", shortType(typeURL), "version", cacheVersion)
 		return cacheVersion
 	}
-	v := ts.base + cv
+	v, ok := ts.ext[cv]
+	if !ok {
+		s.log.Error("xds cache version out of the version history", "type", shortType(typeURL), "version", cacheVersion)
+		return cacheVersion
+	}
 	s.m.pushes.WithLabelValues(shortType(typeURL)).Inc()
 	st := s.streams[k]
 	if st == nil {

@@ -184,9 +184,17 @@ type ReplicaStatus struct {
 	Types map[string]TypeStatus
 }
 
+// extHistory is how many cache versions keep their served version (and
+// commit time): a response always carries one of the latest.
+const extHistory = 1025
+
 type typeState struct {
-	cache   *cachev3.LinearCache
-	base    uint64 // version = base + cache version
+	cache *cachev3.LinearCache
+	// ext maps a cache version to the version served for it: the
+	// previous version plus one, or the version the caller gave (SetAt,
+	// UpdateAt: the store's revision). The last extHistory are kept.
+	ext     map[uint64]uint64
+	cv      uint64 // the cache's current version
 	version uint64
 	current map[string]proto.Message
 	setAt   map[uint64]time.Time
@@ -345,7 +353,7 @@ func New(logger *slog.Logger, opts ...Option) (*Server, error) {
 	}
 	for _, t := range allTypeURLs() {
 		c := cachev3.NewLinearCache(t, cachev3.WithLogger(glog))
-		s.types[t] = &typeState{cache: c, base: o.initial[t], version: o.initial[t],
+		s.types[t] = &typeState{cache: c, ext: map[uint64]uint64{0: o.initial[t]}, version: o.initial[t],
 			current: map[string]proto.Message{}, setAt: map[uint64]time.Time{}}
 		mux.Caches[t] = c
 		m.version.WithLabelValues(shortType(t)).Set(float64(o.initial[t]))
@@ -421,7 +429,73 @@ func setTyped[M named](s *Server, typeURL string, res map[string]M) (string, err
 	if err != nil {
 		return "", err
 	}
-	return s.apply(typeURL, msgs, nil, true)
+	return s.apply(typeURL, msgs, nil, true, 0)
+}
+
+// SetAt replaces the whole set of resources of a mandate.v1 type and
+// serves the result as version at (the store's version of the write),
+// which must be above the type's current version. When nothing changed,
+// the current version stays and is returned.
+func (s *Server) SetAt(typeURL string, at uint64, res map[string]proto.Message) (string, error) {
+	msgs, err := cloneMessages(typeURL, res)
+	if err != nil {
+		return "", err
+	}
+	return s.apply(typeURL, msgs, nil, true, at)
+}
+
+// UpdateAt puts and deletes resources of a mandate.v1 type, leaving the
+// others, and serves the result as version at; see SetAt.
+func (s *Server) UpdateAt(typeURL string, at uint64, put map[string]proto.Message, del []string) (string, error) {
+	msgs, err := cloneMessages(typeURL, put)
+	if err != nil {
+		return "", err
+	}
+	if err := checkDeletes(typeURL, msgs, del); err != nil {
+		return "", err
+	}
+	return s.apply(typeURL, msgs, del, false, at)
+}
+
+func cloneMessages(typeURL string, res map[string]proto.Message) (map[string]proto.Message, error) {
+	if KindOf(typeURL) != NodeReplica {
+		return nil, fmt.Errorf("xdsserver: %q is not a mandate.v1 type", typeURL)
+	}
+	msgs := make(map[string]proto.Message, len(res))
+	for name, r := range res {
+		n, ok := r.(named)
+		if !ok || r == nil || !r.ProtoReflect().IsValid() {
+			return nil, fmt.Errorf("xdsserver: %s %q: nil or unnamed resource", shortType(typeURL), name)
+		}
+		if name == "" || n.GetName() != name {
+			return nil, fmt.Errorf("xdsserver: %s: key %q does not match resource name %q", shortType(typeURL), name, n.GetName())
+		}
+		if string(r.ProtoReflect().Descriptor().FullName()) != shortTypeFull(typeURL) {
+			return nil, fmt.Errorf("xdsserver: %s %q: a %s is not of this type", shortType(typeURL), name, r.ProtoReflect().Descriptor().FullName())
+		}
+		msgs[name] = proto.Clone(r)
+	}
+	return msgs, nil
+}
+
+func shortTypeFull(typeURL string) string {
+	const prefix = "type.googleapis.com/"
+	if len(typeURL) > len(prefix) {
+		return typeURL[len(prefix):]
+	}
+	return typeURL
+}
+
+func checkDeletes(typeURL string, msgs map[string]proto.Message, del []string) error {
+	for _, name := range del {
+		if name == "" {
+			return fmt.Errorf("xdsserver: %s: delete of an empty name", shortType(typeURL))
+		}
+		if _, ok := msgs[name]; ok {
+			return fmt.Errorf("xdsserver: %s %q: both put and deleted", shortType(typeURL), name)
+		}
+	}
+	return nil
 }
 
 // updateTyped puts and deletes some resources of a type, leaving the
@@ -432,15 +506,10 @@ func updateTyped[M named](s *Server, typeURL string, put map[string]M, del []str
 	if err != nil {
 		return "", err
 	}
-	for _, name := range del {
-		if name == "" {
-			return "", fmt.Errorf("xdsserver: %s: delete of an empty name", shortType(typeURL))
-		}
-		if _, ok := msgs[name]; ok {
-			return "", fmt.Errorf("xdsserver: %s %q: both put and deleted", shortType(typeURL), name)
-		}
+	if err := checkDeletes(typeURL, msgs, del); err != nil {
+		return "", err
 	}
-	return s.apply(typeURL, msgs, del, false)
+	return s.apply(typeURL, msgs, del, false, 0)
 }
 
 func cloneNamed[M named](typeURL string, res map[string]M) (map[string]proto.Message, error) {
@@ -460,9 +529,10 @@ func cloneNamed[M named](typeURL string, res map[string]M) (map[string]proto.Mes
 
 // apply makes msgs (owned by the server from now on) the content of
 // their names and removes del; with replace, msgs is the whole new set
-// and every other name is removed. One version is added when anything
-// changed.
-func (s *Server) apply(typeURL string, msgs map[string]proto.Message, del []string, replace bool) (string, error) {
+// and every other name is removed. When anything changed the type gets a
+// new version: at, when given (it must be above the current one), else
+// the current one plus one.
+func (s *Server) apply(typeURL string, msgs map[string]proto.Message, del []string, replace bool, at uint64) (string, error) {
 	s.setMu.Lock()
 	defer s.setMu.Unlock()
 
@@ -497,12 +567,24 @@ func (s *Server) apply(typeURL string, msgs map[string]proto.Message, del []stri
 		return format(v), nil
 	}
 	next := ts.version + 1
+	if at > 0 {
+		if at <= ts.version {
+			v := ts.version
+			s.mu.Unlock()
+			return format(v), fmt.Errorf("xdsserver: %s: version %d is not above the current %d", shortType(typeURL), at, v)
+		}
+		next = at
+	}
+	// The linear cache raises its version by exactly one per call.
+	ts.cv++
+	ts.ext[ts.cv] = next
+	if old, ok := ts.ext[ts.cv-extHistory]; ok && ts.cv >= extHistory {
+		delete(ts.ext, ts.cv-extHistory)
+		delete(ts.setAt, old)
+	}
 	ts.setAt[next] = s.now()
-	delete(ts.setAt, next-1025)
 	s.mu.Unlock()
 
-	// The linear cache raises its version by exactly one per call, so
-	// base + cache version stays equal to ts.version.
 	err := ts.cache.UpdateResources(update, remove)
 
 	if replace {
