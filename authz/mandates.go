@@ -10,11 +10,13 @@ import (
 // MandateVerifier checks an x-mandate token against the request carrying
 // it.
 type MandateVerifier interface {
-	// VerifyRequest verifies token, checks that r.Subject holds it and
-	// that the request falls inside its scope, and sets r.Intent and
-	// r.Task from it. It returns the verified mandate even when the
-	// request is out of its scope (then with OutOfScope set and an error).
-	VerifyRequest(token string, r *policies.Request) (*VerifiedMandate, error)
+	// VerifyRequest verifies token at now (the decision's clock), checks
+	// that r.Subject holds it and that the request falls inside its
+	// scope. It only reads r: the caller binds the returned mandate to
+	// the request (attrs.BindMandate). It returns the verified mandate
+	// even when the request is out of its scope (then with OutOfScope set
+	// and an error) or presented by another workload (with an error).
+	VerifyRequest(token string, r *policies.Request, now time.Time) (*VerifiedMandate, error)
 }
 
 // VerifiedMandate is a mandate that passed verification.
@@ -24,18 +26,18 @@ type VerifiedMandate struct {
 	// to this mandate, for the revocation check.
 	ChainIDs []string
 	// OutOfScope is set when the token verified but the request falls
-	// outside its scope or intent.
+	// outside its scope.
 	OutOfScope bool
 }
 
 // tokenVerifier verifies tokens; *mandate.Verifier implements it.
 type tokenVerifier interface {
-	Verify(token string) (*mandate.Claims, error)
+	VerifyAt(token string, now time.Time) (*mandate.Claims, error)
 }
 
 // Mandates adapts a token verifier to the Check server: signature and
 // claims (cached by the verifier), holder-of-key through the mTLS
-// identity, then scope and intent.
+// identity, then scope.
 type Mandates struct {
 	v tokenVerifier
 }
@@ -43,14 +45,9 @@ type Mandates struct {
 // NewMandates returns the adapter.
 func NewMandates(v tokenVerifier) *Mandates { return &Mandates{v: v} }
 
-// Reason codes of mandate checks beyond the verifier's own.
-const (
-	reasonTaskClash = "task_mismatch"
-)
-
 // VerifyRequest implements MandateVerifier.
-func (m *Mandates) VerifyRequest(token string, r *policies.Request) (*VerifiedMandate, error) {
-	c, err := m.v.Verify(token)
+func (m *Mandates) VerifyRequest(token string, r *policies.Request, now time.Time) (*VerifiedMandate, error) {
+	c, err := m.v.VerifyAt(token, now)
 	if err != nil {
 		return nil, &ReasonError{Reason: string(mandate.ReasonOf(err)), Err: err}
 	}
@@ -67,17 +64,6 @@ func (m *Mandates) VerifyRequest(token string, r *policies.Request) (*VerifiedMa
 		// returned for the decision log (which token was replayed).
 		return vm, &ReasonError{Reason: string(mandate.ReasonOf(err)), Err: err}
 	}
-	// Declared intent can only narrow: a header naming another intent or
-	// task than the mandate's is refused, never used.
-	if r.Intent != "" && r.Intent != c.Intent {
-		vm.OutOfScope = true
-		return vm, &ReasonError{Reason: reasonIntentClash}
-	}
-	if r.Task != "" && r.Task != c.Task {
-		vm.OutOfScope = true
-		return vm, &ReasonError{Reason: reasonTaskClash}
-	}
-	r.Intent, r.Task = c.Intent, c.Task
 	if !c.Scope.Allows(r.Destination, r.Host, r.Method, r.Path, r.GRPCService, r.GRPCMethod) {
 		vm.OutOfScope = true
 		return vm, &ReasonError{Reason: string(mandate.ReasonOutOfScope)}

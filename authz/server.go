@@ -7,21 +7,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"runtime/debug"
-	"slices"
 	"sync"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
+	"github.com/mandate-dev/mandate/authz/attrs"
 	"github.com/mandate-dev/mandate/authz/decisioncache"
 	"github.com/mandate-dev/mandate/authz/decisionlog"
-	"github.com/mandate-dev/mandate/authz/headers"
 	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/authz/mcp"
-	"github.com/mandate-dev/mandate/authz/reqpath"
 	"github.com/mandate-dev/mandate/authz/revocation"
 	"github.com/mandate-dev/mandate/policies"
 )
@@ -52,6 +49,9 @@ type DecisionLogger interface {
 type Config struct {
 	// Identity resolves and validates the caller. Required.
 	Identity *identity.Resolver
+	// MaxHeaderBytes bounds the header bytes of one request (see
+	// attrs.Config); zero takes attrs.DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
 	// State is where policies, revocations and approvals are read. Required.
 	State *StateStore
 	// Cache keeps recent decisions; nil disables caching.
@@ -118,12 +118,11 @@ type Server struct {
 	authv3.UnimplementedAuthorizationServer
 
 	cfg     Config
+	attrs   *attrs.Extractor
 	now     func() time.Time
 	logger  *slog.Logger
 	ids     *idGen
 	keyPool sync.Pool
-	// argSeeds key the hash of MCP arguments in cache keys.
-	argSeeds [2]maphash.Seed
 }
 
 // NewServer validates cfg and returns a Server.
@@ -134,12 +133,15 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.State == nil {
 		return nil, errors.New("authz: State is required")
 	}
+	x, err := attrs.New(attrs.Config{Identity: cfg.Identity, MaxHeaderBytes: cfg.MaxHeaderBytes, MCPLimits: cfg.MCPLimits})
+	if err != nil {
+		return nil, fmt.Errorf("authz: %w", err)
+	}
 	ids, err := newIDGen()
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, now: cfg.Now, logger: cfg.Logger, ids: ids,
-		argSeeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}}
+	s := &Server{cfg: cfg, attrs: x, now: cfg.Now, logger: cfg.Logger, ids: ids}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -156,12 +158,9 @@ const (
 	reasonStale         = "stale_state"
 	reasonInternalError = "internal_error"
 	reasonBadRequest    = "bad_request"
-	reasonBadMethod     = "bad_method"
-	reasonBadHost       = "bad_host"
 	reasonRevoked       = "revoked"
 	reasonDowngraded    = "downgraded"
 	reasonApproved      = "approved"
-	reasonIntentClash   = "intent_mismatch"
 	reasonNoVerifier    = "mandate_unverifiable"
 )
 
@@ -205,7 +204,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 	switch {
 	case out.effect == policies.EffectAllow:
 		resp = allowResponse(rec.DecisionID, rec.Task)
-	case isMCPRoute(req.GetAttributes().GetContextExtensions()):
+	case attrs.IsMCPRoute(req.GetAttributes().GetContextExtensions()):
 		resp = mcpDenyResponse(rec.DecisionID, rec.MCPRequestID, &out)
 	default:
 		resp = denyResponse(rec.DecisionID, &out)
@@ -255,7 +254,7 @@ func (s *Server) finishAfterPanic(rec *decisionlog.Record, out *outcome, start t
 }
 
 func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *decisionlog.Record) outcome {
-	now := s.now()
+	now := s.now() // the one clock of this decision
 	rec.Time = now
 	st := s.cfg.State.Load()
 	if st == nil || st.Policies == nil {
@@ -265,94 +264,57 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 	if err := ctx.Err(); err != nil {
 		return deny(reasonInternalError)
 	}
-
-	attrs := req.GetAttributes()
-	httpReq := attrs.GetRequest().GetHttp()
-	if httpReq == nil {
-		return deny(reasonBadRequest)
-	}
-	hdrs := httpReq.GetHeaders()
-	if len(hdrs) == 0 && len(httpReq.GetHeaderMap().GetHeaders()) > 0 {
-		// Envoy with encode_raw_headers sends header_map instead.
-		hdrs = flattenHeaderMap(httpReq.GetHeaderMap().GetHeaders())
-	}
-
-	caller, err := s.cfg.Identity.Caller(attrs.GetSource(), hdrs)
-	if err != nil {
-		return deny(reasonOf(err))
-	}
-	r := policies.Request{Subject: caller.String(), Now: now, Headers: hdrs, Labels: attrs.GetContextExtensions()}
-	rec.Subject = r.Subject
-
 	if stale := s.cfg.Staleness; stale != nil && stale.Stale() {
-		if s.cfg.StaleMode == StaleDenyAll || r.Labels["sensitivity"] == "high" {
+		if s.cfg.StaleMode == StaleDenyAll || req.GetAttributes().GetContextExtensions()["sensitivity"] == "high" {
 			return deny(reasonStale)
 		}
 	}
 
-	if r.Destination, err = s.cfg.Identity.Destination(attrs.GetDestination()); err != nil {
-		return deny(reasonOf(err))
+	var a attrs.Attributes
+	err := s.attrs.Extract(req, now, &a)
+	r := &a.Request
+	rec.Subject, rec.Destination, rec.Method, rec.Host = r.Subject, r.Destination, r.Method, r.Host
+	rec.Path, rec.Intent, rec.Task = r.Path, r.Intent, r.Task
+	rec.RequestID, rec.TraceID = a.RequestID, a.TraceID
+	if call := r.MCP; call != nil {
+		rec.MCPRequestID, rec.MCPMethod, rec.MCPTool, rec.MCPResource = a.MCP.ID, call.Method, call.Tool, call.ResourceURI
+		rec.MCPArguments = call.Arguments
 	}
-	rec.Destination = r.Destination
-	if r.Method, err = validMethod(httpReq.GetMethod()); err != nil {
-		return deny(reasonBadMethod)
-	}
-	rec.Method = r.Method
-	if r.Path, _, err = reqpath.Normalize(httpReq.GetPath()); err != nil {
-		rec.Path = truncate(httpReq.GetPath(), 256)
-		return deny(reasonOf(err))
-	}
-	rec.Path = r.Path
-	if r.Host, err = normalizeHost(httpReq.GetHost()); err != nil {
-		return deny(reasonBadHost)
-	}
-	rec.Host = r.Host
-	if svc, m, ok := reqpath.GRPC(r.Path, hdrs["content-type"]); ok {
-		r.GRPCService, r.GRPCMethod = svc, m
-	}
-	if isMCPRoute(r.Labels) {
-		call, mreq, err := s.mcpRequest(attrs, r.Method, hdrs)
-		if err != nil {
-			return deny(reasonOf(err))
-		}
-		r.MCP = call
-		if call != nil {
-			rec.MCPRequestID, rec.MCPMethod, rec.MCPTool, rec.MCPResource = mreq.ID, call.Method, call.Tool, call.ResourceURI
-			rec.MCPArguments = call.Arguments
-		}
-	}
-	if r.Intent, err = headers.Intent(hdrs); err != nil {
-		return deny(reasonOf(err))
-	}
-	if r.Task, err = headers.Task(hdrs); err != nil {
-		return deny(reasonOf(err))
-	}
-	rec.Intent, rec.Task = r.Intent, r.Task
-
-	token, err := headers.Mandate(hdrs)
 	if err != nil {
+		if rec.Path == "" {
+			rec.Path = a.RawPath
+		}
 		return deny(reasonOf(err))
 	}
+
 	var chainIDs []string
 	var notAfter time.Time
-	if token != "" {
+	if a.Token != "" {
 		if s.cfg.Mandates == nil {
 			return deny(reasonNoVerifier)
 		}
-		v, err := s.cfg.Mandates.VerifyRequest(token, &r)
+		v, err := s.cfg.Mandates.VerifyRequest(a.Token, r, now)
 		if v != nil {
 			rec.MandateID = v.Mandate.ID
 			rec.Chain = v.Mandate.Chain
-			rec.Intent, rec.Task = r.Intent, r.Task
+		}
+		if err == nil {
+			err = attrs.BindMandate(r, &v.Mandate)
+			if err != nil {
+				v.OutOfScope = true
+			}
 		}
 		if err != nil {
 			out := deny(reasonOf(err))
 			if v != nil && v.OutOfScope {
-				s.outOfIntent(&r, rec.MandateID, out.reason, now)
+				// Drift counts against the mandate's task, never one
+				// the client declared.
+				s.report(OutOfIntent{Subject: r.Subject, Task: v.Mandate.Task, Intent: v.Mandate.Intent,
+					MandateID: v.Mandate.ID, Reason: out.reason, Time: now})
 			}
 			return out
 		}
-		r.Mandate = &v.Mandate
+		rec.Intent, rec.Task = r.Intent, r.Task
 		chainIDs = v.ChainIDs
 		notAfter = v.Mandate.ExpiresAt
 	}
@@ -363,46 +325,46 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 	}); verdict.Revoked {
 		if verdict.Downgraded {
 			out := deny(reasonDowngraded)
-			s.outOfIntent(&r, rec.MandateID, out.reason, now)
+			s.outOfIntent(r, rec.MandateID, out.reason, now)
 			return out
 		}
 		return deny(reasonRevoked)
 	}
 
-	out := s.evaluate(st, &r, notAfter)
+	out := s.evaluate(st, r, notAfter, now)
 	if out.effect == policies.EffectStepUp {
 		d := policies.Decision{Policy: out.policy, Rule: out.rule}
 		// An approval lifts the step-up only where an allow rule matches
 		// too: it never allows more than the policy would without it.
-		id, args := stepUpID(&r, out.policy, out.rule, out.argKeys, out.allArgs)
-		if _, ok := st.Approvals.Find(now, &r, &d, id); ok && out.approvable {
+		id, args := stepUpID(r, out.policy, out.rule, out.argKeys, out.allArgs)
+		if _, ok := st.Approvals.Find(now, r, &d, id); ok && out.approvable {
 			out.effect, out.reason = policies.EffectAllow, reasonApproved
 		} else {
 			out.approval = id
 			if s.cfg.OnStepUp != nil {
 				s.cfg.OnStepUp(StepUpRequest{
 					ID: out.approval, Subject: r.Subject, Task: r.Task, Intent: r.Intent,
-					Method: r.Method, Path: r.Path, GRPC: grpcName(&r), Policy: out.policy, Rule: out.rule, Time: now,
+					Method: r.Method, Path: r.Path, GRPC: grpcName(r), Policy: out.policy, Rule: out.rule, Time: now,
 					MCP: mcpName(r.MCP), Arguments: args,
 				})
 			}
 		}
 	}
 	if out.effect == policies.EffectDeny && out.reason == string(policies.ReasonNoMatch) && (r.Intent != "" || r.Mandate != nil) {
-		s.outOfIntent(&r, rec.MandateID, out.reason, now)
+		s.outOfIntent(r, rec.MandateID, out.reason, now)
 	}
 	return out
 }
 
 // evaluate returns the policy decision for r, from the cache when it can.
-func (s *Server) evaluate(st *State, r *policies.Request, notAfter time.Time) outcome {
+func (s *Server) evaluate(st *State, r *policies.Request, notAfter, now time.Time) outcome {
 	cache := s.cfg.Cache
 	var key *decisioncache.Key
 	if cache != nil {
 		key = s.keyPool.Get().(*decisioncache.Key)
-		defer s.keyPool.Put(key)
-		s.buildKey(key, st, r)
-		if e, ok := cache.Get(key.Bytes(), st.PolicyEpoch); ok {
+		defer s.putKey(key)
+		attrs.WriteKey(key, st.PolicyEpoch, r, &st.keySel)
+		if e, ok := cache.Get(key.Bytes(), st.PolicyEpoch, now); ok {
 			return outcome{effect: policies.Effect(e.Effect), reason: e.Reason, policy: e.Policy,
 				rule: e.Rule, dryRun: e.DryRun, cacheHit: true, approvable: e.AllowedIfApproved,
 				argKeys: e.ArgumentKeys, allArgs: e.AllArguments}
@@ -419,72 +381,30 @@ func (s *Server) evaluate(st *State, r *policies.Request, notAfter time.Time) ou
 			Effect: uint8(d.Effect), Policy: d.Policy, Rule: d.Rule, Reason: out.reason,
 			DryRun: out.dryRun, Epoch: st.PolicyEpoch, AllowedIfApproved: d.AllowedIfApproved,
 			ArgumentKeys: d.ArgumentKeys, AllArguments: d.AllArguments,
-		}, notAfter)
+		}, notAfter, now)
 	}
 	return out
 }
 
-// buildKey writes every input the policy evaluation can read.
-func (s *Server) buildKey(k *decisioncache.Key, st *State, r *policies.Request) {
-	k.Reset()
-	k.Uint(st.PolicyEpoch)
-	k.String(r.Subject)
-	k.String(r.Destination)
-	k.String(r.Host)
-	k.String(r.Method)
-	k.String(r.Path)
-	k.String(r.GRPCService)
-	k.String(r.GRPCMethod)
-	k.String(r.Intent)
-	k.String(r.Task)
-	if r.Mandate != nil {
-		k.Uint(1)
-		k.String(r.Mandate.ID)
-	} else {
-		k.Uint(0)
-	}
-	appendSorted(k, r.Labels)
-	s.appendMCPKey(k, st, r.MCP)
-	if st.Policies.ReadsAllHeaders() {
-		appendSorted(k, r.Headers)
-		return
-	}
-	for _, h := range st.headerKeys {
-		v, ok := r.Headers[h]
-		if ok {
-			k.Uint(1)
-		} else {
-			k.Uint(0)
-		}
-		k.String(v)
-	}
-}
-
-// appendSorted writes a map's entries in key order, preceded by their count.
-func appendSorted(k *decisioncache.Key, m map[string]string) {
-	k.Uint(uint64(len(m)))
-	if len(m) == 0 {
-		return
-	}
-	var stack [8]string
-	keys := stack[:0]
-	for name := range m {
-		keys = append(keys, name)
-	}
-	slices.Sort(keys)
-	for _, name := range keys {
-		k.String(name)
-		k.String(m[name])
+// putKey returns a key builder to the pool, unless a large request grew
+// it: the pool keeps no request's worth of memory alive.
+func (s *Server) putKey(k *decisioncache.Key) {
+	if k.Len() <= 4*decisioncache.MaxRawKey {
+		s.keyPool.Put(k)
 	}
 }
 
 func (s *Server) outOfIntent(r *policies.Request, mandateID, reason string, now time.Time) {
+	s.report(OutOfIntent{Subject: r.Subject, Task: r.Task, Intent: r.Intent,
+		MandateID: mandateID, Reason: reason, Time: now})
+}
+
+func (s *Server) report(o OutOfIntent) {
 	if m := s.cfg.Metrics; m != nil {
-		m.driftDenies.WithLabelValues(reason).Inc()
+		m.driftDenies.WithLabelValues(o.Reason).Inc()
 	}
 	if s.cfg.OnOutOfIntent != nil {
-		s.cfg.OnOutOfIntent(OutOfIntent{Subject: r.Subject, Task: r.Task, Intent: r.Intent,
-			MandateID: mandateID, Reason: reason, Time: now})
+		s.cfg.OnOutOfIntent(o)
 	}
 }
 
@@ -511,11 +431,4 @@ func grpcName(r *policies.Request) string {
 		return ""
 	}
 	return r.GRPCService + "/" + r.GRPCMethod
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/mandate-dev/mandate/authz/attrs"
 	"github.com/mandate-dev/mandate/authz/decisioncache"
 	"github.com/mandate-dev/mandate/authz/decisionlog"
 	"github.com/mandate-dev/mandate/authz/identity"
@@ -114,7 +115,7 @@ func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cache, err := decisioncache.New(decisioncache.Config{MaxEntries: 1000, TTL: time.Minute, Now: clk.Now})
+	cache, err := decisioncache.New(decisioncache.Config{MaxEntries: 1000, TTL: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +378,7 @@ func TestRevocationBeatsFillRace(t *testing.T) {
 	var k decisioncache.Key
 	r := policies.Request{Subject: "spiffe://example.org/agent/support/a1", Destination: "spiffe://example.org/svc/tickets",
 		Host: "tickets.internal", Method: "GET", Path: "/queue", Headers: req.Attributes.Request.Http.Headers}
-	h.srv.buildKey(&k, st, &r)
+	attrs.WriteKey(&k, st.PolicyEpoch, &r, &st.keySel)
 	h.store.Update(func(s *State) {
 		s.Policies = compile(t, `
 apiVersion: mandate.dev/v1
@@ -388,7 +389,7 @@ spec:
     - {name: other, effect: allow, subjects: ["spiffe://example.org/other"]}
 `)
 	})
-	h.cache.Set(append([]byte(nil), k.Bytes()...), &decisioncache.Entry{Effect: uint8(policies.EffectAllow), Epoch: st.PolicyEpoch}, time.Time{})
+	h.cache.Set(append([]byte(nil), k.Bytes()...), &decisioncache.Entry{Effect: uint8(policies.EffectAllow), Epoch: st.PolicyEpoch}, time.Time{}, h.clock.Now())
 	h.cache.Wait()
 	if res := h.check(t, req); res.allowed {
 		t.Fatal("an allow filled under the old policy epoch was served after a policy change")

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mandate-dev/mandate/authz/attrs"
 	"github.com/mandate-dev/mandate/authz/revocation"
 	"github.com/mandate-dev/mandate/policies"
 )
@@ -28,10 +29,9 @@ type State struct {
 	// Loaded is when this state was installed.
 	Loaded time.Time
 
-	// headerKeys caches Policies.HeaderKeys() for the cache key, and
-	// argKeys Policies.MCPArgumentKeys().
-	headerKeys []string
-	argKeys    []string
+	// keySel says which headers and MCP arguments the policies read, for
+	// the cache key.
+	keySel attrs.KeySelection
 }
 
 // PolicyVersion returns the policy set's version, or "" without one.
@@ -81,10 +81,8 @@ func (s *StateStore) Update(fn func(next *State)) *State {
 	if next.Approvals == nil {
 		next.Approvals = &ApprovalSet{}
 	}
-	next.headerKeys, next.argKeys = nil, nil
-	if next.Policies != nil {
-		next.headerKeys = next.Policies.HeaderKeys()
-		next.argKeys = next.Policies.MCPArgumentKeys()
+	if cur := s.cur.Load(); cur == nil || cur.Policies != next.Policies {
+		next.keySel = attrs.NewKeySelection(next.Policies)
 	}
 	s.epoch++
 	next.Epoch = s.epoch

@@ -179,8 +179,10 @@ func (ru *rule) matchStatic(r *Request) bool {
 	return true
 }
 
+// matchHost matches Request.Host, which the authorizer's one host
+// normalizer (authz/attrs.Host) has already lowercased and stripped of its
+// port.
 func (ru *rule) matchHost(host string) bool {
-	host = stripPort(host)
 	if host == "" {
 		return false
 	}
@@ -195,24 +197,6 @@ func (ru *rule) matchHost(host string) bool {
 		}
 	}
 	return false
-}
-
-// stripPort removes a ":port" suffix from an authority.
-func stripPort(h string) string {
-	i := strings.LastIndexByte(h, ':')
-	if i < 0 || strings.IndexByte(h[i:], ']') >= 0 {
-		return h
-	}
-	port := h[i+1:]
-	if port == "" {
-		return h[:i]
-	}
-	for j := 0; j < len(port); j++ {
-		if port[j] < '0' || port[j] > '9' {
-			return h
-		}
-	}
-	return h[:i]
 }
 
 func (a *action) match(r *Request) bool {

@@ -10,6 +10,7 @@
 package decisioncache
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -41,8 +42,6 @@ type Config struct {
 	MaxEntries int64
 	// TTL is how long a decision is kept at most.
 	TTL time.Duration
-	// Now returns the current time; defaults to time.Now.
-	Now func() time.Time
 }
 
 // Cache is a bounded, TTL-limited decision cache. A nil *Cache is valid
@@ -50,7 +49,6 @@ type Config struct {
 type Cache struct {
 	c   *ristretto.Cache[[]byte, *Entry]
 	ttl time.Duration
-	now func() time.Time
 }
 
 // New returns a Cache.
@@ -60,9 +58,6 @@ func New(cfg Config) (*Cache, error) {
 	}
 	if cfg.TTL <= 0 {
 		return nil, errors.New("decisioncache: TTL must be positive")
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
 	}
 	c, err := ristretto.NewCache(&ristretto.Config[[]byte, *Entry]{
 		NumCounters:        cfg.MaxEntries * 10,
@@ -74,17 +69,17 @@ func New(cfg Config) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decisioncache: %w", err)
 	}
-	return &Cache{c: c, ttl: cfg.TTL, now: cfg.Now}, nil
+	return &Cache{c: c, ttl: cfg.TTL}, nil
 }
 
 // Get returns the decision stored under key, if it was computed under
-// epoch and has not expired.
-func (c *Cache) Get(key []byte, epoch uint64) (*Entry, bool) {
+// epoch and has not expired at now (the decision's clock).
+func (c *Cache) Get(key []byte, epoch uint64, now time.Time) (*Entry, bool) {
 	if c == nil {
 		return nil, false
 	}
 	e, ok := c.c.Get(key)
-	if !ok || e.Epoch != epoch || !c.now().Before(e.Expires) {
+	if !ok || e.Epoch != epoch || !now.Before(e.Expires) {
 		return nil, false
 	}
 	return e, true
@@ -92,12 +87,12 @@ func (c *Cache) Get(key []byte, epoch uint64) (*Entry, bool) {
 
 // Set stores e under key. The entry expires after the cache's TTL or at
 // notAfter (for example the mandate's expiry), whichever comes first; a
-// zero notAfter means no extra limit. Set may drop the entry under load.
-func (c *Cache) Set(key []byte, e *Entry, notAfter time.Time) {
+// zero notAfter means no extra limit. now is the decision's clock. Set
+// may drop the entry under load.
+func (c *Cache) Set(key []byte, e *Entry, notAfter, now time.Time) {
 	if c == nil {
 		return
 	}
-	now := c.now()
 	exp := now.Add(c.ttl)
 	if !notAfter.IsZero() && notAfter.Before(exp) {
 		exp = notAfter
@@ -134,14 +129,25 @@ func (c *Cache) Stats() (hits, misses, dropped uint64) {
 	return m.Hits(), m.Misses(), m.SetsDropped()
 }
 
+// MaxRawKey is the longest key kept as built; a longer one (a policy that
+// reads every header, a client that sends many) is replaced by its
+// SHA-256, so what the cache hashes and compares does not grow with the
+// request.
+const MaxRawKey = 512
+
 // Key builds an unambiguous cache key: each field is written as a
 // uvarint length followed by its bytes.
 type Key struct {
-	b []byte
+	b      []byte
+	sum    [sha256.Size + 1]byte
+	hashed bool
 }
 
 // Reset empties the key for reuse.
-func (k *Key) Reset() { k.b = k.b[:0] }
+func (k *Key) Reset() { k.b, k.hashed = k.b[:0], false }
+
+// Len returns the length of the key as built (before any hashing).
+func (k *Key) Len() int { return len(k.b) }
 
 // String appends a string field.
 func (k *Key) String(s string) {
@@ -154,5 +160,19 @@ func (k *Key) Uint(v uint64) {
 	k.b = binary.AppendUvarint(k.b, v)
 }
 
-// Bytes returns the key. It is valid until the next Reset.
-func (k *Key) Bytes() []byte { return k.b }
+// Bytes returns the key: as built when at most MaxRawKey bytes, else a
+// marker byte and the SHA-256 of what was built (telling it apart from a
+// raw key of the same length would take a SHA-256 preimage). It is valid
+// until the next Reset.
+func (k *Key) Bytes() []byte {
+	if len(k.b) <= MaxRawKey {
+		return k.b
+	}
+	if !k.hashed {
+		k.sum[0] = 0xff
+		h := sha256.Sum256(k.b)
+		copy(k.sum[1:], h[:])
+		k.hashed = true
+	}
+	return k.sum[:]
+}

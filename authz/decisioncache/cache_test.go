@@ -2,26 +2,13 @@ package decisioncache
 
 import (
 	"bytes"
-	"sync"
 	"testing"
 	"time"
 )
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (f *fakeClock) Now() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.t }
-func (f *fakeClock) Add(d time.Duration) {
-	f.mu.Lock()
-	f.t = f.t.Add(d)
-	f.mu.Unlock()
-}
-
-func newCache(t *testing.T, clk *fakeClock) *Cache {
+func newCache(t *testing.T) *Cache {
 	t.Helper()
-	c, err := New(Config{MaxEntries: 1000, TTL: 5 * time.Second, Now: clk.Now})
+	c, err := New(Config{MaxEntries: 1000, TTL: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,42 +25,42 @@ func key(fields ...string) []byte {
 }
 
 func TestGetSet(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1000, 0)}
-	c := newCache(t, clk)
+	now := time.Unix(1000, 0)
+	c := newCache(t)
 	k := key("spiffe://example.org/a", "GET", "/x")
-	c.Set(k, &Entry{Effect: 1, Rule: "r", Epoch: 7}, time.Time{})
+	c.Set(k, &Entry{Effect: 1, Rule: "r", Epoch: 7}, time.Time{}, now)
 	c.Wait()
 
-	if _, ok := c.Get(k, 7); !ok {
+	if _, ok := c.Get(k, 7, now); !ok {
 		t.Fatal("miss right after set")
 	}
-	if _, ok := c.Get(k, 8); ok {
+	if _, ok := c.Get(k, 8, now); ok {
 		t.Fatal("hit under a newer epoch: an old decision would outlive a state change")
 	}
-	clk.Add(5 * time.Second)
-	if _, ok := c.Get(k, 7); ok {
+	now = now.Add(5 * time.Second)
+	if _, ok := c.Get(k, 7, now); ok {
 		t.Fatal("hit after TTL")
 	}
 }
 
 func TestNotAfterCapsTTL(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1000, 0)}
-	c := newCache(t, clk)
+	now := time.Unix(1000, 0)
+	c := newCache(t)
 	k := key("a")
-	c.Set(k, &Entry{Epoch: 1}, clk.Now().Add(time.Second))
+	c.Set(k, &Entry{Epoch: 1}, now.Add(time.Second), now)
 	c.Wait()
-	if _, ok := c.Get(k, 1); !ok {
+	if _, ok := c.Get(k, 1, now); !ok {
 		t.Fatal("miss before notAfter")
 	}
-	clk.Add(time.Second)
-	if _, ok := c.Get(k, 1); ok {
+	now = now.Add(time.Second)
+	if _, ok := c.Get(k, 1, now); ok {
 		t.Fatal("hit at notAfter: a decision outlived its mandate")
 	}
 	// Already past: never stored.
 	k2 := key("b")
-	c.Set(k2, &Entry{Epoch: 1}, clk.Now().Add(-time.Millisecond))
+	c.Set(k2, &Entry{Epoch: 1}, now.Add(-time.Millisecond), now)
 	c.Wait()
-	if _, ok := c.Get(k2, 1); ok {
+	if _, ok := c.Get(k2, 1, now); ok {
 		t.Fatal("stored an entry whose notAfter had passed")
 	}
 }
@@ -91,10 +78,27 @@ func TestKeyUnambiguous(t *testing.T) {
 	}
 }
 
+func TestLargeKeysAreHashed(t *testing.T) {
+	var a, b Key
+	a.String(string(bytes.Repeat([]byte("h"), 100_000)))
+	b.String(string(bytes.Repeat([]byte("h"), 99_999)) + "i")
+	if n := len(a.Bytes()); n > MaxRawKey {
+		t.Fatalf("a %d-byte key is used as is (%d bytes)", a.Len(), n)
+	}
+	if bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Fatal("two large keys differing in one byte hash the same")
+	}
+	var small Key
+	small.String("x")
+	if !bytes.Equal(small.Bytes(), []byte{1, 'x'}) {
+		t.Fatalf("small key changed: %q", small.Bytes())
+	}
+}
+
 func TestNilCache(t *testing.T) {
 	var c *Cache
-	c.Set([]byte("k"), &Entry{}, time.Time{})
-	if _, ok := c.Get([]byte("k"), 0); ok {
+	c.Set([]byte("k"), &Entry{}, time.Time{}, time.Now())
+	if _, ok := c.Get([]byte("k"), 0, time.Now()); ok {
 		t.Fatal("nil cache hit")
 	}
 	c.Wait()

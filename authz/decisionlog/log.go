@@ -18,7 +18,12 @@ import (
 
 // Record is one decision.
 type Record struct {
-	DecisionID    string
+	DecisionID string
+	// RequestID is Envoy's request id (attributes.request.http.id) and
+	// TraceID the trace id of the request's W3C traceparent, so that a
+	// decision joins the request's trace.
+	RequestID     string
+	TraceID       string
 	Time          time.Time
 	Subject       string
 	Destination   string
@@ -172,6 +177,8 @@ func (l *Logger) drain(ctx context.Context) {
 func (l *Logger) write(ctx context.Context, r *Record) {
 	attrs := []slog.Attr{
 		slog.String("decision_id", r.DecisionID),
+		slog.String("request_id", r.RequestID),
+		slog.String("trace_id", r.TraceID),
 		slog.String("result", r.Result),
 		slog.String("reason", r.Reason),
 		slog.String("subject", r.Subject),

@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/mandate-dev/mandate/authz/identity"
 )
 
 // Limits on claim contents. They bound the work a verifier does per token
@@ -208,16 +208,11 @@ func labelByte(b byte) bool {
 	return false
 }
 
+// checkSPIFFEID checks a workload SPIFFE ID with Mandate's one checker
+// (identity.ParseID).
 func checkSPIFFEID(field, s string) error {
-	if len(s) > maxIDLen {
-		return errorf(ReasonBadClaims, "%s longer than %d bytes", field, maxIDLen)
-	}
-	id, err := spiffeid.FromString(s)
-	if err != nil {
+	if _, err := identity.ParseID(s); err != nil {
 		return errorf(ReasonBadClaims, "%s: %w", field, err)
-	}
-	if id.Path() == "" {
-		return errorf(ReasonBadClaims, "%s %q names a trust domain, not a workload", field, s)
 	}
 	return nil
 }

@@ -169,8 +169,8 @@ func validIdent(s string) bool {
 }
 
 // Allows reports whether a request is inside the scope. destination is the
-// destination workload's SPIFFE ID ("" if unknown), host the authority
-// without port (a ":port" suffix is ignored), method the HTTP method, path
+// destination workload's SPIFFE ID ("" if unknown), host the request's
+// host as authz/attrs.Host normalized it (lowercase, no port), method the HTTP method, path
 // the URL path without query, and grpcService/grpcMethod the gRPC call ("" if
 // the request is not gRPC). An invalid scope allows nothing.
 func (s Scope) Allows(destination, host, method, path, grpcService, grpcMethod string) bool {
@@ -184,7 +184,7 @@ func (s Scope) Allows(destination, host, method, path, grpcService, grpcMethod s
 	if len(cs.destinations) > 0 && !anyMatch(cs.destinations, destination) {
 		return false
 	}
-	if len(cs.hosts) > 0 && !hostAllowed(cs.hosts, stripPort(host)) {
+	if len(cs.hosts) > 0 && !hostAllowed(cs.hosts, host) {
 		return false
 	}
 	if len(cs.methods) > 0 && !contains(cs.methods, method) {
@@ -220,19 +220,6 @@ func contains(l []string, s string) bool {
 		}
 	}
 	return false
-}
-
-func stripPort(h string) string {
-	i := strings.LastIndexByte(h, ':')
-	if i < 0 || strings.Contains(h[:i], ":") { // none, or an IPv6 literal without brackets
-		return h
-	}
-	for j := i + 1; j < len(h); j++ {
-		if h[j] < '0' || h[j] > '9' {
-			return h
-		}
-	}
-	return h[:i]
 }
 
 func hostAllowed(hosts []string, h string) bool {

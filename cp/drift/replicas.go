@@ -10,11 +10,11 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/cp/issuer/rpcutil"
 	"github.com/mandate-dev/mandate/cp/stepup"
 	"github.com/mandate-dev/mandate/policies/pattern"
@@ -267,11 +267,9 @@ func ValidateStepUp(e *mandatev1.StepUpEvent) (stepup.Event, error) {
 		Path: e.GetPath(), GRPC: e.GetGrpc(), Policy: e.GetPolicy(), Rule: e.GetRule(), Time: t}, nil
 }
 
+// checkSPIFFE checks a workload SPIFFE ID with Mandate's one checker.
 func checkSPIFFE(field, s string) error {
-	if len(s) > maxIDBytes {
-		return fmt.Errorf("drift: %s over %d bytes", field, maxIDBytes)
-	}
-	if _, err := spiffeid.FromString(s); err != nil {
+	if _, err := identity.ParseID(s); err != nil {
 		return fmt.Errorf("drift: %s: %w", field, err)
 	}
 	return nil

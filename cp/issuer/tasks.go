@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/mandate-dev/mandate/authz/identity"
 )
 
 // maxTasks bounds the task index; the oldest tasks are forgotten first.
@@ -72,8 +74,9 @@ func (t *taskIndex) complete(task string) int {
 	return 0
 }
 
+// checkSPIFFE checks a workload SPIFFE ID with Mandate's one checker.
 func checkSPIFFE(field, s string) (spiffeid.ID, error) {
-	id, err := spiffeid.FromString(s)
+	id, err := identity.ParseID(s)
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("%s %q: %w", field, s, err)
 	}

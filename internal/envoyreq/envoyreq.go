@@ -79,6 +79,7 @@ func Build(p Params) *authv3.CheckRequest {
 				Scheme:   p.Scheme,
 				Protocol: "HTTP/2",
 				Size:     -1,
+				Body:     p.Body,
 			},
 		},
 		ContextExtensions: p.ContextExtensions,

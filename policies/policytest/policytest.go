@@ -33,8 +33,14 @@
 //	      reason: allowed                  # optional reason code
 //	      dryRun: {effect: deny, policy: ..., rule: ...}  # optional; effect none = no dry-run match
 //
-// When a mandate is given and the request sets no intent or task, they
-// are taken from the mandate, as the authorizer does.
+// Each case is decided as a replica decides it: the request becomes the
+// CheckRequest Envoy would send (subject as the mTLS peer, intent and task
+// as headers, an MCP request as the body) and goes through the replica's
+// own extraction (authz/attrs), so paths, hosts, headers and MCP bodies
+// are normalized and refused exactly as in production. A case's mandate
+// stands for a verified token: its intent and task bind the request as a
+// replica binds them (a declared intent or task that differs is refused
+// with intent_mismatch or task_mismatch).
 package policytest
 
 import (
@@ -42,10 +48,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/mandate-dev/mandate/authz/attrs"
+	"github.com/mandate-dev/mandate/authz/headers"
+	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/authz/mcp"
+	"github.com/mandate-dev/mandate/internal/envoyreq"
 	"github.com/mandate-dev/mandate/policies"
 	"github.com/mandate-dev/mandate/policies/internal/yamldoc"
 )
@@ -110,6 +124,15 @@ type MCP struct {
 // Parse returns the JSON-RPC request the case describes, parsed by
 // authz/mcp.
 func (m *MCP) Parse() (mcp.Request, error) {
+	body, err := m.body()
+	if err != nil {
+		return mcp.Request{}, err
+	}
+	return mcp.Parse(body, mcp.Limits{})
+}
+
+// body returns the JSON-RPC text of the case's request.
+func (m *MCP) body() (string, error) {
 	body := m.Body
 	if body == "" {
 		method := m.Method
@@ -132,13 +155,13 @@ func (m *MCP) Parse() (mcp.Request, error) {
 		}
 		b, err := json.Marshal(msg)
 		if err != nil {
-			return mcp.Request{}, err
+			return "", err
 		}
 		body = string(b)
 	} else if m.Method != "" || m.Tool != "" || m.Resource != "" || m.Arguments != nil {
-		return mcp.Request{}, errors.New("set body or method/tool/resource/arguments, not both")
+		return "", errors.New("set body or method/tool/resource/arguments, not both")
 	}
-	return mcp.Parse(body, mcp.Limits{})
+	return body, nil
 }
 
 // Mandate is a case's verified mandate.
@@ -328,70 +351,139 @@ func checkCase(c *Case) []error {
 			errs = append(errs, fieldError{"request.grpc", errors.New("set grpc or grpcService/grpcMethod, not both")})
 		}
 	}
+	if g := r.grpc(); g != "" && r.Path != "" && r.Path != "/"+g {
+		errs = append(errs, fieldError{"request.path", fmt.Errorf("a gRPC call's path is /%s (leave path out)", g)})
+	}
 	return errs
 }
 
-// Build turns a case's request into the policies.Request the authorizer
-// would build.
-func (r *Request) Build() *policies.Request {
-	out := &policies.Request{
-		Subject:     r.Subject,
-		Destination: r.Destination,
-		Host:        strings.ToLower(r.Host),
-		Method:      r.Method,
-		Path:        r.Path,
-		GRPCService: r.GRPCService,
-		GRPCMethod:  r.GRPCMethod,
-		Intent:      r.Intent,
-		Task:        r.Task,
-		Labels:      r.Labels,
-		Now:         DefaultNow,
-	}
-	if r.GRPC != "" {
-		out.GRPCService, out.GRPCMethod, _ = strings.Cut(r.GRPC, "/")
-		if out.Path == "" {
-			out.Path = "/" + r.GRPC
-		}
-		if out.Method == "" {
-			out.Method = "POST"
-		}
-	}
-	if len(r.Headers) > 0 {
-		out.Headers = make(map[string]string, len(r.Headers))
-		for k, v := range r.Headers {
-			out.Headers[strings.ToLower(k)] = v
-		}
-	}
-	if r.Mandate != nil {
-		m := r.Mandate
-		out.Mandate = &policies.Mandate{ID: m.ID, Issuer: m.Issuer, Task: m.Task, Intent: m.Intent, Chain: m.Chain}
-		if out.Intent == "" {
-			out.Intent = m.Intent
-		}
-		if out.Task == "" {
-			out.Task = m.Task
-		}
-	}
-	if r.Now != nil {
-		out.Now = *r.Now
+// CheckRequest returns the CheckRequest Envoy would send for the case's
+// request: the subject as the mTLS peer, the intent, task and headers as
+// request headers, a grpc call as POST /pkg.Service/Method with
+// content-type application/grpc, labels as context extensions.
+func (r *Request) CheckRequest() *authv3.CheckRequest {
+	p := envoyreq.Params{
+		Principal: r.Subject, Destination: r.Destination, Method: r.Method, Path: r.Path, Host: r.Host,
+		ContextExtensions: r.Labels,
 	}
 	if r.MCP != nil {
-		if req, err := r.MCP.Parse(); err == nil {
-			out.MCP = &policies.MCPCall{Method: req.Method, Tool: req.Tool(), ResourceURI: req.URI, Arguments: req.Arguments}
+		// An MCP request: POST /mcp on a route labelled protocol: mcp,
+		// the JSON-RPC text as the body Envoy sends.
+		p.Body, _ = r.MCP.body()
+		if p.Method == "" {
+			p.Method = "POST"
 		}
-		if out.Method == "" {
-			out.Method = "POST"
+		if p.Path == "" {
+			p.Path = "/mcp"
 		}
-		if out.Path == "" {
-			out.Path = "/mcp"
-		}
-		if _, ok := out.Labels["protocol"]; !ok {
-			labels := map[string]string{"protocol": "mcp"}
-			for k, v := range out.Labels {
-				labels[k] = v
+		if _, ok := r.Labels[attrs.LabelProtocol]; !ok {
+			p.ContextExtensions = map[string]string{attrs.LabelProtocol: attrs.ProtocolMCP}
+			for k, v := range r.Labels {
+				p.ContextExtensions[k] = v
 			}
-			out.Labels = labels
+		}
+		if _, ok := r.Headers["content-type"]; !ok {
+			p.Headers = append(p.Headers, [2]string{"content-type", "application/json"})
 		}
 	}
-	return out
+	if g := r.grpc(); g != "" {
+		if p.Path == "" {
+			p.Path = "/" + g
+		}
+		if p.Method == "" {
+			p.Method = "POST"
+		}
+		if _, ok := r.Headers["content-type"]; !ok {
+			p.Headers = append(p.Headers, [2]string{"content-type", "application/grpc"})
+		}
+	}
+	names := make([]string, 0, len(r.Headers))
+	for k := range r.Headers {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		p.Headers = append(p.Headers, [2]string{k, r.Headers[k]})
+	}
+	if r.Intent != "" {
+		p.Headers = append(p.Headers, [2]string{headers.IntentHeader, r.Intent})
+	}
+	if r.Task != "" {
+		p.Headers = append(p.Headers, [2]string{headers.TaskHeader, r.Task})
+	}
+	return envoyreq.Build(p)
+}
+
+func (r *Request) grpc() string {
+	if r.GRPC != "" {
+		return r.GRPC
+	}
+	if r.GRPCService != "" || r.GRPCMethod != "" {
+		return r.GRPCService + "/" + r.GRPCMethod
+	}
+	return ""
+}
+
+// Build turns a case's request into the policies.Request a replica would
+// decide on, through the replica's own extraction (attrs.Extractor): the
+// path, host and headers are normalized and checked exactly as a replica
+// does. A request the replica refuses before any policy is evaluated
+// returns a deny Decision with the replica's reason code instead. A case's
+// mandate stands for a verified token and is bound as the replica binds
+// one (attrs.BindMandate).
+func (r *Request) Build(x *attrs.Extractor) (*policies.Request, *policies.Decision) {
+	now := DefaultNow
+	if r.Now != nil {
+		now = *r.Now
+	}
+	var a attrs.Attributes
+	if err := x.Extract(r.CheckRequest(), now, &a); err != nil {
+		return nil, refused(attrs.ReasonOf(err))
+	}
+	if a.Token != "" {
+		// A raw token cannot be verified without the control plane's
+		// keys: a replica without them denies it. Cases state the
+		// verified mandate in request.mandate instead.
+		return nil, refused("mandate_unverifiable")
+	}
+	out := &a.Request
+	if m := r.Mandate; m != nil {
+		pm := &policies.Mandate{ID: m.ID, Issuer: m.Issuer, Task: m.Task, Intent: m.Intent, Chain: m.Chain}
+		if err := attrs.BindMandate(out, pm); err != nil {
+			return nil, refused(attrs.ReasonOf(err))
+		}
+	}
+	return out, nil
+}
+
+func refused(reason string) *policies.Decision {
+	return &policies.Decision{Effect: policies.EffectDeny, Reason: policies.Reason(reason)}
+}
+
+// extractor returns the extraction a replica would run, trusting the
+// trust domains the suites' subjects and destinations name (which trust
+// domains a replica accepts is a deployment setting, not a policy one).
+func extractor(suites []*Suite) (*attrs.Extractor, error) {
+	seen := map[spiffeid.TrustDomain]bool{}
+	var tds []spiffeid.TrustDomain
+	for _, s := range suites {
+		for i := range s.Cases {
+			for _, v := range []string{s.Cases[i].Request.Subject, s.Cases[i].Request.Destination} {
+				id, err := identity.ParseID(v)
+				if err != nil || seen[id.TrustDomain()] {
+					continue
+				}
+				seen[id.TrustDomain()] = true
+				tds = append(tds, id.TrustDomain())
+			}
+		}
+	}
+	if len(tds) == 0 {
+		tds = append(tds, spiffeid.RequireTrustDomainFromString("example.org"))
+	}
+	res, err := identity.New(identity.Config{TrustDomains: tds})
+	if err != nil {
+		return nil, fmt.Errorf("policytest: %w", err)
+	}
+	return attrs.New(attrs.Config{Identity: res})
 }

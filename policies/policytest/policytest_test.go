@@ -90,7 +90,15 @@ func TestParseErrors(t *testing.T) {
 func TestBuild(t *testing.T) {
 	r := Request{Subject: "s", Host: "API.Internal", GRPC: "a.v1.S/M", Headers: map[string]string{"X-A": "1"},
 		Mandate: &Mandate{ID: "m", Task: "T", Intent: "I", Chain: []string{"c"}}}
-	got := r.Build()
+	x, err := extractor([]*Suite{{Cases: []Case{{Request: Request{Subject: "spiffe://example.org/a"}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Subject = "spiffe://example.org/a"
+	got, refusal := r.Build(x)
+	if refusal != nil {
+		t.Fatalf("refused: %+v", refusal)
+	}
 	if got.Host != "api.internal" || got.GRPCService != "a.v1.S" || got.GRPCMethod != "M" || got.Path != "/a.v1.S/M" ||
 		got.Method != "POST" || got.Headers["x-a"] != "1" || got.Task != "T" || got.Intent != "I" ||
 		got.Mandate == nil || got.Mandate.ID != "m" || !got.Now.Equal(DefaultNow) {

@@ -28,13 +28,22 @@ type Report struct {
 // OK reports whether every case passed.
 func (r Report) OK() bool { return r.Failed == 0 }
 
-// Run evaluates every case of suites against set.
+// Run evaluates every case of suites against set, each request going
+// through the replica's extraction first (see Request.Build).
 func Run(set *policies.Set, suites []*Suite) Report {
 	var rep Report
+	x, err := extractor(suites)
 	for _, s := range suites {
 		for i := range s.Cases {
 			c := &s.Cases[i]
-			d := set.Evaluate(c.Request.Build())
+			var d policies.Decision
+			if err != nil {
+				d = *refused("internal_error")
+			} else if r, refusal := c.Request.Build(x); refusal != nil {
+				d = *refusal
+			} else {
+				d = set.Evaluate(r)
+			}
 			res := Result{File: s.File, Suite: s.Metadata.Name, Case: c.Name, Decision: d}
 			if diffs := compare(c.Expect, d); len(diffs) > 0 {
 				res.Message = fmt.Sprintf("expected %s; got %s (%s)", describeExpect(c.Expect), describe(d), strings.Join(diffs, ", "))

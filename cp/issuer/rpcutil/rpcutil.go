@@ -11,7 +11,7 @@ import (
 	"net"
 	"strings"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -54,7 +54,7 @@ func Identify(ctx context.Context, dev bool) (string, error) {
 	}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		if v := md.Get(DevCallerHeader); len(v) == 1 {
-			id, err := spiffeid.FromString(v[0])
+			id, err := identity.ParseID(v[0])
 			if err != nil {
 				return "", status.Errorf(codes.InvalidArgument, "%s: %v", DevCallerHeader, err)
 			}

@@ -1,4 +1,4 @@
-package authz
+package attrs
 
 import (
 	"hash/maphash"
@@ -17,8 +17,8 @@ const (
 	ProtocolMCP   = "mcp"
 )
 
-// isMCPRoute reports whether the route is labelled protocol: mcp.
-func isMCPRoute(labels map[string]string) bool {
+// IsMCPRoute reports whether the route is labelled protocol: mcp.
+func IsMCPRoute(labels map[string]string) bool {
 	return labels[LabelProtocol] == ProtocolMCP
 }
 
@@ -27,7 +27,7 @@ func isMCPRoute(labels map[string]string) bool {
 // MCP filter's metadata and the Mcp-* headers; GET (the server's event
 // stream) and DELETE (ending the session) carry none and get a nil call,
 // which no MCP action matches. Anything else is refused.
-func (s *Server) mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]string) (*policies.MCPCall, mcp.Request, error) {
+func mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]string, limits mcp.Limits) (*policies.MCPCall, mcp.Request, error) {
 	httpReq := attrs.GetRequest().GetHttp()
 	body := httpReq.GetBody()
 	if raw := httpReq.GetRawBody(); len(raw) > 0 {
@@ -50,18 +50,18 @@ func (s *Server) mcpRequest(attrs *authv3.AttributeContext, method string, hdrs 
 		Body:     body,
 		Headers:  hdrs,
 		Metadata: attrs.GetMetadataContext().GetFilterMetadata()[mcp.MetadataNamespace],
-	}, s.cfg.MCPLimits)
+	}, limits)
 	if err != nil {
 		return nil, mcp.Request{}, err
 	}
 	return &policies.MCPCall{Method: req.Method, Tool: req.Tool(), ResourceURI: req.URI, Arguments: req.Arguments}, req, nil
 }
 
-// appendMCPKey writes the MCP inputs a decision can read: method, tool
-// and resource, and of the arguments only what conditions read: the
-// values of the names they read by constant name, or a 128-bit keyed
-// hash of all of them when some condition reads them otherwise.
-func (s *Server) appendMCPKey(k *decisioncache.Key, st *State, c *policies.MCPCall) {
+// writeMCP writes the MCP inputs a decision can read: method, tool and
+// resource, and of the arguments only what conditions read: the values of
+// the names they read by constant name, or a 128-bit keyed hash of all of
+// them when some condition reads them otherwise.
+func writeMCP(k *decisioncache.Key, c *policies.MCPCall, sel *KeySelection) {
 	if c == nil {
 		k.Uint(0)
 		return
@@ -70,12 +70,12 @@ func (s *Server) appendMCPKey(k *decisioncache.Key, st *State, c *policies.MCPCa
 	k.String(c.Method)
 	k.String(c.Tool)
 	k.String(c.ResourceURI)
-	if st.Policies.ReadsAllMCPArguments() {
-		k.Uint(maphash.String(s.argSeeds[0], c.Arguments))
-		k.Uint(maphash.String(s.argSeeds[1], c.Arguments))
+	if sel.AllArguments {
+		k.Uint(maphash.String(sel.ArgSeeds[0], c.Arguments))
+		k.Uint(maphash.String(sel.ArgSeeds[1], c.Arguments))
 		return
 	}
-	appendArgValues(k, st.argKeys, c.Arguments)
+	appendArgValues(k, sel.Arguments, c.Arguments)
 }
 
 // keyWriter is what argument values are written to.
