@@ -7,7 +7,8 @@
 # module's go.mod), built through the Go module proxy. The cache key holds
 # the etcd version and a hash of the nested module's sources, so a change
 # to them builds a new binary. Idempotent: when the binary is there it only
-# prints its path. The build goes to a temporary directory renamed into
+# prints its path; with MANDATE_ETCD_NO_BUILD set it exits 3 instead of
+# building (how the tests find the binary). The build goes to a temporary directory renamed into
 # place only once complete, under a lock, like spire-install.sh.
 set -euo pipefail
 
@@ -25,6 +26,10 @@ if [[ -x "$DEST/etcdserver" ]]; then
 	log "etcd $VERSION already installed in $DEST"
 	echo "$DEST/etcdserver"
 	exit 0
+fi
+if [[ -n "${MANDATE_ETCD_NO_BUILD:-}" ]]; then
+	log "etcd $VERSION is not installed in $DEST (run e2e/etcd-install.sh)"
+	exit 3
 fi
 command -v go >/dev/null 2>&1 || { log "go is not on PATH"; exit 1; }
 

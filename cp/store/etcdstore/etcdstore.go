@@ -1,0 +1,344 @@
+// Package etcdstore is the store backend on an etcd cluster, shared by
+// several mandate-cp instances: every instance sees one state, and
+// versions are etcd revisions (global, increasing with every commit).
+//
+// Layout under a key prefix (default "/mandate/"): a table's keys are
+// <prefix><table>/k/<key>, and its marker <prefix><table>/m is written by
+// every commit that writes the table, so the marker's mod revision is the
+// table's revision. A transaction reads at one revision (a snapshot) and
+// commits with an etcd Txn that compares the mod revision of everything
+// it read (single keys, and the markers of the tables it scanned) and
+// retries from the start when another commit got there first: optimistic
+// serializable transactions, so a use count or a quota check holds across
+// instances.
+//
+// etcd's defaults limit a transaction to 128 operations and a request to
+// 1.5 MiB: a batch of revocations is one transaction, so run etcd with
+// --max-txn-ops and --max-request-bytes above the largest batch (the
+// README's High availability section says which).
+package etcdstore
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/mandate-dev/mandate/cp/store"
+)
+
+// DefaultPrefix is the key prefix of the store.
+const DefaultPrefix = "/mandate/"
+
+// Config configures Open.
+type Config struct {
+	// Endpoints of the etcd members (at least one).
+	Endpoints []string
+	// Prefix of every key (default DefaultPrefix); it must end in "/".
+	Prefix string
+	// DialTimeout bounds the first connection (default 5s).
+	DialTimeout time.Duration
+	// TLS for the connection to etcd (nil: plaintext, for loopback
+	// tests only).
+	TLS *tls.Config
+	// Username and Password, when etcd authentication is on.
+	Username, Password string
+}
+
+// Open connects to etcd and returns a DB over it.
+func Open(ctx context.Context, cfg Config, opts ...store.Option) (*store.DB, error) {
+	be, err := OpenBackend(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	d, err := store.New(be, opts...)
+	if err != nil {
+		_ = be.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Backend is an etcd cluster as a store.Backend.
+type Backend struct {
+	c      *clientv3.Client
+	prefix string
+	owned  bool
+}
+
+// OpenBackend connects to etcd (Open wraps the backend in a DB).
+func OpenBackend(ctx context.Context, cfg Config) (*Backend, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcdstore: no endpoint")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(cfg.Prefix, "/") {
+		return nil, fmt.Errorf("etcdstore: prefix %q must end in /", cfg.Prefix)
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, TLS: cfg.TLS,
+		Username: cfg.Username, Password: cfg.Password, Context: ctx,
+		Logger: zap.NewNop(), MaxCallSendMsgSize: 64 << 20, MaxCallRecvMsgSize: 64 << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcdstore: connect to %v: %w", cfg.Endpoints, err)
+	}
+	// Fail now, not at the first write, when no member answers.
+	sctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	if _, err := c.Get(sctx, cfg.Prefix+"\x00"); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("etcdstore: reach %v: %w", cfg.Endpoints, err)
+	}
+	return &Backend{c: c, prefix: cfg.Prefix, owned: true}, nil
+}
+
+// NewBackend wraps an existing client (not closed by Close).
+func NewBackend(c *clientv3.Client, prefix string) (*Backend, error) {
+	if c == nil || !strings.HasSuffix(prefix, "/") {
+		return nil, errors.New("etcdstore: a client and a prefix ending in / are required")
+	}
+	return &Backend{c: c, prefix: prefix}, nil
+}
+
+// Client returns the etcd client (for leases, watches and elections).
+func (b *Backend) Client() *clientv3.Client { return b.c }
+
+// Close closes the client when the backend opened it.
+func (b *Backend) Close() error {
+	if b.owned {
+		return b.c.Close()
+	}
+	return nil
+}
+
+func (b *Backend) tablePrefix(table string) string { return b.prefix + url.PathEscape(table) + "/" }
+func (b *Backend) key(table, key string) string    { return b.tablePrefix(table) + "k/" + key }
+func (b *Backend) marker(table string) string      { return b.tablePrefix(table) + "m" }
+
+// maxAttempts bounds the retries of a transaction that keeps losing to
+// concurrent commits.
+const maxAttempts = 200
+
+// ErrContention is returned when a transaction lost to concurrent
+// commits maxAttempts times.
+var ErrContention = errors.New("etcdstore: too much contention, transaction not committed")
+
+// Update implements store.Backend.
+func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, error) {
+	for attempt := range maxAttempts {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		t := &tx{b: b, ctx: ctx, write: true, reads: map[string]int64{}, writes: map[string]*[]byte{}, tables: map[string]bool{}}
+		if err := fn(t); err != nil {
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				continue // the snapshot was compacted away: start again
+			}
+			return 0, err
+		}
+		if len(t.tables) == 0 {
+			if t.rev == 0 {
+				if err := t.start(); err != nil {
+					return 0, err
+				}
+			}
+			return uint64(t.rev), nil
+		}
+		cmps := make([]clientv3.Cmp, 0, len(t.reads))
+		for k, mr := range t.reads {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mr))
+		}
+		keys := make([]string, 0, len(t.writes))
+		for k := range t.writes {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		ops := make([]clientv3.Op, 0, len(keys)+len(t.tables))
+		for table := range t.tables {
+			ops = append(ops, clientv3.OpPut(b.marker(table), ""))
+		}
+		for _, k := range keys {
+			if v := t.writes[k]; v == nil {
+				ops = append(ops, clientv3.OpDelete(k))
+			} else {
+				ops = append(ops, clientv3.OpPut(k, string(*v)))
+			}
+		}
+		resp, err := b.c.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("etcdstore: commit: %w", err)
+		}
+		if resp.Succeeded {
+			return uint64(resp.Header.Revision), nil
+		}
+		// Lost to a concurrent commit: back off a little and redo.
+		d := time.Duration(rand.N(1+min(attempt, 20))) * time.Millisecond
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(d):
+		}
+	}
+	return 0, ErrContention
+}
+
+// View implements store.Backend.
+func (b *Backend) View(ctx context.Context, fn func(store.Tx) error) error {
+	return fn(&tx{b: b, ctx: ctx, reads: map[string]int64{}})
+}
+
+type tx struct {
+	b      *Backend
+	ctx    context.Context
+	write  bool
+	rev    int64            // the snapshot revision, set by the first read
+	reads  map[string]int64 // key -> mod revision seen (0: absent)
+	writes map[string]*[]byte
+	tables map[string]bool
+}
+
+func (t *tx) opts(extra ...clientv3.OpOption) []clientv3.OpOption {
+	if t.rev > 0 {
+		extra = append(extra, clientv3.WithRev(t.rev))
+	}
+	return extra
+}
+
+func (t *tx) get(key string, extra ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	resp, err := t.b.c.Get(t.ctx, key, t.opts(extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("etcdstore: read: %w", err)
+	}
+	if t.rev == 0 {
+		t.rev = resp.Header.Revision
+	}
+	return resp, nil
+}
+
+// start fixes the snapshot revision.
+func (t *tx) start() error {
+	_, err := t.get(t.b.prefix+"\x00", clientv3.WithCountOnly())
+	return err
+}
+
+func (t *tx) Get(table, key string) ([]byte, bool, error) {
+	k := t.b.key(table, key)
+	if t.writes != nil {
+		if v, ok := t.writes[k]; ok {
+			if v == nil {
+				return nil, false, nil
+			}
+			return append([]byte{}, *v...), true, nil
+		}
+	}
+	resp, err := t.get(k)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(resp.Kvs) == 0 {
+		t.noteRead(k, 0)
+		return nil, false, nil
+	}
+	t.noteRead(k, resp.Kvs[0].ModRevision)
+	return resp.Kvs[0].Value, true, nil
+}
+
+func (t *tx) noteRead(k string, mr int64) {
+	if _, ok := t.reads[k]; !ok {
+		t.reads[k] = mr
+	}
+}
+
+func (t *tx) Put(table, key string, val []byte) error {
+	if !t.write {
+		return errors.New("etcdstore: write in a read-only transaction")
+	}
+	if key == "" {
+		return errors.New("etcdstore: empty key")
+	}
+	v := append([]byte{}, val...)
+	t.writes[t.b.key(table, key)] = &v
+	t.tables[table] = true
+	return nil
+}
+
+func (t *tx) Delete(table, key string) error {
+	if !t.write {
+		return errors.New("etcdstore: write in a read-only transaction")
+	}
+	t.tables[table] = true
+	if key != "" {
+		t.writes[t.b.key(table, key)] = nil
+	}
+	return nil
+}
+
+// scanPage is how many keys one range read returns.
+const scanPage = 512
+
+func (t *tx) Scan(table, from string, fn func(string, []byte) (bool, error)) error {
+	if err := t.noteMarker(table); err != nil {
+		return err
+	}
+	base := t.b.tablePrefix(table) + "k/"
+	end := clientv3.GetPrefixRangeEnd(base)
+	start := base + from
+	for {
+		resp, err := t.get(start, clientv3.WithRange(end), clientv3.WithLimit(scanPage),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+		if err != nil {
+			return err
+		}
+		for _, kv := range resp.Kvs {
+			more, err := fn(strings.TrimPrefix(string(kv.Key), base), kv.Value)
+			if err != nil || !more {
+				return err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return nil
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// noteMarker reads a table's marker so that the commit fails when any
+// other commit wrote the table since.
+func (t *tx) noteMarker(table string) error {
+	m := t.b.marker(table)
+	if _, ok := t.reads[m]; ok {
+		return nil
+	}
+	resp, err := t.get(m)
+	if err != nil {
+		return err
+	}
+	var mr int64
+	if len(resp.Kvs) > 0 {
+		mr = resp.Kvs[0].ModRevision
+	}
+	t.reads[m] = mr
+	return nil
+}
+
+func (t *tx) Rev(table string) (uint64, error) {
+	if err := t.noteMarker(table); err != nil {
+		return 0, err
+	}
+	return uint64(t.reads[t.b.marker(table)]), nil
+}
