@@ -64,7 +64,9 @@ func (m *Mandates) VerifyRequest(token string, r *policies.Request, now time.Tim
 		// returned for the decision log (which token was replayed).
 		return vm, &ReasonError{Reason: string(mandate.ReasonOf(err)), Err: err}
 	}
-	if !c.Scope.Allows(r.Destination, r.Host, r.Method, r.Path, r.GRPCService, r.GRPCMethod) {
+	if !c.Scope.Allows(r.Destination, r.Host, r.Method, r.Path, r.GRPCService, r.GRPCMethod) ||
+		r.MCP != nil && !c.Scope.AllowsMCP(r.MCP.Method, r.MCP.Tool, r.MCP.ResourceURI) {
+		// Out of scope, an MCP tool included: drift, counted.
 		vm.OutOfScope = true
 		return vm, &ReasonError{Reason: string(mandate.ReasonOutOfScope)}
 	}

@@ -11,6 +11,8 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/mandate-dev/mandate/authz/mandate"
 )
 
 const mcpTestPolicies = `
@@ -257,5 +259,33 @@ func TestMCPDecisionRecord(t *testing.T) {
 	r := h.log.last()
 	if r.MCPMethod != "tools/call" || r.MCPTool != "github.get_file" || r.MCPRequestID != `"r-1"` || r.MCPArguments != `{"owner":"acme","path":"a.go"}` {
 		t.Fatalf("record %+v", r)
+	}
+}
+
+func TestMCPMandateLimitedToTwoTools(t *testing.T) {
+	k := newMandateKit(t)
+	var drift []OutOfIntent
+	k.h.srv.cfg.OnOutOfIntent = func(o OutOfIntent) { drift = append(drift, o) }
+	k.h.store.Update(func(s *State) { s.Policies = compile(t, mcpTestPolicies) })
+	coder := "spiffe://example.org/agent/coder"
+	token, _ := k.issue(t, coder, "T-9", "fix-bug", mandate.Scope{Paths: []string{"/mcp"}, MCP: &mandate.MCPScope{
+		Methods: []string{"initialize", "tools/list", "tools/call"}, Tools: []string{"github.list_issues", "github.get_file"},
+	}}, nil)
+	for _, tool := range []string{"github.list_issues", "github.get_file"} {
+		if res := k.h.checkMCP(t, mcpReq(toolCall("1", tool, `{"owner":"acme"}`), hdr("x-mandate", token))); !res.allowed {
+			t.Fatalf("%s under the mandate denied: %s", tool, res.body)
+		}
+	}
+	// The policy allows github.get_commit; the mandate does not.
+	res := k.h.checkMCP(t, mcpReq(toolCall("2", "github.get_commit", `{"owner":"acme"}`), hdr("x-mandate", token)))
+	if res.allowed || res.rpc.Error.Data.Reason != "mandate_out_of_scope" || string(res.rpc.ID) != "2" {
+		t.Fatalf("third tool: %s", res.body)
+	}
+	if len(drift) != 1 || drift[0].Subject != coder || drift[0].Task != "T-9" {
+		t.Fatalf("out-of-scope tool call not counted as drift: %+v", drift)
+	}
+	// Without the mandate the policy alone decides.
+	if res := k.h.checkMCP(t, mcpReq(toolCall("3", "github.get_commit", `{"owner":"acme"}`))); !res.allowed {
+		t.Fatalf("without a mandate: %s", res.body)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/mandate-dev/mandate/authz/attrs"
 	"github.com/mandate-dev/mandate/authz/mcp"
@@ -77,7 +78,28 @@ func stepUpID(r *policies.Request, policy, rule string, argKeys []string, allArg
 				write(k)
 				write(args[k]) // "" when absent: no JSON value is empty
 			}
+			for k, v := range args {
+				args[k] = shorten(v, maxShownArgument)
+			}
 		}
 	}
+	if args["*"] != "" {
+		args["*"] = shorten(args["*"], maxShownArgument)
+	}
 	return "ar-" + hex.EncodeToString(h.Sum(nil)[:10]), args
+}
+
+// maxShownArgument bounds an argument value shown to the approver (the id
+// binds the whole value).
+const maxShownArgument = 1000
+
+// shorten cuts s to at most n bytes on a rune boundary, marking the cut.
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }

@@ -65,13 +65,7 @@ func Delegate(parent *Claims, to string, scope Scope, ttl time.Duration, intent 
 		Expiry:    exp,
 		Task:      parent.Task,
 		Intent:    parent.Intent,
-		Scope: Scope{
-			Destinations: cloneStrings(scope.Destinations),
-			Hosts:        cloneStrings(scope.Hosts),
-			Methods:      cloneStrings(scope.Methods),
-			Paths:        cloneStrings(scope.Paths),
-			GRPC:         cloneStrings(scope.GRPC),
-		},
+		Scope: scope.Clone(),
 		Chain: chain,
 		Depth: len(chain),
 	}

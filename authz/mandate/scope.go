@@ -28,16 +28,45 @@ const (
 // path (it does not mean "any path"), and a scope must name at least one
 // path or gRPC method.
 //
+// MCP, when set, further limits MCP requests (on routes labelled
+// protocol: mcp); see MCPScope. Without it a mandate limits MCP requests
+// only by their HTTP path.
+//
 // Scope values returned by Verifier.Verify carry a compiled form; a Scope
 // built by hand is compiled on each Allows call.
 type Scope struct {
-	Destinations []string `json:"destinations,omitempty"`
-	Hosts        []string `json:"hosts,omitempty"`
-	Methods      []string `json:"methods,omitempty"`
-	Paths        []string `json:"paths,omitempty"`
-	GRPC         []string `json:"grpc,omitempty"`
+	Destinations []string  `json:"destinations,omitempty"`
+	Hosts        []string  `json:"hosts,omitempty"`
+	Methods      []string  `json:"methods,omitempty"`
+	Paths        []string  `json:"paths,omitempty"`
+	GRPC         []string  `json:"grpc,omitempty"`
+	MCP          *MCPScope `json:"mcp,omitempty"`
 
 	compiled *compiledScope
+}
+
+// Clone returns a deep copy of s, without its compiled form.
+func (s Scope) Clone() Scope {
+	c := Scope{Destinations: cloneStrings(s.Destinations), Hosts: cloneStrings(s.Hosts), Methods: cloneStrings(s.Methods),
+		Paths: cloneStrings(s.Paths), GRPC: cloneStrings(s.GRPC)}
+	if s.MCP != nil {
+		c.MCP = &MCPScope{Methods: cloneStrings(s.MCP.Methods), Tools: cloneStrings(s.MCP.Tools), Resources: cloneStrings(s.MCP.Resources)}
+	}
+	return c
+}
+
+// MCPScope lists the MCP requests a mandate admits:
+//
+//   - Methods: JSON-RPC methods ("initialize", "tools/list",
+//     "tools/call"); empty = any method.
+//   - Tools: tool-name globs (policies/pattern syntax); a tools/call must
+//     name a tool matching one. Empty admits no tool call.
+//   - Resources: resource URI globs; a resources/read, subscribe or
+//     unsubscribe must name a URI matching one. Empty admits none.
+type MCPScope struct {
+	Methods   []string `json:"methods,omitempty"`
+	Tools     []string `json:"tools,omitempty"`
+	Resources []string `json:"resources,omitempty"`
 }
 
 type compiledScope struct {
@@ -46,6 +75,13 @@ type compiledScope struct {
 	methods      []string
 	paths        []pattern.Pattern
 	grpc         []grpcEntry
+	mcp          *compiledMCP
+}
+
+type compiledMCP struct {
+	methods   []string
+	tools     []pattern.Pattern
+	resources []pattern.Pattern
 }
 
 type grpcEntry struct {
@@ -88,7 +124,96 @@ func compileScope(s *Scope) (*compiledScope, error) {
 		}
 		cs.grpc = append(cs.grpc, e)
 	}
+	if s.MCP != nil {
+		if cs.mcp, err = compileMCP(s.MCP); err != nil {
+			return nil, err
+		}
+	}
 	return cs, nil
+}
+
+func compileMCP(m *MCPScope) (*compiledMCP, error) {
+	for _, l := range [][]string{m.Methods, m.Tools, m.Resources} {
+		if len(l) > maxScopeEntries {
+			return nil, errorf(ReasonBadClaims, "scope: more than %d entries in an mcp list", maxScopeEntries)
+		}
+	}
+	if len(m.Methods) == 0 && len(m.Tools) == 0 && len(m.Resources) == 0 {
+		return nil, errorf(ReasonBadClaims, "scope: mcp names no methods, tools or resources")
+	}
+	out := &compiledMCP{methods: m.Methods}
+	for _, meth := range m.Methods {
+		if !validMCPName(meth, false) {
+			return nil, errorf(ReasonBadClaims, "scope: bad mcp method %q", meth)
+		}
+	}
+	for _, t := range m.Tools {
+		if !validMCPName(t, true) {
+			return nil, errorf(ReasonBadClaims, "scope: bad mcp tool glob %q", t)
+		}
+		p, err := pattern.Compile(t)
+		if err != nil {
+			return nil, errorf(ReasonBadClaims, "scope: mcp tool: %w", err)
+		}
+		out.tools = append(out.tools, p)
+	}
+	for _, r := range m.Resources {
+		if r == "" || len(r) > maxPatternLen || strings.ContainsAny(r, " \t\r\n\\") {
+			return nil, errorf(ReasonBadClaims, "scope: bad mcp resource glob %q", r)
+		}
+		p, err := pattern.Compile(r)
+		if err != nil {
+			return nil, errorf(ReasonBadClaims, "scope: mcp resource: %w", err)
+		}
+		out.resources = append(out.resources, p)
+	}
+	return out, nil
+}
+
+// validMCPName accepts 1-128 characters of [A-Za-z0-9_.:/-], and '*'
+// when glob.
+func validMCPName(s string, glob bool) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("_.:/-", c) >= 0 || glob && c == '*') {
+			return false
+		}
+	}
+	return true
+}
+
+// mcpResourceMethods name a resource URI.
+var mcpResourceMethods = []string{"resources/read", "resources/subscribe", "resources/unsubscribe"}
+
+// AllowsMCP reports whether an MCP request (method, the tool of a
+// tools/call, the URI of a resources/* request) is inside the scope. A
+// scope without MCP allows every MCP request its paths allow; an
+// invalid scope allows nothing.
+func (s Scope) AllowsMCP(method, tool, resourceURI string) bool {
+	cs := s.compiled
+	if cs == nil {
+		var err error
+		if cs, err = compileScope(&s); err != nil {
+			return false
+		}
+	}
+	m := cs.mcp
+	if m == nil {
+		return true
+	}
+	if len(m.methods) > 0 && !contains(m.methods, method) {
+		return false
+	}
+	switch {
+	case method == "tools/call":
+		return tool != "" && anyMatch(m.tools, tool)
+	case contains(mcpResourceMethods, method):
+		return resourceURI != "" && anyMatch(m.resources, resourceURI)
+	}
+	return true
 }
 
 func compilePatterns(field, prefix string, in []string) ([]pattern.Pattern, error) {
@@ -318,6 +443,40 @@ func (child Scope) Within(parent Scope) error {
 		}
 		if !ok {
 			return errorf(ReasonOutOfScope, "gRPC %q not within the parent's", child.GRPC[i])
+		}
+	}
+	return mcpWithin(pc.mcp, cc.mcp, parent.MCP, child.MCP)
+}
+
+// mcpWithin checks the MCP part of Within: without a parent limit
+// anything narrows; with one, the child needs its own (none would admit
+// every tool), its methods a subset (any, when the parent lists none),
+// and each tool and resource glob covered by a parent glob.
+func mcpWithin(pc, cc *compiledMCP, parent, child *MCPScope) error {
+	if pc == nil {
+		return nil
+	}
+	if cc == nil {
+		return errorf(ReasonOutOfScope, "child allows any MCP request, parent only %+v", *parent)
+	}
+	if len(pc.methods) > 0 {
+		if len(cc.methods) == 0 {
+			return errorf(ReasonOutOfScope, "child allows any MCP method, parent only %v", parent.Methods)
+		}
+		for _, m := range cc.methods {
+			if !contains(pc.methods, m) {
+				return errorf(ReasonOutOfScope, "MCP method %q not within the parent's", m)
+			}
+		}
+	}
+	for i, c := range cc.tools {
+		if !coveredBy(pc.tools, c) {
+			return errorf(ReasonOutOfScope, "MCP tool %q not within the parent's", child.Tools[i])
+		}
+	}
+	for i, c := range cc.resources {
+		if !coveredBy(pc.resources, c) {
+			return errorf(ReasonOutOfScope, "MCP resource %q not within the parent's", child.Resources[i])
 		}
 	}
 	return nil

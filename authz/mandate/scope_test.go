@@ -167,3 +167,60 @@ func TestScopeWithin(t *testing.T) {
 	}
 	wantReason(t, (Scope{}).Within(parent), ReasonBadClaims)
 }
+
+func TestScopeMCP(t *testing.T) {
+	two := Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{
+		Methods: []string{"initialize", "tools/list", "tools/call"},
+		Tools:   []string{"github.list_issues", "github.get_*"},
+	}}
+	tests := []struct {
+		s                 Scope
+		method, tool, uri string
+		want              bool
+	}{
+		{two, "tools/call", "github.list_issues", "", true},
+		{two, "tools/call", "github.get_file", "", true},
+		{two, "tools/call", "github.create_pull_request", "", false},
+		{two, "tools/call", "", "", false},
+		{two, "initialize", "", "", true},
+		{two, "prompts/get", "", "", false},
+		{two, "resources/read", "", "file:///a", false},
+		{Scope{Paths: []string{"/mcp"}}, "tools/call", "anything", "", true}, // no MCP limit
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Resources: []string{"file:///docs/**"}}}, "resources/read", "", "file:///docs/a.md", true},
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Resources: []string{"file:///docs/**"}}}, "resources/read", "", "file:///etc/passwd", false},
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Resources: []string{"file:///docs/**"}}}, "tools/call", "x", "", false},
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{}}, "tools/list", "", "", false}, // invalid: allows nothing
+	}
+	for i, tt := range tests {
+		if got := tt.s.AllowsMCP(tt.method, tt.tool, tt.uri); got != tt.want {
+			t.Errorf("%d: AllowsMCP(%s, %s, %s) = %v, want %v", i, tt.method, tt.tool, tt.uri, got, tt.want)
+		}
+	}
+}
+
+func TestScopeWithinMCP(t *testing.T) {
+	parent := Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/list", "tools/call"}, Tools: []string{"github.*"}}}
+	tests := []struct {
+		child Scope
+		ok    bool
+	}{
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Tools: []string{"github.list_*"}}}, true},
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Tools: []string{"github.list_issues", "github.get_file"}}}, true},
+		{Scope{Paths: []string{"/mcp"}}, false}, // drops the MCP limit
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Tools: []string{"github.list_*"}}}, false},                                       // any method
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"prompts/get"}, Tools: []string{"github.x"}}}, false},          // other method
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Tools: []string{"slack.post"}}}, false},         // other tool
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Tools: []string{"*"}}}, false},                  // wider glob
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Resources: []string{"file:///**"}}}, false},     // resources the parent never allowed
+	}
+	for i, tt := range tests {
+		err := tt.child.Within(parent)
+		if (err == nil) != tt.ok {
+			t.Errorf("%d: Within = %v, want ok %v", i, err, tt.ok)
+		}
+	}
+	// Without an MCP limit in the parent, any child MCP limit narrows.
+	if err := (Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Tools: []string{"a"}}}).Within(Scope{Paths: []string{"/**"}}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -134,7 +134,7 @@ func (r *Reporter) OnOutOfIntent(e authz.OutOfIntent) {
 func (r *Reporter) OnStepUp(e authz.StepUpRequest) {
 	r.enqueue(&mandatev1.ReplicaEvent{Event: &mandatev1.ReplicaEvent_StepUp{StepUp: &mandatev1.StepUpEvent{
 		Id: e.ID, Subject: e.Subject, Task: e.Task, Intent: e.Intent, Method: e.Method, Path: e.Path, Grpc: e.GRPC,
-		Policy: e.Policy, Rule: e.Rule, Time: timestamppb.New(e.Time),
+		Policy: e.Policy, Rule: e.Rule, Time: timestamppb.New(e.Time), Mcp: e.MCP, McpArguments: e.Arguments,
 	}}})
 }
 

@@ -158,6 +158,21 @@ func printClaims(w io.Writer, header map[string]any, c *mandate.Claims, now time
 		}
 		fmt.Fprintf(w, "  %-13s %s\n", f.name+":", v)
 	}
+	if m := c.Scope.MCP; m != nil {
+		methods := strings.Join(m.Methods, ", ")
+		if methods == "" {
+			methods = "(any)"
+		}
+		none := func(l []string) string {
+			if len(l) == 0 {
+				return "(none)"
+			}
+			return strings.Join(l, ", ")
+		}
+		fmt.Fprintf(w, "  mcp:          methods %s; tools %s; resources %s\n", methods, none(m.Tools), none(m.Resources))
+	} else {
+		fmt.Fprintf(w, "  %-13s %s\n", "mcp:", "(any, as paths allow)")
+	}
 	if len(c.Chain) == 0 {
 		fmt.Fprintln(w, "chain:     (root mandate)")
 		return

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,6 +63,7 @@ func (m *mandateFlags) conn(ctx context.Context, w *waitFlags) (context.Context,
 // scopeFlags are the scope of a mandate.
 type scopeFlags struct {
 	destinations, hosts, methods, paths, grpc listFlag
+	mcpMethods, mcpTools, mcpResources        listFlag
 }
 
 func (s *scopeFlags) register(fs *pflag.FlagSet) {
@@ -70,6 +72,9 @@ func (s *scopeFlags) register(fs *pflag.FlagSet) {
 	fs.Var(&s.methods, "methods", "HTTP methods (empty: any)")
 	fs.Var(&s.paths, "paths", "URL path patterns, e.g. /tickets/**")
 	fs.Var(&s.grpc, "grpc", "gRPC methods pkg.Service/Method or pkg.Service/*")
+	fs.Var(&s.mcpMethods, "mcp-methods", "MCP JSON-RPC methods, e.g. initialize,tools/list,tools/call (empty: any)")
+	fs.Var(&s.mcpTools, "mcp-tools", "MCP tool-name globs a tools/call must match, e.g. github.list_*")
+	fs.Var(&s.mcpResources, "mcp-resources", "MCP resource URI globs a resources/read must match")
 }
 
 func (s *scopeFlags) proto() *mandatev1.MandateScope {
@@ -85,7 +90,8 @@ func (s *scopeFlags) proto() *mandatev1.MandateScope {
 		return out
 	}
 	return &mandatev1.MandateScope{Destinations: split(s.destinations), Hosts: split(s.hosts), Methods: split(s.methods),
-		Paths: split(s.paths), Grpc: split(s.grpc)}
+		Paths: split(s.paths), Grpc: split(s.grpc),
+		McpMethods: split(s.mcpMethods), McpTools: split(s.mcpTools), McpResources: split(s.mcpResources)}
 }
 
 func issueCmd(fs *pflag.FlagSet) runFunc {
@@ -220,12 +226,24 @@ func approvalsCmd(fs *pflag.FlagSet) runFunc {
 			if r.GetGrpc() != "" {
 				action = "grpc " + r.GetGrpc()
 			}
+			if r.GetMcp() != "" {
+				action = "mcp " + r.GetMcp()
+			}
 			state := r.GetState()
 			if r.GetDecidedBy() != "" {
 				state += " by " + r.GetDecidedBy()
 			}
 			fmt.Fprintf(stdout, "%-23s  %-8s  %-5d  %-40s  %-16s  %-30s  %-20s  %s\n", r.GetId(), state, r.GetCount(), trunc(r.GetSubject(), 40),
 				trunc(r.GetTask(), 16), trunc(action, 30), trunc(r.GetPolicy()+"/"+r.GetRule(), 20), until(now, r.GetExpires()))
+			// The argument values an MCP approval is bound to, in full.
+			names := make([]string, 0, len(r.GetMcpArguments()))
+			for k := range r.GetMcpArguments() {
+				names = append(names, k)
+			}
+			slices.Sort(names)
+			for _, k := range names {
+				fmt.Fprintf(stdout, "  %s = %s\n", k, r.GetMcpArguments()[k])
+			}
 		}
 		return nil
 	}

@@ -259,12 +259,40 @@ func ValidateStepUp(e *mandatev1.StepUpEvent) (stepup.Event, error) {
 			return stepup.Event{}, errors.New("drift: step_up path is not an absolute path of printable ASCII")
 		}
 	}
+	if err := checkMCPStepUp(e.GetMcp(), e.GetMcpArguments()); err != nil {
+		return stepup.Event{}, err
+	}
 	t, err := checkTime(e.GetTime())
 	if err != nil {
 		return stepup.Event{}, err
 	}
 	return stepup.Event{ID: id, Subject: e.GetSubject(), Task: e.GetTask(), Intent: e.GetIntent(), Method: e.GetMethod(),
-		Path: e.GetPath(), GRPC: e.GetGrpc(), Policy: e.GetPolicy(), Rule: e.GetRule(), Time: t}, nil
+		Path: e.GetPath(), GRPC: e.GetGrpc(), Policy: e.GetPolicy(), Rule: e.GetRule(), Time: t,
+		MCP: e.GetMcp(), MCPArguments: e.GetMcpArguments()}, nil
+}
+
+// Bounds of the MCP part of a step-up event: what a person reads before
+// approving, so printable and small.
+const (
+	maxMCPBytes      = 4096 + 160
+	maxMCPArguments  = 32
+	maxMCPArgBytes   = 1024
+	maxMCPArgNameLen = 128
+)
+
+func checkMCPStepUp(mcp string, args map[string]string) error {
+	if len(mcp) > maxMCPBytes || !allBytes(mcp, func(c byte) bool { return c >= 0x20 && c < 0x7f }) {
+		return errors.New("drift: step_up mcp is not short printable ASCII")
+	}
+	if len(args) > 0 && mcp == "" || len(args) > maxMCPArguments {
+		return errors.New("drift: step_up mcp_arguments without mcp, or too many")
+	}
+	for k, v := range args {
+		if k == "" || len(k) > maxMCPArgNameLen || len(v) > maxMCPArgBytes || !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return errors.New("drift: step_up mcp_arguments entry too long or not UTF-8")
+		}
+	}
+	return nil
 }
 
 // checkSPIFFE checks a workload SPIFFE ID with Mandate's one checker.

@@ -17,6 +17,7 @@
 //	      destinations: ["spiffe://example.org/svc/tickets"]
 //	      methods: [GET, POST]
 //	      paths: ["/tickets/**"]
+//	      mcp: {methods: [initialize, tools/list, tools/call], tools: ["github.list_*"]}   # optional MCP ceiling
 //
 // Unknown fields and duplicate keys are errors.
 package issuance
@@ -56,11 +57,13 @@ type Scope struct {
 	Methods      []string `json:"methods,omitempty"`
 	Paths        []string `json:"paths,omitempty"`
 	GRPC         []string `json:"grpc,omitempty"`
+	// MCP caps MCP methods, tool and resource globs (mandate.MCPScope).
+	MCP *mandate.MCPScope `json:"mcp,omitempty"`
 }
 
 // Mandate converts s to a mandate.Scope.
 func (s Scope) Mandate() mandate.Scope {
-	return mandate.Scope{Destinations: s.Destinations, Hosts: s.Hosts, Methods: s.Methods, Paths: s.Paths, GRPC: s.GRPC}
+	return mandate.Scope{Destinations: s.Destinations, Hosts: s.Hosts, Methods: s.Methods, Paths: s.Paths, GRPC: s.GRPC, MCP: s.MCP}
 }
 
 // Rule is one issuance rule as written.

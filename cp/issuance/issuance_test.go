@@ -124,3 +124,38 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestAuthorizeMCPCeiling(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(`apiVersion: mandate.dev/v1
+kind: IssuancePolicy
+rules:
+  - name: coder
+    callers: ["spiffe://example.org/orchestrator"]
+    subjects: ["spiffe://example.org/agent/coder/*"]
+    intents: ["*"]
+    maxTTL: 10m
+    scope:
+      paths: ["/mcp"]
+      mcp: {methods: [initialize, tools/list, tools/call], tools: ["github.list_*", "github.get_*"]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := func(m *mandate.MCPScope) Request {
+		return Request{Caller: "spiffe://example.org/orchestrator", Subject: "spiffe://example.org/agent/coder/c1", Intent: "fix",
+			Scope: mandate.Scope{Paths: []string{"/mcp"}, MCP: m}}
+	}
+	if _, err := p.Authorize(req(&mandate.MCPScope{Methods: []string{"tools/call"}, Tools: []string{"github.list_issues", "github.get_file"}})); err != nil {
+		t.Fatalf("two read tools: %v", err)
+	}
+	for _, m := range []*mandate.MCPScope{
+		nil, // every tool
+		{Methods: []string{"tools/call"}, Tools: []string{"github.delete_repository"}},
+		{Methods: []string{"tools/call"}, Tools: []string{"github.*"}},
+		{Tools: []string{"github.list_issues"}}, // any method
+	} {
+		if _, err := p.Authorize(req(m)); err == nil {
+			t.Errorf("scope %+v above the MCP ceiling was granted", m)
+		}
+	}
+}

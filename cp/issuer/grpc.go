@@ -152,6 +152,7 @@ func durationOf(d time.Duration, set bool) (time.Duration, error) {
 // entries themselves).
 func scopeFromProto(p *mandatev1.MandateScope) (mandate.Scope, error) {
 	var s mandate.Scope
+	var mcpScope mandate.MCPScope
 	for _, f := range []struct {
 		name string
 		in   []string
@@ -162,6 +163,9 @@ func scopeFromProto(p *mandatev1.MandateScope) (mandate.Scope, error) {
 		{"methods", p.GetMethods(), &s.Methods},
 		{"paths", p.GetPaths(), &s.Paths},
 		{"grpc", p.GetGrpc(), &s.GRPC},
+		{"mcp_methods", p.GetMcpMethods(), &mcpScope.Methods},
+		{"mcp_tools", p.GetMcpTools(), &mcpScope.Tools},
+		{"mcp_resources", p.GetMcpResources(), &mcpScope.Resources},
 	} {
 		if len(f.in) > maxScopeList {
 			return s, status.Errorf(codes.InvalidArgument, "scope.%s: %d entries, limit %d", f.name, len(f.in), maxScopeList)
@@ -175,10 +179,17 @@ func scopeFromProto(p *mandatev1.MandateScope) (mandate.Scope, error) {
 			*f.out = append([]string(nil), f.in...)
 		}
 	}
+	if len(mcpScope.Methods)+len(mcpScope.Tools)+len(mcpScope.Resources) > 0 {
+		s.MCP = &mcpScope
+	}
 	return s, nil
 }
 
 // ScopeToProto converts a mandate scope to its message.
 func ScopeToProto(s mandate.Scope) *mandatev1.MandateScope {
-	return &mandatev1.MandateScope{Destinations: s.Destinations, Hosts: s.Hosts, Methods: s.Methods, Paths: s.Paths, Grpc: s.GRPC}
+	p := &mandatev1.MandateScope{Destinations: s.Destinations, Hosts: s.Hosts, Methods: s.Methods, Paths: s.Paths, Grpc: s.GRPC}
+	if m := s.MCP; m != nil {
+		p.McpMethods, p.McpTools, p.McpResources = m.Methods, m.Tools, m.Resources
+	}
+	return p
 }

@@ -484,15 +484,7 @@ func (s *Service) checkRevoked(ctx context.Context, q revocation.Query) error {
 	return nil
 }
 
-func cloneScope(s mandate.Scope) mandate.Scope {
-	c := func(l []string) []string {
-		if len(l) == 0 {
-			return nil
-		}
-		return append([]string(nil), l...)
-	}
-	return mandate.Scope{Destinations: c(s.Destinations), Hosts: c(s.Hosts), Methods: c(s.Methods), Paths: c(s.Paths), GRPC: c(s.GRPC)}
-}
+func cloneScope(s mandate.Scope) mandate.Scope { return s.Clone() }
 
 func newRecordID(r io.Reader) (string, error) {
 	var b [8]byte

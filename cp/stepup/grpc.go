@@ -110,6 +110,6 @@ func ToProto(r Request) *mandatev1.ApprovalRequest {
 		Id: r.ID, Subject: r.Subject, Task: r.Task, Intent: r.Intent, Method: r.Method, Path: r.Path,
 		Grpc: r.GRPC, Policy: r.Policy, Rule: r.Rule, FirstSeen: timestamppb.New(r.FirstSeen),
 		LastSeen: timestamppb.New(r.LastSeen), Count: r.Count, State: r.State, DecidedBy: r.DecidedBy,
-		Expires: timestamppb.New(r.Expires),
+		Expires: timestamppb.New(r.Expires), Mcp: r.MCP, McpArguments: r.MCPArguments,
 	}
 }

@@ -64,7 +64,11 @@ type Config struct {
 // Request is one approval request.
 type Request struct {
 	ID, Subject, Task, Intent, Method, Path, GRPC, Policy, Rule string
-	FirstSeen, LastSeen                                         time.Time
+	// MCP and MCPArguments: the MCP request and the argument values the
+	// step_up rule read (raw JSON by name), which the id binds.
+	MCP          string
+	MCPArguments map[string]string
+	FirstSeen, LastSeen time.Time
 	Count                                                       uint64
 	State                                                       string
 	DecidedBy                                                   string
@@ -76,6 +80,8 @@ type Request struct {
 // Event is one step-up denial a replica reported.
 type Event struct {
 	ID, Subject, Task, Intent, Method, Path, GRPC, Policy, Rule string
+	MCP                                                         string
+	MCPArguments                                                map[string]string
 	Time                                                        time.Time
 }
 
@@ -138,7 +144,7 @@ func (s *Service) Observe(events []Event) {
 				s.evictLocked()
 			}
 			r = &Request{ID: ev.ID, Subject: ev.Subject, Task: ev.Task, Intent: ev.Intent, Method: ev.Method,
-				Path: ev.Path, GRPC: ev.GRPC, Policy: ev.Policy, Rule: ev.Rule,
+				Path: ev.Path, GRPC: ev.GRPC, Policy: ev.Policy, Rule: ev.Rule, MCP: ev.MCP, MCPArguments: ev.MCPArguments,
 				FirstSeen: ev.Time, LastSeen: ev.Time, State: StatePending}
 			s.reqs[ev.ID] = r
 			s.log.Info("step-up approval requested", "id", ev.ID, "subject", ev.Subject, "task", ev.Task,

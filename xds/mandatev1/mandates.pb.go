@@ -36,12 +36,17 @@ const (
 // HTTP methods, grpc "pkg.Service/Method" or "pkg.Service/*", hosts exact
 // or "*.suffix". paths and grpc together must not be empty.
 type MandateScope struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Destinations  []string               `protobuf:"bytes,1,rep,name=destinations,proto3" json:"destinations,omitempty"`
-	Hosts         []string               `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
-	Methods       []string               `protobuf:"bytes,3,rep,name=methods,proto3" json:"methods,omitempty"`
-	Paths         []string               `protobuf:"bytes,4,rep,name=paths,proto3" json:"paths,omitempty"`
-	Grpc          []string               `protobuf:"bytes,5,rep,name=grpc,proto3" json:"grpc,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Destinations []string               `protobuf:"bytes,1,rep,name=destinations,proto3" json:"destinations,omitempty"`
+	Hosts        []string               `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	Methods      []string               `protobuf:"bytes,3,rep,name=methods,proto3" json:"methods,omitempty"`
+	Paths        []string               `protobuf:"bytes,4,rep,name=paths,proto3" json:"paths,omitempty"`
+	Grpc         []string               `protobuf:"bytes,5,rep,name=grpc,proto3" json:"grpc,omitempty"`
+	// MCP: JSON-RPC methods, tool-name globs and resource URI globs an MCP
+	// request must match (authz/mandate.MCPScope); all empty = no MCP limit.
+	McpMethods    []string `protobuf:"bytes,6,rep,name=mcp_methods,json=mcpMethods,proto3" json:"mcp_methods,omitempty"`
+	McpTools      []string `protobuf:"bytes,7,rep,name=mcp_tools,json=mcpTools,proto3" json:"mcp_tools,omitempty"`
+	McpResources  []string `protobuf:"bytes,8,rep,name=mcp_resources,json=mcpResources,proto3" json:"mcp_resources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -107,6 +112,27 @@ func (x *MandateScope) GetPaths() []string {
 func (x *MandateScope) GetGrpc() []string {
 	if x != nil {
 		return x.Grpc
+	}
+	return nil
+}
+
+func (x *MandateScope) GetMcpMethods() []string {
+	if x != nil {
+		return x.McpMethods
+	}
+	return nil
+}
+
+func (x *MandateScope) GetMcpTools() []string {
+	if x != nil {
+		return x.McpTools
+	}
+	return nil
+}
+
+func (x *MandateScope) GetMcpResources() []string {
+	if x != nil {
+		return x.McpResources
 	}
 	return nil
 }
@@ -633,7 +659,13 @@ type ApprovalRequest struct {
 	DecidedBy string `protobuf:"bytes,14,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
 	// expires: for a pending request, when it is forgotten; for an approved
 	// one, when the approval window ends.
-	Expires       *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=expires,proto3" json:"expires,omitempty"`
+	Expires *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=expires,proto3" json:"expires,omitempty"`
+	// mcp is the MCP request ("tools/call github.create_pull_request") and
+	// mcp_arguments the argument values (raw JSON by name) the step_up rule
+	// read, which the approval is bound to. (Numbered apart from the
+	// fields above, which other changes extend.)
+	Mcp           string            `protobuf:"bytes,101,opt,name=mcp,proto3" json:"mcp,omitempty"`
+	McpArguments  map[string]string `protobuf:"bytes,102,rep,name=mcp_arguments,json=mcpArguments,proto3" json:"mcp_arguments,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -769,6 +801,20 @@ func (x *ApprovalRequest) GetDecidedBy() string {
 func (x *ApprovalRequest) GetExpires() *timestamppb.Timestamp {
 	if x != nil {
 		return x.Expires
+	}
+	return nil
+}
+
+func (x *ApprovalRequest) GetMcp() string {
+	if x != nil {
+		return x.Mcp
+	}
+	return ""
+}
+
+func (x *ApprovalRequest) GetMcpArguments() map[string]string {
+	if x != nil {
+		return x.McpArguments
 	}
 	return nil
 }
@@ -1297,17 +1343,20 @@ func (x *OutOfIntentEvent) GetTime() *timestamppb.Timestamp {
 }
 
 type StepUpEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Subject       string                 `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
-	Task          string                 `protobuf:"bytes,3,opt,name=task,proto3" json:"task,omitempty"`
-	Intent        string                 `protobuf:"bytes,4,opt,name=intent,proto3" json:"intent,omitempty"`
-	Method        string                 `protobuf:"bytes,5,opt,name=method,proto3" json:"method,omitempty"`
-	Path          string                 `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
-	Grpc          string                 `protobuf:"bytes,7,opt,name=grpc,proto3" json:"grpc,omitempty"`
-	Policy        string                 `protobuf:"bytes,8,opt,name=policy,proto3" json:"policy,omitempty"`
-	Rule          string                 `protobuf:"bytes,9,opt,name=rule,proto3" json:"rule,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=time,proto3" json:"time,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Subject string                 `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	Task    string                 `protobuf:"bytes,3,opt,name=task,proto3" json:"task,omitempty"`
+	Intent  string                 `protobuf:"bytes,4,opt,name=intent,proto3" json:"intent,omitempty"`
+	Method  string                 `protobuf:"bytes,5,opt,name=method,proto3" json:"method,omitempty"`
+	Path    string                 `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
+	Grpc    string                 `protobuf:"bytes,7,opt,name=grpc,proto3" json:"grpc,omitempty"`
+	Policy  string                 `protobuf:"bytes,8,opt,name=policy,proto3" json:"policy,omitempty"`
+	Rule    string                 `protobuf:"bytes,9,opt,name=rule,proto3" json:"rule,omitempty"`
+	Time    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=time,proto3" json:"time,omitempty"`
+	// mcp and mcp_arguments: as in ApprovalRequest.
+	Mcp           string            `protobuf:"bytes,101,opt,name=mcp,proto3" json:"mcp,omitempty"`
+	McpArguments  map[string]string `protobuf:"bytes,102,rep,name=mcp_arguments,json=mcpArguments,proto3" json:"mcp_arguments,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1412,6 +1461,20 @@ func (x *StepUpEvent) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *StepUpEvent) GetMcp() string {
+	if x != nil {
+		return x.Mcp
+	}
+	return ""
+}
+
+func (x *StepUpEvent) GetMcpArguments() map[string]string {
+	if x != nil {
+		return x.McpArguments
+	}
+	return nil
+}
+
 type ReplicaReportResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// accepted and rejected count the events; rejected ones failed
@@ -1471,13 +1534,17 @@ var File_mandate_v1_mandates_proto protoreflect.FileDescriptor
 const file_mandate_v1_mandates_proto_rawDesc = "" +
 	"\n" +
 	"\x19mandate/v1/mandates.proto\x12\n" +
-	"mandate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amandate/v1/resources.proto\"\x8c\x01\n" +
+	"mandate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amandate/v1/resources.proto\"\xef\x01\n" +
 	"\fMandateScope\x12\"\n" +
 	"\fdestinations\x18\x01 \x03(\tR\fdestinations\x12\x14\n" +
 	"\x05hosts\x18\x02 \x03(\tR\x05hosts\x12\x18\n" +
 	"\amethods\x18\x03 \x03(\tR\amethods\x12\x14\n" +
 	"\x05paths\x18\x04 \x03(\tR\x05paths\x12\x12\n" +
-	"\x04grpc\x18\x05 \x03(\tR\x04grpc\"\xb8\x01\n" +
+	"\x04grpc\x18\x05 \x03(\tR\x04grpc\x12\x1f\n" +
+	"\vmcp_methods\x18\x06 \x03(\tR\n" +
+	"mcpMethods\x12\x1b\n" +
+	"\tmcp_tools\x18\a \x03(\tR\bmcpTools\x12#\n" +
+	"\rmcp_resources\x18\b \x03(\tR\fmcpResources\"\xb8\x01\n" +
 	"\x13IssueMandateRequest\x12\x18\n" +
 	"\asubject\x18\x01 \x01(\tR\asubject\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x16\n" +
@@ -1510,7 +1577,7 @@ const file_mandate_v1_mandates_proto_rawDesc = "" +
 	"\x13MandateKeysResponse\x12/\n" +
 	"\x04keys\x18\x01 \x03(\v2\x1b.mandate.v1.VerificationKeyR\x04keys\x12\x16\n" +
 	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x1a\n" +
-	"\baudience\x18\x03 \x01(\tR\baudience\"\xc8\x03\n" +
+	"\baudience\x18\x03 \x01(\tR\baudience\"\xef\x04\n" +
 	"\x0fApprovalRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x12\n" +
@@ -1529,7 +1596,12 @@ const file_mandate_v1_mandates_proto_rawDesc = "" +
 	"\x05state\x18\r \x01(\tR\x05state\x12\x1d\n" +
 	"\n" +
 	"decided_by\x18\x0e \x01(\tR\tdecidedBy\x124\n" +
-	"\aexpires\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\"/\n" +
+	"\aexpires\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12\x10\n" +
+	"\x03mcp\x18e \x01(\tR\x03mcp\x12R\n" +
+	"\rmcp_arguments\x18f \x03(\v2-.mandate.v1.ApprovalRequest.McpArgumentsEntryR\fmcpArguments\x1a?\n" +
+	"\x11McpArgumentsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"/\n" +
 	"\x1bListApprovalRequestsRequest\x12\x10\n" +
 	"\x03all\x18\x01 \x01(\bR\x03all\"W\n" +
 	"\x1cListApprovalRequestsResponse\x127\n" +
@@ -1560,7 +1632,7 @@ const file_mandate_v1_mandates_proto_rawDesc = "" +
 	"\n" +
 	"mandate_id\x18\x04 \x01(\tR\tmandateId\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12.\n" +
-	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xff\x01\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xa2\x03\n" +
 	"\vStepUpEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x12\n" +
@@ -1572,7 +1644,12 @@ const file_mandate_v1_mandates_proto_rawDesc = "" +
 	"\x06policy\x18\b \x01(\tR\x06policy\x12\x12\n" +
 	"\x04rule\x18\t \x01(\tR\x04rule\x12.\n" +
 	"\x04time\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"O\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x10\n" +
+	"\x03mcp\x18e \x01(\tR\x03mcp\x12N\n" +
+	"\rmcp_arguments\x18f \x03(\v2).mandate.v1.StepUpEvent.McpArgumentsEntryR\fmcpArguments\x1a?\n" +
+	"\x11McpArgumentsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"O\n" +
 	"\x15ReplicaReportResponse\x12\x1a\n" +
 	"\baccepted\x18\x01 \x01(\rR\baccepted\x12\x1a\n" +
 	"\brejected\x18\x02 \x01(\rR\brejected2\xda\x02\n" +
@@ -1600,7 +1677,7 @@ func file_mandate_v1_mandates_proto_rawDescGZIP() []byte {
 	return file_mandate_v1_mandates_proto_rawDescData
 }
 
-var file_mandate_v1_mandates_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_mandate_v1_mandates_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_mandate_v1_mandates_proto_goTypes = []any{
 	(*MandateScope)(nil),                 // 0: mandate.v1.MandateScope
 	(*IssueMandateRequest)(nil),          // 1: mandate.v1.IssueMandateRequest
@@ -1623,52 +1700,56 @@ var file_mandate_v1_mandates_proto_goTypes = []any{
 	(*OutOfIntentEvent)(nil),             // 18: mandate.v1.OutOfIntentEvent
 	(*StepUpEvent)(nil),                  // 19: mandate.v1.StepUpEvent
 	(*ReplicaReportResponse)(nil),        // 20: mandate.v1.ReplicaReportResponse
-	(*durationpb.Duration)(nil),          // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 22: google.protobuf.Timestamp
-	(*VerificationKey)(nil),              // 23: mandate.v1.VerificationKey
+	nil,                                  // 21: mandate.v1.ApprovalRequest.McpArgumentsEntry
+	nil,                                  // 22: mandate.v1.StepUpEvent.McpArgumentsEntry
+	(*durationpb.Duration)(nil),          // 23: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 24: google.protobuf.Timestamp
+	(*VerificationKey)(nil),              // 25: mandate.v1.VerificationKey
 }
 var file_mandate_v1_mandates_proto_depIdxs = []int32{
 	0,  // 0: mandate.v1.IssueMandateRequest.scope:type_name -> mandate.v1.MandateScope
-	21, // 1: mandate.v1.IssueMandateRequest.ttl:type_name -> google.protobuf.Duration
-	22, // 2: mandate.v1.IssueMandateResponse.expires:type_name -> google.protobuf.Timestamp
+	23, // 1: mandate.v1.IssueMandateRequest.ttl:type_name -> google.protobuf.Duration
+	24, // 2: mandate.v1.IssueMandateResponse.expires:type_name -> google.protobuf.Timestamp
 	0,  // 3: mandate.v1.DelegateMandateRequest.scope:type_name -> mandate.v1.MandateScope
-	21, // 4: mandate.v1.DelegateMandateRequest.ttl:type_name -> google.protobuf.Duration
-	22, // 5: mandate.v1.DelegateMandateResponse.expires:type_name -> google.protobuf.Timestamp
-	22, // 6: mandate.v1.CompleteTaskResponse.expires:type_name -> google.protobuf.Timestamp
-	23, // 7: mandate.v1.MandateKeysResponse.keys:type_name -> mandate.v1.VerificationKey
-	22, // 8: mandate.v1.ApprovalRequest.first_seen:type_name -> google.protobuf.Timestamp
-	22, // 9: mandate.v1.ApprovalRequest.last_seen:type_name -> google.protobuf.Timestamp
-	22, // 10: mandate.v1.ApprovalRequest.expires:type_name -> google.protobuf.Timestamp
-	9,  // 11: mandate.v1.ListApprovalRequestsResponse.requests:type_name -> mandate.v1.ApprovalRequest
-	21, // 12: mandate.v1.ApproveStepUpRequest.window:type_name -> google.protobuf.Duration
-	9,  // 13: mandate.v1.ApproveStepUpResponse.request:type_name -> mandate.v1.ApprovalRequest
-	9,  // 14: mandate.v1.DenyStepUpResponse.request:type_name -> mandate.v1.ApprovalRequest
-	17, // 15: mandate.v1.ReplicaReportRequest.events:type_name -> mandate.v1.ReplicaEvent
-	18, // 16: mandate.v1.ReplicaEvent.out_of_intent:type_name -> mandate.v1.OutOfIntentEvent
-	19, // 17: mandate.v1.ReplicaEvent.step_up:type_name -> mandate.v1.StepUpEvent
-	22, // 18: mandate.v1.OutOfIntentEvent.time:type_name -> google.protobuf.Timestamp
-	22, // 19: mandate.v1.StepUpEvent.time:type_name -> google.protobuf.Timestamp
-	1,  // 20: mandate.v1.Mandates.IssueMandate:input_type -> mandate.v1.IssueMandateRequest
-	3,  // 21: mandate.v1.Mandates.Delegate:input_type -> mandate.v1.DelegateMandateRequest
-	5,  // 22: mandate.v1.Mandates.CompleteTask:input_type -> mandate.v1.CompleteTaskRequest
-	7,  // 23: mandate.v1.Mandates.VerificationKeys:input_type -> mandate.v1.MandateKeysRequest
-	10, // 24: mandate.v1.Approvals.List:input_type -> mandate.v1.ListApprovalRequestsRequest
-	12, // 25: mandate.v1.Approvals.Approve:input_type -> mandate.v1.ApproveStepUpRequest
-	14, // 26: mandate.v1.Approvals.Deny:input_type -> mandate.v1.DenyStepUpRequest
-	16, // 27: mandate.v1.Replicas.Report:input_type -> mandate.v1.ReplicaReportRequest
-	2,  // 28: mandate.v1.Mandates.IssueMandate:output_type -> mandate.v1.IssueMandateResponse
-	4,  // 29: mandate.v1.Mandates.Delegate:output_type -> mandate.v1.DelegateMandateResponse
-	6,  // 30: mandate.v1.Mandates.CompleteTask:output_type -> mandate.v1.CompleteTaskResponse
-	8,  // 31: mandate.v1.Mandates.VerificationKeys:output_type -> mandate.v1.MandateKeysResponse
-	11, // 32: mandate.v1.Approvals.List:output_type -> mandate.v1.ListApprovalRequestsResponse
-	13, // 33: mandate.v1.Approvals.Approve:output_type -> mandate.v1.ApproveStepUpResponse
-	15, // 34: mandate.v1.Approvals.Deny:output_type -> mandate.v1.DenyStepUpResponse
-	20, // 35: mandate.v1.Replicas.Report:output_type -> mandate.v1.ReplicaReportResponse
-	28, // [28:36] is the sub-list for method output_type
-	20, // [20:28] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	23, // 4: mandate.v1.DelegateMandateRequest.ttl:type_name -> google.protobuf.Duration
+	24, // 5: mandate.v1.DelegateMandateResponse.expires:type_name -> google.protobuf.Timestamp
+	24, // 6: mandate.v1.CompleteTaskResponse.expires:type_name -> google.protobuf.Timestamp
+	25, // 7: mandate.v1.MandateKeysResponse.keys:type_name -> mandate.v1.VerificationKey
+	24, // 8: mandate.v1.ApprovalRequest.first_seen:type_name -> google.protobuf.Timestamp
+	24, // 9: mandate.v1.ApprovalRequest.last_seen:type_name -> google.protobuf.Timestamp
+	24, // 10: mandate.v1.ApprovalRequest.expires:type_name -> google.protobuf.Timestamp
+	21, // 11: mandate.v1.ApprovalRequest.mcp_arguments:type_name -> mandate.v1.ApprovalRequest.McpArgumentsEntry
+	9,  // 12: mandate.v1.ListApprovalRequestsResponse.requests:type_name -> mandate.v1.ApprovalRequest
+	23, // 13: mandate.v1.ApproveStepUpRequest.window:type_name -> google.protobuf.Duration
+	9,  // 14: mandate.v1.ApproveStepUpResponse.request:type_name -> mandate.v1.ApprovalRequest
+	9,  // 15: mandate.v1.DenyStepUpResponse.request:type_name -> mandate.v1.ApprovalRequest
+	17, // 16: mandate.v1.ReplicaReportRequest.events:type_name -> mandate.v1.ReplicaEvent
+	18, // 17: mandate.v1.ReplicaEvent.out_of_intent:type_name -> mandate.v1.OutOfIntentEvent
+	19, // 18: mandate.v1.ReplicaEvent.step_up:type_name -> mandate.v1.StepUpEvent
+	24, // 19: mandate.v1.OutOfIntentEvent.time:type_name -> google.protobuf.Timestamp
+	24, // 20: mandate.v1.StepUpEvent.time:type_name -> google.protobuf.Timestamp
+	22, // 21: mandate.v1.StepUpEvent.mcp_arguments:type_name -> mandate.v1.StepUpEvent.McpArgumentsEntry
+	1,  // 22: mandate.v1.Mandates.IssueMandate:input_type -> mandate.v1.IssueMandateRequest
+	3,  // 23: mandate.v1.Mandates.Delegate:input_type -> mandate.v1.DelegateMandateRequest
+	5,  // 24: mandate.v1.Mandates.CompleteTask:input_type -> mandate.v1.CompleteTaskRequest
+	7,  // 25: mandate.v1.Mandates.VerificationKeys:input_type -> mandate.v1.MandateKeysRequest
+	10, // 26: mandate.v1.Approvals.List:input_type -> mandate.v1.ListApprovalRequestsRequest
+	12, // 27: mandate.v1.Approvals.Approve:input_type -> mandate.v1.ApproveStepUpRequest
+	14, // 28: mandate.v1.Approvals.Deny:input_type -> mandate.v1.DenyStepUpRequest
+	16, // 29: mandate.v1.Replicas.Report:input_type -> mandate.v1.ReplicaReportRequest
+	2,  // 30: mandate.v1.Mandates.IssueMandate:output_type -> mandate.v1.IssueMandateResponse
+	4,  // 31: mandate.v1.Mandates.Delegate:output_type -> mandate.v1.DelegateMandateResponse
+	6,  // 32: mandate.v1.Mandates.CompleteTask:output_type -> mandate.v1.CompleteTaskResponse
+	8,  // 33: mandate.v1.Mandates.VerificationKeys:output_type -> mandate.v1.MandateKeysResponse
+	11, // 34: mandate.v1.Approvals.List:output_type -> mandate.v1.ListApprovalRequestsResponse
+	13, // 35: mandate.v1.Approvals.Approve:output_type -> mandate.v1.ApproveStepUpResponse
+	15, // 36: mandate.v1.Approvals.Deny:output_type -> mandate.v1.DenyStepUpResponse
+	20, // 37: mandate.v1.Replicas.Report:output_type -> mandate.v1.ReplicaReportResponse
+	30, // [30:38] is the sub-list for method output_type
+	22, // [22:30] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_mandates_proto_init() }
@@ -1687,7 +1768,7 @@ func file_mandate_v1_mandates_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mandate_v1_mandates_proto_rawDesc), len(file_mandate_v1_mandates_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
