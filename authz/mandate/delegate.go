@@ -65,9 +65,9 @@ func Delegate(parent *Claims, to string, scope Scope, ttl time.Duration, intent 
 		Expiry:    exp,
 		Task:      parent.Task,
 		Intent:    parent.Intent,
-		Scope: scope.Clone(),
-		Chain: chain,
-		Depth: len(chain),
+		Scope:     scope.Clone(),
+		Chain:     chain,
+		Depth:     len(chain),
 	}
 	return child, nil
 }

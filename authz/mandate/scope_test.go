@@ -206,12 +206,12 @@ func TestScopeWithinMCP(t *testing.T) {
 	}{
 		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Tools: []string{"github.list_*"}}}, true},
 		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Tools: []string{"github.list_issues", "github.get_file"}}}, true},
-		{Scope{Paths: []string{"/mcp"}}, false}, // drops the MCP limit
-		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Tools: []string{"github.list_*"}}}, false},                                       // any method
-		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"prompts/get"}, Tools: []string{"github.x"}}}, false},          // other method
-		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Tools: []string{"slack.post"}}}, false},         // other tool
-		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Tools: []string{"*"}}}, false},                  // wider glob
-		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Resources: []string{"file:///**"}}}, false},     // resources the parent never allowed
+		{Scope{Paths: []string{"/mcp"}}, false},                                                                                     // drops the MCP limit
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Tools: []string{"github.list_*"}}}, false},                                   // any method
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"prompts/get"}, Tools: []string{"github.x"}}}, false},      // other method
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Tools: []string{"slack.post"}}}, false},     // other tool
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Tools: []string{"*"}}}, false},              // wider glob
+		{Scope{Paths: []string{"/mcp"}, MCP: &MCPScope{Methods: []string{"tools/call"}, Resources: []string{"file:///**"}}}, false}, // resources the parent never allowed
 	}
 	for i, tt := range tests {
 		err := tt.child.Within(parent)

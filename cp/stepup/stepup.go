@@ -66,12 +66,12 @@ type Request struct {
 	ID, Subject, Task, Intent, Method, Path, GRPC, Policy, Rule string
 	// MCP and MCPArguments: the MCP request and the argument values the
 	// step_up rule read (raw JSON by name), which the id binds.
-	MCP          string
-	MCPArguments map[string]string
+	MCP                 string
+	MCPArguments        map[string]string
 	FirstSeen, LastSeen time.Time
-	Count                                                       uint64
-	State                                                       string
-	DecidedBy                                                   string
+	Count               uint64
+	State               string
+	DecidedBy           string
 	// Expires: when a pending request is forgotten, or when an approval
 	// window ends.
 	Expires time.Time
