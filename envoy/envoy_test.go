@@ -18,6 +18,7 @@ import (
 // expectedFiles must exist; the walk checks these and anything else added.
 var expectedFiles = []string{
 	"sidecar.yaml",
+	"mcp-sidecar.yaml",
 	"front-proxy.yaml",
 	"xds-bootstrap.yaml",
 	"cp-resources/tickets-api.yaml",
@@ -149,6 +150,104 @@ func TestEnvoyConfigsRejected(t *testing.T) {
 				onTyped(t, doc, extAuthz, func(m map[string]any) { m["fail_closed"] = true })
 			},
 			wantErr: "fail_closed",
+		},
+		// MCP wiring (mcp-sidecar.yaml).
+		{
+			name: "MCP route sends part of the body",
+			file: "mcp-sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onMCPRoute(t, doc, func(cs map[string]any) { field(t, cs, "with_request_body")["allow_partial_message"] = true })
+			},
+			wantViolation: "allow_partial_message must be false",
+		},
+		{
+			name: "MCP route without the body",
+			file: "mcp-sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onMCPRoute(t, doc, func(cs map[string]any) { delete(cs, "with_request_body") })
+			},
+			wantViolation: "needs check_settings.with_request_body",
+		},
+		{
+			name: "MCP body as a string",
+			file: "mcp-sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onMCPRoute(t, doc, func(cs map[string]any) { delete(field(t, cs, "with_request_body"), "pack_as_bytes") })
+			},
+			wantViolation: "pack_as_bytes",
+		},
+		{
+			name: "MCP body over the limit",
+			file: "mcp-sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onMCPRoute(t, doc, func(cs map[string]any) { field(t, cs, "with_request_body")["max_request_bytes"] = 1 << 24 })
+			},
+			wantViolation: "max_request_bytes",
+		},
+		{
+			name: "body sent on every route",
+			file: "mcp-sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, extAuthz, func(m map[string]any) {
+					m["with_request_body"] = map[string]any{"max_request_bytes": 1024}
+				})
+			},
+			wantViolation: "with_request_body belongs on the MCP routes",
+		},
+		{
+			name: "body sent on a route not labelled MCP",
+			file: "mcp-sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, perRoute, func(m map[string]any) {
+					if cs, ok := m["check_settings"].(map[string]any); ok && field(t, cs, "context_extensions")["protocol"] == nil {
+						cs["with_request_body"] = map[string]any{"max_request_bytes": 1024, "pack_as_bytes": true}
+					}
+				})
+			},
+			wantViolation: "not labelled protocol: mcp",
+		},
+		{
+			name: "MCP filter metadata not forwarded",
+			file: "mcp-sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, extAuthz, func(m map[string]any) { delete(m, "metadata_context_namespaces") })
+			},
+			wantViolation: "metadata_context_namespaces",
+		},
+		{
+			name: "MCP filter after ext_authz",
+			file: "mcp-sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, hcm, func(m map[string]any) {
+					fs := m["http_filters"].([]any)
+					fs[0], fs[1] = fs[1], fs[0]
+				})
+			},
+			wantViolation: "MCP filter must come before ext_authz",
+		},
+		{
+			name: "MCP filter not enabled on the MCP route",
+			file: "mcp-sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, "envoy.config.route.v3.FilterConfig", func(m map[string]any) { m["disabled"] = true })
+			},
+			wantViolation: "disabled on an MCP route",
+		},
+		{
+			name: "MCP filter passing non-MCP traffic on the MCP route",
+			file: "mcp-sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, "envoy.extensions.filters.http.mcp.v3.McpOverride", func(m map[string]any) { m["traffic_mode"] = "PASS_THROUGH" })
+			},
+			wantViolation: "REJECT_NO_MCP",
+		},
+		{
+			name: "unknown field in the MCP filter",
+			file: "mcp-sidecar.yaml",
+			mutate: func(t *testing.T, doc map[string]any) {
+				onTyped(t, doc, "envoy.extensions.filters.http.mcp.v3.Mcp", func(m map[string]any) { m["reject_batches"] = true })
+			},
+			wantErr: "reject_batches",
 		},
 		{
 			name:    "unknown top-level field",
@@ -441,6 +540,22 @@ func onTyped(t *testing.T, doc any, typeName string, fn func(map[string]any)) {
 	walk(doc)
 	if n == 0 {
 		t.Fatalf("no %s in the config", typeName)
+	}
+}
+
+// onMCPRoute calls fn on the check_settings of every route labelled
+// protocol: mcp, failing the test when there is none.
+func onMCPRoute(t *testing.T, doc any, fn func(checkSettings map[string]any)) {
+	t.Helper()
+	n := 0
+	onTyped(t, doc, "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute", func(m map[string]any) {
+		if cs, ok := m["check_settings"].(map[string]any); ok && field(t, cs, "context_extensions")["protocol"] == "mcp" {
+			n++
+			fn(cs)
+		}
+	})
+	if n == 0 {
+		t.Fatal("no MCP route")
 	}
 }
 

@@ -37,7 +37,9 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	mcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/mcp/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -55,8 +57,9 @@ const MaxFileSize = 4 << 20
 
 // Resolver returns the allow-list of typed_config types the configs may
 // use: the HTTP connection manager, ext_authz (and its per-route config),
-// the router, downstream and upstream TLS, and upstream HTTP protocol
-// options. Every Any is resolved through it.
+// the MCP filter (and its per-route override, alone or in a route
+// FilterConfig), the router, downstream and upstream TLS, and upstream
+// HTTP protocol options. Every Any is resolved through it.
 func Resolver() (*protoregistry.Types, error) {
 	types := new(protoregistry.Types)
 	for _, m := range []proto.Message{
@@ -67,6 +70,9 @@ func Resolver() (*protoregistry.Types, error) {
 		&tlsv3.DownstreamTlsContext{},
 		&tlsv3.UpstreamTlsContext{},
 		&httpv3.HttpProtocolOptions{},
+		&mcpv3.Mcp{},
+		&mcpv3.McpOverride{},
+		&routev3.FilterConfig{},
 	} {
 		if err := types.RegisterMessage(m.ProtoReflect().Type()); err != nil {
 			return nil, fmt.Errorf("envoyconf: register %T: %w", m, err)

@@ -13,6 +13,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	mcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/mcp/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -25,8 +26,14 @@ import (
 // Envoy's well-known names for the pieces Mandate's wiring rules look at.
 const (
 	ExtAuthzFilterName = "envoy.filters.http.ext_authz"
-	MandateHeader      = "x-mandate"
-	MaxCheckTimeout    = time.Second
+	// MCPFilterName is Envoy's MCP filter; its metadata namespace is the
+	// same name. Routes labelled protocol: mcp need it (see checkMCPRoute).
+	MCPFilterName = "envoy.filters.http.mcp"
+	// MaxMCPBody is the largest body an MCP route may send to ext_authz:
+	// mandate-authz's default --mcp-max-body.
+	MaxMCPBody      = 1 << 20
+	MandateHeader   = "x-mandate"
+	MaxCheckTimeout = time.Second
 )
 
 // RuleError lists every breach of Mandate's wiring rules found in a
@@ -197,6 +204,18 @@ type wiring struct {
 	// Both must pin their server's SPIFFE ID exactly.
 	decisionClusters map[string]bool
 	controlClusters  map[string]bool
+	// hcm is what the routes of the connection manager being checked
+	// depend on.
+	hcm hcmState
+}
+
+// hcmState is what checkHCM learned from the filter chain.
+type hcmState struct {
+	// mcpFilter: an MCP filter runs before ext_authz; mcpDisabled: it is
+	// disabled unless a route enables it.
+	mcpFilter, mcpDisabled bool
+	// namespaces are ext_authz's metadata_context_namespaces.
+	namespaces []string
 }
 
 func (w *wiring) unpack(a *anypb.Any, into proto.Message) error {
@@ -328,9 +347,16 @@ func (w *wiring) checkHCM(where string, hcm *hcmv3.HttpConnectionManager) {
 	}
 
 	filters := hcm.GetHttpFilters()
-	authzAt, routerAt := -1, -1
+	authzAt, routerAt, mcpAt := -1, -1, -1
+	w.hcm = hcmState{}
 	for i, f := range filters {
 		switch {
+		case w.isType(f.GetTypedConfig(), &mcpv3.Mcp{}):
+			mcpAt = i
+			w.hcm.mcpDisabled = f.GetDisabled()
+			if f.GetName() != MCPFilterName {
+				w.v.addf("%s: MCP filter named %q, want %q (per-route settings and its metadata namespace are keyed by it)", where, f.GetName(), MCPFilterName)
+			}
 		case w.isType(f.GetTypedConfig(), &extauthzv3.ExtAuthz{}):
 			if authzAt >= 0 {
 				w.v.addf("%s: more than one ext_authz filter", where)
@@ -348,6 +374,7 @@ func (w *wiring) checkHCM(where string, hcm *hcmv3.HttpConnectionManager) {
 				continue
 			}
 			w.checkExtAuthz(where, ea)
+			w.hcm.namespaces = ea.GetMetadataContextNamespaces()
 		case w.isType(f.GetTypedConfig(), &routerv3.Router{}):
 			routerAt = i
 		}
@@ -359,6 +386,13 @@ func (w *wiring) checkHCM(where string, hcm *hcmv3.HttpConnectionManager) {
 		w.v.addf("%s: the router filter must be last", where)
 	case authzAt > routerAt:
 		w.v.addf("%s: ext_authz must come before the router", where)
+	}
+	switch {
+	case mcpAt < 0:
+	case authzAt >= 0 && mcpAt > authzAt:
+		w.v.addf("%s: the MCP filter must come before ext_authz (its metadata is a decision input)", where)
+	default:
+		w.hcm.mcpFilter = true
 	}
 
 	rc := hcm.GetRouteConfig()
@@ -404,6 +438,9 @@ func (w *wiring) checkExtAuthz(where string, ea *extauthzv3.ExtAuthz) {
 	}
 	if ea.GetFilterEnabled() != nil || ea.GetFilterEnabledMetadata() != nil {
 		w.v.addf("%s: filter_enabled / filter_enabled_metadata would skip checks for some requests", where)
+	}
+	if ea.GetWithRequestBody() != nil {
+		w.v.addf("%s: with_request_body belongs on the MCP routes' check_settings, not on every request", where)
 	}
 }
 
@@ -464,6 +501,72 @@ func (w *wiring) checkRoute(where string, r *routev3.Route) {
 		if cs.GetContextExtensions()[k] == "" {
 			w.v.addf("%s: context_extensions.%s must be set", where, k)
 		}
+	}
+	if cs.GetContextExtensions()["protocol"] == "mcp" {
+		w.checkMCPRoute(where, r, cs)
+	} else if cs.GetWithRequestBody() != nil {
+		w.v.addf("%s: with_request_body on a route not labelled protocol: mcp (bodies go to Mandate on MCP routes only)", where)
+	}
+}
+
+// checkMCPRoute holds a route labelled protocol: mcp to what Mandate
+// needs to decide its tool calls: the whole body (with_request_body,
+// allow_partial_message false, as bytes, bounded), the MCP filter before
+// ext_authz and enabled on the route, refusing what is not JSON-RPC, and
+// its metadata forwarded (metadata_context_namespaces).
+func (w *wiring) checkMCPRoute(where string, r *routev3.Route, cs *extauthzv3.CheckSettings) {
+	wb := cs.GetWithRequestBody()
+	switch {
+	case wb == nil:
+		w.v.addf("%s: an MCP route needs check_settings.with_request_body (Mandate reads the JSON-RPC body)", where)
+	default:
+		if wb.GetAllowPartialMessage() {
+			w.v.addf("%s: with_request_body.allow_partial_message must be false: a partial body is refused, never decided", where)
+		}
+		if n := wb.GetMaxRequestBytes(); n == 0 || n > MaxMCPBody {
+			w.v.addf("%s: with_request_body.max_request_bytes %d must be in (0, %d]", where, n, MaxMCPBody)
+		}
+		if !wb.GetPackAsBytes() {
+			w.v.addf("%s: with_request_body.pack_as_bytes must be true: the body reaches Mandate as sent", where)
+		}
+	}
+	if !w.hcm.mcpFilter {
+		w.v.addf("%s: an MCP route needs the %s filter before ext_authz", where, MCPFilterName)
+	}
+	if !slices.Contains(w.hcm.namespaces, MCPFilterName) {
+		w.v.addf("%s: ext_authz metadata_context_namespaces must include %s", where, MCPFilterName)
+	}
+	a, ok := r.GetTypedPerFilterConfig()[MCPFilterName]
+	if !ok {
+		if w.hcm.mcpDisabled {
+			w.v.addf("%s: the %s filter is disabled by default and not enabled on this MCP route", where, MCPFilterName)
+		}
+		return
+	}
+	if w.isType(a, &routev3.FilterConfig{}) {
+		fc := &routev3.FilterConfig{}
+		if err := w.unpack(a, fc); err != nil {
+			w.v.addf("%s: %v", where, err)
+			return
+		}
+		if fc.GetDisabled() {
+			w.v.addf("%s: the %s filter is disabled on an MCP route", where, MCPFilterName)
+		}
+		a = fc.GetConfig()
+	}
+	o := &mcpv3.McpOverride{}
+	if a == nil || !w.isType(a, o) {
+		if w.hcm.mcpDisabled {
+			w.v.addf("%s: the %s filter must be enabled on the MCP route with an McpOverride", where, MCPFilterName)
+		}
+		return
+	}
+	if err := w.unpack(a, o); err != nil {
+		w.v.addf("%s: %v", where, err)
+		return
+	}
+	if o.GetTrafficMode() != mcpv3.Mcp_REJECT_NO_MCP {
+		w.v.addf("%s: the MCP filter's traffic_mode on an MCP route must be REJECT_NO_MCP", where)
 	}
 }
 
