@@ -34,7 +34,24 @@ type Route struct {
 	ContextExtensions map[string]string `json:"context_extensions,omitempty"`
 	// Disabled skips the authorization check (ExtAuthzPerRoute.disabled).
 	Disabled bool `json:"disabled,omitempty"`
+	// WithRequestBody sends the request body with the check
+	// (check_settings.with_request_body); nil sends none.
+	WithRequestBody *BufferSettings `json:"with_request_body,omitempty"`
 }
+
+// BufferSettings is ext_authz's BufferSettings: the body is buffered up to
+// MaxRequestBytes; a longer body is answered 413 without a check unless
+// AllowPartialMessage, which sends the first MaxRequestBytes with the
+// header x-envoy-auth-partial-body: true. PackAsBytes sends it in
+// raw_body, else in body (as UTF-8).
+type BufferSettings struct {
+	MaxRequestBytes     uint32 `json:"max_request_bytes"`
+	AllowPartialMessage bool   `json:"allow_partial_message,omitempty"`
+	PackAsBytes         bool   `json:"pack_as_bytes,omitempty"`
+}
+
+// HeaderPartialBody marks a check request carrying part of the body.
+const HeaderPartialBody = "x-envoy-auth-partial-body"
 
 // Config configures a Proxy.
 type Config struct {

@@ -1,10 +1,12 @@
 package frontproxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -90,7 +92,19 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := downstreamHeaders(r, requestScheme(r))
 	st := &reqState{headers: h, rawQuery: r.URL.RawQuery}
 	if !route.Disabled {
+		var body []byte
+		partial := false
+		if bs := route.WithRequestBody; bs != nil {
+			var tooLarge bool
+			if body, tooLarge, partial = bufferBody(r, bs); tooLarge {
+				// Envoy: 413 before any check when the buffer fills
+				// and partial messages are not allowed.
+				localReply(w, http.StatusRequestEntityTooLarge, "Payload Too Large", nil)
+				return
+			}
+		}
 		req := p.buildCheckRequest(r, h, route, start)
+		attachBody(req, body, partial, route.WithRequestBody)
 		ctx, cancel := context.WithTimeout(r.Context(), p.cfg.Timeout)
 		resp, err := p.cfg.Authz.Check(ctx, req)
 		cancel()
@@ -273,4 +287,41 @@ func (l *Listeners) Close(ctx context.Context) error {
 		return fmt.Errorf("frontproxy: shutdown: %w", err)
 	}
 	return nil
+}
+
+// bufferBody reads the request body as Envoy's ext_authz buffers it: up to
+// MaxRequestBytes. It reports a body over the limit (tooLarge, when
+// partial messages are not allowed) or a cut one (partial). The whole body
+// read is put back for forwarding.
+func bufferBody(r *http.Request, bs *BufferSettings) (body []byte, tooLarge, partial bool) {
+	limit := int64(bs.MaxRequestBytes)
+	all, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	rest := r.Body
+	r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(all), rest))
+	if err != nil {
+		return nil, true, false
+	}
+	if int64(len(all)) > limit {
+		if !bs.AllowPartialMessage {
+			return nil, true, false
+		}
+		return all[:limit], false, true
+	}
+	return all, false, false
+}
+
+// attachBody fills the check request's body as with_request_body does.
+func attachBody(req *authv3.CheckRequest, body []byte, partial bool, bs *BufferSettings) {
+	if bs == nil {
+		return
+	}
+	h := req.GetAttributes().GetRequest().GetHttp()
+	if partial {
+		h.Headers[HeaderPartialBody] = "true"
+	}
+	if bs.PackAsBytes {
+		h.RawBody = body
+	} else {
+		h.Body = sanitizeUTF8(string(body))
+	}
 }

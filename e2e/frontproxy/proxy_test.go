@@ -621,3 +621,63 @@ func TestConfigValidation(t *testing.T) {
 		t.Fatalf("valid config rejected: %v", err)
 	}
 }
+
+func TestWithRequestBody(t *testing.T) {
+	h := newHarness(t, harnessOpts{routes: []Route{
+		{Prefix: "/mcp", ContextExtensions: map[string]string{"protocol": "mcp"},
+			WithRequestBody: &BufferSettings{MaxRequestBytes: 16, PackAsBytes: true}},
+		{Prefix: "/partial", WithRequestBody: &BufferSettings{MaxRequestBytes: 4, AllowPartialMessage: true}},
+		{Prefix: "/"},
+	}})
+	post := func(path, body string) int {
+		resp, err := h.clientA.Post(h.tlsBase+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if st := post("/mcp", "{\"a\":\"\xff\"}"); st != http.StatusOK {
+		t.Fatalf("status %d", st)
+	}
+	reqs := h.authz[0].requests()
+	last := reqs[len(reqs)-1].GetAttributes().GetRequest().GetHttp()
+	if string(last.GetRawBody()) != "{\"a\":\"\xff\"}" || last.GetBody() != "" || last.GetHeaders()[HeaderPartialBody] != "" {
+		t.Fatalf("check request body %q raw %q", last.GetBody(), last.GetRawBody())
+	}
+	if up := h.up.requests(); len(up) != 1 {
+		t.Fatalf("upstream saw %d requests", len(up))
+	}
+	// Over the limit without partial messages: 413, never checked or forwarded.
+	n := len(h.authz[0].requests())
+	if st := post("/mcp", strings.Repeat("x", 17)); st != http.StatusRequestEntityTooLarge {
+		t.Fatalf("over the limit: status %d", st)
+	}
+	if len(h.authz[0].requests()) != n || len(h.up.requests()) != 1 {
+		t.Fatal("an over-limit body was checked or forwarded")
+	}
+	// With partial messages: the first bytes, marked, as a string.
+	if st := post("/partial", "abcdefgh"); st != http.StatusOK {
+		t.Fatalf("partial: status %d", st)
+	}
+	reqs = h.authz[0].requests()
+	last = reqs[len(reqs)-1].GetAttributes().GetRequest().GetHttp()
+	if last.GetBody() != "abcd" || last.GetHeaders()[HeaderPartialBody] != "true" {
+		t.Fatalf("partial body %q headers %v", last.GetBody(), last.GetHeaders())
+	}
+	// Routes without the setting send no body.
+	if st := post("/other", "abc"); st != http.StatusOK {
+		t.Fatalf("status %d", st)
+	}
+	reqs = h.authz[0].requests()
+	if b := reqs[len(reqs)-1].GetAttributes().GetRequest().GetHttp(); b.GetBody() != "" || len(b.GetRawBody()) != 0 {
+		t.Fatal("a route without with_request_body sent the body")
+	}
+	// The upstream gets the whole body in each case.
+	for _, r := range h.up.requests() {
+		if r.ContentLength == 0 {
+			t.Fatalf("upstream request %s without body", r.RequestURI)
+		}
+	}
+}
