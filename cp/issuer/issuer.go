@@ -23,8 +23,8 @@ import (
 	"github.com/mandate-dev/mandate/authz/revocation"
 	"github.com/mandate-dev/mandate/cp/issuance"
 	"github.com/mandate-dev/mandate/cp/store"
-	xdsclient "github.com/mandate-dev/mandate/xds/client"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
+	"github.com/mandate-dev/mandate/xds/resource"
 )
 
 // Plane is what the issuer needs of cp/plane.
@@ -468,7 +468,7 @@ func (s *Service) checkRevoked(ctx context.Context, q revocation.Query) error {
 	rs, _ := s.cfg.Plane.Revocations(true)
 	recs := make([]revocation.Record, 0, len(rs))
 	for _, r := range rs {
-		rec, err := xdsclient.RevocationRecord(r)
+		rec, err := resource.RevocationRecord(r)
 		if err != nil {
 			return &Error{Kind: KindUnavailable, Reason: "bad_revocation", Err: err}
 		}

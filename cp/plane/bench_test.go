@@ -12,8 +12,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-dev/mandate/authz/revocation"
-	xdsclient "github.com/mandate-dev/mandate/xds/client"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
+	"github.com/mandate-dev/mandate/xds/resource"
 )
 
 const (
@@ -99,7 +99,7 @@ func BenchmarkUpdateRevocations(b *testing.B) {
 
 // BenchmarkReplicaRevocationSet is what a replica's xDS client does per
 // revocation push: decode nothing (already decoded here), then convert,
-// validate and index all 51,000 records (xdsclient.RevocationSet).
+// validate and index all 51,000 records (resource.RevocationSet).
 func BenchmarkReplicaRevocationSet(b *testing.B) {
 	e := loaded(b)
 	if _, _, err := e.p.RevokeMany(context.Background(), benchRecords("last", benchBatch), "op"); err != nil {
@@ -108,7 +108,7 @@ func BenchmarkReplicaRevocationSet(b *testing.B) {
 	rs, _ := e.p.Revocations(true)
 	rs = slices.Clip(rs)
 	for b.Loop() {
-		if _, err := xdsclient.RevocationSet(rs); err != nil {
+		if _, err := resource.RevocationSet(rs); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -72,8 +73,8 @@ func (p *Plane) SweepRevocations(ctx context.Context) (SweepResult, error) {
 	p.lastSweep = now
 	cutoff := now.Add(-p.retention)
 	var names []string
-	for name, r := range p.revocations {
-		if r.GetExpires().AsTime().Before(cutoff) {
+	for name, r := range p.res[mandatev1.RevocationTypeURL] {
+		if r.(*mandatev1.Revocation).GetExpires().AsTime().Before(cutoff) {
 			names = append(names, name)
 		}
 	}
@@ -83,17 +84,13 @@ func (p *Plane) SweepRevocations(ctx context.Context) (SweepResult, error) {
 	slices.Sort(names)
 	detail := fmt.Sprintf("removed %d records expired before %s (retention %s)",
 		len(names), cutoff.UTC().Format(time.RFC3339), p.retention)
-	sv, err := p.st.Delete(ctx, mandatev1.RevocationTypeURL, names, p.audit(GCActor, "revocation.gc", "revocations", detail))
-	p.countWrite(mandatev1.RevocationTypeURL, err)
+	v, err := p.commit(ctx, write{typeURL: mandatev1.RevocationTypeURL, del: names,
+		audit: []store.AuditEntry{p.audit(GCActor, "revocation.gc", "revocations", detail)}})
 	if err != nil {
 		return SweepResult{}, fmt.Errorf("plane: revocation gc: %w", err)
 	}
-	for _, name := range names {
-		delete(p.revocations, name)
-	}
-	v, err := p.publishRevocations(nil, names, sv)
 	p.log.Info("expired revocations removed", "records", len(names), "cutoff", cutoff, "version", v)
-	return SweepResult{Removed: len(names), Version: v}, err
+	return SweepResult{Removed: len(names), Version: v}, nil
 }
 
 // RunSweeper calls SweepRevocations every sweep interval until ctx ends.

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-dev/mandate/authz/revocation"
@@ -301,76 +299,6 @@ func TestRevokeValidation(t *testing.T) {
 }
 
 func itoa(n int) string { return string(rune('0' + n)) }
-
-func mustUint(s string) uint64 {
-	n, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		panic(err)
-	}
-	return n
-}
-
-func TestRestartRecoversEverything(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	e := open(t, dir)
-	if _, err := e.p.ApplyPolicies(ctx, []*mandatev1.Policy{pol("reader", policyA), pol("writer", policyB)}, "op"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.p.DeletePolicy(ctx, "writer", "op"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.p.Revoke(ctx, revocation.Record{Kind: revocation.KindTask, Value: "t1", Expires: future()}, "op"); err != nil {
-		t.Fatal(err)
-	}
-	k := &mandatev1.VerificationKey{Name: "k1", Algorithm: "EdDSA", PublicKey: make([]byte, 32)}
-	if _, err := e.p.SetVerificationKeys(ctx, []*mandatev1.VerificationKey{k}, "op"); err != nil {
-		t.Fatal(err)
-	}
-	// An empty type with a version above zero: an approval put then deleted.
-	a := &mandatev1.Approval{Name: "a1", Subject: "spiffe://example.org/agent/a", Method: "GET", ApprovedBy: "op",
-		Expires: mustTS(future())}
-	if _, err := e.p.PutApproval(ctx, a, "op"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.p.DeleteApproval(ctx, "a1", "op"); err != nil {
-		t.Fatal(err)
-	}
-	before := e.xds.Versions()
-	pols, _ := e.p.Policies()
-	revs, _ := e.p.Revocations(true)
-	e.close()
-
-	e2 := open(t, dir)
-	after := e2.xds.Versions()
-	for typ, v := range before {
-		if after[typ] != v {
-			t.Errorf("%s: version %s before restart, %s after", typ, v, after[typ])
-		}
-	}
-	pols2, _ := e2.p.Policies()
-	revs2, _ := e2.p.Revocations(true)
-	if len(pols2) != len(pols) || !proto.Equal(pols2[0], pols[0]) || len(revs2) != 1 || !proto.Equal(revs2[0], revs[0]) {
-		t.Fatalf("state after restart differs: %v %v", pols2, revs2)
-	}
-	// A replica connecting to the restarted plane gets exactly that state.
-	r := startReplica(t, e2.addr, "n1")
-	waitFor(t, "replica sync", func() bool {
-		s, ok := r.applied.Load().(xdsclient.State)
-		return ok && len(s.Versions) == 4 && s.Policies != nil && s.Policies.Len() == 1 && s.Revocations.Len() == 1
-	})
-	// Writes continue from the stored versions.
-	v, err := e2.p.Revoke(ctx, revocation.Record{Kind: revocation.KindTask, Value: "t2", Expires: future()}, "op")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sv, _ := e2.st.Version(ctx, mandatev1.RevocationTypeURL)
-	// Versions are the store's: global revisions, so the next write lands
-	// above every type's version, and xDS serves exactly the stored one.
-	if xv := mustUint(v); xv != sv || xv <= mustUint(after[mandatev1.RevocationTypeURL]) || xv <= mustUint(after[mandatev1.ApprovalTypeURL]) {
-		t.Fatalf("revocation version after restart: xds %s, store %d (before: %v)", v, sv, after)
-	}
-}
 
 func TestWaitAcked(t *testing.T) {
 	ctx := context.Background()

@@ -169,34 +169,40 @@ func checkItems(typeURL string, items []Item) error {
 // Put creates or replaces items of a type in one transaction with the
 // audit entries, and returns the type's new version.
 func (d *DB) Put(ctx context.Context, typeURL string, items []Item, audit ...AuditEntry) (uint64, error) {
-	if err := checkItems(typeURL, items); err != nil {
-		return 0, err
-	}
 	if len(items) == 0 {
 		return 0, fmt.Errorf("store: empty put of %s", typeURL)
 	}
-	return d.update(ctx, audit, func(tx Tx) error {
-		for _, it := range items {
-			if err := tx.Put(resTable(typeURL), it.Name, it.Value); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return d.Update(ctx, typeURL, items, nil, audit...)
 }
 
 // Delete removes named items of a type in one transaction and returns
 // the type's new version; ErrNotFound, and nothing removed, when one of
 // them does not exist.
 func (d *DB) Delete(ctx context.Context, typeURL string, names []string, audit ...AuditEntry) (uint64, error) {
-	if err := checkType(typeURL); err != nil {
-		return 0, err
-	}
 	if len(names) == 0 {
 		return 0, fmt.Errorf("store: empty delete of %s", typeURL)
 	}
+	return d.Update(ctx, typeURL, nil, names, audit...)
+}
+
+// Update puts items and deletes names of one type in one transaction with
+// the audit entries, and returns the type's new version. A name may not
+// be both put and deleted; ErrNotFound, and nothing written, when a
+// deleted name does not exist.
+func (d *DB) Update(ctx context.Context, typeURL string, put []Item, del []string, audit ...AuditEntry) (uint64, error) {
+	if err := checkItems(typeURL, put); err != nil {
+		return 0, err
+	}
+	if len(put) == 0 && len(del) == 0 {
+		return 0, fmt.Errorf("store: empty update of %s", typeURL)
+	}
+	for _, name := range del {
+		if slices.ContainsFunc(put, func(it Item) bool { return it.Name == name }) {
+			return 0, fmt.Errorf("store: %s %q both put and deleted", typeURL, name)
+		}
+	}
 	return d.update(ctx, audit, func(tx Tx) error {
-		for _, name := range names {
+		for _, name := range del {
 			_, ok, err := tx.Get(resTable(typeURL), name)
 			if err != nil {
 				return err
@@ -205,6 +211,11 @@ func (d *DB) Delete(ctx context.Context, typeURL string, names []string, audit .
 				return fmt.Errorf("%s %q: %w", typeURL, name, ErrNotFound)
 			}
 			if err := tx.Delete(resTable(typeURL), name); err != nil {
+				return err
+			}
+		}
+		for _, it := range put {
+			if err := tx.Put(resTable(typeURL), it.Name, it.Value); err != nil {
 				return err
 			}
 		}

@@ -54,6 +54,7 @@ func Run(t *testing.T, nb NewBackend) {
 		{"VersionsAreGlobal", testVersionsGlobal},
 		{"FailedWriteChangesNothing", testFailedWrite},
 		{"Replace", testReplace},
+		{"UpdatePutsAndDeletesAtOnce", testUpdate},
 		{"BadInput", testBadInput},
 		{"AuditLog", testAuditLog},
 		{"AuditClockStepsBack", testAuditClockBack},
@@ -696,5 +697,38 @@ func testImport(t *testing.T, nb NewBackend) {
 	}
 	if err := d.Import(ctx, store.Snapshot{Audit: snap.Audit}); err == nil {
 		t.Fatal("import into a store with an audit trail accepted")
+	}
+}
+
+func testUpdate(t *testing.T, nb NewBackend) {
+	ctx := context.Background()
+	d, _, _ := open(t, nb)
+	v0, err := d.Put(ctx, typeA, items("a", "1", "b", "2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, err := d.Update(ctx, typeA, items("c", "3", "a", "10"), []string{"b"}, store.AuditEntry{Actor: actor, Action: "update"})
+	if err != nil || v1 <= v0 {
+		t.Fatalf("update: %d after %d, %v", v1, v0, err)
+	}
+	got, v := mustList(t, d, typeA)
+	sameItems(t, got, items("a", "10", "c", "3"))
+	if v != v1 {
+		t.Fatalf("list version %d, update returned %d", v, v1)
+	}
+	// A missing delete fails the whole update: the put is not stored.
+	if _, err := d.Update(ctx, typeA, items("d", "4"), []string{"missing"}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("update with a missing delete: %v", err)
+	}
+	if _, err := d.Update(ctx, typeA, items("a", "5"), []string{"a"}); err == nil {
+		t.Fatal("a name both put and deleted accepted")
+	}
+	if _, err := d.Update(ctx, typeA, nil, nil); err == nil {
+		t.Fatal("an empty update accepted")
+	}
+	got, v = mustList(t, d, typeA)
+	sameItems(t, got, items("a", "10", "c", "3"))
+	if v != v1 {
+		t.Fatalf("refused updates moved the version to %d", v)
 	}
 }
