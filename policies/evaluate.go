@@ -217,7 +217,13 @@ func (a *action) match(r *Request) bool {
 	if len(a.methods) > 0 && !containsString(a.methods, r.Method) {
 		return false
 	}
-	return len(a.paths) == 0 || matchAny(a.paths, r.Path)
+	if len(a.paths) == 0 {
+		return true
+	}
+	if r.Labels[LabelPathCase] == "insensitive" {
+		return matchAny(a.folded, r.Path)
+	}
+	return matchAny(a.paths, r.Path)
 }
 
 // match reports whether the MCP request c (nil when the request is not

@@ -35,11 +35,13 @@ type Request struct {
 	Subject string
 	// Destination is the destination principal Envoy reported; may be empty.
 	Destination string
-	// Host is the :authority, lowercased. Client-set: never identity.
+	// Host is the :authority as authz/attrs.Host normalized it: lowercase,
+	// without port or trailing dot. Client-set: never identity.
 	Host string
 	// Method is the HTTP method, upper-case.
 	Method string
-	// Path is the normalized request path, without query or fragment.
+	// Path is the normalized request path, without query or fragment
+	// (lowercased on routes labelled LabelPathCase=insensitive).
 	Path string
 	// GRPCService and GRPCMethod are set for gRPC requests
 	// (path /pkg.Service/Method with content-type application/grpc).
@@ -63,6 +65,19 @@ type Request struct {
 	// Now is the decision time (conditions may read it as `now`).
 	Now time.Time
 }
+
+// Route labels (context_extensions) that change how a request's path is
+// read. They are operator-set, like every label.
+const (
+	// LabelPathParameters = "strip": the route's upstream ignores ';'
+	// path parameters; Mandate cuts them from each segment instead of
+	// refusing the request (path_parameter).
+	LabelPathParameters = "mandate.path_parameters"
+	// LabelPathCase = "insensitive": the route's upstream matches paths
+	// case-insensitively; the path is lowercased and rules compare their
+	// path patterns lowercased too.
+	LabelPathCase = "mandate.path_case"
+)
 
 // Mandate is the part of a verified mandate token that policies can see.
 type Mandate struct {

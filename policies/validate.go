@@ -133,7 +133,10 @@ type action struct {
 	grpc    bool
 	methods []string
 	paths   []pattern.Pattern
-	rpcs    []rpc
+	// folded are paths compiled lowercased, for routes labelled
+	// LabelPathCase=insensitive.
+	folded []pattern.Pattern
+	rpcs   []rpc
 	mcp     *mcpAction
 }
 
@@ -275,6 +278,11 @@ func checkRule(ru *Rule, add func(field string, err error)) staticRule {
 				continue
 			}
 			ca.paths = append(ca.paths, p)
+			if fp, err := compilePathPattern(strings.ToLower(ps)); err == nil {
+				ca.folded = append(ca.folded, fp)
+			} else {
+				add(fmt.Sprintf("%s.paths[%d]", field, j), fmt.Errorf("lowercased: %w", err))
+			}
 		}
 		for j, g := range a.GRPC {
 			svc, method, ok := strings.Cut(g, "/")

@@ -40,7 +40,13 @@ const (
 	ReasonBadMethod       = "bad_method"
 	ReasonBadHost         = "bad_host"
 	ReasonHeadersTooLarge = "headers_too_large"
+	ReasonMethodOverride  = "method_override"
 )
+
+// methodOverrideHeaders make some frameworks (Rails, Express's
+// method-override, Spring's HiddenHttpMethodFilter variants, Google APIs)
+// serve a request as another method than the one decided on.
+var methodOverrideHeaders = [...]string{"x-http-method-override", "x-http-method", "x-method-override"}
 
 // Error is the error type of this package.
 type Error struct {
@@ -186,8 +192,13 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 	if r.Method, err = validMethod(httpReq.GetMethod()); err != nil {
 		return wrap(ReasonBadMethod, err)
 	}
+	for _, h := range methodOverrideHeaders {
+		if _, ok := hdrs[h]; ok {
+			return wrap(ReasonMethodOverride, fmt.Errorf("request carries %s", h))
+		}
+	}
 	a.RawPath = truncate(httpReq.GetPath(), 256)
-	if r.Path, _, err = reqpath.Normalize(httpReq.GetPath()); err != nil {
+	if r.Path, _, err = reqpath.NormalizeWith(httpReq.GetPath(), pathOptions(r.Labels)); err != nil {
 		return err
 	}
 	if r.Host, err = Host(httpReq.GetHost()); err != nil {
@@ -211,6 +222,17 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 		return err
 	}
 	return nil
+}
+
+// pathOptions reads a route's path opt-ins from its labels.
+func pathOptions(labels map[string]string) reqpath.Options {
+	if len(labels) == 0 {
+		return reqpath.Options{}
+	}
+	return reqpath.Options{
+		StripParameters: labels[policies.LabelPathParameters] == "strip",
+		FoldCase:        labels[policies.LabelPathCase] == "insensitive",
+	}
 }
 
 // Reason codes of BindMandate.

@@ -30,6 +30,19 @@
 //     climb above the root is ReasonPathTraversal, and so is a segment
 //     that is "." or ".." followed by a ';' parameter ("..;", "..%3B"),
 //     which some servers (Tomcat and others) treat as "..".
+//  8. Path parameters: a ';' in the path ("/a;x/b", "/a;/b") is
+//     ReasonPathParameter: Tomcat, Jetty, Spring and Undertow serve
+//     "/secrets;jsessionid=x/db" as "/secrets/db". With
+//     Options.StripParameters (a route's opt-in) each segment is cut at its
+//     first ';' instead, and rules match what is left. An encoded ';'
+//     ("%3B") is ReasonPathParameter either way.
+//  9. Double encoding: "%25" followed by two hex digits ("%252F", which a
+//     second decode makes "%2F") is ReasonDoubleEncoding.
+// 10. A segment ending in '.' ("/secrets./x", also "%2e"-encoded) is
+//     ReasonTrailingDot: Windows and some file servers drop the dot.
+// 11. With Options.FoldCase (a route's label for case-insensitive
+//     upstreams) the path is lowercased (percent-encodings keep their
+//     upper-case hex), and rules compare folded patterns.
 //
 // A path that normalizes to something else is not an error: the decision
 // is made on the normalized form. A trailing slash is kept ("/a/" and "/a"
@@ -59,7 +72,20 @@ const (
 	ReasonPathTooLong        Reason = "path_too_long"
 	ReasonBadPercentEncoding Reason = "bad_percent_encoding"
 	ReasonPathTraversal      Reason = "path_traversal"
+	ReasonPathParameter      Reason = "path_parameter"
+	ReasonDoubleEncoding     Reason = "double_encoding"
+	ReasonTrailingDot        Reason = "trailing_dot"
 )
+
+// Options are a route's opt-ins (set from its labels by authz/attrs).
+type Options struct {
+	// StripParameters: the upstream ignores ';' path parameters; cut
+	// them from each segment instead of refusing the path.
+	StripParameters bool
+	// FoldCase: the upstream matches paths case-insensitively; lowercase
+	// the path.
+	FoldCase bool
+}
 
 // Error is the error type of this package.
 type Error struct {
@@ -84,6 +110,11 @@ func newErr(r Reason, msg string) *Error { return &Error{Reason: r, Err: errors.
 // reports it (path, optional "?query", possibly "#fragment"). See the
 // package doc for the rules. Errors are *Error.
 func Normalize(raw string) (path string, query string, err error) {
+	return NormalizeWith(raw, Options{})
+}
+
+// NormalizeWith is Normalize with a route's options.
+func NormalizeWith(raw string, o Options) (path string, query string, err error) {
 	if len(raw) > MaxLength {
 		return "", "", &Error{Reason: ReasonPathTooLong, Err: fmt.Errorf("path is %d bytes, max %d", len(raw), MaxLength)}
 	}
@@ -107,14 +138,14 @@ func Normalize(raw string) (path string, query string, err error) {
 			query = query[:h]
 		}
 	}
-	needsWork, err := scan(p)
+	needsWork, err := scan(p, o)
 	if err != nil {
 		return "", "", err
 	}
 	if !needsWork {
 		return p, query, nil
 	}
-	path, err = normalizeSlow(p)
+	path, err = normalizeSlow(p, o)
 	if err != nil {
 		return "", "", err
 	}
@@ -122,14 +153,22 @@ func Normalize(raw string) (path string, query string, err error) {
 }
 
 // scan checks p's characters and reports whether p needs normalizing.
-func scan(p string) (needsWork bool, err error) {
+func scan(p string, o Options) (needsWork bool, err error) {
 	segStart := 1
 	for i := 1; i <= len(p); i++ {
 		if i < len(p) && p[i] != '/' {
 			c := p[i]
-			if c == '%' {
+			switch {
+			case c == '%':
 				needsWork = true
-			} else if !isPathChar(c) {
+			case c == ';':
+				if !o.StripParameters {
+					return false, paramErr()
+				}
+				needsWork = true
+			case c >= 'A' && c <= 'Z' && o.FoldCase:
+				needsWork = true
+			case !isPathChar(c):
 				return false, badChar(c)
 			}
 			continue
@@ -140,13 +179,15 @@ func scan(p string) (needsWork bool, err error) {
 			needsWork = true
 		case dotParam(seg):
 			return false, dotParamErr()
+		case seg != "" && seg[len(seg)-1] == '.':
+			return false, trailingDotErr()
 		}
 		segStart = i + 1
 	}
 	return needsWork, nil
 }
 
-func normalizeSlow(p string) (string, error) {
+func normalizeSlow(p string, o Options) (string, error) {
 	d := make([]byte, 0, len(p))
 	for i := 0; i < len(p); i++ {
 		c := p[i]
@@ -162,6 +203,10 @@ func normalizeSlow(p string) (string, error) {
 		}
 		b := unhex(p[i+1])<<4 | unhex(p[i+2])
 		switch {
+		case b == ';':
+			return "", paramErr()
+		case b == '%' && i+4 < len(p) && isHex(p[i+3]) && isHex(p[i+4]):
+			return "", newErr(ReasonDoubleEncoding, `path has "%25" followed by hex digits (decodes to a further escape)`)
 		case b == '/' || b == '\\':
 			return "", newErr(ReasonEncodedSlash, "path has an encoded '/' or '\\' (%2F, %5C)")
 		case b < 0x20 || b == 0x7f:
@@ -173,12 +218,12 @@ func normalizeSlow(p string) (string, error) {
 		}
 		i += 2
 	}
-	return removeDotSegments(d)
+	return removeDotSegments(d, o)
 }
 
 // removeDotSegments merges slashes and resolves "." and ".." in d, which
 // starts with '/'.
-func removeDotSegments(d []byte) (string, error) {
+func removeDotSegments(d []byte, o Options) (string, error) {
 	out := make([]byte, 1, len(d))
 	out[0] = '/'
 	lastNormal := false
@@ -190,6 +235,14 @@ func removeDotSegments(d []byte) (string, error) {
 			j += start
 		}
 		seg := d[start:j]
+		if o.StripParameters {
+			if dotParam(string(seg)) {
+				return "", dotParamErr()
+			}
+			if k := bytes.IndexByte(seg, ';'); k >= 0 {
+				seg = seg[:k]
+			}
+		}
 		switch {
 		case len(seg) == 0 || string(seg) == ".":
 			lastNormal = false
@@ -203,6 +256,12 @@ func removeDotSegments(d []byte) (string, error) {
 			if dotParam(string(seg)) {
 				return "", dotParamErr()
 			}
+			if seg[len(seg)-1] == '.' {
+				return "", trailingDotErr()
+			}
+			if o.FoldCase {
+				seg = foldSegment(seg)
+			}
 			out = append(out, seg...)
 			out = append(out, '/')
 			lastNormal = true
@@ -213,6 +272,28 @@ func removeDotSegments(d []byte) (string, error) {
 		out = out[:len(out)-1]
 	}
 	return string(out), nil
+}
+
+func paramErr() *Error {
+	return newErr(ReasonPathParameter, "path has a ';' path parameter")
+}
+
+func trailingDotErr() *Error {
+	return newErr(ReasonTrailingDot, "path has a segment ending in '.'")
+}
+
+// foldSegment lowercases ASCII letters in place, leaving the hex digits of
+// percent-encodings upper-case.
+func foldSegment(seg []byte) []byte {
+	for i := 0; i < len(seg); i++ {
+		switch c := seg[i]; {
+		case c == '%':
+			i += 2
+		case c >= 'A' && c <= 'Z':
+			seg[i] = c + 'a' - 'A'
+		}
+	}
+	return seg
 }
 
 func dotParamErr() *Error {

@@ -33,8 +33,8 @@ func TestNormalize(t *testing.T) {
 		{name: "query", raw: "/api?x=1&y=%2F", wantPath: "/api", wantQuery: "x=1&y=%2F"},
 		{name: "empty query", raw: "/api?", wantPath: "/api"},
 		{name: "query with slashes and dots", raw: "/a?next=/../admin//x", wantPath: "/a", wantQuery: "next=/../admin//x"},
-		{name: "sub-delims and colon", raw: "/a:b@c!$&'()*+,;=~", wantPath: "/a:b@c!$&'()*+,;=~"},
-		{name: "dots inside segments", raw: "/a.b/...", wantPath: "/a.b/..."},
+		{name: "sub-delims and colon", raw: "/a:b@c!$&'()*+,=~", wantPath: "/a:b@c!$&'()*+,=~"},
+		{name: "dots inside segments", raw: "/a.b/...c", wantPath: "/a.b/...c"},
 		{name: "segment starting with dots", raw: "/..a/.b", wantPath: "/..a/.b"},
 
 		// Fragment dropped.
@@ -63,8 +63,8 @@ func TestNormalize(t *testing.T) {
 		{name: "encoded dot", raw: "/a/%2e/b", wantPath: "/a/b"},
 		{name: "decode unreserved", raw: "/%61dmin/%7Euser/%2D%5F", wantPath: "/admin/~user/-_"},
 		{name: "decode unreserved digit", raw: "/v%31", wantPath: "/v1"},
-		{name: "keep reserved, uppercase hex", raw: "/a%3bb/c%3Ad/%25/%c3%a9", wantPath: "/a%3Bb/c%3Ad/%25/%C3%A9"},
-		{name: "double encoded slash kept encoded", raw: "/a%252Fb", wantPath: "/a%252Fb"},
+		{name: "keep reserved, uppercase hex", raw: "/a%3ab/c%3Ad/%25/%c3%a9", wantPath: "/a%3Ab/c%3Ad/%25/%C3%A9"},
+		{name: "encoded percent not before hex kept", raw: "/a%25zz", wantPath: "/a%25zz"},
 		{name: "encoded space kept", raw: "/a%20b", wantPath: "/a%20b"},
 
 		// Errors.
@@ -106,10 +106,22 @@ func TestNormalize(t *testing.T) {
 		{name: "dotdot above root", raw: "/a/../../etc/passwd", reason: ReasonPathTraversal},
 		{name: "encoded dotdot above root", raw: "/%2e%2e/etc/passwd", reason: ReasonPathTraversal},
 		{name: "dotdot via merged slashes above root", raw: "//..//admin", reason: ReasonPathTraversal},
-		{name: "tomcat dotdot param", raw: "/public/..;/admin", reason: ReasonPathTraversal},
-		{name: "tomcat dot param", raw: "/public/.;x/admin", reason: ReasonPathTraversal},
+		{name: "tomcat dotdot param", raw: "/public/..;/admin", reason: ReasonPathParameter},
+		{name: "tomcat dot param", raw: "/public/.;x/admin", reason: ReasonPathParameter},
 		{name: "tomcat dotdot encoded param", raw: "/public/..%3B/admin", reason: ReasonPathTraversal},
-		{name: "tomcat encoded dotdot param", raw: "/public/%2e%2e;/admin", reason: ReasonPathTraversal},
+		{name: "tomcat encoded dotdot param", raw: "/public/%2e%2e;/admin", reason: ReasonPathParameter},
+		// Upstream interpretations Mandate refuses instead of guessing.
+		{name: "servlet path parameter", raw: "/secrets;jsessionid=x/db-password", reason: ReasonPathParameter},
+		{name: "empty path parameter", raw: "/secrets;/db", reason: ReasonPathParameter},
+		{name: "parameter at end", raw: "/secrets/db;v=1", reason: ReasonPathParameter},
+		{name: "encoded parameter", raw: "/secrets%3Bx/db", reason: ReasonPathParameter},
+		{name: "encoded parameter lower", raw: "/secrets%3bx/db", reason: ReasonPathParameter},
+		{name: "double encoding slash", raw: "/a%252Fb", reason: ReasonDoubleEncoding},
+		{name: "double encoding letter", raw: "/%2573ecrets/x", reason: ReasonDoubleEncoding},
+		{name: "trailing dot segment", raw: "/secrets./x", reason: ReasonTrailingDot},
+		{name: "trailing dot last", raw: "/secrets.", reason: ReasonTrailingDot},
+		{name: "encoded trailing dot", raw: "/secrets%2e/x", reason: ReasonTrailingDot},
+		{name: "dots only segment", raw: "/a/.../b", reason: ReasonTrailingDot},
 		{name: "too long", raw: "/" + strings.Repeat("a", MaxLength), reason: ReasonPathTooLong},
 		{name: "too long by query", raw: "/a?" + strings.Repeat("a", MaxLength), reason: ReasonPathTooLong},
 	}
@@ -146,15 +158,49 @@ func TestNormalizeAllocs(t *testing.T) {
 	}
 }
 
+func TestNormalizeWithOptions(t *testing.T) {
+	strip, fold := Options{StripParameters: true}, Options{FoldCase: true}
+	for _, tc := range []struct {
+		raw    string
+		o      Options
+		want   string
+		reason Reason
+	}{
+		{raw: "/secrets;jsessionid=x/db-password", o: strip, want: "/secrets/db-password"},
+		{raw: "/secrets;/db", o: strip, want: "/secrets/db"},
+		{raw: "/a/b;v=1", o: strip, want: "/a/b"},
+		{raw: "/;x/secrets", o: strip, want: "/secrets"},
+		{raw: "/a/..;/admin", o: strip, reason: ReasonPathTraversal},
+		{raw: "/a%3Bx/b", o: strip, reason: ReasonPathParameter},
+		{raw: "/secrets.;x/b", o: strip, reason: ReasonTrailingDot},
+		{raw: "/Secrets/DB", o: fold, want: "/secrets/db"},
+		{raw: "/%53ecrets/%2f", o: fold, reason: ReasonEncodedSlash},
+		{raw: "/%53ecrets/a%3Ab", o: fold, want: "/secrets/a%3Ab"},
+		{raw: "/Secrets;x/DB", o: Options{StripParameters: true, FoldCase: true}, want: "/secrets/db"},
+	} {
+		got, _, err := NormalizeWith(tc.raw, tc.o)
+		var e *Error
+		if tc.reason != "" {
+			if !errors.As(err, &e) || e.Reason != tc.reason {
+				t.Errorf("NormalizeWith(%q, %+v) = %q, %v; want %s", tc.raw, tc.o, got, err, tc.reason)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("NormalizeWith(%q, %+v) = %q, %v; want %q", tc.raw, tc.o, got, err, tc.want)
+		}
+	}
+}
+
 // TestFastPathMatchesSlowPath: the allocation-free path gives what full
 // normalization gives.
 func TestFastPathMatchesSlowPath(t *testing.T) {
 	for _, p := range []string{"/", "/a", "/a/", "/a/b.c/..d", "/a:b@c", "/~x/y-z_"} {
-		needs, err := scan(p)
+		needs, err := scan(p, Options{})
 		if err != nil || needs {
 			t.Fatalf("scan(%q) = %v, %v", p, needs, err)
 		}
-		slow, err := normalizeSlow(p)
+		slow, err := normalizeSlow(p, Options{})
 		if err != nil || slow != p {
 			t.Fatalf("normalizeSlow(%q) = %q, %v", p, slow, err)
 		}
