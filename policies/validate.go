@@ -137,7 +137,7 @@ type action struct {
 	// LabelPathCase=insensitive.
 	folded []pattern.Pattern
 	rpcs   []rpc
-	mcp     *mcpAction
+	mcp    *mcpAction
 }
 
 // mcpAction is a compiled MCPAction.

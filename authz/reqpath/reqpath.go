@@ -38,9 +38,9 @@
 //     ("%3B") is ReasonPathParameter either way.
 //  9. Double encoding: "%25" followed by two hex digits ("%252F", which a
 //     second decode makes "%2F") is ReasonDoubleEncoding.
-// 10. A segment ending in '.' ("/secrets./x", also "%2e"-encoded) is
+//  10. A segment ending in '.' ("/secrets./x", also "%2e"-encoded) is
 //     ReasonTrailingDot: Windows and some file servers drop the dot.
-// 11. With Options.FoldCase (a route's label for case-insensitive
+//  11. With Options.FoldCase (a route's label for case-insensitive
 //     upstreams) the path is lowercased (percent-encodings keep their
 //     upper-case hex), and rules compare folded patterns.
 //
