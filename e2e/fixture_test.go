@@ -51,6 +51,7 @@ type options struct {
 	policies    string        // policy directory applied at start (default testdata/policies)
 	cpArgs      []string      // extra mandate-cp flags
 	selfID      string        // register the test binary itself under this ID
+	routes      string        // front proxy routes, JSON (default: "/" labelled app: echo)
 }
 
 // replica is one running mandate-authz.
@@ -116,6 +117,9 @@ func deploy(ctx context.Context, t *testing.T, opts options) *deployment {
 	}
 	if opts.staleBudget == 0 {
 		opts.staleBudget = 30 * time.Second
+	}
+	if opts.routes == "" {
+		opts.routes = `[{"prefix":"/","context_extensions":{"app":"echo"}}]`
 	}
 	if opts.policies == "" {
 		opts.policies = "testdata/policies"
@@ -201,7 +205,7 @@ func deploy(ctx context.Context, t *testing.T, opts options) *deployment {
 		// Envoy's default is 200ms; -race binaries on a shared 2-core
 		// machine need more headroom, and a timeout is a 403 either way.
 		"-timeout", "1s",
-		"-routes-json", `[{"prefix":"/","context_extensions":{"app":"echo"}}]`,
+		"-routes-json", d.opts.routes,
 	}})
 	raw, err = proc.WaitFile(ctx, proxyFile)
 	if err != nil {

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -36,9 +37,12 @@ type recorder struct {
 	mu   sync.Mutex
 	max  int
 	seen []Seen
+	// mcp serves /mcp: a real MCP server (Streamable HTTP) whose tools
+	// answer with their name and arguments.
+	mcp http.Handler
 }
 
-func newRecorder(max int) *recorder { return &recorder{max: max} }
+func newRecorder(max int) *recorder { return &recorder{max: max, mcp: newMCPHandler()} }
 
 func (rec *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/_seen" {
@@ -53,6 +57,11 @@ func (rec *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec.seen = rec.seen[len(rec.seen)-rec.max:]
 	}
 	rec.mu.Unlock()
+	if r.URL.Path == "/mcp" {
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		rec.mcp.ServeHTTP(w, r)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(s)
 }
