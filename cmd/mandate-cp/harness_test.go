@@ -59,11 +59,22 @@ type proc struct {
 	cmd   *exec.Cmd
 	addrs map[string]string
 	log   string
-	done  chan struct{}
-	err   error
+	// addrFile and bin: where the address file goes, and what runs.
+	addrFile, bin string
+	done          chan struct{}
+	err           error
 }
 
 func start(t tb, bin string, args ...string) *proc {
+	t.Helper()
+	p := startNoWait(t, bin, args...)
+	p.waitAddrs(t, 20*time.Second)
+	return p
+}
+
+// startNoWait starts bin without waiting for its address file (a standby
+// control plane writes it only once it leads).
+func startNoWait(t tb, bin string, args ...string) *proc {
 	t.Helper()
 	dir := t.TempDir()
 	af := filepath.Join(dir, "addrs.json")
@@ -80,19 +91,34 @@ func start(t tb, bin string, args ...string) *proc {
 	p := &proc{cmd: cmd, log: logf, done: make(chan struct{})}
 	go func() { p.err = cmd.Wait(); _ = f.Close(); close(p.done) }()
 	t.Cleanup(func() { p.kill() })
-	deadline := time.Now().Add(20 * time.Second)
+	p.addrFile, p.bin = af, bin
+	return p
+}
+
+// waitAddrs waits until the process wrote its address file.
+func (p *proc) waitAddrs(t tb, timeout time.Duration) {
+	t.Helper()
+	if !p.tryAddrs(t, timeout) {
+		t.Fatalf("%s wrote no address file within %v", filepath.Base(p.bin), timeout)
+	}
+}
+
+// tryAddrs reports whether the address file appears within timeout.
+func (p *proc) tryAddrs(t tb, timeout time.Duration) bool {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
-		if b, err := os.ReadFile(af); err == nil && json.Unmarshal(b, &p.addrs) == nil {
-			return p
+		if b, err := os.ReadFile(p.addrFile); err == nil && json.Unmarshal(b, &p.addrs) == nil {
+			return true
 		}
 		select {
 		case <-p.done:
-			b, _ := os.ReadFile(logf)
-			t.Fatalf("%s exited: %v\n%s", filepath.Base(bin), p.err, b)
+			b, _ := os.ReadFile(p.log)
+			t.Fatalf("%s exited: %v\n%s", filepath.Base(p.bin), p.err, b)
 		case <-time.After(5 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s wrote no address file", filepath.Base(bin))
+			return false
 		}
 	}
 }

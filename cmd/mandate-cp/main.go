@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,7 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.xdsListen, "xds-listen", "127.0.0.1:18000", "address of the xDS (delta ADS) server replicas subscribe to")
 	fs.StringVar(&o.adminListen, "admin-listen", "127.0.0.1:18001", "address of the Admin gRPC API (mTLS; empty: off)")
 	fs.StringVar(&o.adminSocket, "admin-socket", "", "also serve the Admin API on this unix socket, for local root or this process's user")
-	fs.StringVar(&o.dataDir, "data-dir", "", "directory of the durable store (required)")
+	fs.StringVar(&o.dataDir, "data-dir", "", "directory of the durable store (required unless --etcd-endpoint)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9091", "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&o.addrFile, "addr-file", "", "write the bound addresses as JSON ({\"xds\",\"admin\",\"metrics\",\"socket\"}) to this file once serving")
 	fs.StringVar(&o.trustDomain, "trust-domain", "example.org", "trust domain of the default identities")
@@ -105,8 +106,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if o.dataDir == "" {
-		return nil, errors.New("--data-dir is required")
+	if o.dataDir == "" && len(o.store.etcd) == 0 {
+		return nil, errors.New("--data-dir (or --etcd-endpoint) is required")
 	}
 	if o.xdsListen == "" {
 		return nil, errors.New("--xds-listen is required")
@@ -134,9 +135,33 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	st, err := openStore(ctx, o.dataDir, o.store, logger)
+	st, lead, err := openStore(ctx, o.dataDir, o.store, logger)
 	if err != nil {
 		return err
+	}
+	var lostLead atomic.Bool
+	if lead != nil {
+		// On etcd this instance serves only while it leads: losing the
+		// leadership (lease expired, etcd out of reach) stops it, closing
+		// its xDS streams so replicas move on, and its writes are refused
+		// by etcd from that moment.
+		var stop context.CancelFunc
+		ctx, stop = context.WithCancel(ctx)
+		defer stop()
+		go func() {
+			select {
+			case <-lead.Lost():
+				lostLead.Store(true)
+				logger.Error("lost the control-plane leadership on etcd: stopping")
+				stop()
+			case <-ctx.Done():
+			}
+		}()
+		defer func() {
+			rctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = lead.Resign(rctx)
+			c()
+		}()
 	}
 	defer func() {
 		if err := st.Close(); err != nil {
@@ -302,6 +327,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if o.adminSocket != "" {
 		_ = os.Remove(o.adminSocket)
+	}
+	if err == nil && lostLead.Load() {
+		err = errors.New("lost the control-plane leadership on etcd")
 	}
 	return err
 }

@@ -27,6 +27,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -73,6 +74,9 @@ type Backend struct {
 	c      *clientv3.Client
 	prefix string
 	owned  bool
+
+	mu    sync.Mutex
+	guard []clientv3.Cmp // conditions of every commit (Lead)
 }
 
 // OpenBackend connects to etcd (Open wraps the backend in a DB).
@@ -134,6 +138,19 @@ func (b *Backend) marker(table string) string      { return b.tablePrefix(table)
 // concurrent commits.
 const maxAttempts = 200
 
+// ErrNotLeader is returned by a commit of an instance that no longer
+// leads (see Lead).
+var ErrNotLeader = errors.New("etcdstore: this instance is no longer the leader; write refused")
+
+// leads reports whether the leadership condition still holds.
+func (b *Backend) leads(ctx context.Context) bool {
+	b.mu.Lock()
+	g := b.guard
+	b.mu.Unlock()
+	resp, err := b.c.Txn(ctx).If(g...).Commit()
+	return err == nil && resp.Succeeded
+}
+
 // ErrContention is returned when a transaction lost to concurrent
 // commits maxAttempts times.
 var ErrContention = errors.New("etcdstore: too much contention, transaction not committed")
@@ -159,7 +176,10 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 			}
 			return uint64(t.rev), nil
 		}
-		cmps := make([]clientv3.Cmp, 0, len(t.reads))
+		b.mu.Lock()
+		cmps := append(make([]clientv3.Cmp, 0, len(t.reads)+len(b.guard)), b.guard...)
+		guarded := len(b.guard) > 0
+		b.mu.Unlock()
 		for k, mr := range t.reads {
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mr))
 		}
@@ -185,6 +205,9 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 		}
 		if resp.Succeeded {
 			return uint64(resp.Header.Revision), nil
+		}
+		if guarded && !b.leads(ctx) {
+			return 0, ErrNotLeader
 		}
 		// Lost to a concurrent commit: back off a little and redo.
 		d := time.Duration(rand.N(1+min(attempt, 20))) * time.Millisecond
