@@ -88,3 +88,24 @@ func TestCacheHitAllocations(t *testing.T) {
 		t.Fatalf("cache hit allocates %.1f times per call", allocs)
 	}
 }
+
+// BenchmarkVerifyAcrossUnchangedPushes is a cache hit with a push of the
+// same key set before every verification, as replicas see when the
+// control plane pushes revocations or policies: the cache stays warm.
+func BenchmarkVerifyAcrossUnchangedPushes(b *testing.B) {
+	f := newFixture(b, nil)
+	tok := f.sign(b, nil)
+	keys := []Key{{ID: f.kid, Public: f.pub}}
+	if _, err := f.v.Verify(tok); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := f.v.SetKeys(keys); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := f.v.Verify(tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -149,7 +149,8 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 // SetKeys atomically replaces the key set. It is all or nothing: on error
 // the current set stays. Every change of key set starts a new generation,
 // so cached verifications made under the old set are no longer served;
-// tokens signed by keys still present are simply verified again once.
+// tokens signed by keys still present are simply verified again once. The
+// same set again (any order) is not a change: the cache stays warm.
 func (v *Verifier) SetKeys(keys []Key) error {
 	m := make(map[string]*keyEntry, len(keys))
 	for _, k := range keys {
@@ -180,8 +181,27 @@ func (v *Verifier) SetKeys(keys []Key) error {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.keys.Store(&keySet{gen: v.keys.Load().gen + 1, keys: m})
+	cur := v.keys.Load()
+	if sameKeys(cur.keys, m) {
+		// A push that does not change the keys (most pushes carry
+		// revocations or policies) keeps the verification cache.
+		return nil
+	}
+	v.keys.Store(&keySet{gen: cur.gen + 1, keys: m})
 	return nil
+}
+
+func sameKeys(a, b map[string]*keyEntry) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id, x := range a {
+		y, ok := b[id]
+		if !ok || x.from != y.from || x.until != y.until || !bytes.Equal(x.pub, y.pub) {
+			return false
+		}
+	}
+	return true
 }
 
 // Verify checks a mandate token and returns its claims, which are shared
