@@ -111,6 +111,22 @@ func TestMandateEnforcement(t *testing.T) {
 	if rec := k.h.log.last(); len(rec.Chain) != 2 || rec.Chain[0] != support || rec.Chain[1] != otherAgt {
 		t.Fatalf("log chain %v", rec.Chain)
 	}
+	// Revoking the parent holder's identity kills the child too, on the
+	// cache-hit path (the child's decision is cached by now).
+	k.h.store.Update(func(s *State) {
+		s.Revocations, _ = revocation.NewSet([]revocation.Record{{ID: "rs", Kind: revocation.KindSubject, Value: support,
+			Expires: k.h.clock.Now().Add(time.Hour)}})
+	})
+	if res := k.h.check(t, req); res.allowed || res.reason != "revoked" {
+		t.Fatalf("child of a revoked holder: %+v", res)
+	}
+	k.h.store.Update(func(s *State) {
+		s.Revocations, _ = revocation.NewSet([]revocation.Record{{ID: "rp", Kind: revocation.KindSubject, Value: "spiffe://example.org/agent/support/a1*",
+			Expires: k.h.clock.Now().Add(time.Hour)}})
+	})
+	if res := k.h.check(t, req); res.allowed || res.reason != "revoked" {
+		t.Fatalf("child of a holder revoked by pattern: %+v", res)
+	}
 	k.h.store.Update(func(s *State) {
 		s.Revocations, _ = revocation.NewSet([]revocation.Record{{ID: "r", Kind: revocation.KindMandate, Value: claims.ID,
 			Expires: k.h.clock.Now().Add(time.Hour)}})

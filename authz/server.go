@@ -287,7 +287,7 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 		return deny(reasonOf(err))
 	}
 
-	var chainIDs []string
+	var chainIDs, holders []string
 	var notAfter time.Time
 	if a.Token != "" {
 		if s.cfg.Mandates == nil {
@@ -315,13 +315,13 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 			return out
 		}
 		rec.Intent, rec.Task = r.Intent, r.Task
-		chainIDs = v.ChainIDs
+		chainIDs, holders = v.ChainIDs, v.Mandate.Chain
 		notAfter = v.Mandate.ExpiresAt
 	}
 
 	// Revocations are consulted on every request, cache hit or not.
 	if verdict := st.Revocations.Check(now, revocation.Query{
-		Subject: r.Subject, Task: r.Task, Intent: r.Intent, Chain: chainIDs,
+		Subject: r.Subject, Task: r.Task, Intent: r.Intent, Chain: chainIDs, Holders: holders,
 	}); verdict.Revoked {
 		if verdict.Downgraded {
 			out := deny(reasonDowngraded)

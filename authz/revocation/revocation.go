@@ -131,6 +131,11 @@ type Query struct {
 	// Chain holds the mandate ids from the root of the delegation chain
 	// to the presented mandate (inclusive). Empty without a mandate.
 	Chain []string
+	// Holders are the SPIFFE IDs that held the mandate along its
+	// delegation chain (root first). A revoked holder revokes every
+	// mandate delegated from it: a revoked parent holder is a revoked
+	// child. Empty without a mandate.
+	Holders []string
 }
 
 // Verdict is the answer to a Query.
@@ -337,6 +342,21 @@ func (s *Set) Check(now time.Time, q Query) Verdict {
 		if c.pat.Match(q.Subject) {
 			if hit := visitOne(c, now, q.Intent, &down); hit != nil {
 				return verdict(hit)
+			}
+		}
+	}
+	for _, h := range q.Holders {
+		if h == q.Subject {
+			continue
+		}
+		if c := visit(s.bySubject.get(s.seed, h), now, q.Intent, &down); c != nil {
+			return verdict(c)
+		}
+		for _, c := range s.patterns {
+			if c.pat.Match(h) {
+				if hit := visitOne(c, now, q.Intent, &down); hit != nil {
+					return verdict(hit)
+				}
 			}
 		}
 	}
