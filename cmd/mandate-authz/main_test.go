@@ -159,10 +159,8 @@ func testStandalone(t *testing.T, modeArgs []string) {
 	defer conn.Close()
 	c := authv3.NewAuthorizationClient(conn)
 	p := envoyreq.Params{
-		Principal: "spiffe://example.org/agent/support/a1", Destination: "spiffe://example.org/svc/tickets",
-		Method: "GET", Path: "/tickets/T-1", Host: "tickets.internal",
-		Headers:           [][2]string{{"x-mandate-intent", "support.read"}, {"x-mandate-task", "T-1"}, {"x-ticket-id", "T-1"}},
-		ContextExtensions: map[string]string{"resource": "tickets"},
+		Principal: "spiffe://example.org/agent/infra/a1", Destination: "spiffe://example.org/svc/config",
+		Method: "GET", Path: "/config/app.yaml", Host: "config.internal",
 	}
 	cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 	defer ccancel()
@@ -170,7 +168,7 @@ func testStandalone(t *testing.T, modeArgs []string) {
 	if err != nil || allow.GetStatus().GetCode() != int32(codes.OK) {
 		t.Fatalf("allow case: %v %v", allow, err)
 	}
-	p.Path = "/tickets/T-2"
+	p.Path = "/secrets/db-password"
 	deny, err := c.Check(cctx, envoyreq.Build(p))
 	if err != nil || deny.GetStatus().GetCode() != int32(codes.PermissionDenied) {
 		t.Fatalf("deny case: %v %v", deny, err)
@@ -194,7 +192,7 @@ func testStandalone(t *testing.T, modeArgs []string) {
 		}
 		results = append(results, rec["result"].(string)+"/"+rec["reason"].(string))
 	}
-	if strings.Join(results, " ") != "allow/allowed deny/no_matching_rule" {
+	if strings.Join(results, " ") != "allow/allowed deny/denied_by_rule" {
 		t.Fatalf("decision log results %v", results)
 	}
 }

@@ -87,12 +87,12 @@ func TestCheck(t *testing.T) {
 	defer gs.Stop()
 
 	base := []string{"check", "--plaintext", "--addr", lis.Addr().String(),
-		"--principal", "spiffe://example.org/agent/support/a1", "--destination", "spiffe://example.org/svc/tickets",
-		"--context", "resource=tickets", "--intent", "support.read", "--task", "T-1", "--header", "x-ticket-id: T-1"}
-	if code, out, errOut := runCLI(t, append(base, "--path", "/tickets/T-1")...); code != 0 || !strings.HasPrefix(out, "ALLOW") {
+		"--principal", "spiffe://example.org/agent/infra/a1", "--destination", "spiffe://example.org/svc/config",
+		"--host", "config.internal"}
+	if code, out, errOut := runCLI(t, append(base, "--path", "/config/app.yaml")...); code != 0 || !strings.HasPrefix(out, "ALLOW") {
 		t.Fatalf("allow: exit %d %s%s", code, out, errOut)
 	}
-	if code, out, _ := runCLI(t, append(base, "--path", "/tickets/T-2")...); code != exitDenied || !strings.Contains(out, "no_matching_rule") {
+	if code, out, _ := runCLI(t, append(base, "--path", "/secrets;jsessionid=x/db-password")...); code != exitDenied || !strings.Contains(out, "path_parameter") {
 		t.Fatalf("deny: exit %d %s", code, out)
 	}
 	coder := []string{"check", "--plaintext", "--addr", lis.Addr().String(), "--principal", "spiffe://example.org/agent/coder/c1"}
