@@ -147,12 +147,30 @@ func scenarios() []scenario {
 			server: "authz", rules: 10, work: zipfWork, base: "baseline", expectAllow: true,
 		},
 		{
+			id: "baseline-mcp", title: "baseline: no-op Check server fed 4 KiB MCP tool calls",
+			server: "noop", work: mcpWork(false),
+		},
+		{
+			id: "6-mcp-hit", title: "6 MCP: 4 KiB tools/call, strict parse, argument condition, cache hit",
+			server: "authz", rules: 10, work: mcpWork(false), base: "baseline-mcp", expectAllow: true, profile: true,
+			goals: []goal{rpsRatioAtLeast(0.9)},
+		},
+		{
+			id: "6-mcp-miss", title: "6 MCP: 4 KiB tools/call, every call another repository (cache miss)",
+			server: "authz", rules: 10, work: mcpWork(true), base: "baseline-mcp", expectAllow: true,
+			goals: []goal{rpsRatioAtLeast(0.8)},
+		},
+		{
 			// The baseline again, last: its ratio to the first shows how
 			// much the shared machine drifted during the run.
 			id: "baseline-repeat", title: "baseline again, after the scenarios (machine drift)",
 			server: "noop", work: fixedWork, base: "baseline",
 		},
 	}
+}
+
+func mcpWork(distinct bool) func(*harness) (workload, func(*result), error) {
+	return func(*harness) (workload, func(*result), error) { return newMCPWorkload(distinct), nil, nil }
 }
 
 func distinctWork(rules int) func(*harness) (workload, func(*result), error) {

@@ -59,6 +59,42 @@ func newFixedWorkload() *fixedWorkload {
 
 func (w *fixedWorkload) next() []byte { return w.b }
 
+// mcpBody is a tools/call of about 4 KiB (a long query argument), for
+// repository repo.
+func mcpBody(id int64, repo string) string {
+	return `{"jsonrpc":"2.0","id":` + strconv.FormatInt(id, 10) + `,"method":"tools/call","params":{"name":"github.list_issues","arguments":{"owner":"acme","repo":"` +
+		repo + `","state":"open","labels":["bug","p1"],"query":"` + strings.Repeat("frobnicator overflow when the widget count wraps; ", 78) + `"}}}`
+}
+
+func mcpParams(body string) envoyreq.Params {
+	return envoyreq.Params{
+		Principal: "spiffe://example.org/coder/c1", Method: "POST", Path: "/mcp", Host: benchHost, Body: body,
+		Headers:           [][2]string{{"content-type", "application/json"}, {"mcp-method", "tools/call"}, {"mcp-name", "github.list_issues"}},
+		ContextExtensions: map[string]string{"protocol": "mcp"},
+	}
+}
+
+// mcpWorkload sends 4 KiB MCP tool calls: the same one (distinct false:
+// cache hits after the first) or each for another repository, which the
+// policy's condition reads (distinct: every call a miss).
+type mcpWorkload struct {
+	fixed    []byte
+	distinct bool
+	n        atomic.Int64
+}
+
+func newMCPWorkload(distinct bool) *mcpWorkload {
+	return &mcpWorkload{fixed: marshal(mcpParams(mcpBody(1, "widgets"))), distinct: distinct}
+}
+
+func (w *mcpWorkload) next() []byte {
+	if !w.distinct {
+		return w.fixed
+	}
+	n := w.n.Add(1)
+	return marshal(mcpParams(mcpBody(n, "repo-"+strconv.FormatInt(n, 10))))
+}
+
 // distinctWorkload never repeats a request: the path and the header the
 // CEL condition reads carry a counter, and the caller cycles through the
 // rules' subjects (scenario 2).
@@ -206,6 +242,16 @@ func policyYAML(rules int) string {
       effect: deny
       subjects: ["spiffe://example.org/**"]
       actions: [{paths: ["/secrets/**"]}]
+    - name: coder-read-tools
+      effect: allow
+      subjects: ["spiffe://example.org/coder/*"]
+      labels: {protocol: mcp}
+      actions: [{mcp: {tools: ["github.list_*", "github.get_*"]}}]
+    - name: coder-own-org
+      effect: deny
+      subjects: ["spiffe://example.org/coder/*"]
+      actions: [{mcp: {tools: ["github.*"]}}]
+      when: 'mcp.arguments.owner != "acme" || mcp.arguments.repo == "secrets"'
 `)
 	return b.String()
 }
