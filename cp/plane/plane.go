@@ -40,6 +40,15 @@ const (
 	commitHistory   = 1024
 	// MaxRevokeBatch is the most records one RevokeMany stores.
 	MaxRevokeBatch = 10000
+	// MaxRevocations is the most revocation records held (expired ones
+	// included until the sweeper removes them): a batch that would pass
+	// it is refused. Any number of records reaches the replicas, in
+	// chunks (xdsserver).
+	MaxRevocations = 2_000_000
+	// MaxPolicySetBytes bounds the whole policy set: it reaches a replica
+	// in one response (a policy set is never split), so a set that could
+	// not is refused when applied.
+	MaxPolicySetBytes = mandatev1.MaxResponseBytes - 1<<20
 )
 
 // InvalidError is a write refused by validation. Its message names the

@@ -160,6 +160,13 @@ func (p *Plane) planPolicies(ps []*mandatev1.Policy, prune bool) (ApplyResult, m
 			res.Changed = true
 		}
 	}
+	size := 0
+	for _, np := range next {
+		size += proto.Size(np) + 64
+	}
+	if size > MaxPolicySetBytes {
+		return ApplyResult{}, nil, invalid("the policy set would be %d bytes, more than one push carries (%d)", size, MaxPolicySetBytes)
+	}
 	if _, err := CompilePolicies(slices.Collect(maps.Values(next))); err != nil {
 		return ApplyResult{}, nil, err
 	}

@@ -87,6 +87,11 @@ func (p *Plane) RevokeMany(ctx context.Context, rs []revocation.Record, actor st
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	held := p.res[mandatev1.RevocationTypeURL]
+	if n := len(held) + len(recs); n > MaxRevocations {
+		err := invalid("%d revocation records would exceed the limit of %d", n, MaxRevocations)
+		p.countWrite(mandatev1.RevocationTypeURL, err)
+		return nil, "", err
+	}
 	put := make([]resource.Named, len(recs))
 	for i, rec := range recs {
 		if _, dup := held[rec.GetName()]; dup {

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,6 +80,10 @@ type Config struct {
 	Heartbeat time.Duration
 	// Registerer receives the client's metrics; nil keeps them private.
 	Registerer prometheus.Registerer
+	// MaxRecvBytes is the largest response accepted on the stream
+	// (default and at least mandatev1.MaxResponseBytes, what mandate-cp
+	// may send).
+	MaxRecvBytes int
 }
 
 type typeData struct {
@@ -187,6 +192,12 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = 30 * time.Second
 	}
+	if cfg.MaxRecvBytes == 0 {
+		cfg.MaxRecvBytes = mandatev1.MaxResponseBytes
+	}
+	if cfg.MaxRecvBytes < mandatev1.MaxResponseBytes {
+		return nil, fmt.Errorf("xdsclient: MaxRecvBytes %d below what the control plane may send (%d)", cfg.MaxRecvBytes, mandatev1.MaxResponseBytes)
+	}
 	c := &Client{
 		cfg: cfg, log: cfg.Logger, clock: cfg.Clock,
 		min: cfg.BackoffMin, max: cfg.BackoffMax, hb: cfg.Heartbeat,
@@ -236,8 +247,13 @@ func (c *Client) Close() error {
 // been validated and applied. It stays true across reconnects.
 func (c *Client) Synced() bool { return c.synced.Load() }
 
-// LastContact is the last time a response arrived from the control plane
-// (heartbeats included); the zero time when none ever did.
+// LastContact is the last time the replica was in contact with the
+// control plane: a response (heartbeats included) arrived and was
+// applied, every type has been answered on the current stream, and no
+// type is holding a rejected update. A replica that receives but cannot
+// apply, or whose stream breaks before every type came through (say, on
+// a response it cannot receive), is not in contact. The zero time when
+// it never was.
 func (c *Client) LastContact() time.Time {
 	n := c.lastContact.Load()
 	if n == 0 {
@@ -285,7 +301,7 @@ func (c *Client) runStream(ctx context.Context) (got bool, err error) {
 		cancel()
 		wg.Wait()
 	}()
-	stream, err := c.ads.DeltaAggregatedResources(sctx)
+	stream, err := c.ads.DeltaAggregatedResources(sctx, grpc.MaxCallRecvMsgSize(c.cfg.MaxRecvBytes))
 	if err != nil {
 		return false, fmt.Errorf("xdsclient: open stream: %w", err)
 	}
@@ -322,6 +338,9 @@ func (c *Client) runStream(ctx context.Context) (got bool, err error) {
 		}
 	}()
 
+	// answered: the types whose latest response on this stream was
+	// accepted; contact counts only once every type has been.
+	answered := map[string]bool{}
 	var hb <-chan time.Time
 	if c.hb > 0 {
 		hb = c.clock.After(c.hb)
@@ -338,9 +357,15 @@ func (c *Client) runStream(ctx context.Context) (got bool, err error) {
 				c.m.connected.Set(1)
 				c.log.Info("xds stream to control plane established")
 			}
-			c.lastContact.Store(c.clock.Now().UnixNano())
-			if err := stream.Send(c.handle(r)); err != nil {
+			reply := c.handle(r)
+			if err := stream.Send(reply); err != nil {
 				return got, fmt.Errorf("xdsclient: send ack: %w", err)
+			}
+			if _, ok := c.types[r.GetTypeUrl()]; ok && !isPartial(r) {
+				answered[r.GetTypeUrl()] = reply.GetErrorDetail() == nil
+			}
+			if c.inContact(answered) {
+				c.lastContact.Store(c.clock.Now().UnixNano())
 			}
 		case <-hb:
 			// A request with no nonce makes the server answer with
@@ -352,6 +377,21 @@ func (c *Client) runStream(ctx context.Context) (got bool, err error) {
 			hb = c.clock.After(c.hb)
 		}
 	}
+}
+
+// inContact reports whether every type was answered and accepted on the
+// stream and none holds a rejected update.
+func (c *Client) inContact(answered map[string]bool) bool {
+	for t, td := range c.types {
+		if !answered[t] || td.pendingErr != nil {
+			return false
+		}
+	}
+	return true
+}
+
+func isPartial(r *discovery.DeltaDiscoveryResponse) bool {
+	return strings.HasSuffix(r.GetSystemVersionInfo(), mandatev1.PartialVersionSuffix)
 }
 
 func (c *Client) knownVersions(typeURL string) map[string]string {
@@ -396,6 +436,10 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 	switch {
 	case malformed != nil:
 		err = malformed
+	case isPartial(r):
+		// One chunk of a split delta: kept (received, dirty) and ACKed;
+		// the type is built and applied with the last chunk.
+		return reply
 	case !changed && td.applied && td.pendingErr == nil:
 		// Nothing new (a heartbeat, or a reconnect with nothing missed).
 		if version != td.version {

@@ -19,6 +19,30 @@ const (
 	VerificationKeyTypeURL = "type.googleapis.com/mandate.v1.VerificationKey"
 )
 
+// MaxResponseBytes is the most bytes one discovery response from
+// mandate-cp carries: its send limit, and the receive limit every replica
+// sets on its stream. A Revocation or Approval delta larger than that is
+// split into chunks (PartialVersionSuffix); a response of another type
+// that would exceed it is not sent (the stream ends, the replica keeps its
+// state and goes stale), and mandate-cp refuses up front, when they are
+// written, resources and policy sets that could not fit.
+const MaxResponseBytes = 16 << 20
+
+// MaxRequestBytes is the largest request mandate-cp's xDS listener
+// accepts. A replica that reconnects lists every resource it holds with
+// its version (initial_resource_versions, about 110 bytes a revocation
+// record), so the limit follows the most records the control plane holds
+// (2,000,000).
+const MaxRequestBytes = 256 << 20
+
+// PartialVersionSuffix ends the system_version_info of a delta response
+// that is one chunk of a larger delta, not the last: mandate-cp splits a
+// Revocation or Approval delta that would exceed what one response may
+// carry. A replica keeps such a chunk, ACKs it, and applies the type only
+// with the last chunk; the control plane does not count the ACK of a
+// chunk as an ACK of the version.
+const PartialVersionSuffix = "+more"
+
 // TypeURLs lists every resource type, in the order a replica subscribes.
 func TypeURLs() []string {
 	return []string{PolicyTypeURL, RevocationTypeURL, ApprovalTypeURL, VerificationKeyTypeURL}

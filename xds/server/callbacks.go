@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -16,6 +17,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
 const (
@@ -215,6 +218,11 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 		}
 	}
 	nt := n.typeLocked(typeURL)
+	if detail == nil && sn.partial {
+		// A chunk of a split delta received: the version is ACKed with
+		// the last chunk.
+		return nil
+	}
 	if detail == nil {
 		if v, ok := st.acked[typeURL]; !ok || sn.version > v {
 			st.acked[typeURL] = sn.version
@@ -255,6 +263,7 @@ func (s *Server) onResponse(k streamKey, typeURL, nonce, cacheVersion string) st
 	if ts == nil {
 		return cacheVersion
 	}
+	cacheVersion, partial := strings.CutSuffix(cacheVersion, mandatev1.PartialVersionSuffix)
 	cv, err := strconv.ParseUint(cacheVersion, 10, 64)
 	if err != nil {
 		s.log.Error("xds cache produced a non-numeric version", "type", shortType(typeURL), "version", cacheVersion)
@@ -266,12 +275,16 @@ func (s *Server) onResponse(k streamKey, typeURL, nonce, cacheVersion string) st
 		return cacheVersion
 	}
 	s.m.pushes.WithLabelValues(shortType(typeURL)).Inc()
+	out := format(v)
+	if partial {
+		out += mandatev1.PartialVersionSuffix
+	}
 	st := s.streams[k]
 	if st == nil {
-		return format(v)
+		return out
 	}
 	seq, _ := strconv.ParseUint(nonce, 10, 64)
-	st.nonces[nonce] = sent{typeURL: typeURL, version: v, seq: seq}
+	st.nonces[nonce] = sent{typeURL: typeURL, version: v, seq: seq, partial: partial}
 	if len(st.nonces) > maxOpenNonces {
 		var oldest string
 		var min uint64 = ^uint64(0)
@@ -282,10 +295,10 @@ func (s *Server) onResponse(k streamKey, typeURL, nonce, cacheVersion string) st
 		}
 		delete(st.nonces, oldest)
 	}
-	if n := s.nodes[st.node]; n != nil {
+	if n := s.nodes[st.node]; n != nil && !partial {
 		n.typeLocked(typeURL).sent = v
 	}
-	return format(v)
+	return out
 }
 
 func (n *nodeState) typeLocked(typeURL string) *nodeType {

@@ -89,6 +89,20 @@ type options struct {
 	now       func() time.Time
 	retention time.Duration
 	peerKind  func(context.Context) (NodeKind, error)
+	chunk     int
+}
+
+// WithChunkBytes sets the budget of one response of a split delta
+// (default mandatev1.MaxResponseBytes less room for the envelope). Tests use small
+// budgets; it may not exceed the default.
+func WithChunkBytes(n int) Option {
+	return func(o *options) error {
+		if n <= 0 || n > chunkBytes {
+			return fmt.Errorf("xdsserver: chunk budget %d outside 1..%d", n, chunkBytes)
+		}
+		o.chunk = n
+		return nil
+	}
 }
 
 // WithPeerKind classifies each stream when it opens, from its context
@@ -209,6 +223,9 @@ type sent struct {
 	typeURL string
 	version uint64
 	seq     uint64
+	// partial: a chunk of a split delta, not the last; its ACK is not an
+	// ACK of version.
+	partial bool
 }
 
 type streamState struct {
@@ -324,7 +341,7 @@ func New(logger *slog.Logger, opts ...Option) (*Server, error) {
 	if logger == nil {
 		return nil, errors.New("xdsserver: nil logger")
 	}
-	o := options{initial: map[string]uint64{}, now: time.Now, retention: 15 * time.Minute}
+	o := options{initial: map[string]uint64{}, now: time.Now, retention: 15 * time.Minute, chunk: chunkBytes}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -356,6 +373,9 @@ func New(logger *slog.Logger, opts ...Option) (*Server, error) {
 		s.types[t] = &typeState{cache: c, ext: map[uint64]uint64{0: o.initial[t]}, version: o.initial[t],
 			current: map[string]proto.Message{}, setAt: map[uint64]time.Time{}}
 		mux.Caches[t] = c
+		if splittable(t) {
+			mux.Caches[t] = &chunkingCache{LinearCache: c, typeURL: t, budget: o.chunk}
+		}
 		m.version.WithLabelValues(shortType(t)).Set(float64(o.initial[t]))
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())

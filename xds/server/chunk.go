@@ -1,0 +1,179 @@
+package xdsserver
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
+// chunkBytes is the budget of one chunk of a split delta, below
+// mandatev1.MaxResponseBytes by room for the envelope (type URL, nonce, version).
+const chunkBytes = mandatev1.MaxResponseBytes - 64<<10
+
+// resourceOverhead bounds what a discovery.Resource adds around a
+// resource's bytes besides its name and version (tags, lengths, the Any's
+// type URL).
+func resourceOverhead(typeURL string) int { return len(typeURL) + 32 }
+
+// splittable reports whether a delta of typeURL may reach a replica in
+// several responses. Revocations and approvals may: a replica that holds
+// part of a delta enforces a subset of the records, which denies no
+// less than what it had. Policies may not (half a policy set can allow
+// what the whole denies), nor keys (they are few and small).
+func splittable(typeURL string) bool {
+	return typeURL == mandatev1.RevocationTypeURL || typeURL == mandatev1.ApprovalTypeURL
+}
+
+// chunkingCache is a LinearCache whose delta responses never exceed
+// budget bytes: a larger delta is cut into chunks, each sent as its own
+// response whose returned-resources map holds only what it carried, so
+// that when the replica ACKs it the cache answers the next request with
+// the rest. Every chunk but the last carries a version ending in
+// mandatev1.PartialVersionSuffix: the replica holds it back until the last
+// chunk, and the server does not count its ACK as an ACK of the version.
+type chunkingCache struct {
+	*cachev3.LinearCache
+	typeURL string
+	budget  int
+}
+
+// CreateDeltaWatch implements cachev3.ConfigWatcher.
+func (c *chunkingCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, out chan cachev3.DeltaResponse) (func(), error) {
+	in := make(chan cachev3.DeltaResponse, 1)
+	cancel, err := c.LinearCache.CreateDeltaWatch(req, sub, in)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-in: // answered at once, as the linear cache does in its caller's goroutine
+		out <- c.split(r, sub)
+		return cancel, nil
+	default:
+	}
+	done := make(chan struct{})
+	go func() {
+		select {
+		case r := <-in:
+			select {
+			case out <- c.split(r, sub):
+			case <-done:
+			}
+		case <-done:
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			close(done)
+			if cancel != nil {
+				cancel()
+			}
+		})
+	}, nil
+}
+
+// split returns r when it fits the budget, else its first chunk.
+func (c *chunkingCache) split(r cachev3.DeltaResponse, sub cachev3.Subscription) cachev3.DeltaResponse {
+	raw, ok := r.(*cachev3.RawDeltaResponse)
+	if !ok {
+		return r
+	}
+	next := raw.GetReturnedResources()
+	res := raw.GetRawResources()
+	known := sub.ReturnedResources()
+	type item struct {
+		name string
+		msg  proto.Message
+		size int
+	}
+	items := make([]item, 0, len(res))
+	total := 0
+	over := resourceOverhead(c.typeURL)
+	for _, rt := range res {
+		name := cachev3.GetResourceName(rt.Resource)
+		size := proto.Size(rt.Resource) + len(name) + len(next[name]) + over
+		items = append(items, item{name: name, msg: rt.Resource, size: size})
+		total += size
+	}
+	var removed []string
+	for name := range known {
+		if _, ok := next[name]; !ok {
+			removed = append(removed, name)
+			total += len(name) + 8
+		}
+	}
+	if total <= c.budget {
+		return r
+	}
+	// Deterministic chunks: by name, removals first.
+	slices.Sort(removed)
+	slices.SortFunc(items, func(a, b item) int {
+		switch {
+		case a.name < b.name:
+			return -1
+		case a.name > b.name:
+			return 1
+		}
+		return 0
+	})
+	returned := maps.Clone(known)
+	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: c.typeURL, SystemVersionInfo: raw.GetResponseVersion()}
+	used := 0
+	for _, name := range removed {
+		if used+len(name)+8 > c.budget {
+			break
+		}
+		used += len(name) + 8
+		resp.RemovedResources = append(resp.RemovedResources, name)
+		delete(returned, name)
+	}
+	var marshalErr error
+	for _, it := range items {
+		if used+it.size > c.budget && (len(resp.Resources) > 0 || len(resp.RemovedResources) > 0) {
+			break
+		}
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(it.msg)
+		if err != nil {
+			marshalErr = fmt.Errorf("xdsserver: marshal %s: %w", it.name, err)
+			break
+		}
+		used += it.size
+		resp.Resources = append(resp.Resources, &discovery.Resource{Name: it.name, Version: next[it.name],
+			Resource: &anypb.Any{TypeUrl: c.typeURL, Value: b}})
+		returned[it.name] = next[it.name]
+	}
+	if len(resp.RemovedResources) < len(removed) || len(resp.Resources) < len(items) {
+		resp.SystemVersionInfo += mandatev1.PartialVersionSuffix
+	}
+	return &chunk{req: raw.GetDeltaRequest(), resp: resp, returned: returned, version: resp.GetSystemVersionInfo(),
+		ctx: raw.GetContext(), err: marshalErr}
+}
+
+// chunk is one response of a split delta.
+type chunk struct {
+	req      *discovery.DeltaDiscoveryRequest
+	resp     *discovery.DeltaDiscoveryResponse
+	returned map[string]string
+	version  string
+	ctx      context.Context
+	err      error
+}
+
+func (c *chunk) GetDeltaDiscoveryResponse() (*discovery.DeltaDiscoveryResponse, error) {
+	return c.resp, c.err
+}
+func (c *chunk) GetDeltaRequest() *discovery.DeltaDiscoveryRequest { return c.req }
+func (c *chunk) GetSystemVersion() (string, error)                 { return c.version, nil }
+func (c *chunk) GetResponseVersion() string                        { return c.version }
+func (c *chunk) GetNextVersionMap() map[string]string              { return c.returned }
+func (c *chunk) GetReturnedResources() map[string]string           { return c.returned }
+func (c *chunk) GetContext() context.Context                       { return c.ctx }
