@@ -350,7 +350,11 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 			}
 		}
 	}
-	if out.effect == policies.EffectDeny && out.reason == string(policies.ReasonNoMatch) && (r.Intent != "" || r.Mandate != nil) {
+	// Denied with an intent or a mandate: drift. Denials by an explicit
+	// deny rule are reported too; the control plane decides whether they
+	// count (--drift-count-denied-by-rule).
+	if out.effect == policies.EffectDeny && (out.reason == string(policies.ReasonNoMatch) || out.reason == string(policies.ReasonDeniedByRule)) &&
+		(r.Intent != "" || r.Mandate != nil) {
 		s.outOfIntent(r, rec.MandateID, out.reason, now)
 	}
 	return out

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/mandate-dev/mandate/cp/admin"
+	"github.com/mandate-dev/mandate/cp/drift"
 	"github.com/mandate-dev/mandate/cp/plane"
 	"github.com/mandate-dev/mandate/internal/cmdutil"
 	"github.com/mandate-dev/mandate/internal/grpcrecover"
@@ -57,11 +58,13 @@ type options struct {
 	revocationRetention                                                 time.Duration
 
 	// Mandates, approvals, drift.
-	issuancePolicy, driftPolicy, driftAction string
-	driftIntents                             cmdutil.List
-	keyRotation, keyOverlap, maxTTL          time.Duration
-	approvalWindow, driftWindow              time.Duration
-	maxDepth, driftThreshold                 int
+	issuancePolicy, driftPolicy, driftAction  string
+	driftIntents                              cmdutil.List
+	keyRotation, keyOverlap, maxTTL           time.Duration
+	approvalWindow, driftWindow               time.Duration
+	maxDepth, driftThreshold, driftMaxActions int
+	driftDeniedByRule                         bool
+	registerer                                prometheus.Registerer // set by run
 
 	envoy envoyOptions // --envoy-dir, --envoy-id: LDS/CDS for Envoys (envoy.go)
 	store storeOptions // --kek-file (store.go)
@@ -94,9 +97,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.maxDepth, "delegation-max-depth", 3, "longest delegation chain")
 	fs.DurationVar(&o.approvalWindow, "approval-window", 5*time.Minute, "default window of a step-up approval")
 	fs.StringVar(&o.driftPolicy, "drift-policy", "", "DriftPolicy YAML (overrides the --drift-* flags)")
-	fs.IntVar(&o.driftThreshold, "drift-threshold", 5, "out-of-intent denials of one task (or subject) within --drift-window that trigger --drift-action (0: off)")
+	fs.IntVar(&o.driftThreshold, "drift-threshold", 5, "out-of-intent denials of one subject (or of one task, through verified mandates of it) within --drift-window that trigger --drift-action (0: off)")
 	fs.DurationVar(&o.driftWindow, "drift-window", time.Minute, "sliding window of the drift threshold")
 	fs.StringVar(&o.driftAction, "drift-action", "revoke", "revoke | downgrade")
+	fs.BoolVar(&o.driftDeniedByRule, "drift-count-denied-by-rule", true, "denials by an explicit deny rule count as drift too")
+	fs.IntVar(&o.driftMaxActions, "drift-max-actions", drift.DefaultMaxActions, "most drift actions (revocations, downgrades) per minute over every subject and task; past it they are held back and counted in mandate_cp_drift_actions_limited_total")
 	fs.Var(&o.driftIntents, "drift-downgrade-intents", "intents a downgraded task keeps (with --drift-action downgrade)")
 	o.envoy.register(fs)
 	o.store.register(fs)
@@ -134,6 +139,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	o.registerer = reg
 
 	st, lead, err := openStore(ctx, o.dataDir, o.store, logger)
 	if err != nil {

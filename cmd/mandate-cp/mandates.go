@@ -87,8 +87,10 @@ func mandateServices(ctx context.Context, o *options, pl *plane.Plane, st issuer
 		if rules, err = drift.FlagRules(o.driftThreshold, o.driftWindow, o.driftAction, o.driftIntents); err != nil {
 			return nil, err
 		}
+		rules[0].CountDeniedByRule = &o.driftDeniedByRule
 	}
-	dd, err := drift.New(drift.Config{Plane: pl, Rules: rules, Actor: cpID, Logger: logger})
+	dd, err := drift.New(drift.Config{Plane: pl, Rules: rules, Actor: cpID, Logger: logger,
+		MaxActions: o.driftMaxActions, Registerer: o.registerer})
 	if err != nil {
 		return nil, err
 	}

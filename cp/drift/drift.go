@@ -1,8 +1,14 @@
 // Package drift turns the out-of-intent denials replicas report into
-// control-plane action: per drift rule, it counts denials per task (or, for
-// requests without a task, per subject) in a sliding window, and past the
-// rule's threshold revokes or downgrades the task by itself, once, recording
-// why in the revocation record and the audit trail.
+// control-plane action: per drift rule, it counts denials in a sliding
+// window against the subject that made them (across all its tasks), and
+// against a task only when the request carried a verified mandate of that
+// task (the report names the mandate): a task id declared in a header can
+// neither harm another tenant's task nor reset the count by changing on
+// every request. Past the rule's threshold it revokes or downgrades the
+// subject or task by itself, at most once per key per window, recording
+// why in the revocation record and the audit trail. A global limit bounds
+// the actions per minute (mandate_cp_drift_actions_limited_total counts
+// those it held back).
 //
 // Rules come from a YAML document or from flags:
 //
@@ -16,6 +22,7 @@
 //	    action: downgrade     # or revoke
 //	    downgradeIntents: [read]
 //	    duration: 1h          # how long the record lasts (default 1h)
+//	    countDeniedByRule: true  # denials by a deny rule count too (default true)
 package drift
 
 import (
@@ -28,6 +35,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"sigs.k8s.io/yaml"
 
 	"github.com/mandate-dev/mandate/authz/revocation"
@@ -55,6 +64,10 @@ type Rule struct {
 	Action           string   `json:"action"`
 	DowngradeIntents []string `json:"downgradeIntents,omitempty"`
 	Duration         Duration `json:"duration,omitempty"`
+	// CountDeniedByRule counts denials by an explicit deny rule
+	// (denied_by_rule) besides out-of-scope and unmatched ones; nil
+	// means true.
+	CountDeniedByRule *bool `json:"countDeniedByRule,omitempty"`
 }
 
 // Duration is a time.Duration written as "1m" in YAML.
@@ -104,9 +117,10 @@ func ParsePolicy(name string, data []byte) ([]Rule, error) {
 
 type rule struct {
 	Rule
-	subjects []pattern.Pattern
-	window   time.Duration
-	duration time.Duration
+	subjects     []pattern.Pattern
+	window       time.Duration
+	duration     time.Duration
+	deniedByRule bool
 }
 
 func compileRules(rs []Rule) ([]rule, error) {
@@ -116,7 +130,8 @@ func compileRules(rs []Rule) ([]rule, error) {
 	out := make([]rule, 0, len(rs))
 	seen := map[string]bool{}
 	for _, r := range rs {
-		cr := rule{Rule: r, window: time.Duration(r.Window), duration: time.Duration(r.Duration)}
+		cr := rule{Rule: r, window: time.Duration(r.Window), duration: time.Duration(r.Duration),
+			deniedByRule: r.CountDeniedByRule == nil || *r.CountDeniedByRule}
 		switch {
 		case r.Name == "" || len(r.Name) > 128:
 			return nil, errors.New("rule name must be 1..128 bytes")
@@ -167,7 +182,14 @@ func compileRules(rs []Rule) ([]rule, error) {
 const (
 	DefaultDuration = time.Hour
 	DefaultMaxKeys  = 50_000
+	// DefaultMaxActions is how many drift actions the detector takes per
+	// minute, over every subject and task.
+	DefaultMaxActions = 30
 )
+
+// ReasonDeniedByRule is the reason code of a denial by an explicit deny
+// rule (policies.ReasonDeniedByRule).
+const ReasonDeniedByRule = "denied_by_rule"
 
 // Config configures a Detector.
 type Config struct {
@@ -181,9 +203,15 @@ type Config struct {
 	MaxKeys int
 	// Skew is how far in the future an event time may be; later ones are
 	// counted at the cp's now.
-	Skew   time.Duration
-	Now    func() time.Time
-	Logger *slog.Logger
+	Skew time.Duration
+	// MaxActions bounds the drift actions per minute, over every key
+	// (default DefaultMaxActions): a flood of drifting identities cannot
+	// turn into a flood of revocations.
+	MaxActions int
+	Now        func() time.Time
+	Logger     *slog.Logger
+	// Registerer receives mandate_cp_drift_actions_limited_total.
+	Registerer prometheus.Registerer
 }
 
 // OutOfIntent is one reported denial (validated).
@@ -209,12 +237,14 @@ type tracker struct {
 
 // Detector counts out-of-intent denials. It is safe for concurrent use.
 type Detector struct {
-	cfg   Config
-	log   *slog.Logger
-	rules []rule
+	cfg     Config
+	log     *slog.Logger
+	rules   []rule
+	limited prometheus.Counter
 
-	mu   sync.Mutex
-	keys map[string]*tracker
+	mu      sync.Mutex
+	keys    map[string]*tracker
+	actions []time.Time // times of the actions of the last minute
 }
 
 // New validates cfg.
@@ -235,6 +265,12 @@ func New(cfg Config) (*Detector, error) {
 	if cfg.Skew == 0 {
 		cfg.Skew = 30 * time.Second
 	}
+	if cfg.MaxActions == 0 {
+		cfg.MaxActions = DefaultMaxActions
+	}
+	if cfg.MaxActions < 0 {
+		return nil, errors.New("drift: negative MaxActions")
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -242,7 +278,17 @@ func New(cfg Config) (*Detector, error) {
 	if l == nil {
 		l = slog.Default()
 	}
-	return &Detector{cfg: cfg, log: l, rules: rules, keys: map[string]*tracker{}}, nil
+	d := &Detector{cfg: cfg, log: l, rules: rules, keys: map[string]*tracker{},
+		limited: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "mandate", Subsystem: "cp", Name: "drift_actions_limited_total",
+			Help: "Drift actions not taken because the global limit on drift actions per minute was reached.",
+		})}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(d.limited); err != nil {
+			return nil, fmt.Errorf("drift: register metrics: %w", err)
+		}
+	}
+	return d, nil
 }
 
 type pending struct {
@@ -265,6 +311,9 @@ func (d *Detector) Observe(ctx context.Context, events []OutOfIntent) ([]Action,
 		if r == nil {
 			continue
 		}
+		if ev.Reason == ReasonDeniedByRule && !r.deniedByRule {
+			continue
+		}
 		t := ev.Time
 		if t.After(now.Add(d.cfg.Skew)) || t.IsZero() {
 			t = now
@@ -272,51 +321,19 @@ func (d *Detector) Observe(ctx context.Context, events []OutOfIntent) ([]Action,
 		if !t.After(now.Add(-r.window)) {
 			continue // too old to count
 		}
-		kind, value := revocation.KindTask, ev.Task
-		if value == "" {
-			kind, value = revocation.KindSubject, ev.Subject
+		// Against the subject always; against the task only through a
+		// verified mandate of it (a header-declared task is the caller's
+		// word, and may be anybody's task).
+		if p := d.countLocked(r, revocation.KindSubject, ev.Subject, t, now, ev.Reason); p != nil {
+			todo = append(todo, *p)
 		}
-		key := r.Name + "\x00" + kind.String() + "\x00" + value
-		tr := d.keys[key]
-		if tr == nil {
-			if len(d.keys) >= d.cfg.MaxKeys {
-				d.evictLocked(now)
+		if ev.MandateID != "" && ev.Task != "" {
+			if p := d.countLocked(r, revocation.KindTask, ev.Task, t, now, ev.Reason); p != nil {
+				todo = append(todo, *p)
 			}
-			tr = &tracker{}
-			d.keys[key] = tr
 		}
-		if now.Before(tr.actedTil) {
-			continue // acted already; the record is still in force
-		}
-		// The ring grows with the events seen, up to threshold+1: a key
-		// reported once costs one time, not threshold+1.
-		if len(tr.times) <= r.Threshold {
-			tr.times = append(tr.times, t)
-		} else {
-			tr.times[tr.next] = t
-			tr.next = (tr.next + 1) % len(tr.times)
-		}
-		if t.After(tr.last) {
-			tr.last = t
-		}
-		tr.lastWhy = ev.Reason
-		if len(tr.times) <= r.Threshold {
-			continue
-		}
-		// The ring is full: its oldest entry is at next.
-		oldest, newest := tr.times[tr.next], tr.times[tr.next]
-		for _, x := range tr.times {
-			oldest = minTime(oldest, x)
-			newest = maxTime(newest, x)
-		}
-		if newest.Sub(oldest) > r.window {
-			continue
-		}
-		tr.actedTil = now.Add(r.duration)
-		tr.times, tr.next = tr.times[:0], 0
-		todo = append(todo, pending{rule: r, kind: kind, value: value, count: r.Threshold + 1,
-			why: fmt.Sprintf("drift: %d out-of-intent requests in %v, last: %s (rule %s)", r.Threshold+1, r.window, tr.lastWhy, r.Name)})
 	}
+	todo = d.limitLocked(now, todo)
 	d.mu.Unlock()
 
 	var acts []Action
@@ -337,6 +354,88 @@ func (d *Detector) Observe(ctx context.Context, events []OutOfIntent) ([]Action,
 		acts = append(acts, a)
 	}
 	return acts, errors.Join(errs...)
+}
+
+// countLocked counts one event against a key and returns the action due
+// when the key crossed its threshold within the window.
+func (d *Detector) countLocked(r *rule, kind revocation.Kind, value string, t, now time.Time, why string) *pending {
+	key := r.Name + "\x00" + kind.String() + "\x00" + value
+	tr := d.keys[key]
+	if tr == nil {
+		if len(d.keys) >= d.cfg.MaxKeys {
+			d.evictLocked(now)
+		}
+		tr = &tracker{}
+		d.keys[key] = tr
+	}
+	if now.Before(tr.actedTil) {
+		return nil // acted already within the window, or the record is still in force
+	}
+	// The ring grows with the events seen, up to threshold+1: a key
+	// reported once costs one time, not threshold+1.
+	if len(tr.times) <= r.Threshold {
+		tr.times = append(tr.times, t)
+	} else {
+		tr.times[tr.next] = t
+		tr.next = (tr.next + 1) % len(tr.times)
+	}
+	if t.After(tr.last) {
+		tr.last = t
+	}
+	tr.lastWhy = why
+	if len(tr.times) <= r.Threshold {
+		return nil
+	}
+	oldest, newest := tr.times[tr.next], tr.times[tr.next]
+	for _, x := range tr.times {
+		oldest = minTime(oldest, x)
+		newest = maxTime(newest, x)
+	}
+	if newest.Sub(oldest) > r.window {
+		return nil
+	}
+	// At most one action per key per window, and none while the record
+	// it made is in force.
+	tr.actedTil = now.Add(max(r.duration, r.window))
+	tr.times, tr.next = tr.times[:0], 0
+	return &pending{rule: r, kind: kind, value: value, count: r.Threshold + 1,
+		why: fmt.Sprintf("drift: %d out-of-intent requests in %v, last: %s (rule %s)", r.Threshold+1, r.window, tr.lastWhy, r.Name)}
+}
+
+// limitLocked keeps the actions the global per-minute limit allows; the
+// others are counted and dropped, their keys free to cross again.
+func (d *Detector) limitLocked(now time.Time, todo []pending) []pending {
+	keep := d.actions[:0]
+	for _, at := range d.actions {
+		if now.Sub(at) < time.Minute {
+			keep = append(keep, at)
+		}
+	}
+	d.actions = keep
+	out := todo[:0]
+	for _, p := range todo {
+		if len(d.actions) >= d.cfg.MaxActions {
+			d.limited.Inc()
+			d.log.Warn("drift action held back by the global limit", "rule", p.rule.Name, "kind", p.kind.String(),
+				"value", p.value, "max_per_minute", d.cfg.MaxActions)
+			if tr := d.keys[p.rule.Name+"\x00"+p.kind.String()+"\x00"+p.value]; tr != nil {
+				tr.actedTil = time.Time{}
+			}
+			continue
+		}
+		d.actions = append(d.actions, now)
+		out = append(out, p)
+	}
+	return out
+}
+
+// Limited returns how many actions the global limit held back.
+func (d *Detector) Limited() float64 {
+	m := &dto.Metric{}
+	if err := d.limited.Write(m); err != nil {
+		return 0
+	}
+	return m.GetCounter().GetValue()
 }
 
 func (d *Detector) act(ctx context.Context, now time.Time, p pending) (Action, error) {

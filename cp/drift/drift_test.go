@@ -72,8 +72,15 @@ func newDetector(t *testing.T, rules []Rule, mod func(*Config)) (*Detector, *fak
 
 var revokeRule = Rule{Name: "agents", Subjects: []string{"spiffe://example.org/agent/*"}, Threshold: 5, Window: Duration(time.Minute), Action: ActionRevoke}
 
+// ev is a denial of a request carrying a verified mandate of task.
 func ev(subject, task string, at time.Time) OutOfIntent {
-	return OutOfIntent{Subject: subject, Task: task, Intent: "triage", Reason: "mandate_out_of_scope", Time: at}
+	return OutOfIntent{Subject: subject, Task: task, Intent: "triage", MandateID: "m-" + task, Reason: "mandate_out_of_scope", Time: at}
+}
+
+// declared is a denial of a request that declared task in a header, with
+// no mandate.
+func declared(subject, task string, at time.Time) OutOfIntent {
+	return OutOfIntent{Subject: subject, Task: task, Intent: "triage", Reason: "no_matching_rule", Time: at}
 }
 
 func TestThresholdRevokesOnce(t *testing.T) {
@@ -88,19 +95,25 @@ func TestThresholdRevokesOnce(t *testing.T) {
 		clock.Advance(5 * time.Second)
 	}
 	acts, err := d.Observe(ctx, []OutOfIntent{ev(a, "t1", clock.Now())})
-	if err != nil || len(acts) != 1 {
+	// Counted against the task of the verified mandate and the subject.
+	if err != nil || len(acts) != 2 {
 		t.Fatalf("6th event: %v %v", acts, err)
 	}
-	if len(plane.revs) != 1 {
+	if len(plane.revs) != 2 {
 		t.Fatalf("revocations = %+v", plane.revs)
 	}
-	r := plane.revs[0]
 	wantReason := "drift: 6 out-of-intent requests in 1m0s, last: mandate_out_of_scope (rule agents)"
-	if r.Kind != revocation.KindTask || r.Value != "t1" || r.Reason != wantReason || len(r.Intents) != 0 || plane.actors[0] != cpActor ||
-		!r.Expires.Equal(clock.Now().Add(DefaultDuration)) {
-		t.Fatalf("record = %+v", r)
+	for i, want := range []struct {
+		kind  revocation.Kind
+		value string
+	}{{revocation.KindSubject, a}, {revocation.KindTask, "t1"}} {
+		r := plane.revs[i]
+		if r.Kind != want.kind || r.Value != want.value || r.Reason != wantReason || len(r.Intents) != 0 || plane.actors[i] != cpActor ||
+			!r.Expires.Equal(clock.Now().Add(DefaultDuration)) {
+			t.Fatalf("record %d = %+v", i, r)
+		}
 	}
-	if len(plane.audits) != 1 || !strings.Contains(plane.audits[0], "drift.revoke task/t1") || !strings.Contains(plane.audits[0], wantReason) {
+	if len(plane.audits) != 2 || !strings.Contains(plane.audits[1], "drift.revoke task/t1") || !strings.Contains(plane.audits[1], wantReason) {
 		t.Fatalf("audit = %v", plane.audits)
 	}
 	// Once: more denials while the record is in force do nothing.
@@ -109,14 +122,99 @@ func TestThresholdRevokesOnce(t *testing.T) {
 			t.Fatal("acted twice")
 		}
 	}
-	// Other tasks are counted apart; a subject without a task is the key.
-	batch := make([]OutOfIntent, 6)
-	for i := range batch {
-		batch[i] = ev(a, "", clock.Now())
+}
+
+// TestDeclaredTaskCountsAgainstTheSubjectOnly: a workload with no mandate
+// declaring another tenant's task id (x-mandate-task) in denied requests
+// gets itself revoked, never the task; and declaring a new task id on
+// every request does not reset its count. Before, the task was revoked
+// and the subject never was.
+func TestDeclaredTaskCountsAgainstTheSubjectOnly(t *testing.T) {
+	d, plane, clock := newDetector(t, []Rule{revokeRule}, nil)
+	ctx := context.Background()
+	attacker := "spiffe://example.org/agent/attacker"
+	for i := 0; i < 5; i++ {
+		if _, err := d.Observe(ctx, []OutOfIntent{declared(attacker, "T-1", clock.Now())}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acts, err := d.Observe(ctx, []OutOfIntent{declared(attacker, "T-1", clock.Now())})
+	if err != nil || len(acts) != 1 || len(plane.revs) != 1 {
+		t.Fatalf("6th denial: %v %v %+v", acts, err, plane.revs)
+	}
+	if r := plane.revs[0]; r.Kind != revocation.KindSubject || r.Value != attacker {
+		t.Fatalf("revoked %s %s, want the attacker itself", r.Kind, r.Value)
+	}
+	for i := 0; i < 50; i++ {
+		d.Observe(ctx, []OutOfIntent{declared(attacker, "T-1", clock.Now())})
+	}
+	for _, r := range plane.revs {
+		if r.Kind == revocation.KindTask {
+			t.Fatalf("a header-declared task was revoked: %+v", r)
+		}
+	}
+
+	// A new task id on every request: still the same subject.
+	evader := "spiffe://example.org/agent/evader"
+	var batch []OutOfIntent
+	for i := 0; i < 6; i++ {
+		batch = append(batch, declared(evader, fmt.Sprintf("fresh-%d", i), clock.Now()))
 	}
 	acts, _ = d.Observe(ctx, batch)
-	if len(acts) != 1 || plane.revs[1].Kind != revocation.KindSubject || plane.revs[1].Value != a {
-		t.Fatalf("subject fallback: %v %+v", acts, plane.revs)
+	if len(acts) != 1 || acts[0].Kind != "subject" || acts[0].Value != evader {
+		t.Fatalf("evader: %+v", acts)
+	}
+}
+
+// TestDeniedByRuleCountsUnlessTurnedOff: denials by a deny rule count by
+// default and not when the rule says countDeniedByRule: false.
+func TestDeniedByRuleCountsUnlessTurnedOff(t *testing.T) {
+	off := false
+	quiet := revokeRule
+	quiet.CountDeniedByRule = &off
+	for _, tt := range []struct {
+		name string
+		rule Rule
+		acts int
+	}{{"default", revokeRule, 1}, {"off", quiet, 0}} {
+		t.Run(tt.name, func(t *testing.T) {
+			d, _, clock := newDetector(t, []Rule{tt.rule}, nil)
+			var batch []OutOfIntent
+			for i := 0; i < 6; i++ {
+				e := declared("spiffe://example.org/agent/a", "", clock.Now())
+				e.Reason = ReasonDeniedByRule
+				batch = append(batch, e)
+			}
+			if acts, _ := d.Observe(context.Background(), batch); len(acts) != tt.acts {
+				t.Fatalf("%d actions, want %d", len(acts), tt.acts)
+			}
+		})
+	}
+}
+
+// TestGlobalActionLimit: a drift flood from many identities takes at most
+// MaxActions actions a minute; the rest are counted as limited, and act
+// once the minute has passed.
+func TestGlobalActionLimit(t *testing.T) {
+	d, plane, clock := newDetector(t, []Rule{revokeRule}, func(c *Config) { c.MaxActions = 2 })
+	ctx := context.Background()
+	var batch []OutOfIntent
+	for s := 0; s < 5; s++ {
+		for i := 0; i < 6; i++ {
+			batch = append(batch, declared(fmt.Sprintf("spiffe://example.org/agent/flood-%d", s), "", clock.Now()))
+		}
+	}
+	acts, _ := d.Observe(ctx, batch)
+	if len(acts) != 2 || len(plane.revs) != 2 || d.Limited() != 3 {
+		t.Fatalf("%d actions, %d records, %v limited; want 2, 2, 3", len(acts), len(plane.revs), d.Limited())
+	}
+	clock.Advance(61 * time.Second)
+	for i := range batch {
+		batch[i].Time = clock.Now()
+	}
+	acts, _ = d.Observe(ctx, batch)
+	if len(acts) != 2 {
+		t.Fatalf("after a minute: %d actions, want 2 more", len(acts))
 	}
 }
 
@@ -158,7 +256,7 @@ func TestDowngradeAndRetry(t *testing.T) {
 	}
 	plane.fail = nil
 	acts, err := d.Observe(ctx, []OutOfIntent{ev(a, "t1", clock.Now()), ev(a, "t1", clock.Now())})
-	if err != nil || len(acts) != 1 {
+	if err != nil || len(acts) != 2 { // the subject and the mandate's task
 		t.Fatalf("retry: %v %v", acts, err)
 	}
 	r := plane.revs[0]
@@ -205,15 +303,15 @@ func TestTrackerGrowsWithEvents(t *testing.T) {
 	d, _, clock := newDetector(t, []Rule{big}, nil)
 	var evs []OutOfIntent
 	for i := range 200 {
-		evs = append(evs, ev("spiffe://example.org/agent/a", fmt.Sprintf("task-%d", i), clock.Now()))
+		evs = append(evs, ev(fmt.Sprintf("spiffe://example.org/agent/a%d", i), fmt.Sprintf("task-%d", i), clock.Now()))
 	}
 	if _, err := d.Observe(context.Background(), evs); err != nil {
 		t.Fatal(err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if len(d.keys) != 200 {
-		t.Fatalf("%d keys tracked, want 200", len(d.keys))
+	if len(d.keys) != 400 { // 200 subjects, 200 tasks
+		t.Fatalf("%d keys tracked, want 400", len(d.keys))
 	}
 	for k, tr := range d.keys {
 		if cap(tr.times) > 4 {
