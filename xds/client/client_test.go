@@ -167,9 +167,9 @@ type controlPlane struct {
 	initial []map[string]map[string]string
 }
 
-func startCP(t *testing.T) *controlPlane {
+func startCP(t testing.TB, opts ...xdsserver.Option) *controlPlane {
 	t.Helper()
-	srv, err := xdsserver.New(discard(), xdsserver.WithRegisterer(prometheus.NewRegistry()))
+	srv, err := xdsserver.New(discard(), append([]xdsserver.Option{xdsserver.WithRegisterer(prometheus.NewRegistry())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func (s *recordingStream) RecvMsg(m any) error {
 }
 
 // dialer dials whatever address target holds.
-func dialConn(t *testing.T, target *atomic.Value) *grpc.ClientConn {
+func dialConn(t testing.TB, target *atomic.Value) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient("passthrough:///control-plane",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),

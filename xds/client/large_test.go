@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-dev/mandate/xds/mandatev1"
+	xdsserver "github.com/mandate-dev/mandate/xds/server"
 )
 
 // bigRevs returns n revocation records with reasons of reason bytes.
@@ -27,14 +28,19 @@ func bigRevs(n, reason int) map[string]*mandatev1.Revocation {
 	return out
 }
 
-// TestLargeRevocationDeltaGetsThrough: a revocation delta larger than one
-// response may carry (20,000 records with 1 KB reasons, about 21 MB:
-// beyond gRPC's 4 MiB default and the 16 MiB cap) reaches the replica in
-// chunks, is applied whole, and is ACKed only once the last chunk is in.
-// Before, the replica failed to receive it, kept the old revocations and
-// ignored every later one.
+// TestLargeRevocationDeltaGetsThrough: a revocation delta of 20,000
+// records with 1 KB reasons (about 21 MB, beyond gRPC's 4 MiB default
+// receive limit) reaches the replica, in one response or, past the
+// server's chunk budget, in chunks; it is applied whole, and ACKed only
+// once the last chunk is in. Before, the replica failed to receive it,
+// kept the old revocations and ignored every later one.
 func TestLargeRevocationDeltaGetsThrough(t *testing.T) {
-	cp := startCP(t)
+	t.Run("one response", func(t *testing.T) { largeDelta(t) })
+	t.Run("4 MiB chunks", func(t *testing.T) { largeDelta(t, xdsserver.WithChunkBytes(4<<20)) })
+}
+
+func largeDelta(t *testing.T, opts ...xdsserver.Option) {
+	cp := startCP(t, opts...)
 	setAll(t, cp.srv, pols(goodPolicy("p1")), revs("r1"))
 	var target atomic.Value
 	target.Store(cp.addr)
@@ -50,8 +56,8 @@ func TestLargeRevocationDeltaGetsThrough(t *testing.T) {
 	for _, r := range big {
 		size += proto.Size(r)
 	}
-	if size <= mandatev1.MaxResponseBytes {
-		t.Fatalf("test set of %d bytes fits one response", size)
+	if size <= 4<<20 {
+		t.Fatalf("test set of %d bytes fits gRPC's default limit", size)
 	}
 	v, err := cp.srv.UpdateRevocations(big, nil)
 	if err != nil {

@@ -26,7 +26,7 @@ const (
 // that would exceed it is not sent (the stream ends, the replica keeps its
 // state and goes stale), and mandate-cp refuses up front, when they are
 // written, resources and policy sets that could not fit.
-const MaxResponseBytes = 16 << 20
+const MaxResponseBytes = 64 << 20
 
 // MaxRequestBytes is the largest request mandate-cp's xDS listener
 // accepts. A replica that reconnects lists every resource it holds with

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"slices"
 	"sync"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -23,6 +22,10 @@ const chunkBytes = mandatev1.MaxResponseBytes - 64<<10
 // resource's bytes besides its name and version (tags, lengths, the Any's
 // type URL).
 func resourceOverhead(typeURL string) int { return len(typeURL) + 32 }
+
+// maxNameBytes bounds a resource name (the plane's revocation ids and
+// approval names are shorter) when removals are counted, not measured.
+const maxNameBytes = 256
 
 // splittable reports whether a delta of typeURL may reach a replica in
 // several responses. Revocations and approvals may: a replica that holds
@@ -81,53 +84,48 @@ func (c *chunkingCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.
 	}, nil
 }
 
-// split returns r when it fits the budget, else its first chunk.
+// split returns r when it fits the budget, else its first chunk. Its cost
+// is in the size of the delta, plus one pass over what the replica holds
+// when the delta is split or removes names.
 func (c *chunkingCache) split(r cachev3.DeltaResponse, sub cachev3.Subscription) cachev3.DeltaResponse {
 	raw, ok := r.(*cachev3.RawDeltaResponse)
 	if !ok {
 		return r
 	}
 	next := raw.GetReturnedResources()
-	res := raw.GetRawResources()
 	known := sub.ReturnedResources()
-	type item struct {
-		name string
-		msg  proto.Message
-		size int
-	}
-	items := make([]item, 0, len(res))
-	total := 0
+	res := raw.GetRawResources()
 	over := resourceOverhead(c.typeURL)
-	for _, rt := range res {
+	// How many names the delta removes: what the replica knew, plus what
+	// is new to it, less what it will know.
+	used, fits, added := 0, len(res), 0
+	for i, rt := range res {
 		name := cachev3.GetResourceName(rt.Resource)
-		size := proto.Size(rt.Resource) + len(name) + len(next[name]) + over
-		items = append(items, item{name: name, msg: rt.Resource, size: size})
-		total += size
-	}
-	var removed []string
-	for name := range known {
-		if _, ok := next[name]; !ok {
-			removed = append(removed, name)
-			total += len(name) + 8
+		if _, ok := known[name]; !ok {
+			added++
 		}
+		size := proto.Size(rt.Resource) + len(name) + len(next[name]) + over
+		if used+size > c.budget && fits == len(res) {
+			fits = i
+		}
+		used += size
 	}
-	if total <= c.budget {
+	removedCount := len(known) + added - len(next)
+	if fits == len(res) && used+removedCount*(maxNameBytes+8) <= c.budget {
 		return r
 	}
-	// Deterministic chunks: by name, removals first.
-	slices.Sort(removed)
-	slices.SortFunc(items, func(a, b item) int {
-		switch {
-		case a.name < b.name:
-			return -1
-		case a.name > b.name:
-			return 1
+	var removed []string
+	if removedCount > 0 {
+		removed = make([]string, 0, removedCount)
+		for name := range known {
+			if _, ok := next[name]; !ok {
+				removed = append(removed, name)
+			}
 		}
-		return 0
-	})
+	}
 	returned := maps.Clone(known)
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: c.typeURL, SystemVersionInfo: raw.GetResponseVersion()}
-	used := 0
+	used = 0
 	for _, name := range removed {
 		if used+len(name)+8 > c.budget {
 			break
@@ -137,21 +135,23 @@ func (c *chunkingCache) split(r cachev3.DeltaResponse, sub cachev3.Subscription)
 		delete(returned, name)
 	}
 	var marshalErr error
-	for _, it := range items {
-		if used+it.size > c.budget && (len(resp.Resources) > 0 || len(resp.RemovedResources) > 0) {
-			break
-		}
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(it.msg)
+	for _, rt := range res {
+		name := cachev3.GetResourceName(rt.Resource)
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(rt.Resource)
 		if err != nil {
-			marshalErr = fmt.Errorf("xdsserver: marshal %s: %w", it.name, err)
+			marshalErr = fmt.Errorf("xdsserver: marshal %s: %w", name, err)
 			break
 		}
-		used += it.size
-		resp.Resources = append(resp.Resources, &discovery.Resource{Name: it.name, Version: next[it.name],
+		size := len(b) + len(name) + len(next[name]) + over
+		if used+size > c.budget && (len(resp.Resources) > 0 || len(resp.RemovedResources) > 0) {
+			break
+		}
+		used += size
+		resp.Resources = append(resp.Resources, &discovery.Resource{Name: name, Version: next[name],
 			Resource: &anypb.Any{TypeUrl: c.typeURL, Value: b}})
-		returned[it.name] = next[it.name]
+		returned[name] = next[name]
 	}
-	if len(resp.RemovedResources) < len(removed) || len(resp.Resources) < len(items) {
+	if len(resp.RemovedResources) < len(removed) || len(resp.Resources) < len(res) {
 		resp.SystemVersionInfo += mandatev1.PartialVersionSuffix
 	}
 	return &chunk{req: raw.GetDeltaRequest(), resp: resp, returned: returned, version: resp.GetSystemVersionInfo(),

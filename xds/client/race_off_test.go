@@ -1,0 +1,8 @@
+//go:build !race
+
+package xdsclient
+
+const (
+	raceEnabled = false
+	raceRecords = 0
+)
