@@ -1,6 +1,7 @@
 package xdsclient
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -63,7 +64,12 @@ func largeDelta(t *testing.T, opts ...xdsserver.Option) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitAcked(t, cp.srv, mandatev1.RevocationTypeURL, v)
+	// 21 MB through the race detector on a shared machine: wait long.
+	wctx, wcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer wcancel()
+	if err := cp.srv.WaitAcked(wctx, mandatev1.RevocationTypeURL, v); err != nil {
+		t.Fatal(err)
+	}
 	s := rec.wait(t, "every record applied", func(s State) bool { return s.Revocations.Len() == 20001 })
 	if s.Versions[mandatev1.RevocationTypeURL] != v {
 		t.Fatalf("applied version %q, want %q", s.Versions[mandatev1.RevocationTypeURL], v)

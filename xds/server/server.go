@@ -815,10 +815,18 @@ func shortType(typeURL string) string {
 // cacheLogger routes go-control-plane's logs to slog; its info-level lines
 // (one per watch) go to debug.
 func cacheLogger(l *slog.Logger) gcplog.Logger {
+	// go-control-plane formats whole subscriptions into its debug lines
+	// (a million-entry map for a replica holding a million records):
+	// format only what is logged.
+	logf := func(level slog.Level, f string, a []any) {
+		if l.Enabled(context.Background(), level) {
+			l.Log(context.Background(), level, fmt.Sprintf(f, a...), "component", "go-control-plane")
+		}
+	}
 	return gcplog.LoggerFuncs{
-		DebugFunc: func(f string, a ...any) { l.Debug(fmt.Sprintf(f, a...), "component", "go-control-plane") },
-		InfoFunc:  func(f string, a ...any) { l.Debug(fmt.Sprintf(f, a...), "component", "go-control-plane") },
-		WarnFunc:  func(f string, a ...any) { l.Warn(fmt.Sprintf(f, a...), "component", "go-control-plane") },
-		ErrorFunc: func(f string, a ...any) { l.Error(fmt.Sprintf(f, a...), "component", "go-control-plane") },
+		DebugFunc: func(f string, a ...any) { logf(slog.LevelDebug, f, a) },
+		InfoFunc:  func(f string, a ...any) { logf(slog.LevelDebug, f, a) },
+		WarnFunc:  func(f string, a ...any) { logf(slog.LevelWarn, f, a) },
+		ErrorFunc: func(f string, a ...any) { logf(slog.LevelError, f, a) },
 	}
 }
