@@ -240,7 +240,9 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 		t.Fatal("deny did not withdraw the approval")
 	}
 
-	// Drift: a non-replica may not report; 3 out-of-intent denials (threshold 2) revoke the task once.
+	// Drift: a non-replica may not report; 3 out-of-intent denials
+	// (threshold 2) without a mandate revoke the subject that made them
+	// once (a task is counted only through a verified mandate of it).
 	ev := func() *mandatev1.ReplicaEvent {
 		return &mandatev1.ReplicaEvent{Event: &mandatev1.ReplicaEvent_OutOfIntent{OutOfIntent: &mandatev1.OutOfIntentEvent{
 			Subject: agentB, Task: "task-9", Intent: "triage", Reason: "mandate_out_of_scope", Time: timestamppb.Now()}}}
@@ -255,7 +257,7 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 		t.Fatal(rr, err)
 	}
 	revs, _ := c.plane.Revocations(false)
-	if len(revs) != 1 || revs[0].GetKind() != "task" || revs[0].GetValue() != "task-9" || !strings.HasPrefix(revs[0].GetReason(), "drift: 3 out-of-intent requests in 1m0s") || revs[0].GetCreatedBy() != cpID {
+	if len(revs) != 1 || revs[0].GetKind() != "subject" || revs[0].GetValue() != agentB || !strings.HasPrefix(revs[0].GetReason(), "drift: 3 out-of-intent requests in 1m0s") || revs[0].GetCreatedBy() != cpID {
 		t.Fatalf("revocations after drift = %v", revs)
 	}
 

@@ -36,11 +36,19 @@ type Plane interface {
 }
 
 // Store is what the issuer needs of the store (cp/store.DB): the signing
-// keys and the audit trail (the task index is rebuilt from it).
+// keys, the audit trail (the task index is rebuilt from it) and the task
+// owners.
 type Store interface {
 	KeyStore
 	AuditLog(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error)
+	ClaimTask(ctx context.Context, claim store.TaskOwner, audit ...store.AuditEntry) (store.TaskOwner, error)
+	TaskOwnerOf(ctx context.Context, task string) (store.TaskOwner, error)
 }
+
+// TaskOwnership is how long a task id stays its orchestrator's after the
+// last mandate it issued for it: another orchestrator may claim the id
+// only once it has lapsed.
+const TaskOwnership = 7 * 24 * time.Hour
 
 // Defaults of Config.
 const (
@@ -222,9 +230,10 @@ func (s *Service) Run(ctx context.Context) error {
 
 // Audit actions.
 const (
-	actionIssue    = "mandate.issue"
-	actionDelegate = "mandate.delegate"
-	actionComplete = "task.complete"
+	actionIssue            = "mandate.issue"
+	actionDelegate         = "mandate.delegate"
+	actionComplete         = "task.complete"
+	actionCompleteOperator = "task.complete.operator"
 )
 
 // Issued describes a minted mandate.
@@ -287,6 +296,18 @@ func (s *Service) Issue(ctx context.Context, caller string, req IssueRequest) (*
 	ttl := min(g.TTL, s.cfg.MaxTTL)
 	if err := s.checkRevoked(ctx, revocation.Query{Subject: req.Subject, Task: req.Task, Intent: req.Intent}); err != nil {
 		return nil, err
+	}
+	if req.Task != "" {
+		// The task belongs to the orchestrator that first issued into it;
+		// no other may issue into it.
+		now := s.cfg.Now()
+		if _, err := s.cfg.Store.ClaimTask(ctx, store.TaskOwner{Task: req.Task, Owner: caller, CreatedAt: now,
+			Expires: now.Add(TaskOwnership)}); err != nil {
+			if errors.Is(err, store.ErrConflict) {
+				return nil, refuse(KindDenied, "task_owned_by_another", "task %q belongs to another orchestrator", req.Task)
+			}
+			return nil, &Error{Kind: KindUnavailable, Reason: "store_failed", Err: err}
+		}
 	}
 	signer, err := s.signer(ctx)
 	if err != nil {
@@ -393,8 +414,11 @@ type Completed struct {
 // CompleteTask revokes every mandate of task and of its delegations (they
 // share the task id) on every replica: one KindTask record that lasts until
 // every mandate issued so far has expired (now + MaxTTL + skew). operator
-// is true when the caller was authorized as an operator; otherwise the
-// caller must have issued or delegated a mandate of the task.
+// is true when the caller was authorized as an operator (audited as
+// such); otherwise the caller must be the task's owner, the orchestrator
+// that first issued into it: delegating a mandate of a task never grants
+// completing it. Completing a completed task again is a no-op that
+// returns the record in force.
 func (s *Service) CompleteTask(ctx context.Context, caller string, operator bool, task, reason string) (*Completed, error) {
 	if err := checkLabel("task", task); err != nil {
 		return nil, &Error{Kind: KindInvalid, Reason: "bad_task", Err: err}
@@ -402,10 +426,21 @@ func (s *Service) CompleteTask(ctx context.Context, caller string, operator bool
 	if len(reason) > 512 {
 		return nil, refuse(KindInvalid, "bad_reason", "reason of %d bytes, limit 512", len(reason))
 	}
-	if !operator && !s.tasks.issuedBy(task, caller) {
-		return nil, refuse(KindDenied, "not_task_owner", "caller %q issued no mandate of task %q (operators may complete any task)", caller, task)
+	if !operator {
+		owner, err := s.cfg.Store.TaskOwnerOf(ctx, task)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return nil, refuse(KindDenied, "not_task_owner", "caller %q does not own task %q (operators may complete any task)", caller, task)
+		case err != nil:
+			return nil, &Error{Kind: KindUnavailable, Reason: "store_failed", Err: err}
+		case owner.Owner != caller:
+			return nil, refuse(KindDenied, "not_task_owner", "caller %q does not own task %q (operators may complete any task)", caller, task)
+		}
 	}
 	now := s.cfg.Now()
+	if c, ok := s.tasks.completed(task, now); ok {
+		return c, nil
+	}
 	id, err := newRecordID(s.cfg.Rand)
 	if err != nil {
 		return nil, &Error{Kind: KindUnavailable, Reason: "random_failed", Err: err}
@@ -422,8 +457,12 @@ func (s *Service) CompleteTask(ctx context.Context, caller string, operator bool
 	if err != nil {
 		return nil, &Error{Kind: KindUnavailable, Reason: "revoke_failed", Err: err}
 	}
-	n := s.tasks.complete(task)
-	if err := s.cfg.Plane.Audit(ctx, caller, actionComplete, "task/"+task,
+	n := s.tasks.complete(task, &Completed{RevocationID: id, Version: v, Expires: rec.Expires})
+	action := actionComplete
+	if operator {
+		action = actionCompleteOperator
+	}
+	if err := s.cfg.Plane.Audit(ctx, caller, action, "task/"+task,
 		fmt.Sprintf("revocation=%s mandates=%d version=%s: %s", id, n, v, why)); err != nil {
 		s.log.Error("audit of task completion failed", "task", task, "err", err)
 	}

@@ -3,6 +3,7 @@ package issuer
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -25,6 +26,7 @@ type taskIndex struct {
 type taskEntry struct {
 	callers  map[string]struct{}
 	mandates int
+	done     *Completed // the completion in force, if any
 }
 
 func newTaskIndex(max int) *taskIndex {
@@ -64,14 +66,34 @@ func (t *taskIndex) issuedBy(task, caller string) bool {
 	return ok
 }
 
-// complete returns how many mandates the task had.
-func (t *taskIndex) complete(task string) int {
+// complete records the completion of a task and returns how many
+// mandates it had.
+func (t *taskIndex) complete(task string, c *Completed) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if e := t.tasks[task]; e != nil {
-		return e.mandates
+	e := t.tasks[task]
+	if e == nil {
+		for len(t.tasks) >= t.max && len(t.order) > 0 {
+			delete(t.tasks, t.order[0])
+			t.order = t.order[1:]
+		}
+		e = &taskEntry{callers: map[string]struct{}{}}
+		t.tasks[task] = e
+		t.order = append(t.order, task)
 	}
-	return 0
+	e.done = c
+	return e.mandates
+}
+
+// completed returns the completion of task still in force at now.
+func (t *taskIndex) completed(task string, now time.Time) (*Completed, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e := t.tasks[task]; e != nil && e.done != nil && now.Before(e.done.Expires) {
+		c := *e.done
+		return &c, true
+	}
+	return nil, false
 }
 
 // checkSPIFFE checks a workload SPIFFE ID with Mandate's one checker.

@@ -4,5 +4,5 @@ package xdsclient
 
 const (
 	raceEnabled = true
-	raceRecords = 100_000
+	raceRecords = 50_000
 )
