@@ -32,6 +32,7 @@ import (
 	"github.com/mandate-dev/mandate/cp/admin"
 	"github.com/mandate-dev/mandate/cp/drift"
 	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/internal/cmdutil"
 	"github.com/mandate-dev/mandate/internal/grpcrecover"
 	"github.com/mandate-dev/mandate/internal/opshttp"
@@ -56,6 +57,8 @@ type options struct {
 	plaintext                                                           bool
 	shutdownGrace                                                       time.Duration
 	revocationRetention                                                 time.Duration
+	auditMaxAge                                                         time.Duration
+	auditMaxEntries                                                     uint64
 
 	// Mandates, approvals, drift.
 	issuancePolicy, driftPolicy, driftAction  string
@@ -90,6 +93,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug | info | warn | error")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 5*time.Second, "how long a graceful shutdown waits for calls in flight")
 	fs.DurationVar(&o.revocationRetention, "revocation-retention", plane.DefaultRevocationRetention, "how long a revocation record is kept after it expired before it is removed (0: kept forever)")
+	fs.DurationVar(&o.auditMaxAge, "audit-max-age", plane.DefaultAuditMaxAge, "audit entries older than this are removed (0: no age limit)")
+	fs.Uint64Var(&o.auditMaxEntries, "audit-max-entries", plane.DefaultAuditMaxEntries, "the oldest audit entries past this many are removed (0: no count limit)")
 	fs.StringVar(&o.issuancePolicy, "issuance-policy", "", "IssuancePolicy YAML: who may request which mandates (empty: nobody)")
 	fs.DurationVar(&o.keyRotation, "key-rotation", 24*time.Hour, "how often the mandate signing key is rotated")
 	fs.DurationVar(&o.keyOverlap, "key-overlap", time.Hour, "how long a rotated-out key still verifies (at least --mandate-max-ttl plus skew)")
@@ -187,7 +192,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer xs.Close()
-	pl, err := plane.New(ctx, st, xs, logger, plane.WithRegisterer(reg), plane.WithRevocationRetention(o.revocationRetention))
+	pl, err := plane.New(ctx, st, xs, logger, plane.WithRegisterer(reg), plane.WithRevocationRetention(o.revocationRetention),
+		plane.WithAuditRetention(store.AuditRetention{MaxAge: o.auditMaxAge, MaxEntries: o.auditMaxEntries}))
 	if err != nil {
 		return err
 	}

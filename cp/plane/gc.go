@@ -33,6 +33,38 @@ func WithRevocationRetention(d time.Duration) Option {
 	}
 }
 
+// Defaults of the audit trail's retention.
+const (
+	DefaultAuditMaxAge     = 90 * 24 * time.Hour
+	DefaultAuditMaxEntries = 1_000_000
+)
+
+// WithAuditRetention bounds the audit trail by age and count; RunSweeper
+// enforces it every sweep interval (zero fields: no bound).
+func WithAuditRetention(r store.AuditRetention) Option {
+	return func(p *Plane) error {
+		if r.MaxAge < 0 {
+			return errors.New("plane: negative audit retention")
+		}
+		p.auditKeep = r
+		return nil
+	}
+}
+
+// SweepAudit removes the audit entries the retention no longer keeps
+// (oldest first) and returns how many.
+func (p *Plane) SweepAudit(ctx context.Context) (int, error) {
+	n, err := p.st.PruneAudit(ctx, p.auditKeep)
+	if err != nil {
+		return n, fmt.Errorf("plane: audit retention: %w", err)
+	}
+	if n > 0 {
+		p.log.Info("audit entries past retention removed", "entries", n,
+			"max_age", p.auditKeep.MaxAge, "max_entries", p.auditKeep.MaxEntries)
+	}
+	return n, nil
+}
+
 // WithSweepInterval sets how often RunSweeper sweeps, and the shortest
 // time between two sweeps (default one minute).
 func WithSweepInterval(d time.Duration) Option {
@@ -93,10 +125,10 @@ func (p *Plane) SweepRevocations(ctx context.Context) (SweepResult, error) {
 	return SweepResult{Removed: len(names), Version: v}, nil
 }
 
-// RunSweeper calls SweepRevocations every sweep interval until ctx ends.
-// Errors are logged; the next tick tries again.
+// RunSweeper calls SweepRevocations and SweepAudit every sweep interval
+// until ctx ends. Errors are logged; the next tick tries again.
 func (p *Plane) RunSweeper(ctx context.Context) {
-	if p.retention == 0 {
+	if p.retention == 0 && p.auditKeep == (store.AuditRetention{}) {
 		return
 	}
 	ticks, stop := p.newTicker(p.sweepEvery)
@@ -108,6 +140,9 @@ func (p *Plane) RunSweeper(ctx context.Context) {
 		case <-ticks:
 			if _, err := p.SweepRevocations(ctx); err != nil && ctx.Err() == nil {
 				p.log.Error("revocation gc failed", "error", err)
+			}
+			if _, err := p.SweepAudit(ctx); err != nil && ctx.Err() == nil {
+				p.log.Error("audit retention failed", "error", err)
 			}
 		}
 	}

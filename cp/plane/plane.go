@@ -109,6 +109,7 @@ type Store interface {
 	List(ctx context.Context, typeURL string) ([]store.Item, uint64, error)
 	AppendAudit(ctx context.Context, entries ...store.AuditEntry) error
 	AuditLog(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error)
+	PruneAudit(ctx context.Context, r store.AuditRetention) (int, error)
 }
 
 // Plane validates, stores and publishes. Create it with New.
@@ -129,6 +130,7 @@ type Plane struct {
 	writes *prometheus.CounterVec
 
 	retention  time.Duration
+	auditKeep  store.AuditRetention
 	sweepEvery time.Duration
 	lastSweep  time.Time // guarded by mu
 	newTicker  func(time.Duration) (<-chan time.Time, func())
