@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -43,9 +44,21 @@ type ReplicasConfig struct {
 	AllowPlaintext bool
 	Drift          *Detector
 	StepUps        StepUps
-	Now            func() time.Time
-	Logger         *slog.Logger
+	// EventsPerSecond and Burst bound the events each replica identity
+	// may report (defaults DefaultReportRate, DefaultReportBurst): a
+	// report past them is refused (ResourceExhausted) and counted, so one
+	// compromised replica cannot flood drift or step-up state.
+	EventsPerSecond float64
+	Burst           int
+	Now             func() time.Time
+	Logger          *slog.Logger
 }
+
+// Defaults of the per-replica report rate.
+const (
+	DefaultReportRate  = 200
+	DefaultReportBurst = 2 * MaxBatch
+)
 
 // Replicas implements mandatev1.ReplicasServer.
 type Replicas struct {
@@ -56,7 +69,44 @@ type Replicas struct {
 	accepted atomic.Uint64
 	rejected atomic.Uint64
 	dropped  atomic.Uint64
+	limited  atomic.Uint64
+
+	mu      sync.Mutex
+	buckets map[string]*bucket // per replica identity
 }
+
+// bucket is a token bucket of events.
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+// take removes n tokens from the caller's bucket, refilled at the
+// configured rate; false (and nothing taken) when there are not enough.
+func (r *Replicas) take(replica string, n int) bool {
+	now := r.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.buckets[replica]
+	if b == nil {
+		if len(r.buckets) >= maxReplicaBuckets {
+			clear(r.buckets) // identities are authenticated replicas: few
+		}
+		b = &bucket{tokens: float64(r.cfg.Burst), at: now}
+		r.buckets[replica] = b
+	}
+	if el := now.Sub(b.at).Seconds(); el > 0 {
+		b.tokens = min(float64(r.cfg.Burst), b.tokens+el*r.cfg.EventsPerSecond)
+		b.at = now
+	}
+	if b.tokens < float64(n) {
+		return false
+	}
+	b.tokens -= float64(n)
+	return true
+}
+
+const maxReplicaBuckets = 10_000
 
 // NewReplicas validates cfg.
 func NewReplicas(cfg ReplicasConfig) (*Replicas, error) {
@@ -69,7 +119,16 @@ func NewReplicas(cfg ReplicasConfig) (*Replicas, error) {
 	if len(cfg.Replicas) == 0 {
 		return nil, errors.New("drift: replicas: no replica SPIFFE ID patterns")
 	}
-	r := &Replicas{cfg: cfg, log: cfg.Logger}
+	if cfg.EventsPerSecond == 0 {
+		cfg.EventsPerSecond = DefaultReportRate
+	}
+	if cfg.Burst == 0 {
+		cfg.Burst = DefaultReportBurst
+	}
+	if cfg.EventsPerSecond < 0 || cfg.Burst < MaxBatch {
+		return nil, fmt.Errorf("drift: replicas: rate %v/s with burst %d (at least one full report, %d)", cfg.EventsPerSecond, cfg.Burst, MaxBatch)
+	}
+	r := &Replicas{cfg: cfg, log: cfg.Logger, buckets: map[string]*bucket{}}
 	for _, s := range cfg.Replicas {
 		if !strings.HasPrefix(s, "spiffe://") {
 			return nil, fmt.Errorf("drift: replicas: %q is not a SPIFFE ID pattern", s)
@@ -101,6 +160,9 @@ func (r *Replicas) Stats() (accepted, rejected, dropped uint64) {
 	return r.accepted.Load(), r.rejected.Load(), r.dropped.Load()
 }
 
+// Limited returns how many reported events the per-replica rate refused.
+func (r *Replicas) Limited() uint64 { return r.limited.Load() }
+
 func (r *Replicas) authorize(ctx context.Context) (string, error) {
 	id, err := r.cfg.Identify(ctx)
 	if err != nil {
@@ -126,6 +188,11 @@ func (r *Replicas) Report(ctx context.Context, in *mandatev1.ReplicaReportReques
 	}
 	if len(in.GetEvents()) > MaxBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "drift: %d events in one report, limit %d", len(in.GetEvents()), MaxBatch)
+	}
+	if !r.take(replica, len(in.GetEvents())) {
+		r.limited.Add(uint64(len(in.GetEvents())))
+		r.log.Warn("replica report over its rate refused", "replica", replica, "events", len(in.GetEvents()))
+		return nil, status.Errorf(codes.ResourceExhausted, "drift: %s reports more than %v events/s", replica, r.cfg.EventsPerSecond)
 	}
 	var drift []OutOfIntent
 	var steps []stepup.Event
