@@ -62,8 +62,11 @@ func (c *chunkingCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.
 		return cancel, nil
 	default:
 	}
-	done := make(chan struct{})
+	// The server closes out after it cancels the watch: cancel waits
+	// for the forwarding goroutine, so nothing is sent on a closed out.
+	done, exited := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(exited)
 		select {
 		case r := <-in:
 			select {
@@ -80,6 +83,7 @@ func (c *chunkingCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.
 			if cancel != nil {
 				cancel()
 			}
+			<-exited
 		})
 	}, nil
 }
