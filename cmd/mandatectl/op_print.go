@@ -85,7 +85,7 @@ func getCmd(fs *pflag.FlagSet) runFunc {
 			fmt.Fprintf(stdout, "policy version %s\n", resp.GetVersion())
 			return nil
 		case "revocations", "revocation":
-			resp, err := c.ListRevocations(ctx, &mandatev1.ListRevocationsRequest{IncludeExpired: *all})
+			resp, err := listRevocations(ctx, c, *all)
 			if err != nil {
 				return rpcErr(err)
 			}
@@ -299,5 +299,25 @@ func auditCmd(fs *pflag.FlagSet) runFunc {
 				e.GetAction(), e.GetObject(), trunc(e.GetDetail(), 80))
 		}
 		return tw.Flush()
+	}
+}
+
+// listRevocations reads every page of ListRevocations (the control plane
+// may hold millions of records; one response carries at most a page).
+func listRevocations(ctx context.Context, c mandatev1.AdminClient, all bool) (*mandatev1.ListRevocationsResponse, error) {
+	out := &mandatev1.ListRevocationsResponse{}
+	token := ""
+	for {
+		resp, err := c.ListRevocations(ctx, &mandatev1.ListRevocationsRequest{IncludeExpired: all, PageToken: token})
+		if err != nil {
+			return nil, err
+		}
+		out.Revocations = append(out.Revocations, resp.GetRevocations()...)
+		if out.Version == "" {
+			out.Version = resp.GetVersion()
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			return out, nil
+		}
 	}
 }

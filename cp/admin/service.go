@@ -7,7 +7,11 @@ package admin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -184,8 +188,47 @@ func revokeRecord(in *mandatev1.RevokeRequest, now time.Time) (revocation.Record
 
 // ListRevocations implements Server.
 func (s *Service) ListRevocations(_ context.Context, in *mandatev1.ListRevocationsRequest) (*mandatev1.ListRevocationsResponse, error) {
+	size := int(in.GetPageSize())
+	if size <= 0 || size > MaxRevocationPage {
+		size = MaxRevocationPage
+	}
 	rs, v := s.p.Revocations(in.GetIncludeExpired())
-	return &mandatev1.ListRevocationsResponse{Revocations: rs, Version: v}, nil
+	start := 0
+	if tok := in.GetPageToken(); tok != "" {
+		at, name, err := parsePageToken(tok)
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, "admin: bad page_token")
+		}
+		// Records are in (creation time, name) order: the page starts
+		// after the token's record, wherever records came or went.
+		start = sort.Search(len(rs), func(i int) bool {
+			c := rs[i].GetCreatedAt().AsTime().Compare(at)
+			return c > 0 || c == 0 && rs[i].GetName() > name
+		})
+	}
+	end := min(start+size, len(rs))
+	out := &mandatev1.ListRevocationsResponse{Revocations: rs[start:end], Version: v}
+	if end < len(rs) {
+		last := rs[end-1]
+		out.NextPageToken = strconv.FormatInt(last.GetCreatedAt().AsTime().UnixNano(), 10) + "/" + last.GetName()
+	}
+	return out, nil
+}
+
+// MaxRevocationPage is the most records one ListRevocations response
+// carries.
+const MaxRevocationPage = 10_000
+
+func parsePageToken(tok string) (time.Time, string, error) {
+	ns, name, ok := strings.Cut(tok, "/")
+	if !ok || name == "" {
+		return time.Time{}, "", errors.New("admin: page token")
+	}
+	n, err := strconv.ParseInt(ns, 10, 64)
+	if err != nil {
+		return time.Time{}, "", fmt.Errorf("admin: page token: %w", err)
+	}
+	return time.Unix(0, n), name, nil
 }
 
 // Status implements Server: replicas with their mandate.v1 types, and

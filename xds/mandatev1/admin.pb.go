@@ -619,8 +619,13 @@ func (x *RevokeBatchResponse) GetVersion() string {
 type ListRevocationsRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	IncludeExpired bool                   `protobuf:"varint,1,opt,name=include_expired,json=includeExpired,proto3" json:"include_expired,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// page_size is the most records one response carries (default and at
+	// most 10,000); page_token is the next_page_token of the previous
+	// page (empty: the first page).
+	PageSize      int32  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListRevocationsRequest) Reset() {
@@ -660,10 +665,26 @@ func (x *ListRevocationsRequest) GetIncludeExpired() bool {
 	return false
 }
 
+func (x *ListRevocationsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRevocationsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListRevocationsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Revocations   []*Revocation          `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
-	Version       string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Revocations []*Revocation          `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	Version     string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// next_page_token asks for the following page; empty on the last.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -708,6 +729,13 @@ func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
 func (x *ListRevocationsResponse) GetVersion() string {
 	if x != nil {
 		return x.Version
+	}
+	return ""
+}
+
+func (x *ListRevocationsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
 	}
 	return ""
 }
@@ -1342,12 +1370,16 @@ const file_mandate_v1_admin_proto_rawDesc = "" +
 	"\vrevocations\x18\x01 \x03(\v2\x19.mandate.v1.RevokeRequestR\vrevocations\"a\n" +
 	"\x13RevokeBatchResponse\x120\n" +
 	"\arecords\x18\x01 \x03(\v2\x16.mandate.v1.RevocationR\arecords\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\"A\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"}\n" +
 	"\x16ListRevocationsRequest\x12'\n" +
-	"\x0finclude_expired\x18\x01 \x01(\bR\x0eincludeExpired\"m\n" +
+	"\x0finclude_expired\x18\x01 \x01(\bR\x0eincludeExpired\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x95\x01\n" +
 	"\x17ListRevocationsResponse\x128\n" +
 	"\vrevocations\x18\x01 \x03(\v2\x16.mandate.v1.RevocationR\vrevocations\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\"\x0f\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\x0f\n" +
 	"\rStatusRequest\"\xd9\x02\n" +
 	"\x11ReplicaTypeStatus\x12\x19\n" +
 	"\btype_url\x18\x01 \x01(\tR\atypeUrl\x12!\n" +
