@@ -252,6 +252,8 @@ func TestReplicaUnaffectedByEnvoys(t *testing.T) {
 	}
 	runDone := make(chan error, 1)
 	go func() { runDone <- c.Run(ctx) }()
+	// WaitAcked with no replica connected returns at once: wait for it.
+	waitFor(t, "replica connected", func() bool { return len(h.srv.Status()) == 1 })
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
 	if err := h.srv.WaitAcked(wctx, mandatev1.RevocationTypeURL, rv); err != nil {
