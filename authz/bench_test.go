@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mandate-dev/mandate/authz/decisionlog"
+	"github.com/mandate-dev/mandate/internal/testcert"
 )
 
 // benchPolicies returns n rules, each for its own agent subject, with a
@@ -65,13 +66,18 @@ func BenchmarkCheckWithDecisionLog(b *testing.B) {
 	b.ReportMetric(float64(l.Dropped())/float64(b.N), "dropped/op")
 }
 
-func benchHarness(b *testing.B, rules int) *harness {
+func benchHarness(b *testing.B, rules int, mutate ...func(*Config)) *harness {
 	// No decision log: this measures the handler alone.
 	m, err := NewMetrics(prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := newHarness(b, func(c *Config) { c.Log, c.Metrics = nil, m })
+	h := newHarness(b, func(c *Config) {
+		c.Log, c.Metrics = nil, m
+		for _, f := range mutate {
+			f(c)
+		}
+	})
 	set := compile(b, benchPolicies(rules))
 	h.store.Update(func(s *State) { s.Policies = set })
 	return h
@@ -101,6 +107,25 @@ func BenchmarkCheck(b *testing.B) {
 			hits, _, _ := h.cache.Stats()
 			if hits < uint64(b.N)/2 {
 				b.Fatalf("only %d cache hits in %d iterations", hits, b.N)
+			}
+		})
+		b.Run(fmt.Sprintf("hit-with-peer-cert/rules=%d", rules), func(b *testing.B) {
+			// Envoy with include_peer_certificate: the certificate is
+			// checked on every request (its verdict cached by digest).
+			h := benchHarness(b, rules, func(c *Config) { c.RequirePeerCertificate = true })
+			const id = "spiffe://example.org/agent/a7"
+			cert := testcert.LeafPEM(b, id)
+			req := checkReq("GET", "/tickets/1", principal(id), func(r *authv3.CheckRequest) { r.Attributes.Source.Certificate = cert },
+				hdr("x-mandate-intent", "support.read"), hdr("x-mandate-task", "T"), hdr("x-ticket", "T-1"))
+			if res := h.check(b, req); !res.allowed {
+				b.Fatalf("bench request denied: %+v", res)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := h.srv.Check(ctx, req); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 		b.Run(fmt.Sprintf("miss/rules=%d", rules), func(b *testing.B) {

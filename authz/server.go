@@ -52,6 +52,13 @@ type Config struct {
 	// MaxHeaderBytes bounds the header bytes of one request (see
 	// attrs.Config); zero takes attrs.DefaultMaxHeaderBytes.
 	MaxHeaderBytes int
+	// RequirePeerCertificate denies requests without source.certificate
+	// (see attrs.Config).
+	RequirePeerCertificate bool
+	// Codec, when the gRPC server uses it (grpc.ForceServerCodecV2),
+	// marks CheckRequests that did not decode or were too large; Check
+	// denies them (bad_request).
+	Codec *Codec
 	// State is where policies, revocations and approvals are read. Required.
 	State *StateStore
 	// Cache keeps recent decisions; nil disables caching.
@@ -133,7 +140,8 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.State == nil {
 		return nil, errors.New("authz: State is required")
 	}
-	x, err := attrs.New(attrs.Config{Identity: cfg.Identity, MaxHeaderBytes: cfg.MaxHeaderBytes, MCPLimits: cfg.MCPLimits})
+	x, err := attrs.New(attrs.Config{Identity: cfg.Identity, MaxHeaderBytes: cfg.MaxHeaderBytes, MCPLimits: cfg.MCPLimits,
+		RequirePeerCertificate: cfg.RequirePeerCertificate})
 	if err != nil {
 		return nil, fmt.Errorf("authz: %w", err)
 	}
@@ -263,6 +271,9 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 	rec.PolicyVersion = st.PolicyVersion()
 	if err := ctx.Err(); err != nil {
 		return deny(reasonInternalError)
+	}
+	if s.cfg.Codec.undecodable(req) {
+		return deny(reasonBadRequest)
 	}
 	if stale := s.cfg.Staleness; stale != nil && stale.Stale() {
 		if s.cfg.StaleMode == StaleDenyAll || req.GetAttributes().GetContextExtensions()["sensitivity"] == "high" {

@@ -110,6 +110,10 @@ type Config struct {
 	// MCPLimits bound the MCP request bodies read on routes labelled
 	// protocol: mcp.
 	MCPLimits mcp.Limits
+	// RequirePeerCertificate denies requests whose CheckRequest carries no
+	// source.certificate (Envoy's include_peer_certificate). A certificate
+	// that is present is always checked.
+	RequirePeerCertificate bool
 }
 
 // Extractor reads decision inputs from CheckRequests. It is immutable and
@@ -118,6 +122,8 @@ type Extractor struct {
 	id        *identity.Resolver
 	maxHeader int
 	mcpLimits mcp.Limits
+	needCert  bool
+	certs     *certCache
 }
 
 // New validates cfg and returns an Extractor.
@@ -128,7 +134,8 @@ func New(cfg Config) (*Extractor, error) {
 	if cfg.MaxHeaderBytes < 0 {
 		return nil, fmt.Errorf("attrs: MaxHeaderBytes %d is negative", cfg.MaxHeaderBytes)
 	}
-	x := &Extractor{id: cfg.Identity, maxHeader: cfg.MaxHeaderBytes, mcpLimits: cfg.MCPLimits}
+	x := &Extractor{id: cfg.Identity, maxHeader: cfg.MaxHeaderBytes, mcpLimits: cfg.MCPLimits,
+		needCert: cfg.RequirePeerCertificate, certs: newCertCache()}
 	if x.maxHeader == 0 {
 		x.maxHeader = DefaultMaxHeaderBytes
 	}
@@ -184,6 +191,15 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 	caller, err := x.id.Caller(attrs.GetSource(), hdrs)
 	if err != nil {
 		return err
+	}
+	// The peer certificate, when Envoy sends it, must be the one
+	// source.principal was read from (X509-SVID: exactly one URI SAN).
+	if cert := attrs.GetSource().GetCertificate(); cert != "" {
+		if err := x.certs.check(cert, attrs.GetSource().GetPrincipal()); err != nil {
+			return err
+		}
+	} else if x.needCert {
+		return wrap(ReasonBadCertificate, errors.New("no source.certificate (include_peer_certificate) and one is required"))
 	}
 	r.Subject = caller.String()
 	if r.Destination, err = x.id.Destination(attrs.GetDestination()); err != nil {
