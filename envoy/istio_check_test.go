@@ -36,7 +36,7 @@ const (
 // knownFlags are the flags each binary accepts (the lead makes the binaries
 // accept exactly these). A typo in a manifest would crash-loop the pod.
 var knownFlags = map[string][]string{
-	authzApp: {"--listen", "--metrics-addr", "--xds-server", "--trust-domain", "--allowed-caller", "--policy-dir"},
+	authzApp: {"--listen", "--metrics-addr", "--xds-server", "--trust-domain", "--allowed-caller", "--policy-dir", "--require-peer-certificate"},
 	cpApp:    {"--xds-listen", "--admin-listen", "--data-dir", "--trust-domain", "--allowed-caller", "--metrics-addr"},
 }
 
@@ -608,6 +608,11 @@ func (mf *manifests) checkDeployments(v *violations) {
 			}
 			if !mf.serviceTargets(cpApp, 18000, "xds") {
 				v.addf("%s: Service %s does not expose port 18000 as xds", where, cpApp)
+			}
+			// Istio sends the peer certificate (include_peer_certificate):
+			// mandate-authz must check it and deny without it.
+			if got := fl["--require-peer-certificate"]; !slices.Equal(got, []string{"true"}) {
+				v.addf("%s: --require-peer-certificate=true is not set", where)
 			}
 		case cpApp:
 			mf.checkServeFlag(v, where, d, c, fl, "--xds-listen", 18000)

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/mandate-dev/mandate/authz"
+	"github.com/mandate-dev/mandate/authz/attrs"
 	"github.com/mandate-dev/mandate/authz/decisioncache"
 	"github.com/mandate-dev/mandate/authz/decisionlog"
 	"github.com/mandate-dev/mandate/authz/identity"
@@ -62,6 +63,9 @@ type options struct {
 	mcpMaxBody, mcpMaxDepth                                        int
 	logMCPArguments                                                bool
 	logRedact                                                      cmdutil.List
+	maxHeaderBytes, maxRequestBytes                                int
+	maxStreams                                                     uint
+	requirePeerCert, requireXFCCBy                                 bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -91,6 +95,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.mcpMaxDepth, "mcp-max-depth", mcp.DefaultMaxDepth, "deepest JSON nesting of an MCP request (deeper: denied mcp_too_deep)")
 	fs.BoolVar(&o.logMCPArguments, "log-mcp-arguments", false, "write MCP tool arguments in decision records (default: only their names and SHA-256)")
 	fs.Var(&o.logRedact, "log-redact", "with --log-mcp-arguments: argument member name whose values are written as [redacted], at any depth (repeatable)")
+	fs.IntVar(&o.maxHeaderBytes, "max-header-bytes", attrs.DefaultMaxHeaderBytes, "largest total of header names and values of one request (bytes; larger: denied headers_too_large)")
+	fs.IntVar(&o.maxRequestBytes, "max-request-bytes", authz.DefaultMaxRequestBytes, "largest CheckRequest decided (bytes; larger or undecodable: denied bad_request, RPC OK)")
+	fs.UintVar(&o.maxStreams, "max-concurrent-streams", 1024, "concurrent Check streams per HTTP/2 connection")
+	fs.BoolVar(&o.requirePeerCert, "require-peer-certificate", false, "deny requests whose CheckRequest carries no source.certificate (Envoy's include_peer_certificate); a present one is always checked")
+	fs.BoolVar(&o.requireXFCCBy, "require-xfcc-by", false, "with --trusted-proxy: the last x-forwarded-client-cert element's By= must be the trusted proxy's own SPIFFE ID")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve /debug/pprof on the metrics address")
 	fs.StringVar(&o.addrFile, "addr-file", "", "write the bound addresses as JSON to this file once serving (for --listen 127.0.0.1:0)")
 	fs.StringVar(&o.mandateIssuer, "mandate-issuer", "", "issuer of mandates to accept (default spiffe://<first trust domain>/mandate/cp)")
@@ -119,6 +128,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.mcpMaxBody <= 0 || o.mcpMaxDepth <= 0 {
 		return nil, errors.New("--mcp-max-body and --mcp-max-depth must be positive")
+	}
+	if o.maxHeaderBytes <= 0 || o.maxRequestBytes <= 0 || o.maxStreams == 0 || o.maxStreams > 1<<31 {
+		return nil, errors.New("--max-header-bytes, --max-request-bytes and --max-concurrent-streams must be positive")
+	}
+	if o.requireXFCCBy && len(o.trustedProxies) == 0 {
+		return nil, errors.New("--require-xfcc-by needs a --trusted-proxy")
 	}
 	if o.svidTimeout <= 0 {
 		return nil, errors.New("--svid-timeout must be positive")
@@ -163,7 +178,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		proxies = append(proxies, id)
 	}
-	resolver, err := identity.New(identity.Config{TrustDomains: tds, TrustedProxies: proxies})
+	resolver, err := identity.New(identity.Config{TrustDomains: tds, TrustedProxies: proxies, RequireXFCCBy: o.requireXFCCBy})
 	if err != nil {
 		return err
 	}
@@ -215,6 +230,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.staleMode == "sensitive" {
 		staleMode = authz.StaleDenySensitive
 	}
+	codec, err := authz.NewCodec(o.maxRequestBytes)
+	if err != nil {
+		return err
+	}
 	cfg := authz.Config{
 		Identity:  resolver,
 		State:     store,
@@ -225,6 +244,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		StaleMode: staleMode,
 		Logger:    logger,
 		MCPLimits: mcp.Limits{MaxBytes: o.mcpMaxBody, MaxDepth: o.mcpMaxDepth},
+
+		MaxHeaderBytes:         o.maxHeaderBytes,
+		RequirePeerCertificate: o.requirePeerCert,
+		Codec:                  codec,
 	}
 
 	hs := health.NewServer()
@@ -302,7 +325,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer src.Close()
-	gs := grpc.NewServer(credOpt, grpc.MaxRecvMsgSize(1<<20))
+	gs := grpc.NewServer(append(authz.ServerOptions(codec, authz.Limits{MaxConcurrentStreams: uint32(o.maxStreams)}), credOpt)...)
 	// Every return stops serving before the deferred closes of the
 	// decision log and cache run (a no-op after GracefulStop).
 	defer gs.Stop()
@@ -326,7 +349,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("metrics listen: %w", err)
 		}
-		hsrv = &http.Server{Handler: opshttp.Handler(reg, ready, o.pprof), ReadHeaderTimeout: 5 * time.Second}
+		hsrv = &http.Server{Handler: opshttp.Handler(reg, ready, o.pprof), ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout: 10 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute,
+			MaxHeaderBytes: 64 << 10}
 		defer hsrv.Close()
 		go func() {
 			if err := hsrv.Serve(mlis); !errors.Is(err, http.ErrServerClosed) {

@@ -196,3 +196,20 @@ func testStandalone(t *testing.T, modeArgs []string) {
 		t.Fatalf("decision log results %v", results)
 	}
 }
+
+func TestHardeningFlags(t *testing.T) {
+	o, err := parseFlags([]string{"--plaintext", "--trusted-proxy", "spiffe://example.org/gateway", "--require-xfcc-by",
+		"--require-peer-certificate", "--max-header-bytes", "4096", "--max-request-bytes", "65536"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.requireXFCCBy || !o.requirePeerCert || o.maxHeaderBytes != 4096 || o.maxRequestBytes != 65536 {
+		t.Fatalf("options %+v", o)
+	}
+	if _, err := parseFlags([]string{"--plaintext", "--require-xfcc-by"}, io.Discard); err == nil {
+		t.Fatal("--require-xfcc-by without a --trusted-proxy accepted")
+	}
+	if _, err := parseFlags([]string{"--plaintext", "--max-header-bytes", "0"}, io.Discard); err == nil {
+		t.Fatal("--max-header-bytes 0 accepted")
+	}
+}
