@@ -32,7 +32,14 @@ func (s *cpServices) register(g *grpc.Server) {
 
 // mandateServices builds issuance (with its signing keys, started and
 // rotating until ctx ends), step-up approvals and drift detection.
-func mandateServices(ctx context.Context, o *options, pl *plane.Plane, st issuer.Store, auth *admin.Auth, logger *slog.Logger) (*cpServices, error) {
+// servicesStore is what the mandate services need of the store: signing
+// keys, audit and task owners (issuer), pending step-up requests (stepup).
+type servicesStore interface {
+	issuer.Store
+	stepup.PendingStore
+}
+
+func mandateServices(ctx context.Context, o *options, pl *plane.Plane, st servicesStore, auth *admin.Auth, logger *slog.Logger) (*cpServices, error) {
 	cpID := "spiffe://" + o.trustDomain + "/mandate/cp"
 	identify := func(ctx context.Context) (string, error) { return rpcutil.Identify(ctx, o.plaintext) }
 	operator := func(ctx context.Context) (string, error) {
@@ -70,8 +77,12 @@ func mandateServices(ctx context.Context, o *options, pl *plane.Plane, st issuer
 			logger.Error("key rotation stopped", "error", err)
 		}
 	}()
-	su, err := stepup.New(stepup.Config{Plane: pl, Operator: operator, Window: o.approvalWindow, Logger: logger})
+	su, err := stepup.New(stepup.Config{Plane: pl, Operator: operator, Window: o.approvalWindow, Logger: logger, Store: st})
 	if err != nil {
+		return nil, err
+	}
+	// Pending step-up requests survive a restart.
+	if err := su.Load(ctx); err != nil {
 		return nil, err
 	}
 	var rules []drift.Rule

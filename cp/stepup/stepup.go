@@ -7,6 +7,7 @@ package stepup
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -57,9 +59,27 @@ type Config struct {
 	// MaxPending bounds memory: past it, the least recently seen requests
 	// are forgotten.
 	MaxPending int
-	Now        func() time.Time
-	Logger     *slog.Logger
+	// MaxPendingPerSubject bounds the pending requests of one subject
+	// (default DefaultMaxPendingPerSubject): past it, that subject's new
+	// requests are dropped. A full table drops new requests too: one
+	// subject's flood never evicts another's request.
+	MaxPendingPerSubject int
+	// Store, when set, keeps pending requests durably (cp/store.DB): they
+	// survive a restart (Load) and the per-subject quota holds there too.
+	Store PendingStore
+	Now    func() time.Time
+	Logger *slog.Logger
 }
+
+// PendingStore is what the service needs of the durable store.
+type PendingStore interface {
+	PutPending(ctx context.Context, p store.PendingApproval, quota int, audit ...store.AuditEntry) error
+	PendingList(ctx context.Context) ([]store.PendingApproval, error)
+	DeletePending(ctx context.Context, id string, audit ...store.AuditEntry) error
+}
+
+// DefaultMaxPendingPerSubject is the default per-subject quota.
+const DefaultMaxPendingPerSubject = 100
 
 // Request is one approval request.
 type Request struct {
@@ -90,8 +110,10 @@ type Service struct {
 	cfg Config
 	log *slog.Logger
 
-	mu   sync.Mutex
-	reqs map[string]*Request
+	mu        sync.Mutex
+	reqs      map[string]*Request
+	bySubject map[string]int // pending requests per subject
+	dropped   uint64
 }
 
 // New validates cfg.
@@ -126,7 +148,46 @@ func New(cfg Config) (*Service, error) {
 	if l == nil {
 		l = slog.Default()
 	}
-	return &Service{cfg: cfg, log: l, reqs: map[string]*Request{}}, nil
+	if cfg.MaxPendingPerSubject == 0 {
+		cfg.MaxPendingPerSubject = DefaultMaxPendingPerSubject
+	}
+	if cfg.MaxPendingPerSubject < 1 {
+		return nil, fmt.Errorf("stepup: max pending per subject %d", cfg.MaxPendingPerSubject)
+	}
+	return &Service{cfg: cfg, log: l, reqs: map[string]*Request{}, bySubject: map[string]int{}}, nil
+}
+
+// Load reads the pending requests the store holds (after a restart).
+func (s *Service) Load(ctx context.Context) error {
+	if s.cfg.Store == nil {
+		return nil
+	}
+	ps, err := s.cfg.Store.PendingList(ctx)
+	if err != nil {
+		return fmt.Errorf("stepup: load pending requests: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range ps {
+		var r Request
+		if err := json.Unmarshal(p.Data, &r); err != nil || r.ID != p.ID || r.Subject != p.Subject {
+			s.log.Warn("stored pending request unreadable; skipped", "id", p.ID)
+			continue
+		}
+		r.State, r.Expires = StatePending, p.Expires
+		if _, ok := s.reqs[r.ID]; !ok {
+			s.reqs[r.ID] = &r
+			s.bySubject[r.Subject]++
+		}
+	}
+	return nil
+}
+
+// Dropped returns how many new requests the quotas dropped.
+func (s *Service) Dropped() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
 }
 
 // Observe records step-up events (already validated): new ids become
@@ -140,13 +201,28 @@ func (s *Service) Observe(events []Event) {
 	for _, ev := range events {
 		r := s.reqs[ev.ID]
 		if r == nil {
-			if len(s.reqs) >= s.cfg.MaxPending {
-				s.evictLocked()
+			if len(s.reqs) >= s.cfg.MaxPending || s.bySubject[ev.Subject] >= s.cfg.MaxPendingPerSubject {
+				// Dropped, never evicting: a flood costs only its sender.
+				s.dropped++
+				continue
 			}
 			r = &Request{ID: ev.ID, Subject: ev.Subject, Task: ev.Task, Intent: ev.Intent, Method: ev.Method,
 				Path: ev.Path, GRPC: ev.GRPC, Policy: ev.Policy, Rule: ev.Rule, MCP: ev.MCP, MCPArguments: ev.MCPArguments,
-				FirstSeen: ev.Time, LastSeen: ev.Time, State: StatePending}
+				FirstSeen: ev.Time, LastSeen: ev.Time, State: StatePending, Expires: now.Add(s.cfg.PendingTTL)}
+			if s.cfg.Store != nil {
+				data, err := json.Marshal(r)
+				if err == nil {
+					err = s.cfg.Store.PutPending(context.Background(), store.PendingApproval{ID: r.ID, Subject: r.Subject,
+						Data: data, UpdatedAt: now, Expires: r.Expires}, s.cfg.MaxPendingPerSubject)
+				}
+				if err != nil {
+					s.dropped++
+					s.log.Warn("step-up request not stored; dropped", "id", ev.ID, "subject", ev.Subject, "error", err)
+					continue
+				}
+			}
 			s.reqs[ev.ID] = r
+			s.bySubject[r.Subject]++
 			s.log.Info("step-up approval requested", "id", ev.ID, "subject", ev.Subject, "task", ev.Task,
 				"policy", ev.Policy, "rule", ev.Rule, "method", ev.Method, "path", ev.Path, "grpc", ev.GRPC)
 		}
@@ -165,20 +241,23 @@ func (s *Service) Observe(events []Event) {
 	}
 }
 
-// evictLocked drops the least recently seen request that is not an active
-// approval (those must stay deniable).
-func (s *Service) evictLocked() {
-	var victim *Request
-	for _, r := range s.reqs {
-		if r.State == StateApproved {
-			continue
-		}
-		if victim == nil || r.LastSeen.Before(victim.LastSeen) {
-			victim = r
-		}
+// forgetLocked drops a request and its pending count and stored copy.
+func (s *Service) forgetLocked(id string, r *Request) {
+	delete(s.reqs, id)
+	if r.State == StatePending {
+		s.unpendLocked(r)
 	}
-	if victim != nil {
-		delete(s.reqs, victim.ID)
+}
+
+// unpendLocked: r is no longer pending (decided or forgotten).
+func (s *Service) unpendLocked(r *Request) {
+	if s.bySubject[r.Subject]--; s.bySubject[r.Subject] <= 0 {
+		delete(s.bySubject, r.Subject)
+	}
+	if s.cfg.Store != nil {
+		if err := s.cfg.Store.DeletePending(context.Background(), r.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.log.Warn("stored pending request not removed", "id", r.ID, "error", err)
+		}
 	}
 }
 
@@ -190,7 +269,7 @@ func (s *Service) expireLocked(now time.Time) {
 			end = end.Add(s.cfg.PendingTTL)
 		}
 		if !now.Before(end) {
-			delete(s.reqs, id)
+			s.forgetLocked(id, r)
 		}
 	}
 }
@@ -271,6 +350,9 @@ func (s *Service) Approve(ctx context.Context, operator, id string, window time.
 		return Request{}, "", fmt.Errorf("%w: %q by %s", ErrDecided, id, by)
 	}
 	defer s.mu.Unlock()
+	if r.State == StatePending {
+		s.unpendLocked(r)
+	}
 	r.State, r.DecidedBy, r.Expires = StateApproved, operator, a.GetExpires().AsTime()
 	s.log.Info("step-up approved", "id", id, "operator", operator, "subject", r.Subject, "task", r.Task,
 		"until", r.Expires, "version", v)
@@ -292,6 +374,9 @@ func (s *Service) Deny(ctx context.Context, operator, id, reason string) (Reques
 		return Request{}, "", fmt.Errorf("%w: %q", ErrNotFound, id)
 	}
 	wasApproved := r.State == StateApproved
+	if r.State == StatePending {
+		s.unpendLocked(r)
+	}
 	r.State, r.DecidedBy, r.Expires = StateDenied, operator, now
 	out := *r
 	s.mu.Unlock()

@@ -3,6 +3,7 @@ package stepup
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -154,20 +156,44 @@ func TestApproveAndDeny(t *testing.T) {
 	}
 }
 
-func TestBoundedMemory(t *testing.T) {
-	s, _, clock := newSvc(t, func(c *Config) { c.MaxPending = 3 })
-	t0 := clock.Now()
-	for i, id := range []string{"ar-1", "ar-2", "ar-3", "ar-4"} {
-		s.Observe([]Event{event(id, t0.Add(time.Duration(i)*time.Second))})
+// TestFloodNeverEvictsAnotherSubject: 12,000 step-up requests from one
+// agent fill its own quota and are dropped past it; another agent's
+// pending request stays, also across a restart (pending requests are in
+// the store). Before, the flood evicted it.
+func TestFloodNeverEvictsAnotherSubject(t *testing.T) {
+	st := store.NewMemory()
+	s, _, clock := newSvc(t, func(c *Config) { c.Store = st })
+	victim := event("ar-victim", clock.Now())
+	victim.Subject = "spiffe://example.org/agent/victim"
+	s.Observe([]Event{victim})
+	var flood []Event
+	for i := range 12000 {
+		clock.Advance(time.Millisecond)
+		flood = append(flood, event(fmt.Sprintf("ar-flood-%05d", i), clock.Now()))
 	}
-	l := s.List(true)
-	if len(l) != 3 {
-		t.Fatalf("%d requests kept, want 3", len(l))
+	s.Observe(flood)
+	l := s.List(false)
+	if len(l) != DefaultMaxPendingPerSubject+1 || s.Dropped() != 12000-DefaultMaxPendingPerSubject {
+		t.Fatalf("%d pending, %d dropped", len(l), s.Dropped())
 	}
-	for _, r := range l {
-		if r.ID == "ar-1" {
-			t.Fatal("the least recently seen request was not the one evicted")
+	found := func(s *Service) bool {
+		for _, r := range s.List(false) {
+			if r.ID == "ar-victim" {
+				return true
+			}
 		}
+		return false
+	}
+	if !found(s) {
+		t.Fatal("the flood evicted another subject's request")
+	}
+	// A restart: the pending requests come back from the store.
+	s2, _, _ := newSvc(t, func(c *Config) { c.Store = st; c.Now = clock.Now })
+	if err := s2.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !found(s2) || len(s2.List(false)) != DefaultMaxPendingPerSubject+1 {
+		t.Fatalf("after a restart: %d pending, victim kept %v", len(s2.List(false)), found(s2))
 	}
 }
 
