@@ -66,7 +66,7 @@ type Config struct {
 	MaxPendingPerSubject int
 	// Store, when set, keeps pending requests durably (cp/store.DB): they
 	// survive a restart (Load) and the per-subject quota holds there too.
-	Store PendingStore
+	Store  PendingStore
 	Now    func() time.Time
 	Logger *slog.Logger
 }
