@@ -107,3 +107,31 @@ func mustVersion(t *testing.T, v string) uint64 {
 	}
 	return n
 }
+
+// TestEtcdLeaderStopsWithoutQuorum: the leader cut off from etcd (two of
+// three members killed: no quorum, its lease cannot be renewed) stops
+// serving within the lease TTL and exits non-zero, rather than serving a
+// state etcd can no longer vouch for.
+func TestEtcdLeaderStopsWithoutQuorum(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	kek := filepath.Join(t.TempDir(), "kek")
+	if err := os.WriteFile(kek, []byte("kek-1 "+base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	leader := start(t, binCP, "--plaintext", "--xds-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--metrics-addr", "", "--log-level", "warn", "--kek-file", kek, "--etcd-lease-ttl", "2s",
+		"--etcd-endpoint", c.Members[0].ClientURL)
+	cut := time.Now()
+	c.Kill(1)
+	c.Kill(2)
+	select {
+	case <-leader.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the leader still runs 30s after etcd lost quorum")
+	}
+	b, _ := os.ReadFile(leader.log)
+	if leader.err == nil || !strings.Contains(string(b), "lost the control-plane leadership") {
+		t.Fatalf("exit %v, log:\n%s", leader.err, b)
+	}
+	t.Logf("leader stopped %v after etcd lost quorum (lease TTL 2s)", time.Since(cut).Round(time.Millisecond))
+}
