@@ -23,10 +23,7 @@ import (
 func TestEtcdStandbyTakesOver(t *testing.T) {
 	ctx := context.Background()
 	c := etcdtest.Start(t, 3)
-	kek := filepath.Join(t.TempDir(), "kek")
-	if err := os.WriteFile(kek, []byte("kek-1 "+base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kek := writeKEK(t)
 	args := []string{"--plaintext", "--xds-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
 		"--metrics-addr", "", "--log-level", "warn", "--kek-file", kek, "--etcd-lease-ttl", "2s"}
 	for _, ep := range c.Endpoints() {
@@ -80,10 +77,7 @@ func TestEtcdStandbyTakesOver(t *testing.T) {
 // TestEtcdRequiresKEKAndTLS: on etcd, signing keys are never stored in
 // the clear and a non-loopback etcd is never spoken to in plaintext.
 func TestEtcdRequiresKEKAndTLS(t *testing.T) {
-	kek := filepath.Join(t.TempDir(), "kek")
-	if err := os.WriteFile(kek, []byte("kek-1 "+base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kek := writeKEK(t)
 	for _, tt := range []struct {
 		name string
 		args []string
@@ -114,10 +108,7 @@ func mustVersion(t *testing.T, v string) uint64 {
 // state etcd can no longer vouch for.
 func TestEtcdLeaderStopsWithoutQuorum(t *testing.T) {
 	c := etcdtest.Start(t, 3)
-	kek := filepath.Join(t.TempDir(), "kek")
-	if err := os.WriteFile(kek, []byte("kek-1 "+base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kek := writeKEK(t)
 	leader := start(t, binCP, "--plaintext", "--xds-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
 		"--metrics-addr", "", "--log-level", "warn", "--kek-file", kek, "--etcd-lease-ttl", "2s",
 		"--etcd-endpoint", c.Members[0].ClientURL)
@@ -134,4 +125,14 @@ func TestEtcdLeaderStopsWithoutQuorum(t *testing.T) {
 		t.Fatalf("exit %v, log:\n%s", leader.err, b)
 	}
 	t.Logf("leader stopped %v after etcd lost quorum (lease TTL 2s)", time.Since(cut).Round(time.Millisecond))
+}
+
+// writeKEK writes a key-encryption key file and returns its path.
+func writeKEK(t *testing.T) string {
+	t.Helper()
+	kek := filepath.Join(t.TempDir(), "kek")
+	if err := os.WriteFile(kek, []byte("kek-1 "+base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kek
 }

@@ -101,7 +101,6 @@ func openEtcd(ctx context.Context, so storeOptions, logger *slog.Logger, opts []
 	st, err := store.New(be, opts...)
 	if err != nil {
 		_ = lead.Resign(context.Background())
-		_ = be.Close()
 		return nil, nil, err
 	}
 	return st, lead, nil

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,15 +24,7 @@ type Snapshot struct {
 // another.
 func (d *DB) Import(ctx context.Context, s Snapshot) error {
 	audit := slices.Clone(s.Audit)
-	slices.SortFunc(audit, func(a, b AuditEntry) int {
-		switch {
-		case a.Seq < b.Seq:
-			return -1
-		case a.Seq > b.Seq:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(audit, func(a, b AuditEntry) int { return cmp.Compare(a.Seq, b.Seq) })
 	for i, e := range audit {
 		if e.Seq == 0 || (i > 0 && e.Seq == audit[i-1].Seq) {
 			return fmt.Errorf("store: import: audit entry %d without a unique sequence number", i)

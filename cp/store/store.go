@@ -68,7 +68,8 @@ func WithClock(now func() time.Time) Option {
 	}
 }
 
-// New returns a DB over be; it owns be from now on (Close closes it).
+// New returns a DB over be; it owns be from now on (Close closes it,
+// and New closes it when an option is refused).
 func New(be Backend, opts ...Option) (*DB, error) {
 	if be == nil {
 		return nil, errors.New("store: nil backend")
@@ -76,6 +77,7 @@ func New(be Backend, opts ...Option) (*DB, error) {
 	d := &DB{be: be, now: time.Now}
 	for _, o := range opts {
 		if err := o(d); err != nil {
+			_ = be.Close()
 			return nil, err
 		}
 	}

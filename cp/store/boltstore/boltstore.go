@@ -40,12 +40,7 @@ func Open(ctx context.Context, dataDir string, opts ...store.Option) (*store.DB,
 	if err != nil {
 		return nil, err
 	}
-	d, err := store.New(be, opts...)
-	if err != nil {
-		_ = be.Close()
-		return nil, err
-	}
-	return d, nil
+	return store.New(be, opts...)
 }
 
 // Backend is a bbolt file as a store.Backend.

@@ -61,12 +61,7 @@ func Open(ctx context.Context, cfg Config, opts ...store.Option) (*store.DB, err
 	if err != nil {
 		return nil, err
 	}
-	d, err := store.New(be, opts...)
-	if err != nil {
-		_ = be.Close()
-		return nil, err
-	}
-	return d, nil
+	return store.New(be, opts...)
 }
 
 // Backend is an etcd cluster as a store.Backend.
