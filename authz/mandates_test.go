@@ -201,3 +201,19 @@ func BenchmarkCheckMandate(b *testing.B) {
 		}
 	})
 }
+
+// A refused mandate's record names its task and intent (which task
+// drifted), not what the client declared.
+func TestRefusedMandateRecordNamesItsTask(t *testing.T) {
+	k := newMandateKit(t)
+	tok, c := k.issue(t, support, "T-1", "support.read", mandate.Scope{Paths: []string{"/queue"}}, nil)
+	for _, req := range []*authv3.CheckRequest{
+		checkReq("GET", "/admin", hdr("x-mandate", tok)),
+		checkReq("GET", "/queue", hdr("x-mandate", tok), hdr("x-mandate-task", "T-9")),
+	} {
+		k.h.check(t, req)
+		if rec := k.h.log.last(); rec.Result != "deny" || rec.MandateID != c.ID || rec.Task != "T-1" || rec.Intent != "support.read" {
+			t.Fatalf("record %+v", rec)
+		}
+	}
+}

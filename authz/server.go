@@ -306,8 +306,11 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 		}
 		v, err := s.cfg.Mandates.VerifyRequest(a.Token, r, now)
 		if v != nil {
+			// The record names the mandate's task and intent, also
+			// when the request is refused (which task drifted).
 			rec.MandateID = v.Mandate.ID
 			rec.Chain = v.Mandate.Chain
+			rec.Intent, rec.Task = v.Mandate.Intent, v.Mandate.Task
 		}
 		if err == nil {
 			err = attrs.BindMandate(r, &v.Mandate)
