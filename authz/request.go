@@ -89,6 +89,16 @@ func stepUpID(r *policies.Request, policy, rule string, argKeys []string, allArg
 	return "ar-" + hex.EncodeToString(h.Sum(nil)[:10]), args
 }
 
+// ApprovalRequestID is the approval-request id a replica hands out for a
+// step-up of a request that is not an MCP call: mandate-cp recomputes it
+// from what a replica reports, so a report cannot pair one request's id
+// with another request's content.
+func ApprovalRequestID(subject, task, method, path, grpcService, grpcMethod, policy, rule string) string {
+	id, _ := stepUpID(&policies.Request{Subject: subject, Task: task, Method: method, Path: path,
+		GRPCService: grpcService, GRPCMethod: grpcMethod}, policy, rule, nil, false)
+	return id
+}
+
 // maxShownArgument bounds an argument value shown to the approver (the id
 // binds the whole value).
 const maxShownArgument = 1000

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/mandate-dev/mandate/authz/identity"
+	"github.com/mandate-dev/mandate/authz"
 	"github.com/mandate-dev/mandate/cp/issuer/rpcutil"
 	"github.com/mandate-dev/mandate/cp/stepup"
 	"github.com/mandate-dev/mandate/policies/pattern"
@@ -328,6 +329,16 @@ func ValidateStepUp(e *mandatev1.StepUpEvent) (stepup.Event, error) {
 	}
 	if err := checkMCPStepUp(e.GetMcp(), e.GetMcpArguments()); err != nil {
 		return stepup.Event{}, err
+	}
+	if e.GetMcp() == "" {
+		// The id is the replica's hash of what it reports: recompute it,
+		// so a report cannot pair one request's id with another's
+		// content (an operator approves what the content says).
+		svc, m, _ := strings.Cut(e.GetGrpc(), "/")
+		if want := authz.ApprovalRequestID(e.GetSubject(), e.GetTask(), e.GetMethod(), e.GetPath(), svc, m,
+			e.GetPolicy(), e.GetRule()); want != id {
+			return stepup.Event{}, errors.New("drift: step_up id does not match the reported request")
+		}
 	}
 	t, err := checkTime(e.GetTime())
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mandate-dev/mandate/authz"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -17,7 +18,8 @@ func TestValidateEvents(t *testing.T) {
 		return &mandatev1.OutOfIntentEvent{Subject: "spiffe://example.org/agent/a", Task: "t1", Intent: "triage", Reason: "no_match", Time: now}
 	}
 	okS := func() *mandatev1.StepUpEvent {
-		return &mandatev1.StepUpEvent{Id: "ar-0123456789abcdef0123", Subject: "spiffe://example.org/agent/a", Task: "t1",
+		return &mandatev1.StepUpEvent{Id: authz.ApprovalRequestID("spiffe://example.org/agent/a", "t1", "POST", "/payments", "", "", "payments", "big"),
+			Subject: "spiffe://example.org/agent/a", Task: "t1",
 			Method: "POST", Path: "/payments", Policy: "payments", Rule: "big", Time: now}
 	}
 	if _, err := ValidateOutOfIntent(okO()); err != nil {
@@ -43,14 +45,18 @@ func TestValidateEvents(t *testing.T) {
 		}
 	}
 	badS := map[string]func(*mandatev1.StepUpEvent){
-		"id":          func(e *mandatev1.StepUpEvent) { e.Id = "ar-XYZ" },
-		"subject":     func(e *mandatev1.StepUpEvent) { e.Subject = "" },
-		"policy":      func(e *mandatev1.StepUpEvent) { e.Policy = "" },
-		"method":      func(e *mandatev1.StepUpEvent) { e.Method = "post" },
-		"path":        func(e *mandatev1.StepUpEvent) { e.Path = "payments" },
-		"path ctl":    func(e *mandatev1.StepUpEvent) { e.Path = "/a\nb" },
-		"grpc":        func(e *mandatev1.StepUpEvent) { e.Grpc = "nomethod" },
-		"grpc method": func(e *mandatev1.StepUpEvent) { e.Grpc = "a.S/M"; e.Method = "GET" },
+		"id": func(e *mandatev1.StepUpEvent) { e.Id = "ar-XYZ" },
+		// A forged report: a well-formed id of another request paired
+		// with this content (the operator would approve what it shows).
+		"forged id":    func(e *mandatev1.StepUpEvent) { e.Id = "ar-0123456789abcdef0123" },
+		"content swap": func(e *mandatev1.StepUpEvent) { e.Path = "/payments/999999999999" },
+		"subject":      func(e *mandatev1.StepUpEvent) { e.Subject = "" },
+		"policy":       func(e *mandatev1.StepUpEvent) { e.Policy = "" },
+		"method":       func(e *mandatev1.StepUpEvent) { e.Method = "post" },
+		"path":         func(e *mandatev1.StepUpEvent) { e.Path = "payments" },
+		"path ctl":     func(e *mandatev1.StepUpEvent) { e.Path = "/a\nb" },
+		"grpc":         func(e *mandatev1.StepUpEvent) { e.Grpc = "nomethod" },
+		"grpc method":  func(e *mandatev1.StepUpEvent) { e.Grpc = "a.S/M"; e.Method = "GET" },
 	}
 	for name, mod := range badS {
 		e := okS()

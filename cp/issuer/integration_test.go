@@ -204,7 +204,9 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	done := make(chan struct{})
 	go func() { rep.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	rep.OnStepUp(authz.StepUpRequest{ID: "ar-0123456789abcdef0123", Subject: agentA, Task: "task-7", Intent: "triage",
+	// The replica's id of this request, which mandate-cp recomputes.
+	arID := authz.ApprovalRequestID(agentA, "task-7", "POST", "/tickets/1/close", "", "", "tickets", "close")
+	rep.OnStepUp(authz.StepUpRequest{ID: arID, Subject: agentA, Task: "task-7", Intent: "triage",
 		Method: "POST", Path: "/tickets/1/close", Policy: "tickets", Rule: "close", Time: time.Now()})
 	var list *mandatev1.ListApprovalRequestsResponse
 	deadline := time.Now().Add(10 * time.Second)
@@ -221,11 +223,11 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	if len(list.GetRequests()) != 1 || list.GetRequests()[0].GetPath() != "/tickets/1/close" {
 		t.Fatalf("approvals = %v", list)
 	}
-	if _, err := c.approvals.Approve(as(agentA), &mandatev1.ApproveStepUpRequest{Id: "ar-0123456789abcdef0123"}); status.Code(err) != codes.PermissionDenied {
+	if _, err := c.approvals.Approve(as(agentA), &mandatev1.ApproveStepUpRequest{Id: arID}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("approval by an agent: %v", err)
 	}
 	ap, err := c.approvals.Approve(as(operator),
-		&mandatev1.ApproveStepUpRequest{Id: "ar-0123456789abcdef0123", Window: durationpb.New(2 * time.Minute)})
+		&mandatev1.ApproveStepUpRequest{Id: arID, Window: durationpb.New(2 * time.Minute)})
 	if err != nil || ap.GetVersion() == "" {
 		t.Fatal(ap, err)
 	}
@@ -233,7 +235,7 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	if len(approvals) != 1 || approvals[0].GetApprovedBy() != operator || approvals[0].GetSubject() != agentA || approvals[0].GetRule() != "close" {
 		t.Fatalf("plane approvals = %v", approvals)
 	}
-	if _, err := c.approvals.Deny(as(operator), &mandatev1.DenyStepUpRequest{Id: "ar-0123456789abcdef0123"}); err != nil {
+	if _, err := c.approvals.Deny(as(operator), &mandatev1.DenyStepUpRequest{Id: arID}); err != nil {
 		t.Fatal(err)
 	}
 	if len(c.plane.Approvals()) != 0 {
