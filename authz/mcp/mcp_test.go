@@ -343,3 +343,16 @@ func TestMembers(t *testing.T) {
 		t.Fatalf("Unquote of a cut escape = %q", got)
 	}
 }
+
+// FuzzSameName checks the duplicate-name comparison against
+// strings.EqualFold, which it must equal.
+func FuzzSameName(f *testing.F) {
+	for _, p := range [][2]string{{"name", "NAME"}, {"kind", "\u212aind"}, {"kind", "\u212aIND"}, {"s", "\u017f"}, {"ab", "aB"}, {"a\xff", "A\xff"}, {"", ""}, {"a", "b"}} {
+		f.Add(p[0], p[1])
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		if got, want := sameName(a, b), strings.EqualFold(a, b); got != want {
+			t.Fatalf("sameName(%q, %q) = %v, strings.EqualFold %v", a, b, got, want)
+		}
+	})
+}

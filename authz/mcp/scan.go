@@ -338,7 +338,7 @@ func (sc *scanner) members(depth int, mode memberMode) error {
 			many[f] = struct{}{}
 		default:
 			for _, prev := range names {
-				if p := sc.name(prev); p == name || strings.EqualFold(p, name) {
+				if sameName(sc.name(prev), name) {
 					sc.i = at
 					return sc.fail(ReasonDuplicateKey)
 				}
@@ -387,6 +387,43 @@ func (sc *scanner) members(depth int, mode memberMode) error {
 			return sc.fail(ReasonMalformed)
 		}
 	}
+}
+
+// sameName is strings.EqualFold with a fast path for ASCII: names of
+// different lengths fold together only through non-ASCII runes (the
+// Kelvin sign folds with 'k', 'ſ' with 's').
+func sameName(a, b string) bool {
+	if len(a) != len(b) {
+		return !isASCII(a) && strings.EqualFold(a, b) || !isASCII(b) && strings.EqualFold(a, b)
+	}
+	for i := 0; i < len(a); i++ {
+		ca, cb := a[i], b[i]
+		if ca == cb {
+			continue
+		}
+		if ca|cb >= 0x80 {
+			return strings.EqualFold(a, b)
+		}
+		if ca >= 'A' && ca <= 'Z' {
+			ca += 'a' - 'A'
+		}
+		if cb >= 'A' && cb <= 'Z' {
+			cb += 'a' - 'A'
+		}
+		if ca != cb {
+			return false
+		}
+	}
+	return true
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // fold maps names that strings.EqualFold equates to one string (upper
