@@ -1,6 +1,7 @@
 package drift
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -57,6 +58,22 @@ func TestValidateEvents(t *testing.T) {
 		"path ctl":     func(e *mandatev1.StepUpEvent) { e.Path = "/a\nb" },
 		"grpc":         func(e *mandatev1.StepUpEvent) { e.Grpc = "nomethod" },
 		"grpc method":  func(e *mandatev1.StepUpEvent) { e.Grpc = "a.S/M"; e.Method = "GET" },
+		"mcp ctl":      func(e *mandatev1.StepUpEvent) { e.Mcp = "tools/call a\nb" },
+		"mcp long":     func(e *mandatev1.StepUpEvent) { e.Mcp = strings.Repeat("a", 5000) },
+		"mcp arguments without mcp": func(e *mandatev1.StepUpEvent) {
+			e.McpArguments = map[string]string{"repo": `"w"`}
+		},
+		"mcp argument too long": func(e *mandatev1.StepUpEvent) {
+			e.Mcp, e.McpArguments = "tools/call t", map[string]string{"repo": strings.Repeat("a", 2000)}
+		},
+		"mcp argument not UTF-8": func(e *mandatev1.StepUpEvent) {
+			e.Mcp, e.McpArguments = "tools/call t", map[string]string{"repo": "\xff"}
+		},
+	}
+	mcpOK := okS()
+	mcpOK.Mcp, mcpOK.McpArguments = "tools/call github.create_pull_request", map[string]string{"repo": `"widgets"`, "base": `"main"`}
+	if ev, err := ValidateStepUp(mcpOK); err != nil || ev.MCP != mcpOK.Mcp || ev.MCPArguments["repo"] != `"widgets"` {
+		t.Fatalf("MCP step-up: %+v, %v", ev, err)
 	}
 	for name, mod := range badS {
 		e := okS()
