@@ -24,11 +24,16 @@ func TestInspect(t *testing.T) {
 	}
 	now := time.Now()
 	parent := &mandate.Claims{Subject: "spiffe://example.org/agent/a", Audience: "mandate", IssuedAt: now.Unix(), NotBefore: now.Unix(),
-		Expiry: now.Add(10 * time.Minute).Unix(), Task: "t1", Intent: "triage", Scope: mandate.Scope{Paths: []string{"/tickets/**"}}}
+		Expiry: now.Add(10 * time.Minute).Unix(), Task: "t1", Intent: "triage", Scope: mandate.Scope{Paths: []string{"/tickets/**"},
+			MCP: &mandate.MCPScope{Methods: []string{"tools/list", "tools/call"}, Tools: []string{"github.*"}}}}
 	if _, err := s.Sign(parent); err != nil {
 		t.Fatal(err)
 	}
-	child, err := mandate.Delegate(parent, "spiffe://example.org/agent/b", mandate.Scope{Paths: []string{"/tickets/1"}}, time.Minute, "triage", 3, now)
+	if _, err := mandate.Delegate(parent, "spiffe://example.org/agent/b", mandate.Scope{Paths: []string{"/tickets/1"}}, time.Minute, "triage", 3, now); err == nil {
+		t.Fatal("a delegation dropping the MCP limit was allowed")
+	}
+	child, err := mandate.Delegate(parent, "spiffe://example.org/agent/b", mandate.Scope{Paths: []string{"/tickets/1"},
+		MCP: &mandate.MCPScope{Methods: []string{"tools/call"}, Tools: []string{"github.list_issues"}}}, time.Minute, "triage", 3, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +52,8 @@ func TestInspect(t *testing.T) {
 		code  int
 		wants []string
 	}{
-		{"decode only", []string{"inspect", tok}, 0, []string{"held by spiffe://example.org/agent/a", "depth 1", "/tickets/1", "not verified"}},
+		{"decode only", []string{"inspect", tok}, 0, []string{"held by spiffe://example.org/agent/a", "depth 1", "/tickets/1", "not verified",
+			"mcp:          methods tools/call; tools github.list_issues; resources (none)"}},
 		{"verify", []string{"inspect", tok, "--keys", kf}, 0, []string{"verification: OK"}},
 		{"holder", []string{"inspect", tok, "--keys", kf, "--holder", "spiffe://example.org/agent/a"}, 3, []string{"mandate_wrong_holder"}},
 		{"tampered", []string{"inspect", tok[:len(tok)-4] + "AAAA", "--keys", kf}, 3, []string{"INVALID (mandate_bad_signature)"}},
