@@ -145,7 +145,18 @@ func TestMCP(t *testing.T) {
 		if werr.Code != -32002 || data["reason"] != "step_up_required" || !strings.HasPrefix(data["approval_request"], "ar-") {
 			t.Fatalf("step-up: %+v %v", werr, data)
 		}
-		list := d.mustCtl(ctx, "operator", "approvals")
+		// The replica reports the pending request to mandate-cp in the
+		// background: wait for it to be listed.
+		var list ctlOut
+		if err := proc.Poll(ctx, 100*time.Millisecond, func(context.Context) error {
+			list = d.mustCtl(ctx, "operator", "approvals")
+			if !strings.Contains(list.stdout, data["approval_request"]) {
+				return errors.New("not listed yet")
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("approval request %s never listed: %v\n%s", data["approval_request"], err, list.stdout)
+		}
 		if !strings.Contains(list.stdout, "mcp tools/call github.create_") || !strings.Contains(list.stdout, `repo = "widgets"`) {
 			t.Fatalf("approvals do not show the tool and the bound arguments:\n%s", list.stdout)
 		}
