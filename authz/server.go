@@ -321,9 +321,6 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 		if err != nil {
 			out := deny(reasonOf(err))
 			if v != nil && v.OutOfScope {
-				// The record names the mandate's task and intent (the
-				// request was outside that mandate).
-				rec.Intent, rec.Task = v.Mandate.Intent, v.Mandate.Task
 				// Drift counts against the mandate's task, never one
 				// the client declared.
 				s.report(OutOfIntent{Subject: r.Subject, Task: v.Mandate.Task, Intent: v.Mandate.Intent,
