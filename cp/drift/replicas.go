@@ -15,8 +15,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/authz"
+	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/cp/issuer/rpcutil"
 	"github.com/mandate-dev/mandate/cp/stepup"
 	"github.com/mandate-dev/mandate/policies/pattern"
