@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"strings"
 	"testing"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -62,6 +63,7 @@ func TestAttacksOnExamplePolicies(t *testing.T) {
 		{"two ports", req("GET", "/config/app.yaml", host("config.internal:8443:80")), "bad_host"},
 		{"userinfo", req("GET", "/config/app.yaml", host("agent@config.internal")), "bad_host"},
 		{"empty port", req("GET", "/config/app.yaml", host("config.internal:")), "bad_host"},
+		{"headers over --max-header-bytes", req("GET", "/config/app.yaml", hdr("x-pad", strings.Repeat("a", 65<<10))), "headers_too_large"},
 	} {
 		res := h.check(t, tc.req)
 		if res.allowed || res.reason != tc.reason {
