@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -43,6 +44,10 @@ func (c *connFlags) dial(ctx context.Context, defServer string) (*grpc.ClientCon
 		WorkloadAPI: c.workloadAPI, Allowed: ids, Insecure: c.plaintext,
 	})
 	if err != nil {
+		if c.workloadAPI == "" && os.Getenv("SPIFFE_ENDPOINT_SOCKET") == "" {
+			return nil, nil, fmt.Errorf("%w\nhint: mTLS needs a SPIFFE Workload API socket: set SPIFFE_ENDPOINT_SOCKET or --workload-api; "+
+				"against a development server on loopback, use --plaintext", err)
+		}
 		return nil, nil, err
 	}
 	conn, err := grpc.NewClient(c.addr, opt)
@@ -73,7 +78,7 @@ func checkCmd(fs *pflag.FlagSet) runFunc {
 	fs.StringVar(&p.Body, "body", "", "request body, sent as Envoy's with_request_body does (an MCP route reads its JSON-RPC request)")
 	fs.StringVar(&mcpTool, "mcp-tool", "", "send an MCP tools/call of this tool: POST /mcp on a route labelled protocol=mcp (unless --method/--path/--context say otherwise)")
 	fs.StringVar(&mcpArgs, "mcp-arguments", "{}", "with --mcp-tool: the tool's arguments, a JSON object")
-	fs.BoolVar(&asJSON, "json", false, "print the CheckResponse as JSON")
+	fs.BoolVar(&asJSON, "json", false, "print the CheckResponse as JSON (protojson, as grpcurl prints it)")
 	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		for _, h := range hdrs {
 			k, v, ok := strings.Cut(h, ":")
@@ -134,8 +139,10 @@ func checkCmd(fs *pflag.FlagSet) runFunc {
 		}
 		rtt := time.Since(start)
 		if asJSON {
-			b, _ := json.MarshalIndent(resp, "", "  ")
-			fmt.Fprintln(stdout, string(b))
+			// protojson, as grpcurl prints a CheckResponse.
+			if err := printJSON(stdout, resp); err != nil {
+				return err
+			}
 		}
 		return printDecision(stdout, resp, rtt, asJSON)
 	}

@@ -30,7 +30,17 @@ func TestConventions(t *testing.T) {
 		{"missing argument", []string{"delete"}, 2, []string{"mandatectl delete: want one policy NAME", "mandatectl delete --help"}},
 		{"flags after arguments", []string{"validate", "../../policies/examples", "--help"}, 0, []string{"Usage:"}},
 		{"test -v after DIR", []string{"test", "../../policies/examples", "-v"}, 0, []string{"PASS", "0 failed"}},
+		{"test --format json", []string{"test", "../../policies/examples", "--format", "json"}, 0, []string{`"passed": `, `"failed": 0`, `"pass": true`}},
+		{"test --format bad", []string{"test", "../../policies/examples", "--format", "xml"}, 2, []string{"--format"}},
+		{"get -o unknown", []string{"get", "policies", "-o", "xml"}, 2, []string{`--output "xml": want table, yaml, json`}},
+		{"status -o unknown", []string{"status", "-o", "wide"}, 2, []string{"--output"}},
+		{"audit -o unknown", []string{"audit", "-o", "csv"}, 2, []string{"--output"}},
+		{"approvals -o unknown", []string{"approvals", "-o", "csv"}, 2, []string{"--output"}},
+		{"inspect -o unknown", []string{"inspect", "x", "-o", "csv"}, 2, []string{"--output"}},
+		{"audit --limit 0", []string{"audit", "--limit", "0"}, 2, []string{"--limit"}},
+		{"no Workload API: hint", []string{"get", "policies"}, 1, []string{"SPIFFE_ENDPOINT_SOCKET", "--workload-api", "--plaintext"}},
 	}
+	t.Setenv("SPIFFE_ENDPOINT_SOCKET", "")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			code, out, errOut := runCLI(t, tt.args...)

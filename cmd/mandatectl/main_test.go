@@ -108,6 +108,11 @@ func TestCheck(t *testing.T) {
 		!strings.Contains(out, "mcp_duplicate_key") {
 		t.Fatalf("MCP duplicate key: exit %d %s", code, out)
 	}
+	// --json is protojson, as grpcurl prints it: okResponse, not OkResponse.
+	if code, out, errOut := runCLI(t, append(base, "--path", "/tickets/T-1", "--json")...); code != 0 ||
+		!strings.Contains(out, `"okResponse"`) || !strings.Contains(out, `"x-mandate-decision-id"`) || strings.Contains(out, "OkResponse") {
+		t.Fatalf("--json: exit %d %s%s", code, out, errOut)
+	}
 	if code, _, errOut := runCLI(t, "check", "--plaintext", "--addr", "10.1.2.3:9191"); code != 1 || !strings.Contains(errOut, "loopback") {
 		t.Fatalf("plaintext off loopback: exit %d %s", code, errOut)
 	}

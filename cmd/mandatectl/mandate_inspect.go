@@ -26,7 +26,11 @@ func inspectCmd(fs *pflag.FlagSet) runFunc {
 	fs.StringVar(&issuer, "issuer", "", "issuer to require with --keys (default spiffe://example.org/mandate/cp)")
 	fs.StringVar(&audience, "audience", "mandate", "audience to require with --keys")
 	fs.StringVar(&holder, "holder", "", "also check the mandate is held by this SPIFFE ID")
+	o := newOutputFlag(fs, "text", "yaml", "json")
 	return func(ctx context.Context, pos []string, stdout, stderr io.Writer) error {
+		if err := o.check(); err != nil {
+			return err
+		}
 		if len(pos) != 1 {
 			return usagef("want one TOKEN, or - to read it from stdin")
 		}
@@ -42,12 +46,23 @@ func inspectCmd(fs *pflag.FlagSet) runFunc {
 		if err != nil {
 			return err
 		}
-		printClaims(stdout, header, claims, time.Now())
+		// -o yaml|json: header, claims and the verification result.
+		res := struct {
+			Header       map[string]any  `json:"header"`
+			Claims       *mandate.Claims `json:"claims"`
+			Verification string          `json:"verification"`
+		}{Header: header, Claims: claims, Verification: "not verified"}
+		text := stdout
+		if o.value != "text" {
+			text = io.Discard
+			defer func() { _ = printValue(stdout, o.value, res) }()
+		}
+		printClaims(text, header, claims, time.Now())
 		if keysFile != "" {
 			verify = true
 		}
 		if !verify {
-			fmt.Fprintln(stdout, "signature: not verified (use --verify)")
+			fmt.Fprintln(text, "signature: not verified (use --verify)")
 			return nil
 		}
 		var keys []mandate.Key
@@ -89,10 +104,12 @@ func inspectCmd(fs *pflag.FlagSet) runFunc {
 			err = c.CheckHolder(holder)
 		}
 		if err != nil {
-			fmt.Fprintf(stdout, "verification: INVALID (%s): %v\n", mandate.ReasonOf(err), err)
+			res.Verification = fmt.Sprintf("INVALID (%s): %v", mandate.ReasonOf(err), err)
+			fmt.Fprintf(text, "verification: %s\n", res.Verification)
 			return exitError{code: exitDenied}
 		}
-		fmt.Fprintf(stdout, "verification: OK (issuer %s, audience %s, %d key(s))\n", issuer, audience, len(keys))
+		res.Verification = fmt.Sprintf("OK (issuer %s, audience %s, %d key(s))", issuer, audience, len(keys))
+		fmt.Fprintf(text, "verification: %s\n", res.Verification)
 		return nil
 	}
 }

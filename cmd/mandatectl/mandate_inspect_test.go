@@ -58,6 +58,8 @@ func TestInspect(t *testing.T) {
 		{"holder", []string{"inspect", tok, "--keys", kf, "--holder", "spiffe://example.org/agent/a"}, 3, []string{"mandate_wrong_holder"}},
 		{"tampered", []string{"inspect", tok[:len(tok)-4] + "AAAA", "--keys", kf}, 3, []string{"INVALID (mandate_bad_signature)"}},
 		{"garbage", []string{"inspect", "not-a-token"}, 1, nil},
+		{"json", []string{"inspect", tok, "-o", "json"}, 0, []string{`"verification": "not verified"`, `"sub": "spiffe://example.org/agent/a"`, `"alg": "EdDSA"`}},
+		{"yaml verified", []string{"inspect", tok, "--keys", kf, "-o", "yaml"}, 0, []string{"verification: OK", "sub: spiffe://example.org/agent/a"}},
 		{"usage", []string{"inspect"}, 2, nil},
 	}
 	for _, tt := range tests {

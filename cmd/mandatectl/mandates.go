@@ -205,7 +205,14 @@ func approvalsCmd(fs *pflag.FlagSet) runFunc {
 	mf.register(fs)
 	var all bool
 	fs.BoolVar(&all, "all", false, "include approved and denied requests")
+	o := newOutputFlag(fs, "table", "yaml", "json")
 	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		if err := o.check(); err != nil {
+			return err
+		}
+		if len(args) != 0 {
+			return usagef("unexpected arguments %q", args)
+		}
 		ctx, conn, done, err := mf.conn(ctx, nil)
 		if err != nil {
 			return err
@@ -214,6 +221,9 @@ func approvalsCmd(fs *pflag.FlagSet) runFunc {
 		resp, err := mandatev1.NewApprovalsClient(conn).List(ctx, &mandatev1.ListApprovalRequestsRequest{All: all})
 		if err != nil {
 			return rpcErr(err)
+		}
+		if o.value != "table" {
+			return printProto(stdout, o.value, resp)
 		}
 		if len(resp.GetRequests()) == 0 {
 			fmt.Fprintln(stderr, "no approval requests")

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/mandate-dev/mandate/policies"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
@@ -15,8 +14,10 @@ import (
 const maxPolicyFile = 1 << 20
 
 // readPolicyFiles reads files and directories (policy files under them,
-// test files excluded) into Policy resources named by the file's base name
-// without extension.
+// test files excluded) into Policy resources named by the policy's
+// metadata.name, the one name a policy has in YAML, the store, get,
+// delete, diff, logs and approvals; the file path is kept as metadata.
+// A file holds one policy.
 func readPolicyFiles(paths []string) ([]*mandatev1.Policy, error) {
 	var files []string
 	for _, p := range paths {
@@ -51,20 +52,19 @@ func readPolicyFiles(paths []string) ([]*mandatev1.Policy, error) {
 		if err != nil {
 			return nil, err
 		}
-		name := resourceName(f)
+		ps, err := policies.Parse(f, data)
+		if err != nil {
+			return nil, err
+		}
+		if len(ps) != 1 {
+			return nil, fmt.Errorf("%s: holds %d policies: want one policy per file", f, len(ps))
+		}
+		name := ps[0].Metadata.Name
 		if prev, dup := byName[name]; dup {
-			return nil, fmt.Errorf("%s and %s would both be stored as policy %q: rename one", prev, f, name)
+			return nil, fmt.Errorf("%s and %s both define policy %q: rename one", prev, f, name)
 		}
 		byName[name] = f
 		out = append(out, &mandatev1.Policy{Name: name, Source: data, SourceFile: filepath.ToSlash(f)})
 	}
 	return out, nil
-}
-
-func resourceName(path string) string {
-	base := filepath.Base(path)
-	for _, ext := range []string{".yaml", ".yml"} {
-		base = strings.TrimSuffix(base, ext)
-	}
-	return base
 }

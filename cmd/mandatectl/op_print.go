@@ -17,6 +17,9 @@ import (
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
+// maxAuditRows is the most audit entries mandate-cp returns per call.
+const maxAuditRows = 10000
+
 func printJSON(w io.Writer, m proto.Message) error {
 	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
 	if err != nil {
@@ -42,11 +45,15 @@ func printYAML(w io.Writer, m proto.Message) error {
 func getCmd(fs *pflag.FlagSet) runFunc {
 	var af adminFlags
 	af.register(fs)
-	out := fs.StringP("output", "o", "table", "output: table | yaml | json")
+	o := newOutputFlag(fs, "table", "yaml", "json")
+	out := &o.value
 	all := fs.Bool("all", false, "revocations: include expired records")
 	return func(ctx context.Context, pos []string, stdout, stderr io.Writer) error {
-		if len(pos) != 1 || (*out != "table" && *out != "yaml" && *out != "json") {
-			return usagef("want policies or revocations, and -o table, yaml or json")
+		if err := o.check(); err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return usagef("want policies or revocations")
 		}
 		ctx, conn, done, err := af.conn(ctx, nil)
 		if err != nil {
@@ -139,8 +146,14 @@ var typeColumns = []struct{ url, name string }{
 func statusCmd(fs *pflag.FlagSet) runFunc {
 	var af adminFlags
 	af.register(fs)
-	out := fs.StringP("output", "o", "table", "output: table | json")
+	o := newOutputFlag(fs, "table", "yaml", "json")
 	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		if err := o.check(); err != nil {
+			return err
+		}
+		if len(args) != 0 {
+			return usagef("unexpected arguments %q", args)
+		}
 		ctx, conn, done, err := af.conn(ctx, nil)
 		if err != nil {
 			return err
@@ -151,8 +164,8 @@ func statusCmd(fs *pflag.FlagSet) runFunc {
 		if err != nil {
 			return rpcErr(err)
 		}
-		if *out == "json" {
-			return printJSON(stdout, resp)
+		if o.value != "table" {
+			return printProto(stdout, o.value, resp)
 		}
 		printStatus(stdout, stderr, resp, time.Now())
 		return nil
@@ -266,10 +279,21 @@ func auditCmd(fs *pflag.FlagSet) runFunc {
 	var af adminFlags
 	af.register(fs)
 	since := fs.String("since", "", "only entries newer than this: a duration (1h) or an RFC 3339 time")
-	limit := fs.Int("limit", 1000, "at most this many entries")
-	out := fs.StringP("output", "o", "table", "output: table | json")
+	limit := fs.Int("limit", 1000, "show the newest this many entries")
+	o := newOutputFlag(fs, "table", "yaml", "json")
 	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-		req := &mandatev1.AuditLogRequest{Limit: int32(*limit)}
+		if err := o.check(); err != nil {
+			return err
+		}
+		if len(args) != 0 {
+			return usagef("unexpected arguments %q", args)
+		}
+		if *limit <= 0 || *limit > maxAuditRows {
+			return usagef("--limit %d: want 1 to %d", *limit, maxAuditRows)
+		}
+		// The server returns the oldest entries from --since on: ask for
+		// as many as it gives and keep the newest --limit.
+		req := &mandatev1.AuditLogRequest{Limit: maxAuditRows}
 		if *since != "" {
 			if d, err := time.ParseDuration(*since); err == nil {
 				req.Since = timestamppb.New(time.Now().Add(-d))
@@ -289,8 +313,11 @@ func auditCmd(fs *pflag.FlagSet) runFunc {
 		if err != nil {
 			return rpcErr(err)
 		}
-		if *out == "json" {
-			return printJSON(stdout, resp)
+		if es := resp.GetEntries(); len(es) > *limit {
+			resp.Entries = es[len(es)-*limit:]
+		}
+		if o.value != "table" {
+			return printProto(stdout, o.value, resp)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tOBJECT\tDETAIL")

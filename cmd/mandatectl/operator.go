@@ -22,7 +22,7 @@ import (
 func operatorCommands() []command {
 	return []command{
 		{"apply -f FILE|DIR", "store policy files in mandate-cp", func(fs *pflag.FlagSet) runFunc { return applyOrDiff("apply", fs) }},
-		{"diff -f FILE|DIR", "show what apply would change (exit 1 when it would)", func(fs *pflag.FlagSet) runFunc { return applyOrDiff("diff", fs) }},
+		{"diff -f FILE|DIR", "show what apply would change, as a unified diff (exit 1 when it would)", func(fs *pflag.FlagSet) runFunc { return applyOrDiff("diff", fs) }},
 		{"delete NAME", "delete a stored policy", deleteCmd},
 		{"get policies|revocations", "list stored objects", getCmd},
 		{"revoke --subject|--task|--mandate V ... --for D", "revoke subjects, tasks or mandates", func(fs *pflag.FlagSet) runFunc { return revokeOrDowngrade("revoke", fs) }},
@@ -193,14 +193,13 @@ func applyOrDiff(name string, fs *pflag.FlagSet) runFunc {
 				if ch.GetChange() == "unchanged" {
 					continue
 				}
-				fmt.Fprintf(stdout, "policy/%s %s\n", ch.GetName(), ch.GetChange())
-				if ch.GetDiff() != "" {
-					for _, l := range strings.SplitAfter(ch.GetDiff(), "\n") {
-						if l != "" {
-							fmt.Fprint(stdout, "    "+l)
-						}
+				var local []byte
+				for _, p := range ps {
+					if p.GetName() == ch.GetName() {
+						local = p.GetSource()
 					}
 				}
+				printUnified(stdout, ch.GetName(), ch.GetChange(), ch.GetDiff(), local)
 				continue
 			}
 			fmt.Fprintf(stdout, "policy/%s %s\n", ch.GetName(), ch.GetChange())

@@ -223,6 +223,17 @@ func TestApplyDiffPruneDelete(t *testing.T) {
 	if err != nil || res.Changed || res.Version != "1" {
 		t.Fatalf("unchanged apply: %+v %v", res, err)
 	}
+	// The same content from another path changes nothing either: the
+	// source path is metadata, kept from the first apply.
+	moved := pol("reader", policyA)
+	moved.SourceFile = "elsewhere/reader.yaml"
+	res, err = e.p.ApplyPolicySet(ctx, []*mandatev1.Policy{moved}, false, false, "op")
+	if err != nil || res.Changed || res.Version != "1" || res.Changes[0].Kind != "unchanged" {
+		t.Fatalf("apply from another path: %+v %v", res, err)
+	}
+	if ps, _ := e.p.Policies(); len(ps) != 2 || ps[0].GetSourceFile() != "reader.yaml" {
+		t.Fatalf("policies after an apply from another path: %v", ps)
+	}
 	if sv, _ := e.st.Version(ctx, mandatev1.PolicyTypeURL); sv != 1 {
 		t.Fatalf("store version %d after a no-op apply", sv)
 	}

@@ -1,14 +1,13 @@
 package plane
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"maps"
 	"regexp"
 	"slices"
 	"strings"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/policies"
@@ -139,8 +138,11 @@ func (p *Plane) planPolicies(ps []*mandatev1.Policy, prune bool) (ApplyResult, m
 		switch {
 		case !ok:
 			res.Changes = append(res.Changes, Change{Name: np.Name, Kind: "added"})
-		case proto.Equal(old, np):
+		case bytes.Equal(old.(*mandatev1.Policy).GetSource(), np.GetSource()):
+			// The same content from another path: nothing changes (the
+			// path is metadata of the first apply).
 			res.Changes = append(res.Changes, Change{Name: np.Name, Kind: "unchanged"})
+			np = old.(*mandatev1.Policy)
 		default:
 			res.Changes = append(res.Changes, Change{Name: np.Name, Kind: "changed",
 				Diff: LineDiff(string(old.(*mandatev1.Policy).GetSource()), string(np.GetSource()))})
