@@ -153,7 +153,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logger := cmdutil.NewLogger(stderr, level)
+	// From here on SIGHUP never kills: it reloads the policy directory
+	// (standalone mode) and is logged otherwise.
+	hup, stopHup := cmdutil.Hangups()
+	defer stopHup()
+	reload := func() {
+		logger.Info("SIGHUP: nothing to reload (policies come from the control plane or are embedded)")
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -304,6 +311,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := w.Load(); err != nil {
 			return err
 		}
+		reload = func() {
+			logger.Info("SIGHUP: reloading the policy directory", "dir", o.policyDir)
+			if err := w.Load(); err != nil {
+				logger.Error("policy directory not reloaded: keeping the last good set", "dir", o.policyDir, "error", err)
+			}
+		}
 		go func() { errc <- w.Run(ctx) }()
 	default:
 		mode = "control-plane"
@@ -368,6 +381,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	tick := time.NewTicker(time.Second)
+	stale := false // as last logged
 	defer tick.Stop()
 	for {
 		select {
@@ -390,14 +404,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return err
 			}
+		case <-hup:
+			reload()
 		case <-tick.C:
 			refreshHealth()
 			if cfg.Staleness != nil {
-				if cfg.Staleness.Stale() {
-					metrics.SetStale(true)
-				} else {
-					metrics.SetStale(false)
+				now := cfg.Staleness.Stale()
+				metrics.SetStale(now)
+				switch {
+				case now && !stale:
+					logger.Warn("cut off from the control plane past the staleness budget: failing closed",
+						"stale_budget", o.staleBudget, "stale_mode", o.staleMode)
+				case !now && stale:
+					logger.Info("in touch with the control plane again: deciding normally")
 				}
+				stale = now
 			}
 		}
 	}

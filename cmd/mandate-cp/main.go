@@ -11,7 +11,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -140,7 +139,25 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logger := cmdutil.NewLogger(stderr, level)
+	// From here on SIGHUP never kills: the Envoy directory reloads on it
+	// (envoy.go); the rest of the configuration needs a restart.
+	hup, stopHup := cmdutil.Hangups()
+	defer stopHup()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if o.envoy.dir != "" {
+					logger.Info("SIGHUP: reloading the Envoy directory", "dir", o.envoy.dir)
+				} else {
+					logger.Info("SIGHUP: nothing to reload (no --envoy-dir; other settings need a restart)")
+				}
+			}
+		}
+	}()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

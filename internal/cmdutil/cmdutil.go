@@ -11,7 +11,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/mandate-dev/mandate/internal/buildinfo"
 )
@@ -97,4 +99,26 @@ func Main(name string, args []string, stdout, stderr io.Writer, run func(args []
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 1
 	}
+}
+
+// NewLogger returns the JSON logger of a server binary: durations are
+// written as strings ("1.5s"), not as nanoseconds.
+func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: durationString}))
+}
+
+func durationString(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
+}
+
+// Hangups delivers SIGHUP to the returned channel until stop is called:
+// from then on a SIGHUP never kills the process (its default action),
+// and the binary reloads what it can.
+func Hangups() (hup <-chan os.Signal, stop func()) {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGHUP)
+	return c, func() { signal.Stop(c) }
 }

@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestList(t *testing.T) {
@@ -92,5 +94,26 @@ func TestMain(t *testing.T) {
 		if code != tt.code || !strings.Contains(out.String(), tt.out) || !strings.Contains(errb.String(), tt.errs) {
 			t.Errorf("Main(%q) = %d, stdout %q, stderr %q; want %d, %q, %q", tt.args, code, out.String(), errb.String(), tt.code, tt.out, tt.errs)
 		}
+	}
+}
+
+func TestNewLoggerDurations(t *testing.T) {
+	var b bytes.Buffer
+	NewLogger(&b, slog.LevelInfo).Info("x", "budget", 1500*time.Millisecond, "n", 3)
+	if !strings.Contains(b.String(), `"budget":"1.5s"`) || !strings.Contains(b.String(), `"n":3`) {
+		t.Fatalf("log line %s: want the duration as a string", b.String())
+	}
+}
+
+func TestHangupsDoNotKill(t *testing.T) {
+	hup, stop := Hangups()
+	defer stop()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-hup:
+	case <-time.After(10 * time.Second):
+		t.Fatal("SIGHUP not delivered")
 	}
 }
