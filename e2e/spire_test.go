@@ -332,3 +332,20 @@ func seen(t *testing.T, ctx context.Context, echoAddr string) []seenRequest {
 	}
 	return out
 }
+
+// TestTwoSpireServersSideBySide: two SPIRE servers run at once on one
+// machine, neither on SPIRE's default port 8081 (held here when free),
+// as two CI runs side by side need. SPIRE 1.13.3 turns bind_port 0 into
+// 8081, so the harness must pick the ports.
+func TestTwoSpireServersSideBySide(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testBudget)
+	defer cancel()
+	if l, err := net.Listen("tcp", "127.0.0.1:8081"); err == nil {
+		defer l.Close()
+	}
+	a := startSpire(t, ctx)
+	b := startSpire(t, ctx)
+	if a.ServerAddr() == b.ServerAddr() || strings.HasSuffix(a.ServerAddr(), ":8081") || strings.HasSuffix(b.ServerAddr(), ":8081") {
+		t.Fatalf("server addresses %s and %s: want two distinct ports, not 8081", a.ServerAddr(), b.ServerAddr())
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -201,16 +202,44 @@ func (e *Env) agentBin() string  { return filepath.Join(e.binDir, "spire-agent")
 // hclString quotes s as an HCL string.
 func hclString(s string) string { return strconv.Quote(s) }
 
+// errPortTaken: the server's port was taken between choosing and binding.
+var errPortTaken = errors.New("spire: server port taken")
+
+// startServer starts the server on a free loopback port. SPIRE turns
+// bind_port 0 into its default 8081 (so two suites on one machine would
+// collide): the port is chosen here, and chosen again if another process
+// took it before the server bound it.
 func (e *Env) startServer(ctx context.Context) error {
-	dataDir := filepath.Join(e.dir, "server-data")
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		err = e.startServerOn(ctx, port, attempt)
+		if !errors.Is(err, errPortTaken) || attempt == 5 {
+			return err
+		}
+	}
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("spire: pick a port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (e *Env) startServerOn(ctx context.Context, port, attempt int) error {
+	dataDir := filepath.Join(e.dir, fmt.Sprintf("server-data-%d", attempt))
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("spire: server data dir: %w", err)
 	}
-	// bind_port 0: the kernel picks a free port, read back from the log
-	// line "Starting Server APIs" (network tcp); no port race.
 	conf := fmt.Sprintf(`server {
     bind_address = "127.0.0.1"
-    bind_port = "0"
+    bind_port = "%d"
     socket_path = %s
     trust_domain = %s
     data_dir = %s
@@ -236,7 +265,7 @@ plugins {
         plugin_data {}
     }
 }
-`, hclString(e.serverSock), hclString(e.td.Name()), hclString(dataDir), hclString(e.opts.LogLevel),
+`, port, hclString(e.serverSock), hclString(e.td.Name()), hclString(dataDir), hclString(e.opts.LogLevel),
 		hclString(e.opts.CATTL.String()), hclString(e.opts.X509SVIDTTL.String()),
 		hclString(filepath.Join(dataDir, "datastore.sqlite3")))
 	confPath := filepath.Join(e.dir, "server.conf")
@@ -244,7 +273,7 @@ plugins {
 		return fmt.Errorf("spire: write server config: %w", err)
 	}
 	p, err := proc.Start(e.t, proc.Spec{
-		Name: "spire-server", Path: e.serverBin(),
+		Name: fmt.Sprintf("spire-server-%d", attempt), Path: e.serverBin(),
 		Args: []string{"run", "-config", confPath}, LogDir: e.dir,
 	})
 	if err != nil {
@@ -255,6 +284,10 @@ plugins {
 		return strings.Contains(l, "Starting Server APIs") && strings.Contains(l, `"network":"tcp"`)
 	})
 	if err != nil {
+		if strings.Contains(p.Tail(50), "address already in use") {
+			p.Kill()
+			return fmt.Errorf("%w: %d", errPortTaken, port)
+		}
 		return fmt.Errorf("spire: server did not start: %w", err)
 	}
 	var rec struct {
