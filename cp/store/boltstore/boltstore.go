@@ -59,6 +59,9 @@ func OpenBackend(ctx context.Context, dataDir string) (*Backend, error) {
 	}
 	path := filepath.Join(dataDir, FileName)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("boltstore: %s is locked by another process (another mandate-cp on the same --data-dir?): %w", path, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}

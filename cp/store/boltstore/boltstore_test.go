@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -96,8 +97,13 @@ func TestSecondOpenFails(t *testing.T) {
 	dir := t.TempDir()
 	d := open(t, dir)
 	defer d.Close()
-	if _, err := Open(context.Background(), dir); err == nil {
+	_, err := Open(context.Background(), dir)
+	if err == nil {
 		t.Fatal("a second Open of a held database succeeded")
+	}
+	// The error names the lock and its likely holder, not just "timeout".
+	if !errors.Is(err, bolt.ErrTimeout) || !strings.Contains(err.Error(), "is locked by another process") {
+		t.Fatalf("second Open: %v", err)
 	}
 }
 
