@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"google.golang.org/protobuf/proto"
 	"maps"
 	"regexp"
 	"slices"
 	"strings"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/policies"
