@@ -140,6 +140,12 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	if len(o.responders) == 0 {
 		o.responders = append(o.responders, allow)
 	}
+	if o.timeout == 0 {
+		// Envoy's 200 ms default is the proxy's; a test that is not about
+		// the timeout must not fail because a loaded machine is slow to
+		// finish the first mTLS handshake with the authz server.
+		o.timeout = 10 * time.Second
+	}
 	var addrs []string
 	for i, r := range o.responders {
 		f := startFakeAuthz(t, h.ca, "authz-"+string(rune('a'+i)), r)
