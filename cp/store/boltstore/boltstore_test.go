@@ -248,10 +248,15 @@ func killHelper(dir string) {
 		fmt.Println("open:", err)
 		os.Exit(2)
 	}
-	go func() {
-		time.Sleep(300 * time.Millisecond)
-		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	}()
+	// The kill is armed once enough writes were acknowledged (a loaded
+	// machine must not turn this into "too few writes"), and then lands
+	// at an arbitrary point of the writes that follow.
+	arm := func() {
+		go func() {
+			time.Sleep(50 * time.Millisecond)
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}()
+	}
 	for i := 0; ; i++ {
 		name := fmt.Sprintf("r%06d", i)
 		if _, err := d.Put(context.Background(), mandatev1.RevocationTypeURL, []store.Item{{Name: name, Value: []byte("value-" + name)}},
@@ -261,6 +266,9 @@ func killHelper(dir string) {
 		}
 		// Unbuffered: the parent sees the line as soon as the write returned.
 		_, _ = os.Stdout.WriteString("ok " + name + "\n")
+		if i == 19 {
+			arm()
+		}
 	}
 }
 
