@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -17,9 +16,8 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
 	"github.com/mandate-dev/mandate/envoy/envoyconf"
@@ -74,17 +72,18 @@ func peerKind(ctx context.Context, rep, env tlsconfig.Authorizer) (xdsserver.Nod
 		// --plaintext (loopback only): no identity, the first type decides.
 		return xdsserver.NodeUnknown, nil
 	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(ti.State.PeerCertificates) == 0 {
-		return xdsserver.NodeUnknown, fmt.Errorf("peer without a client certificate (%s)", p.AuthInfo.AuthType())
-	}
-	id, err := x509svid.IDFromCert(ti.State.PeerCertificates[0])
+	id, err := transport.PeerID(ctx)
 	if err != nil {
-		return xdsserver.NodeUnknown, fmt.Errorf("peer certificate: %w", err)
+		return xdsserver.NodeUnknown, fmt.Errorf("%s peer: %w", p.AuthInfo.AuthType(), err)
 	}
-	chains := [][]*x509.Certificate{ti.State.PeerCertificates}
-	isRep := rep(id, chains) == nil
-	isEnv := env != nil && env(id, chains) == nil
+	return kindOf(id, rep, env)
+}
+
+// kindOf classifies a proven peer SPIFFE ID. The authorizers match on the
+// ID only (transport.Authorizer): the handshake already verified the chain.
+func kindOf(id spiffeid.ID, rep, env tlsconfig.Authorizer) (xdsserver.NodeKind, error) {
+	isRep := rep(id, nil) == nil
+	isEnv := env != nil && env(id, nil) == nil
 	switch {
 	case isRep && isEnv:
 		return xdsserver.NodeUnknown, fmt.Errorf("peer %s matches both --replica-id and --envoy-id", id)

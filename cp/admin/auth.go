@@ -10,13 +10,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/policies/pattern"
 )
 
@@ -41,22 +41,14 @@ type Peer struct {
 
 // PeerOf identifies the caller of ctx from its transport: the SPIFFE ID of
 // the mTLS peer certificate, the SO_PEERCRED uid of a unix socket peer, or
-// plaintext. It fails on TLS without a SPIFFE ID.
+// plaintext. It fails on TLS without a SPIFFE ID proven by the server's
+// go-spiffe credentials (transport.PeerID).
 func PeerOf(ctx context.Context) (Peer, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return Peer{}, errors.New("admin: no peer")
 	}
 	switch ai := p.AuthInfo.(type) {
-	case credentials.TLSInfo:
-		if len(ai.State.PeerCertificates) == 0 {
-			return Peer{}, errors.New("admin: TLS peer without a certificate")
-		}
-		id, err := x509svid.IDFromCert(ai.State.PeerCertificates[0])
-		if err != nil {
-			return Peer{}, fmt.Errorf("admin: peer certificate: %w", err)
-		}
-		return Peer{Actor: id.String(), SPIFFEID: id.String(), UID: -1}, nil
 	case UnixAuthInfo:
 		return Peer{Actor: "unix:uid=" + strconv.Itoa(ai.UID), UID: ai.UID}, nil
 	case nil:
@@ -65,7 +57,11 @@ func PeerOf(ctx context.Context) (Peer, error) {
 		if ai.AuthType() == "insecure" {
 			return Peer{Actor: PlaintextActor, UID: -1}, nil
 		}
-		return Peer{}, fmt.Errorf("admin: unsupported transport %q", ai.AuthType())
+		id, err := transport.PeerID(ctx)
+		if err != nil {
+			return Peer{}, fmt.Errorf("admin: %s peer: %w", ai.AuthType(), err)
+		}
+		return Peer{Actor: id.String(), SPIFFEID: id.String(), UID: -1}, nil
 	}
 }
 

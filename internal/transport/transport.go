@@ -12,12 +12,16 @@ import (
 	"net"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 
 	"github.com/mandate-dev/mandate/policies/pattern"
 )
@@ -104,8 +108,40 @@ func ServerOption(ctx context.Context, listenAddr string, cfg Config) (grpc.Serv
 	if err != nil || src == nil {
 		return grpc.Creds(insecure.NewCredentials()), nil, err
 	}
-	tc := tlsconfig.MTLSServerConfig(src.x509, src.x509, auth)
-	return grpc.Creds(credentials.NewTLS(tc)), src, nil
+	return grpc.Creds(ServerCredentials(src.x509, src.x509, auth)), src, nil
+}
+
+// ServerCredentials are the mTLS credentials of Mandate's gRPC servers:
+// go-spiffe's, which present svid, require a client X509-SVID verified
+// against bundle and authorized by auth, and record the peer's SPIFFE ID
+// for PeerID. A client certificate without exactly one SPIFFE ID URI SAN
+// fails the handshake.
+func ServerCredentials(svid x509svid.Source, bundle x509bundle.Source, auth tlsconfig.Authorizer) credentials.TransportCredentials {
+	return grpccredentials.MTLSServerCredentials(svid, bundle, auth)
+}
+
+// ErrNotMTLS is PeerID's error for a peer on a connection that is not TLS
+// (plaintext, unix socket): callers decide whether that transport is
+// acceptable.
+var ErrNotMTLS = errors.New("transport: peer is not on an mTLS connection")
+
+// PeerID is the one way Mandate reads the SPIFFE ID of the caller of ctx:
+// the ID go-spiffe's credentials (ServerCredentials) proved in the
+// handshake (grpccredentials.PeerIDFromContext). A peer on a non-TLS
+// connection gets ErrNotMTLS; a TLS peer without a proven SPIFFE ID
+// (credentials other than ServerCredentials) gets another error.
+func PeerID(ctx context.Context) (spiffeid.ID, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, errors.New("transport: no peer")
+	}
+	if id, ok := grpccredentials.PeerIDFromPeer(p); ok {
+		return id, nil
+	}
+	if p.AuthInfo == nil || p.AuthInfo.AuthType() != "tls" {
+		return spiffeid.ID{}, ErrNotMTLS
+	}
+	return spiffeid.ID{}, errors.New("transport: TLS peer without a SPIFFE ID proven by the server credentials")
 }
 
 // DialOption returns the grpc.DialOption for a client of target.
@@ -114,8 +150,7 @@ func DialOption(ctx context.Context, target string, cfg Config) (grpc.DialOption
 	if err != nil || src == nil {
 		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil, err
 	}
-	tc := tlsconfig.MTLSClientConfig(src.x509, src.x509, auth)
-	return grpc.WithTransportCredentials(credentials.NewTLS(tc)), src, nil
+	return grpc.WithTransportCredentials(grpccredentials.MTLSClientCredentials(src.x509, src.x509, auth)), src, nil
 }
 
 // prepare checks a plaintext address (returning a nil source), or opens

@@ -3,7 +3,6 @@ package xdsserver
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -11,13 +10,12 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -79,22 +77,18 @@ func (s *Server) openStream(ctx context.Context, k streamKey) error {
 
 // peerIdentity is the identity the transport proved for the peer of ctx:
 // the SPIFFE ID of its client certificate over TLS, "" over a plaintext
-// (development) transport. A TLS peer without a SPIFFE ID is refused.
+// (development) transport. A TLS peer without a SPIFFE ID proven by the
+// server's go-spiffe credentials (transport.PeerID) is refused.
 func peerIdentity(ctx context.Context) (string, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
+	if _, ok := peer.FromContext(ctx); !ok {
 		return "", nil
 	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok {
+	id, err := transport.PeerID(ctx)
+	if errors.Is(err, transport.ErrNotMTLS) {
 		return "", nil
 	}
-	if len(ti.State.PeerCertificates) == 0 {
-		return "", errors.New("TLS peer without a client certificate")
-	}
-	id, err := x509svid.IDFromCert(ti.State.PeerCertificates[0])
 	if err != nil {
-		return "", fmt.Errorf("peer certificate: %w", err)
+		return "", err
 	}
 	return id.String(), nil
 }

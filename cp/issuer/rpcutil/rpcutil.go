@@ -12,9 +12,8 @@ import (
 	"strings"
 
 	"github.com/mandate-dev/mandate/authz/identity"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/mandate-dev/mandate/internal/transport"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -29,7 +28,7 @@ const PlaintextActor = "plaintext:loopback"
 const DevCallerHeader = "x-mandate-dev-caller"
 
 // Identify returns the caller's identity: the SPIFFE ID of its X509-SVID
-// on an mTLS connection. On a plaintext connection from loopback it
+// on an mTLS connection (transport.PeerID). On a plaintext connection from loopback it
 // returns PlaintextActor, or, when dev is set and the caller sent
 // DevCallerHeader with a SPIFFE ID, that ID. Any other connection is
 // refused with Unauthenticated.
@@ -38,16 +37,12 @@ func Identify(ctx context.Context, dev bool) (string, error) {
 	if !ok {
 		return "", status.Error(codes.Unauthenticated, "no peer")
 	}
-	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
-		certs := ti.State.PeerCertificates
-		if len(certs) == 0 {
-			return "", status.Error(codes.Unauthenticated, "no client certificate")
-		}
-		id, err := x509svid.IDFromCert(certs[0])
-		if err != nil {
-			return "", status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
-		}
+	id, err := transport.PeerID(ctx)
+	if err == nil {
 		return id.String(), nil
+	}
+	if !errors.Is(err, transport.ErrNotMTLS) {
+		return "", status.Errorf(codes.Unauthenticated, "%v", err)
 	}
 	if !dev || !loopback(p.Addr) {
 		return "", status.Error(codes.Unauthenticated, "caller is not on an mTLS connection")
