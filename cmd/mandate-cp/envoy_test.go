@@ -22,6 +22,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -194,27 +195,34 @@ func TestPeerKindFromSPIFFEID(t *testing.T) {
 		mustAuth(t, "spiffe://example.org/envoy/*", "spiffe://example.org/mandate/both")
 	tests := []struct {
 		name    string
-		ctx     context.Context
+		id      string
 		want    xdsserver.NodeKind
 		wantErr string
 	}{
-		{"replica", tlsPeer(t, "spiffe://example.org/mandate/authz"), xdsserver.NodeReplica, ""},
-		{"envoy", tlsPeer(t, "spiffe://example.org/envoy/tickets"), xdsserver.NodeEnvoy, ""},
-		{"both", tlsPeer(t, "spiffe://example.org/mandate/both"), xdsserver.NodeUnknown, "both"},
-		{"neither", tlsPeer(t, "spiffe://example.org/agent/a"), xdsserver.NodeUnknown, "neither"},
-		{"no SPIFFE ID", tlsPeer(t, ""), xdsserver.NodeUnknown, "peer certificate"},
-		{"plaintext", context.Background(), xdsserver.NodeUnknown, ""},
+		{"replica", "spiffe://example.org/mandate/authz", xdsserver.NodeReplica, ""},
+		{"envoy", "spiffe://example.org/envoy/tickets", xdsserver.NodeEnvoy, ""},
+		{"both", "spiffe://example.org/mandate/both", xdsserver.NodeUnknown, "both"},
+		{"neither", "spiffe://example.org/agent/a", xdsserver.NodeUnknown, "neither"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := peerKind(tt.ctx, repAuth, envAuth)
+			got, err := kindOf(spiffeid.RequireFromString(tt.id), repAuth, envAuth)
 			if got != tt.want || (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
-				t.Fatalf("peerKind = %q, %v; want %q, error mentioning %q", got, err, tt.want, tt.wantErr)
+				t.Fatalf("kindOf = %q, %v; want %q, error mentioning %q", got, err, tt.want, tt.wantErr)
 			}
 		})
 	}
-	if k, err := peerKind(tlsPeer(t, "spiffe://example.org/envoy/x"), repAuth, nil); err == nil || k != xdsserver.NodeUnknown {
+	if k, err := kindOf(spiffeid.RequireFromString("spiffe://example.org/envoy/x"), repAuth, nil); err == nil || k != xdsserver.NodeUnknown {
 		t.Fatalf("Envoy identity without --envoy-id: %q %v", k, err)
+	}
+	// Plaintext (--plaintext, loopback): no identity, no error.
+	if k, err := peerKind(context.Background(), repAuth, envAuth); err != nil || k != xdsserver.NodeUnknown {
+		t.Fatalf("plaintext peer: %q %v", k, err)
+	}
+	// A TLS peer whose ID no go-spiffe credentials proved is refused,
+	// whatever its certificate says.
+	if k, err := peerKind(tlsPeer(t, "spiffe://example.org/mandate/authz"), repAuth, envAuth); err == nil || k != xdsserver.NodeUnknown {
+		t.Fatalf("hand-built TLS peer: %q %v", k, err)
 	}
 }
 

@@ -2,16 +2,10 @@ package admin
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -30,6 +25,8 @@ import (
 
 	"github.com/mandate-dev/mandate/cp/plane"
 	"github.com/mandate-dev/mandate/cp/store/boltstore"
+	"github.com/mandate-dev/mandate/internal/testcert"
+	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
 )
@@ -275,25 +272,18 @@ func TestUnixSocketPeerCred(t *testing.T) {
 	}
 }
 
-// selfSigned returns a certificate with a SPIFFE URI SAN (or none).
-func selfSigned(t *testing.T, id string) tls.Certificate {
+// spiffeServer returns mandate-cp's server credentials (go-spiffe mTLS,
+// any SVID of ca admitted at the handshake: the interceptor authorizes).
+func spiffeServer(t *testing.T, ca *testcert.CA) credentials.TransportCredentials {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
-	if id != "" {
-		u, _ := url.Parse(id)
-		tmpl.URIs = []*url.URL{u}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return transport.ServerCredentials(ca.SVID(t, "spiffe://example.org/mandate/cp"), ca.Bundle(), tlsconfig.AuthorizeAny())
+}
+
+// clientWith returns client credentials presenting a leaf of ca with the
+// given URI SANs (none, one or several).
+func clientWith(t *testing.T, ca *testcert.CA, uris ...string) credentials.TransportCredentials {
+	t.Helper()
+	return credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{ca.Leaf(t, uris...)}, InsecureSkipVerify: true}) //nolint:gosec // test: identity is checked server-side
 }
 
 func TestMTLSActorIsPeerSPIFFEID(t *testing.T) {
@@ -301,12 +291,10 @@ func TestMTLSActorIsPeerSPIFFEID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srvCreds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{selfSigned(t, "spiffe://example.org/mandate/cp")},
-		ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12})
-	serve(t, lis, srvCreds, AuthConfig{Operators: []string{"spiffe://example.org/mandate/operator"}})
-	dial := func(id string) mandatev1.AdminClient {
-		cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-			Certificates: []tls.Certificate{selfSigned(t, id)}, InsecureSkipVerify: true}))) //nolint:gosec // test: identity is checked server-side
+	ca := testcert.NewCA(t, "example.org")
+	serve(t, lis, spiffeServer(t, ca), AuthConfig{Operators: []string{"spiffe://example.org/mandate/operator"}})
+	dial := func(uris ...string) mandatev1.AdminClient {
+		cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(clientWith(t, ca, uris...)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -314,34 +302,59 @@ func TestMTLSActorIsPeerSPIFFEID(t *testing.T) {
 		return mandatev1.NewAdminClient(cc)
 	}
 	ctx := context.Background()
+	// A peer whose certificate is no SVID (no URI SAN, two URI SANs) is
+	// refused in the handshake: it never reaches the interceptor.
 	tests := []struct {
-		id   string
+		uris []string
 		code codes.Code
 	}{
-		{"spiffe://example.org/mandate/operator", codes.OK},
-		{"spiffe://example.org/agent/a", codes.PermissionDenied},
-		{"", codes.Unauthenticated},
+		{[]string{"spiffe://example.org/mandate/operator"}, codes.OK},
+		{[]string{"spiffe://example.org/agent/a"}, codes.PermissionDenied},
+		{nil, codes.Unavailable},
+		{[]string{"spiffe://example.org/mandate/operator", "spiffe://example.org/agent/a"}, codes.Unavailable},
 	}
 	for _, tt := range tests {
-		r, err := dial(tt.id).Revoke(ctx, &mandatev1.RevokeRequest{Kind: "task", Value: "t", Ttl: durationpb.New(time.Hour)})
+		r, err := dial(tt.uris...).Revoke(ctx, &mandatev1.RevokeRequest{Kind: "task", Value: "t", Ttl: durationpb.New(time.Hour)})
 		if status.Code(err) != tt.code {
-			t.Errorf("%q: %v, want %v", tt.id, err, tt.code)
+			t.Errorf("%q: %v, want %v", tt.uris, err, tt.code)
 			continue
 		}
-		if err == nil && r.GetRecord().GetCreatedBy() != tt.id {
-			t.Errorf("actor %q, want %q", r.GetRecord().GetCreatedBy(), tt.id)
+		if err == nil && r.GetRecord().GetCreatedBy() != tt.uris[0] {
+			t.Errorf("actor %q, want %q", r.GetRecord().GetCreatedBy(), tt.uris[0])
 		}
-		b, err := dial(tt.id).RevokeBatch(ctx, &mandatev1.RevokeBatchRequest{Revocations: []*mandatev1.RevokeRequest{
+		b, err := dial(tt.uris...).RevokeBatch(ctx, &mandatev1.RevokeBatchRequest{Revocations: []*mandatev1.RevokeRequest{
 			{Kind: "task", Value: "t1", Ttl: durationpb.New(time.Hour)}, {Kind: "task", Value: "t2", Ttl: durationpb.New(time.Hour)}}})
 		if status.Code(err) != tt.code {
-			t.Errorf("batch %q: %v, want %v", tt.id, err, tt.code)
+			t.Errorf("batch %q: %v, want %v", tt.uris, err, tt.code)
 			continue
 		}
 		for _, rec := range b.GetRecords() {
-			if rec.GetCreatedBy() != tt.id {
-				t.Errorf("batch actor %q, want %q", rec.GetCreatedBy(), tt.id)
+			if rec.GetCreatedBy() != tt.uris[0] {
+				t.Errorf("batch actor %q, want %q", rec.GetCreatedBy(), tt.uris[0])
 			}
 		}
+	}
+}
+
+// TestHandBuiltTLSPeerRefused: a TLS connection whose credentials are not
+// go-spiffe's proves no SPIFFE ID, so even an operator's certificate is
+// refused (transport.PeerID is the one way to a caller's ID).
+func TestHandBuiltTLSPeerRefused(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := testcert.NewCA(t, "example.org")
+	serve(t, lis, credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{ca.Leaf(t, "spiffe://example.org/mandate/cp")},
+		ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12}), AuthConfig{Operators: []string{"spiffe://example.org/mandate/operator"}})
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(clientWith(t, ca, "spiffe://example.org/mandate/operator")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	_, err = mandatev1.NewAdminClient(cc).Revoke(context.Background(), &mandatev1.RevokeRequest{Kind: "task", Value: "t", Ttl: durationpb.New(time.Hour)})
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("Revoke over hand-built TLS: %v, want Unauthenticated", err)
 	}
 }
 

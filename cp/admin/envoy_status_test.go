@@ -2,7 +2,6 @@ package admin
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"net"
 	"os"
@@ -15,17 +14,16 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/mandate-dev/mandate/cp/plane"
 	"github.com/mandate-dev/mandate/cp/store/boltstore"
+	"github.com/mandate-dev/mandate/internal/testcert"
+	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
 )
@@ -45,15 +43,7 @@ func (c *testClock) advance(d time.Duration) {
 // classifyPeer sorts xDS peers by the SPIFFE ID of their client
 // certificate, as mandate-cp does with --replica-id and --envoy-id.
 func classifyPeer(ctx context.Context) (xdsserver.NodeKind, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return xdsserver.NodeUnknown, errors.New("no peer")
-	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(ti.State.PeerCertificates) == 0 {
-		return xdsserver.NodeUnknown, errors.New("no client certificate")
-	}
-	id, err := x509svid.IDFromCert(ti.State.PeerCertificates[0])
+	id, err := transport.PeerID(ctx)
 	if err != nil {
 		return xdsserver.NodeUnknown, err
 	}
@@ -71,6 +61,7 @@ type envoyHarness struct {
 	clock *testClock
 	admin mandatev1.AdminClient
 	xds   string // xDS server address (mTLS)
+	ca    *testcert.CA
 }
 
 func startEnvoyHarness(t *testing.T) *envoyHarness {
@@ -93,8 +84,8 @@ func startEnvoyHarness(t *testing.T) *envoyHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	xg := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{selfSigned(t, "spiffe://example.org/mandate/cp")},
-		ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12})))
+	ca := testcert.NewCA(t, "example.org")
+	xg := grpc.NewServer(grpc.Creds(spiffeServer(t, ca)))
 	xs.Register(xg)
 	go func() { _ = xg.Serve(xlis) }()
 
@@ -118,14 +109,13 @@ func startEnvoyHarness(t *testing.T) *envoyHarness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cc.Close(); ag.Stop(); xg.Stop(); xs.Close(); _ = st.Close() })
-	return &envoyHarness{p: p, clock: clock, admin: mandatev1.NewAdminClient(cc), xds: xlis.Addr().String()}
+	return &envoyHarness{p: p, clock: clock, admin: mandatev1.NewAdminClient(cc), xds: xlis.Addr().String(), ca: ca}
 }
 
 // deltaStream opens a delta ADS stream to the xDS server as id.
 func (h *envoyHarness) deltaStream(ctx context.Context, t *testing.T, id string) discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
 	t.Helper()
-	cc, err := grpc.NewClient(h.xds, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{selfSigned(t, id)}, InsecureSkipVerify: true}))) //nolint:gosec // test: identity is checked server-side
+	cc, err := grpc.NewClient(h.xds, grpc.WithTransportCredentials(clientWith(t, h.ca, id)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,17 +2,16 @@ package admin
 
 import (
 	"context"
-	"crypto/tls"
 	"net"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/mandate-dev/mandate/internal/testcert"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -23,11 +22,9 @@ func TestWaitAckedOpenToAdmittedPeers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srvCreds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{selfSigned(t, "spiffe://example.org/mandate/cp")},
-		ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12})
-	serve(t, lis, srvCreds, AuthConfig{Operators: []string{"spiffe://example.org/mandate/operator"}})
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{selfSigned(t, "spiffe://example.org/orchestrator")}, InsecureSkipVerify: true}))) //nolint:gosec // test: identity is checked server-side
+	ca := testcert.NewCA(t, "example.org")
+	serve(t, lis, spiffeServer(t, ca), AuthConfig{Operators: []string{"spiffe://example.org/mandate/operator"}})
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(clientWith(t, ca, "spiffe://example.org/orchestrator")))
 	if err != nil {
 		t.Fatal(err)
 	}
