@@ -35,18 +35,16 @@ func NewApprovalSet(approvals []Approval) *ApprovalSet {
 }
 
 // Find returns the approval that covers the step_up decision d for r at
-// now: same subject, task, action and rule, not expired. An MCP request
-// is covered only by the approval of its own request id (stepUpID), which
-// binds the tool and the argument values the step_up rule read.
+// now: the approval of r's own request id (stepUpID, which binds the
+// action, the MCP argument values and the header values the step_up rule
+// read), same subject, task and rule, not expired. Whether a use is left
+// is the control plane's to say (Config.ClaimApproval).
 func (s *ApprovalSet) Find(now time.Time, r *policies.Request, d *policies.Decision, id string) (Approval, bool) {
 	if s == nil {
 		return Approval{}, false
 	}
 	for _, a := range s.bySubject[r.Subject] {
-		if !now.Before(a.Expires) || a.Task != r.Task || a.Policy != d.Policy || a.Rule != d.Rule {
-			continue
-		}
-		if r.MCP != nil && a.ID != id {
+		if a.ID != id || !now.Before(a.Expires) || a.Task != r.Task || a.Policy != d.Policy || a.Rule != d.Rule {
 			continue
 		}
 		if r.GRPCService != "" {

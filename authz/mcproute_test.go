@@ -228,7 +228,10 @@ func TestMCPArgumentsInCacheKey(t *testing.T) {
 
 func TestMCPStepUpBoundToArguments(t *testing.T) {
 	var pending []StepUpRequest
-	h := mcpHarness(t, func(c *Config) { c.OnStepUp = func(r StepUpRequest) { pending = append(pending, r) } })
+	h := mcpHarness(t, func(c *Config) {
+		c.OnStepUp = func(r StepUpRequest) { pending = append(pending, r) }
+		c.ClaimApproval = func(context.Context, string) error { return nil }
+	})
 	pr := mcpReq(toolCall("1", "github.create_pull_request", `{"owner":"acme","repo":"widgets","base":"main","title":"a"}`))
 	res := h.checkMCP(t, pr)
 	if res.status != 401 || res.rpc.Error.Data.Approval == "" || res.rpc.Error.Code != rpcCodeStepUp || len(pending) != 1 {

@@ -81,6 +81,13 @@ type Config struct {
 	// OnStepUp is called for each step_up denial that no approval covers,
 	// so the control plane can list the pending approval request.
 	OnStepUp func(StepUpRequest)
+	// ClaimApproval claims one use of approval name from the control
+	// plane (fleet-wide counting) before a request is allowed on it; any
+	// error denies. Only the step-up path pays this round trip. Nil: no
+	// approval is ever honored (fail closed).
+	ClaimApproval func(ctx context.Context, name string) error
+	// ClaimTimeout bounds a claim (default DefaultClaimTimeout).
+	ClaimTimeout time.Duration
 	// MCPLimits bound the MCP request bodies read on routes labelled
 	// protocol: mcp (zero values: package mcp's defaults).
 	MCPLimits mcp.Limits
@@ -118,6 +125,9 @@ type StepUpRequest struct {
 	// (raw JSON, by name), which the approval is bound to.
 	MCP       string
 	Arguments map[string]string
+	// Headers are the header values the step_up rule's condition read
+	// (by lowercased name), which the approval is bound to too.
+	Headers map[string]string
 }
 
 // Server implements envoy.service.auth.v3.Authorization.
@@ -184,9 +194,12 @@ type outcome struct {
 	// approvable: a step_up an approval may lift (an allow rule matched).
 	approvable bool
 	approval   string // step-up approval request id
-	// argKeys, allArgs: the MCP arguments the deciding rule read.
+	// argKeys, allArgs: the MCP arguments the deciding rule read;
+	// hdrKeys, allHdrs: the headers it read.
 	argKeys []string
 	allArgs bool
+	hdrKeys []string
+	allHdrs bool
 }
 
 // Check decides one request. It never returns an error: every failure is
@@ -350,8 +363,9 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 		d := policies.Decision{Policy: out.policy, Rule: out.rule}
 		// An approval lifts the step-up only where an allow rule matches
 		// too: it never allows more than the policy would without it.
-		id, args := stepUpID(r, out.policy, out.rule, out.argKeys, out.allArgs)
-		if _, ok := st.Approvals.Find(now, r, &d, id); ok && out.approvable {
+		id, args, hdrs := stepUpID(r, out.policy, out.rule, reads{out.argKeys, out.allArgs, out.hdrKeys, out.allHdrs})
+		a, ok := st.Approvals.Find(now, r, &d, id)
+		if ok && out.approvable && s.claimUse(ctx, a.ID) {
 			out.effect, out.reason = policies.EffectAllow, reasonApproved
 		} else {
 			out.approval = id
@@ -359,7 +373,7 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 				s.cfg.OnStepUp(StepUpRequest{
 					ID: out.approval, Subject: r.Subject, Task: r.Task, Intent: r.Intent,
 					Method: r.Method, Path: r.Path, GRPC: grpcName(r), Policy: out.policy, Rule: out.rule, Time: now,
-					MCP: mcpName(r.MCP), Arguments: args,
+					MCP: mcpName(r.MCP), Arguments: args, Headers: hdrs,
 				})
 			}
 		}
@@ -374,6 +388,28 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 	return out
 }
 
+// DefaultClaimTimeout bounds an approval-use claim by default.
+const DefaultClaimTimeout = 2 * time.Second
+
+// claimUse claims one use of approval name; false on any failure
+// (exhausted, expired, unknown, control plane unreachable, timeout).
+func (s *Server) claimUse(ctx context.Context, name string) bool {
+	if s.cfg.ClaimApproval == nil {
+		return false
+	}
+	t := s.cfg.ClaimTimeout
+	if t <= 0 {
+		t = DefaultClaimTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, t)
+	defer cancel()
+	if err := s.cfg.ClaimApproval(ctx, name); err != nil {
+		s.logger.Warn("approval use not claimed; denied", "approval", name, "error", err)
+		return false
+	}
+	return true
+}
+
 // evaluate returns the policy decision for r, from the cache when it can.
 func (s *Server) evaluate(st *State, r *policies.Request, notAfter, now time.Time) outcome {
 	cache := s.cfg.Cache
@@ -385,12 +421,13 @@ func (s *Server) evaluate(st *State, r *policies.Request, notAfter, now time.Tim
 		if e, ok := cache.Get(key.Bytes(), st.PolicyEpoch, now); ok {
 			return outcome{effect: policies.Effect(e.Effect), reason: e.Reason, policy: e.Policy,
 				rule: e.Rule, dryRun: e.DryRun, cacheHit: true, approvable: e.AllowedIfApproved,
-				argKeys: e.ArgumentKeys, allArgs: e.AllArguments}
+				argKeys: e.ArgumentKeys, allArgs: e.AllArguments, hdrKeys: e.HeaderKeys, allHdrs: e.AllHeaders}
 		}
 	}
 	d := st.Policies.Evaluate(r)
 	out := outcome{effect: d.Effect, reason: string(d.Reason), policy: d.Policy, rule: d.Rule,
-		evaluated: true, approvable: d.AllowedIfApproved, argKeys: d.ArgumentKeys, allArgs: d.AllArguments}
+		evaluated: true, approvable: d.AllowedIfApproved, argKeys: d.ArgumentKeys, allArgs: d.AllArguments,
+		hdrKeys: d.HeaderKeys, allHdrs: d.AllHeaders}
 	if d.DryRun != nil {
 		out.dryRun = d.DryRun.Policy + "/" + d.DryRun.Rule + "=" + d.DryRun.Effect.String()
 	}
@@ -398,7 +435,7 @@ func (s *Server) evaluate(st *State, r *policies.Request, notAfter, now time.Tim
 		cache.Set(key.Bytes(), &decisioncache.Entry{
 			Effect: uint8(d.Effect), Policy: d.Policy, Rule: d.Rule, Reason: out.reason,
 			DryRun: out.dryRun, Epoch: st.PolicyEpoch, AllowedIfApproved: d.AllowedIfApproved,
-			ArgumentKeys: d.ArgumentKeys, AllArguments: d.AllArguments,
+			ArgumentKeys: d.ArgumentKeys, AllArguments: d.AllArguments, HeaderKeys: d.HeaderKeys, AllHeaders: d.AllHeaders,
 		}, notAfter, now)
 	}
 	return out

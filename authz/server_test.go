@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"net"
 	"strings"
@@ -411,7 +412,10 @@ func TestHeaderValuesReadByConditionsAreInTheKey(t *testing.T) {
 
 func TestStepUpApproval(t *testing.T) {
 	var pending []StepUpRequest
-	h := newHarness(t, func(c *Config) { c.OnStepUp = func(r StepUpRequest) { pending = append(pending, r) } })
+	h := newHarness(t, func(c *Config) {
+		c.OnStepUp = func(r StepUpRequest) { pending = append(pending, r) }
+		c.ClaimApproval = func(context.Context, string) error { return nil }
+	})
 	req := checkReq("POST", "/refunds", principal("spiffe://example.org/agent/pay"), hdr("x-mandate-task", "T-7"))
 	res := h.check(t, req)
 	if res.status != 401 || res.approval == "" || len(pending) != 1 || pending[0].ID != res.approval {
@@ -434,6 +438,78 @@ func TestStepUpApproval(t *testing.T) {
 	h.clock.Add(time.Minute)
 	if h.check(t, req).allowed {
 		t.Fatal("allowed after the approval window")
+	}
+}
+
+// TestApprovalBoundToHeaderValuesAndUses is the attack of issue 10 item 5:
+// an operator approves a refund of 600; refunds of 999999999999, of 1e99
+// and with no amount must stay denied, and the 600 one is allowed exactly
+// as many times as the control plane grants uses (here one), and never
+// when the claim fails.
+func TestApprovalBoundToHeaderValuesAndUses(t *testing.T) {
+	var pending []StepUpRequest
+	uses := map[string]int{} // what mandate-cp grants: one use per approval
+	claimErr := error(nil)
+	h := newHarness(t, func(c *Config) {
+		c.OnStepUp = func(r StepUpRequest) { pending = append(pending, r) }
+		c.ClaimApproval = func(_ context.Context, name string) error {
+			if claimErr != nil {
+				return claimErr
+			}
+			if uses[name] >= 1 {
+				return errors.New("exhausted")
+			}
+			uses[name]++
+			return nil
+		}
+	})
+	h.store.Update(func(s *State) {
+		s.Policies = compile(t, `apiVersion: mandate.dev/v1
+kind: Policy
+metadata: {name: guard}
+spec:
+  rules:
+    - name: refunds
+      effect: step_up
+      subjects: ["spiffe://example.org/agent/pay"]
+      actions: [{methods: [POST], paths: ["/refunds"]}]
+      when: '!("x-refund-amount" in request.headers) || request.headers["x-refund-amount"] != "1"'
+    - {name: pay, effect: allow, subjects: ["spiffe://example.org/agent/pay"], actions: [{methods: [POST], paths: ["/refunds"]}]}
+`)
+	})
+	refund := func(amount string) *authv3.CheckRequest {
+		opts := []reqOpt{principal("spiffe://example.org/agent/pay"), hdr("x-mandate-task", "T-7")}
+		if amount != "" {
+			opts = append(opts, hdr("x-refund-amount", amount))
+		}
+		return checkReq("POST", "/refunds", opts...)
+	}
+	res := h.check(t, refund("600"))
+	if res.status != 401 || len(pending) != 1 || pending[0].ID != res.approval {
+		t.Fatalf("step-up: %+v pending %+v", res, pending)
+	}
+	if got := pending[0].Headers; len(got) != 1 || got["x-refund-amount"] != "600" {
+		t.Fatalf("step-up request does not show the amount read: %+v", got)
+	}
+	h.store.Update(func(s *State) {
+		s.Approvals = NewApprovalSet([]Approval{{ID: res.approval, Subject: "spiffe://example.org/agent/pay", Task: "T-7",
+			Method: "POST", Path: "/refunds", Policy: "guard", Rule: "refunds", Expires: h.clock.Now().Add(time.Minute)}})
+	})
+	for _, amount := range []string{"999999999999", "1e99", ""} {
+		if got := h.check(t, refund(amount)); got.allowed || got.status != 401 || got.approval == res.approval {
+			t.Fatalf("approval of a 600 refund covered amount %q: %+v", amount, got)
+		}
+	}
+	claimErr = errors.New("control plane unreachable")
+	if got := h.check(t, refund("600")); got.allowed {
+		t.Fatal("allowed although the use claim failed")
+	}
+	claimErr = nil
+	if got := h.check(t, refund("600")); !got.allowed {
+		t.Fatalf("approved refund of 600 denied: %+v", got)
+	}
+	if got := h.check(t, refund("600")); got.allowed {
+		t.Fatal("a one-use approval allowed a second refund")
 	}
 }
 

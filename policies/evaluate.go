@@ -36,6 +36,7 @@ func (s *Set) Evaluate(r *Request) Decision {
 		d.Policy, d.Rule = ru.policy, ru.name
 		if ru.cond != nil {
 			d.ArgumentKeys, d.AllArguments = ru.cond.argKeys, ru.cond.allArgs
+			d.HeaderKeys, d.AllHeaders = ru.cond.headerKeys, ru.cond.allHeaders
 		}
 	}
 	if reason == ReasonStepUpRequired {

@@ -129,6 +129,12 @@ type Decision struct {
 	// is bound to those values. Shared: do not modify.
 	ArgumentKeys []string
 	AllArguments bool
+	// HeaderKeys are the request header names (lowercased, sorted) the
+	// deciding rule's condition reads by constant name, and AllHeaders is
+	// set when it reads headers in any other way: a step-up approval is
+	// bound to those values too. Shared: do not modify.
+	HeaderKeys []string
+	AllHeaders bool
 }
 
 // Match names one rule that matched and its effect.

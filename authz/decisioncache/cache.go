@@ -32,8 +32,11 @@ type Entry struct {
 	// read (policies.Decision); shared, never modified.
 	ArgumentKeys []string
 	AllArguments bool
-	Epoch        uint64
-	Expires      time.Time
+	// HeaderKeys, AllHeaders: the headers the deciding rule read.
+	HeaderKeys []string
+	AllHeaders bool
+	Epoch      uint64
+	Expires    time.Time
 }
 
 // Config sizes the cache.

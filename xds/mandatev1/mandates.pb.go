@@ -664,8 +664,13 @@ type ApprovalRequest struct {
 	// mcp_arguments the argument values (raw JSON by name) the step_up rule
 	// read, which the approval is bound to. (Numbered apart from the
 	// fields above, which other changes extend.)
-	Mcp           string            `protobuf:"bytes,101,opt,name=mcp,proto3" json:"mcp,omitempty"`
-	McpArguments  map[string]string `protobuf:"bytes,102,rep,name=mcp_arguments,json=mcpArguments,proto3" json:"mcp_arguments,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Mcp          string            `protobuf:"bytes,101,opt,name=mcp,proto3" json:"mcp,omitempty"`
+	McpArguments map[string]string `protobuf:"bytes,102,rep,name=mcp_arguments,json=mcpArguments,proto3" json:"mcp_arguments,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// headers are the request header values (by lowercased name) the
+	// step_up rule's condition read, which the approval is bound to.
+	Headers map[string]string `protobuf:"bytes,103,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// uses is how many requests an approval allows (fleet-wide).
+	Uses          uint32 `protobuf:"varint,104,opt,name=uses,proto3" json:"uses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -819,6 +824,20 @@ func (x *ApprovalRequest) GetMcpArguments() map[string]string {
 	return nil
 }
 
+func (x *ApprovalRequest) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *ApprovalRequest) GetUses() uint32 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
+}
+
 type ListApprovalRequestsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// all includes approved and denied requests, not only pending ones.
@@ -913,7 +932,9 @@ type ApproveStepUpRequest struct {
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// window is how long matching requests are allowed; default and cap are
 	// set by the control plane.
-	Window        *durationpb.Duration `protobuf:"bytes,2,opt,name=window,proto3" json:"window,omitempty"`
+	Window *durationpb.Duration `protobuf:"bytes,2,opt,name=window,proto3" json:"window,omitempty"`
+	// uses is how many requests the approval allows, fleet-wide (0: 1).
+	Uses          uint32 `protobuf:"varint,3,opt,name=uses,proto3" json:"uses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -960,6 +981,13 @@ func (x *ApproveStepUpRequest) GetWindow() *durationpb.Duration {
 		return x.Window
 	}
 	return nil
+}
+
+func (x *ApproveStepUpRequest) GetUses() uint32 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
 }
 
 type ApproveStepUpResponse struct {
@@ -1121,6 +1149,104 @@ func (x *DenyStepUpResponse) GetVersion() string {
 	return ""
 }
 
+type ClaimApprovalUseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the approval id.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClaimApprovalUseRequest) Reset() {
+	*x = ClaimApprovalUseRequest{}
+	mi := &file_mandate_v1_mandates_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClaimApprovalUseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClaimApprovalUseRequest) ProtoMessage() {}
+
+func (x *ClaimApprovalUseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mandate_v1_mandates_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClaimApprovalUseRequest.ProtoReflect.Descriptor instead.
+func (*ClaimApprovalUseRequest) Descriptor() ([]byte, []int) {
+	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ClaimApprovalUseRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ClaimApprovalUseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// used counts the uses claimed so far, this one included, of max.
+	Used          uint32 `protobuf:"varint,1,opt,name=used,proto3" json:"used,omitempty"`
+	Max           uint32 `protobuf:"varint,2,opt,name=max,proto3" json:"max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClaimApprovalUseResponse) Reset() {
+	*x = ClaimApprovalUseResponse{}
+	mi := &file_mandate_v1_mandates_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClaimApprovalUseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClaimApprovalUseResponse) ProtoMessage() {}
+
+func (x *ClaimApprovalUseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mandate_v1_mandates_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClaimApprovalUseResponse.ProtoReflect.Descriptor instead.
+func (*ClaimApprovalUseResponse) Descriptor() ([]byte, []int) {
+	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ClaimApprovalUseResponse) GetUsed() uint32 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+func (x *ClaimApprovalUseResponse) GetMax() uint32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
 type ReplicaReportRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Events []*ReplicaEvent        `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
@@ -1133,7 +1259,7 @@ type ReplicaReportRequest struct {
 
 func (x *ReplicaReportRequest) Reset() {
 	*x = ReplicaReportRequest{}
-	mi := &file_mandate_v1_mandates_proto_msgTypes[16]
+	mi := &file_mandate_v1_mandates_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1271,7 @@ func (x *ReplicaReportRequest) String() string {
 func (*ReplicaReportRequest) ProtoMessage() {}
 
 func (x *ReplicaReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_mandates_proto_msgTypes[16]
+	mi := &file_mandate_v1_mandates_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1284,7 @@ func (x *ReplicaReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaReportRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaReportRequest) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{16}
+	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReplicaReportRequest) GetEvents() []*ReplicaEvent {
@@ -1188,7 +1314,7 @@ type ReplicaEvent struct {
 
 func (x *ReplicaEvent) Reset() {
 	*x = ReplicaEvent{}
-	mi := &file_mandate_v1_mandates_proto_msgTypes[17]
+	mi := &file_mandate_v1_mandates_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1326,7 @@ func (x *ReplicaEvent) String() string {
 func (*ReplicaEvent) ProtoMessage() {}
 
 func (x *ReplicaEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_mandates_proto_msgTypes[17]
+	mi := &file_mandate_v1_mandates_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1339,7 @@ func (x *ReplicaEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaEvent.ProtoReflect.Descriptor instead.
 func (*ReplicaEvent) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{17}
+	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReplicaEvent) GetEvent() isReplicaEvent_Event {
@@ -1272,7 +1398,7 @@ type OutOfIntentEvent struct {
 
 func (x *OutOfIntentEvent) Reset() {
 	*x = OutOfIntentEvent{}
-	mi := &file_mandate_v1_mandates_proto_msgTypes[18]
+	mi := &file_mandate_v1_mandates_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1410,7 @@ func (x *OutOfIntentEvent) String() string {
 func (*OutOfIntentEvent) ProtoMessage() {}
 
 func (x *OutOfIntentEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_mandates_proto_msgTypes[18]
+	mi := &file_mandate_v1_mandates_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1423,7 @@ func (x *OutOfIntentEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutOfIntentEvent.ProtoReflect.Descriptor instead.
 func (*OutOfIntentEvent) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{18}
+	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *OutOfIntentEvent) GetSubject() string {
@@ -1354,16 +1480,17 @@ type StepUpEvent struct {
 	Policy  string                 `protobuf:"bytes,8,opt,name=policy,proto3" json:"policy,omitempty"`
 	Rule    string                 `protobuf:"bytes,9,opt,name=rule,proto3" json:"rule,omitempty"`
 	Time    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=time,proto3" json:"time,omitempty"`
-	// mcp and mcp_arguments: as in ApprovalRequest.
+	// mcp, mcp_arguments and headers: as in ApprovalRequest.
 	Mcp           string            `protobuf:"bytes,101,opt,name=mcp,proto3" json:"mcp,omitempty"`
 	McpArguments  map[string]string `protobuf:"bytes,102,rep,name=mcp_arguments,json=mcpArguments,proto3" json:"mcp_arguments,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Headers       map[string]string `protobuf:"bytes,103,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StepUpEvent) Reset() {
 	*x = StepUpEvent{}
-	mi := &file_mandate_v1_mandates_proto_msgTypes[19]
+	mi := &file_mandate_v1_mandates_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1502,7 @@ func (x *StepUpEvent) String() string {
 func (*StepUpEvent) ProtoMessage() {}
 
 func (x *StepUpEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_mandates_proto_msgTypes[19]
+	mi := &file_mandate_v1_mandates_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1515,7 @@ func (x *StepUpEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepUpEvent.ProtoReflect.Descriptor instead.
 func (*StepUpEvent) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{19}
+	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StepUpEvent) GetId() string {
@@ -1475,6 +1602,13 @@ func (x *StepUpEvent) GetMcpArguments() map[string]string {
 	return nil
 }
 
+func (x *StepUpEvent) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
 type ReplicaReportResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// accepted and rejected count the events; rejected ones failed
@@ -1487,7 +1621,7 @@ type ReplicaReportResponse struct {
 
 func (x *ReplicaReportResponse) Reset() {
 	*x = ReplicaReportResponse{}
-	mi := &file_mandate_v1_mandates_proto_msgTypes[20]
+	mi := &file_mandate_v1_mandates_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1499,7 +1633,7 @@ func (x *ReplicaReportResponse) String() string {
 func (*ReplicaReportResponse) ProtoMessage() {}
 
 func (x *ReplicaReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mandate_v1_mandates_proto_msgTypes[20]
+	mi := &file_mandate_v1_mandates_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1512,7 +1646,7 @@ func (x *ReplicaReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaReportResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaReportResponse) Descriptor() ([]byte, []int) {
-	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{20}
+	return file_mandate_v1_mandates_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReplicaReportResponse) GetAccepted() uint32 {
@@ -1577,7 +1711,7 @@ const file_mandate_v1_mandates_proto_rawDesc = "" +
 	"\x13MandateKeysResponse\x12/\n" +
 	"\x04keys\x18\x01 \x03(\v2\x1b.mandate.v1.VerificationKeyR\x04keys\x12\x16\n" +
 	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x1a\n" +
-	"\baudience\x18\x03 \x01(\tR\baudience\"\xef\x04\n" +
+	"\baudience\x18\x03 \x01(\tR\baudience\"\x83\x06\n" +
 	"\x0fApprovalRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x12\n" +
@@ -1598,17 +1732,23 @@ const file_mandate_v1_mandates_proto_rawDesc = "" +
 	"decided_by\x18\x0e \x01(\tR\tdecidedBy\x124\n" +
 	"\aexpires\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12\x10\n" +
 	"\x03mcp\x18e \x01(\tR\x03mcp\x12R\n" +
-	"\rmcp_arguments\x18f \x03(\v2-.mandate.v1.ApprovalRequest.McpArgumentsEntryR\fmcpArguments\x1a?\n" +
+	"\rmcp_arguments\x18f \x03(\v2-.mandate.v1.ApprovalRequest.McpArgumentsEntryR\fmcpArguments\x12B\n" +
+	"\aheaders\x18g \x03(\v2(.mandate.v1.ApprovalRequest.HeadersEntryR\aheaders\x12\x12\n" +
+	"\x04uses\x18h \x01(\rR\x04uses\x1a?\n" +
 	"\x11McpArgumentsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"/\n" +
 	"\x1bListApprovalRequestsRequest\x12\x10\n" +
 	"\x03all\x18\x01 \x01(\bR\x03all\"W\n" +
 	"\x1cListApprovalRequestsResponse\x127\n" +
-	"\brequests\x18\x01 \x03(\v2\x1b.mandate.v1.ApprovalRequestR\brequests\"Y\n" +
+	"\brequests\x18\x01 \x03(\v2\x1b.mandate.v1.ApprovalRequestR\brequests\"m\n" +
 	"\x14ApproveStepUpRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x121\n" +
-	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\"h\n" +
+	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12\x12\n" +
+	"\x04uses\x18\x03 \x01(\rR\x04uses\"h\n" +
 	"\x15ApproveStepUpResponse\x125\n" +
 	"\arequest\x18\x01 \x01(\v2\x1b.mandate.v1.ApprovalRequestR\arequest\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\";\n" +
@@ -1617,7 +1757,12 @@ const file_mandate_v1_mandates_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"e\n" +
 	"\x12DenyStepUpResponse\x125\n" +
 	"\arequest\x18\x01 \x01(\v2\x1b.mandate.v1.ApprovalRequestR\arequest\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\"b\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"-\n" +
+	"\x17ClaimApprovalUseRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"@\n" +
+	"\x18ClaimApprovalUseResponse\x12\x12\n" +
+	"\x04used\x18\x01 \x01(\rR\x04used\x12\x10\n" +
+	"\x03max\x18\x02 \x01(\rR\x03max\"b\n" +
 	"\x14ReplicaReportRequest\x120\n" +
 	"\x06events\x18\x01 \x03(\v2\x18.mandate.v1.ReplicaEventR\x06events\x12\x18\n" +
 	"\adropped\x18\x02 \x01(\x04R\adropped\"\x8f\x01\n" +
@@ -1632,7 +1777,7 @@ const file_mandate_v1_mandates_proto_rawDesc = "" +
 	"\n" +
 	"mandate_id\x18\x04 \x01(\tR\tmandateId\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12.\n" +
-	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xa2\x03\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x9e\x04\n" +
 	"\vStepUpEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x12\n" +
@@ -1646,8 +1791,12 @@ const file_mandate_v1_mandates_proto_rawDesc = "" +
 	"\x04time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x10\n" +
 	"\x03mcp\x18e \x01(\tR\x03mcp\x12N\n" +
-	"\rmcp_arguments\x18f \x03(\v2).mandate.v1.StepUpEvent.McpArgumentsEntryR\fmcpArguments\x1a?\n" +
+	"\rmcp_arguments\x18f \x03(\v2).mandate.v1.StepUpEvent.McpArgumentsEntryR\fmcpArguments\x12>\n" +
+	"\aheaders\x18g \x03(\v2$.mandate.v1.StepUpEvent.HeadersEntryR\aheaders\x1a?\n" +
 	"\x11McpArgumentsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"O\n" +
 	"\x15ReplicaReportResponse\x12\x1a\n" +
@@ -1661,9 +1810,10 @@ const file_mandate_v1_mandates_proto_rawDesc = "" +
 	"\tApprovals\x12Y\n" +
 	"\x04List\x12'.mandate.v1.ListApprovalRequestsRequest\x1a(.mandate.v1.ListApprovalRequestsResponse\x12N\n" +
 	"\aApprove\x12 .mandate.v1.ApproveStepUpRequest\x1a!.mandate.v1.ApproveStepUpResponse\x12E\n" +
-	"\x04Deny\x12\x1d.mandate.v1.DenyStepUpRequest\x1a\x1e.mandate.v1.DenyStepUpResponse2Y\n" +
+	"\x04Deny\x12\x1d.mandate.v1.DenyStepUpRequest\x1a\x1e.mandate.v1.DenyStepUpResponse2\xb8\x01\n" +
 	"\bReplicas\x12M\n" +
-	"\x06Report\x12 .mandate.v1.ReplicaReportRequest\x1a!.mandate.v1.ReplicaReportResponseB8Z6github.com/mandate-dev/mandate/xds/mandatev1;mandatev1b\x06proto3"
+	"\x06Report\x12 .mandate.v1.ReplicaReportRequest\x1a!.mandate.v1.ReplicaReportResponse\x12]\n" +
+	"\x10ClaimApprovalUse\x12#.mandate.v1.ClaimApprovalUseRequest\x1a$.mandate.v1.ClaimApprovalUseResponseB8Z6github.com/mandate-dev/mandate/xds/mandatev1;mandatev1b\x06proto3"
 
 var (
 	file_mandate_v1_mandates_proto_rawDescOnce sync.Once
@@ -1677,7 +1827,7 @@ func file_mandate_v1_mandates_proto_rawDescGZIP() []byte {
 	return file_mandate_v1_mandates_proto_rawDescData
 }
 
-var file_mandate_v1_mandates_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_mandate_v1_mandates_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_mandate_v1_mandates_proto_goTypes = []any{
 	(*MandateScope)(nil),                 // 0: mandate.v1.MandateScope
 	(*IssueMandateRequest)(nil),          // 1: mandate.v1.IssueMandateRequest
@@ -1695,61 +1845,69 @@ var file_mandate_v1_mandates_proto_goTypes = []any{
 	(*ApproveStepUpResponse)(nil),        // 13: mandate.v1.ApproveStepUpResponse
 	(*DenyStepUpRequest)(nil),            // 14: mandate.v1.DenyStepUpRequest
 	(*DenyStepUpResponse)(nil),           // 15: mandate.v1.DenyStepUpResponse
-	(*ReplicaReportRequest)(nil),         // 16: mandate.v1.ReplicaReportRequest
-	(*ReplicaEvent)(nil),                 // 17: mandate.v1.ReplicaEvent
-	(*OutOfIntentEvent)(nil),             // 18: mandate.v1.OutOfIntentEvent
-	(*StepUpEvent)(nil),                  // 19: mandate.v1.StepUpEvent
-	(*ReplicaReportResponse)(nil),        // 20: mandate.v1.ReplicaReportResponse
-	nil,                                  // 21: mandate.v1.ApprovalRequest.McpArgumentsEntry
-	nil,                                  // 22: mandate.v1.StepUpEvent.McpArgumentsEntry
-	(*durationpb.Duration)(nil),          // 23: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 24: google.protobuf.Timestamp
-	(*VerificationKey)(nil),              // 25: mandate.v1.VerificationKey
+	(*ClaimApprovalUseRequest)(nil),      // 16: mandate.v1.ClaimApprovalUseRequest
+	(*ClaimApprovalUseResponse)(nil),     // 17: mandate.v1.ClaimApprovalUseResponse
+	(*ReplicaReportRequest)(nil),         // 18: mandate.v1.ReplicaReportRequest
+	(*ReplicaEvent)(nil),                 // 19: mandate.v1.ReplicaEvent
+	(*OutOfIntentEvent)(nil),             // 20: mandate.v1.OutOfIntentEvent
+	(*StepUpEvent)(nil),                  // 21: mandate.v1.StepUpEvent
+	(*ReplicaReportResponse)(nil),        // 22: mandate.v1.ReplicaReportResponse
+	nil,                                  // 23: mandate.v1.ApprovalRequest.McpArgumentsEntry
+	nil,                                  // 24: mandate.v1.ApprovalRequest.HeadersEntry
+	nil,                                  // 25: mandate.v1.StepUpEvent.McpArgumentsEntry
+	nil,                                  // 26: mandate.v1.StepUpEvent.HeadersEntry
+	(*durationpb.Duration)(nil),          // 27: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 28: google.protobuf.Timestamp
+	(*VerificationKey)(nil),              // 29: mandate.v1.VerificationKey
 }
 var file_mandate_v1_mandates_proto_depIdxs = []int32{
 	0,  // 0: mandate.v1.IssueMandateRequest.scope:type_name -> mandate.v1.MandateScope
-	23, // 1: mandate.v1.IssueMandateRequest.ttl:type_name -> google.protobuf.Duration
-	24, // 2: mandate.v1.IssueMandateResponse.expires:type_name -> google.protobuf.Timestamp
+	27, // 1: mandate.v1.IssueMandateRequest.ttl:type_name -> google.protobuf.Duration
+	28, // 2: mandate.v1.IssueMandateResponse.expires:type_name -> google.protobuf.Timestamp
 	0,  // 3: mandate.v1.DelegateMandateRequest.scope:type_name -> mandate.v1.MandateScope
-	23, // 4: mandate.v1.DelegateMandateRequest.ttl:type_name -> google.protobuf.Duration
-	24, // 5: mandate.v1.DelegateMandateResponse.expires:type_name -> google.protobuf.Timestamp
-	24, // 6: mandate.v1.CompleteTaskResponse.expires:type_name -> google.protobuf.Timestamp
-	25, // 7: mandate.v1.MandateKeysResponse.keys:type_name -> mandate.v1.VerificationKey
-	24, // 8: mandate.v1.ApprovalRequest.first_seen:type_name -> google.protobuf.Timestamp
-	24, // 9: mandate.v1.ApprovalRequest.last_seen:type_name -> google.protobuf.Timestamp
-	24, // 10: mandate.v1.ApprovalRequest.expires:type_name -> google.protobuf.Timestamp
-	21, // 11: mandate.v1.ApprovalRequest.mcp_arguments:type_name -> mandate.v1.ApprovalRequest.McpArgumentsEntry
-	9,  // 12: mandate.v1.ListApprovalRequestsResponse.requests:type_name -> mandate.v1.ApprovalRequest
-	23, // 13: mandate.v1.ApproveStepUpRequest.window:type_name -> google.protobuf.Duration
-	9,  // 14: mandate.v1.ApproveStepUpResponse.request:type_name -> mandate.v1.ApprovalRequest
-	9,  // 15: mandate.v1.DenyStepUpResponse.request:type_name -> mandate.v1.ApprovalRequest
-	17, // 16: mandate.v1.ReplicaReportRequest.events:type_name -> mandate.v1.ReplicaEvent
-	18, // 17: mandate.v1.ReplicaEvent.out_of_intent:type_name -> mandate.v1.OutOfIntentEvent
-	19, // 18: mandate.v1.ReplicaEvent.step_up:type_name -> mandate.v1.StepUpEvent
-	24, // 19: mandate.v1.OutOfIntentEvent.time:type_name -> google.protobuf.Timestamp
-	24, // 20: mandate.v1.StepUpEvent.time:type_name -> google.protobuf.Timestamp
-	22, // 21: mandate.v1.StepUpEvent.mcp_arguments:type_name -> mandate.v1.StepUpEvent.McpArgumentsEntry
-	1,  // 22: mandate.v1.Mandates.IssueMandate:input_type -> mandate.v1.IssueMandateRequest
-	3,  // 23: mandate.v1.Mandates.Delegate:input_type -> mandate.v1.DelegateMandateRequest
-	5,  // 24: mandate.v1.Mandates.CompleteTask:input_type -> mandate.v1.CompleteTaskRequest
-	7,  // 25: mandate.v1.Mandates.VerificationKeys:input_type -> mandate.v1.MandateKeysRequest
-	10, // 26: mandate.v1.Approvals.List:input_type -> mandate.v1.ListApprovalRequestsRequest
-	12, // 27: mandate.v1.Approvals.Approve:input_type -> mandate.v1.ApproveStepUpRequest
-	14, // 28: mandate.v1.Approvals.Deny:input_type -> mandate.v1.DenyStepUpRequest
-	16, // 29: mandate.v1.Replicas.Report:input_type -> mandate.v1.ReplicaReportRequest
-	2,  // 30: mandate.v1.Mandates.IssueMandate:output_type -> mandate.v1.IssueMandateResponse
-	4,  // 31: mandate.v1.Mandates.Delegate:output_type -> mandate.v1.DelegateMandateResponse
-	6,  // 32: mandate.v1.Mandates.CompleteTask:output_type -> mandate.v1.CompleteTaskResponse
-	8,  // 33: mandate.v1.Mandates.VerificationKeys:output_type -> mandate.v1.MandateKeysResponse
-	11, // 34: mandate.v1.Approvals.List:output_type -> mandate.v1.ListApprovalRequestsResponse
-	13, // 35: mandate.v1.Approvals.Approve:output_type -> mandate.v1.ApproveStepUpResponse
-	15, // 36: mandate.v1.Approvals.Deny:output_type -> mandate.v1.DenyStepUpResponse
-	20, // 37: mandate.v1.Replicas.Report:output_type -> mandate.v1.ReplicaReportResponse
-	30, // [30:38] is the sub-list for method output_type
-	22, // [22:30] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	27, // 4: mandate.v1.DelegateMandateRequest.ttl:type_name -> google.protobuf.Duration
+	28, // 5: mandate.v1.DelegateMandateResponse.expires:type_name -> google.protobuf.Timestamp
+	28, // 6: mandate.v1.CompleteTaskResponse.expires:type_name -> google.protobuf.Timestamp
+	29, // 7: mandate.v1.MandateKeysResponse.keys:type_name -> mandate.v1.VerificationKey
+	28, // 8: mandate.v1.ApprovalRequest.first_seen:type_name -> google.protobuf.Timestamp
+	28, // 9: mandate.v1.ApprovalRequest.last_seen:type_name -> google.protobuf.Timestamp
+	28, // 10: mandate.v1.ApprovalRequest.expires:type_name -> google.protobuf.Timestamp
+	23, // 11: mandate.v1.ApprovalRequest.mcp_arguments:type_name -> mandate.v1.ApprovalRequest.McpArgumentsEntry
+	24, // 12: mandate.v1.ApprovalRequest.headers:type_name -> mandate.v1.ApprovalRequest.HeadersEntry
+	9,  // 13: mandate.v1.ListApprovalRequestsResponse.requests:type_name -> mandate.v1.ApprovalRequest
+	27, // 14: mandate.v1.ApproveStepUpRequest.window:type_name -> google.protobuf.Duration
+	9,  // 15: mandate.v1.ApproveStepUpResponse.request:type_name -> mandate.v1.ApprovalRequest
+	9,  // 16: mandate.v1.DenyStepUpResponse.request:type_name -> mandate.v1.ApprovalRequest
+	19, // 17: mandate.v1.ReplicaReportRequest.events:type_name -> mandate.v1.ReplicaEvent
+	20, // 18: mandate.v1.ReplicaEvent.out_of_intent:type_name -> mandate.v1.OutOfIntentEvent
+	21, // 19: mandate.v1.ReplicaEvent.step_up:type_name -> mandate.v1.StepUpEvent
+	28, // 20: mandate.v1.OutOfIntentEvent.time:type_name -> google.protobuf.Timestamp
+	28, // 21: mandate.v1.StepUpEvent.time:type_name -> google.protobuf.Timestamp
+	25, // 22: mandate.v1.StepUpEvent.mcp_arguments:type_name -> mandate.v1.StepUpEvent.McpArgumentsEntry
+	26, // 23: mandate.v1.StepUpEvent.headers:type_name -> mandate.v1.StepUpEvent.HeadersEntry
+	1,  // 24: mandate.v1.Mandates.IssueMandate:input_type -> mandate.v1.IssueMandateRequest
+	3,  // 25: mandate.v1.Mandates.Delegate:input_type -> mandate.v1.DelegateMandateRequest
+	5,  // 26: mandate.v1.Mandates.CompleteTask:input_type -> mandate.v1.CompleteTaskRequest
+	7,  // 27: mandate.v1.Mandates.VerificationKeys:input_type -> mandate.v1.MandateKeysRequest
+	10, // 28: mandate.v1.Approvals.List:input_type -> mandate.v1.ListApprovalRequestsRequest
+	12, // 29: mandate.v1.Approvals.Approve:input_type -> mandate.v1.ApproveStepUpRequest
+	14, // 30: mandate.v1.Approvals.Deny:input_type -> mandate.v1.DenyStepUpRequest
+	18, // 31: mandate.v1.Replicas.Report:input_type -> mandate.v1.ReplicaReportRequest
+	16, // 32: mandate.v1.Replicas.ClaimApprovalUse:input_type -> mandate.v1.ClaimApprovalUseRequest
+	2,  // 33: mandate.v1.Mandates.IssueMandate:output_type -> mandate.v1.IssueMandateResponse
+	4,  // 34: mandate.v1.Mandates.Delegate:output_type -> mandate.v1.DelegateMandateResponse
+	6,  // 35: mandate.v1.Mandates.CompleteTask:output_type -> mandate.v1.CompleteTaskResponse
+	8,  // 36: mandate.v1.Mandates.VerificationKeys:output_type -> mandate.v1.MandateKeysResponse
+	11, // 37: mandate.v1.Approvals.List:output_type -> mandate.v1.ListApprovalRequestsResponse
+	13, // 38: mandate.v1.Approvals.Approve:output_type -> mandate.v1.ApproveStepUpResponse
+	15, // 39: mandate.v1.Approvals.Deny:output_type -> mandate.v1.DenyStepUpResponse
+	22, // 40: mandate.v1.Replicas.Report:output_type -> mandate.v1.ReplicaReportResponse
+	17, // 41: mandate.v1.Replicas.ClaimApprovalUse:output_type -> mandate.v1.ClaimApprovalUseResponse
+	33, // [33:42] is the sub-list for method output_type
+	24, // [24:33] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_mandates_proto_init() }
@@ -1758,7 +1916,7 @@ func file_mandate_v1_mandates_proto_init() {
 		return
 	}
 	file_mandate_v1_resources_proto_init()
-	file_mandate_v1_mandates_proto_msgTypes[17].OneofWrappers = []any{
+	file_mandate_v1_mandates_proto_msgTypes[19].OneofWrappers = []any{
 		(*ReplicaEvent_OutOfIntent)(nil),
 		(*ReplicaEvent_StepUp)(nil),
 	}
@@ -1768,7 +1926,7 @@ func file_mandate_v1_mandates_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mandate_v1_mandates_proto_rawDesc), len(file_mandate_v1_mandates_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

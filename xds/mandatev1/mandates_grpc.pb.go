@@ -439,7 +439,8 @@ var Approvals_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Replicas_Report_FullMethodName = "/mandate.v1.Replicas/Report"
+	Replicas_Report_FullMethodName           = "/mandate.v1.Replicas/Report"
+	Replicas_ClaimApprovalUse_FullMethodName = "/mandate.v1.Replicas/ClaimApprovalUse"
 )
 
 // ReplicasClient is the client API for Replicas service.
@@ -451,6 +452,10 @@ const (
 // for approval. Only replica identities may call it.
 type ReplicasClient interface {
 	Report(ctx context.Context, in *ReplicaReportRequest, opts ...grpc.CallOption) (*ReplicaReportResponse, error)
+	// ClaimApprovalUse counts one use of an approval before a replica
+	// allows a request on it: RESOURCE_EXHAUSTED when all its uses are
+	// spent, FAILED_PRECONDITION when it expired, NOT_FOUND when unknown.
+	ClaimApprovalUse(ctx context.Context, in *ClaimApprovalUseRequest, opts ...grpc.CallOption) (*ClaimApprovalUseResponse, error)
 }
 
 type replicasClient struct {
@@ -471,6 +476,16 @@ func (c *replicasClient) Report(ctx context.Context, in *ReplicaReportRequest, o
 	return out, nil
 }
 
+func (c *replicasClient) ClaimApprovalUse(ctx context.Context, in *ClaimApprovalUseRequest, opts ...grpc.CallOption) (*ClaimApprovalUseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClaimApprovalUseResponse)
+	err := c.cc.Invoke(ctx, Replicas_ClaimApprovalUse_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplicasServer is the server API for Replicas service.
 // All implementations must embed UnimplementedReplicasServer
 // for forward compatibility.
@@ -480,6 +495,10 @@ func (c *replicasClient) Report(ctx context.Context, in *ReplicaReportRequest, o
 // for approval. Only replica identities may call it.
 type ReplicasServer interface {
 	Report(context.Context, *ReplicaReportRequest) (*ReplicaReportResponse, error)
+	// ClaimApprovalUse counts one use of an approval before a replica
+	// allows a request on it: RESOURCE_EXHAUSTED when all its uses are
+	// spent, FAILED_PRECONDITION when it expired, NOT_FOUND when unknown.
+	ClaimApprovalUse(context.Context, *ClaimApprovalUseRequest) (*ClaimApprovalUseResponse, error)
 	mustEmbedUnimplementedReplicasServer()
 }
 
@@ -492,6 +511,9 @@ type UnimplementedReplicasServer struct{}
 
 func (UnimplementedReplicasServer) Report(context.Context, *ReplicaReportRequest) (*ReplicaReportResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Report not implemented")
+}
+func (UnimplementedReplicasServer) ClaimApprovalUse(context.Context, *ClaimApprovalUseRequest) (*ClaimApprovalUseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ClaimApprovalUse not implemented")
 }
 func (UnimplementedReplicasServer) mustEmbedUnimplementedReplicasServer() {}
 func (UnimplementedReplicasServer) testEmbeddedByValue()                  {}
@@ -532,6 +554,24 @@ func _Replicas_Report_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Replicas_ClaimApprovalUse_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClaimApprovalUseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicasServer).ClaimApprovalUse(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Replicas_ClaimApprovalUse_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicasServer).ClaimApprovalUse(ctx, req.(*ClaimApprovalUseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Replicas_ServiceDesc is the grpc.ServiceDesc for Replicas service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -542,6 +582,10 @@ var Replicas_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Report",
 			Handler:    _Replicas_Report_Handler,
+		},
+		{
+			MethodName: "ClaimApprovalUse",
+			Handler:    _Replicas_ClaimApprovalUse_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -235,7 +235,10 @@ type Approval struct {
 	// expires ends the approval window. Required.
 	Expires *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expires,proto3" json:"expires,omitempty"`
 	// approved_by is the SPIFFE ID (or user) who approved.
-	ApprovedBy    string `protobuf:"bytes,10,opt,name=approved_by,json=approvedBy,proto3" json:"approved_by,omitempty"`
+	ApprovedBy string `protobuf:"bytes,10,opt,name=approved_by,json=approvedBy,proto3" json:"approved_by,omitempty"`
+	// uses is how many requests the approval allows, fleet-wide (0 means
+	// 1): a replica claims each use from mandate-cp before it allows.
+	Uses          uint32 `protobuf:"varint,11,opt,name=uses,proto3" json:"uses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -338,6 +341,13 @@ func (x *Approval) GetApprovedBy() string {
 		return x.ApprovedBy
 	}
 	return ""
+}
+
+func (x *Approval) GetUses() uint32 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
 }
 
 // VerificationKey is a public key mandates are verified with.
@@ -444,7 +454,7 @@ const file_mandate_v1_resources_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
 	"\n" +
-	"created_by\x18\b \x01(\tR\tcreatedBy\"\x8f\x02\n" +
+	"created_by\x18\b \x01(\tR\tcreatedBy\"\xa3\x02\n" +
 	"\bApproval\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x12\n" +
@@ -457,7 +467,8 @@ const file_mandate_v1_resources_proto_rawDesc = "" +
 	"\aexpires\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12\x1f\n" +
 	"\vapproved_by\x18\n" +
 	" \x01(\tR\n" +
-	"approvedBy\"\xd6\x01\n" +
+	"approvedBy\x12\x12\n" +
+	"\x04uses\x18\v \x01(\rR\x04uses\"\xd6\x01\n" +
 	"\x0fVerificationKey\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\talgorithm\x18\x02 \x01(\tR\talgorithm\x12\x1d\n" +
