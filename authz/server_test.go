@@ -2,8 +2,8 @@ package authz
 
 import (
 	"context"
-	"errors"
 	"encoding/json"
+	"errors"
 	"net"
 	"strings"
 	"sync"

@@ -129,12 +129,24 @@ func (r *Reporter) OnOutOfIntent(e authz.OutOfIntent) {
 	}}})
 }
 
+// ClaimApproval claims one use of approval name from mandate-cp (the
+// Replicas.ClaimApprovalUse RPC, as this replica); use it as
+// authz.Config.ClaimApproval. Only the step-up path calls it; any error
+// (exhausted, expired, unknown, unreachable, ctx's deadline) means deny.
+func (r *Reporter) ClaimApproval(ctx context.Context, name string) error {
+	if _, err := r.client.ClaimApprovalUse(ctx, &mandatev1.ClaimApprovalUseRequest{Name: name}); err != nil {
+		return fmt.Errorf("report: claim approval use: %w", err)
+	}
+	return nil
+}
+
 // OnStepUp queues a step-up request; use it as authz.Config.OnStepUp. It
 // never blocks.
 func (r *Reporter) OnStepUp(e authz.StepUpRequest) {
 	r.enqueue(&mandatev1.ReplicaEvent{Event: &mandatev1.ReplicaEvent_StepUp{StepUp: &mandatev1.StepUpEvent{
 		Id: e.ID, Subject: e.Subject, Task: e.Task, Intent: e.Intent, Method: e.Method, Path: e.Path, Grpc: e.GRPC,
 		Policy: e.Policy, Rule: e.Rule, Time: timestamppb.New(e.Time), Mcp: e.MCP, McpArguments: e.Arguments,
+		Headers: e.Headers,
 	}}})
 }
 

@@ -57,6 +57,7 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 	}
 	cfg.OnOutOfIntent = rep.OnOutOfIntent
 	cfg.OnStepUp = rep.OnStepUp
+	cfg.ClaimApproval = rep.ClaimApproval
 	go func() {
 		if err := rep.Run(ctx); err != nil && ctx.Err() == nil {
 			logger.Error("reporter stopped", "error", err)

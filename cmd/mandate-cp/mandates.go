@@ -37,6 +37,7 @@ func (s *cpServices) register(g *grpc.Server) {
 type servicesStore interface {
 	issuer.Store
 	stepup.PendingStore
+	stepup.UseStore
 }
 
 func mandateServices(ctx context.Context, o *options, pl *plane.Plane, st servicesStore, auth *admin.Auth, logger *slog.Logger) (*cpServices, error) {
@@ -77,7 +78,7 @@ func mandateServices(ctx context.Context, o *options, pl *plane.Plane, st servic
 			logger.Error("key rotation stopped", "error", err)
 		}
 	}()
-	su, err := stepup.New(stepup.Config{Plane: pl, Operator: operator, Window: o.approvalWindow, Logger: logger, Store: st})
+	su, err := stepup.New(stepup.Config{Plane: pl, Operator: operator, Window: o.approvalWindow, Logger: logger, Store: st, Uses: st})
 	if err != nil {
 		return nil, err
 	}

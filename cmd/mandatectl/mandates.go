@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -254,6 +255,14 @@ func approvalsCmd(fs *pflag.FlagSet) runFunc {
 			for _, k := range names {
 				fmt.Fprintf(stdout, "  %s = %s\n", k, r.GetMcpArguments()[k])
 			}
+			// The header values the approval is bound to, quoted (they are
+			// client-set; "" is an absent header).
+			for _, k := range slices.Sorted(maps.Keys(r.GetHeaders())) {
+				fmt.Fprintf(stdout, "  header %s = %q\n", k, r.GetHeaders()[k])
+			}
+			if r.GetUses() > 0 {
+				fmt.Fprintf(stdout, "  uses: %d\n", r.GetUses())
+			}
 		}
 		return nil
 	}
@@ -266,11 +275,16 @@ func approveCmd(fs *pflag.FlagSet) runFunc {
 	wf.register(fs)
 	var window time.Duration
 	fs.DurationVar(&window, "for", 0, "approval window (default: mandate-cp's --approval-window)")
+	var uses uint32
+	fs.Uint32Var(&uses, "uses", 1, "how many requests the approval allows, counted across all replicas")
 	return func(ctx context.Context, pos []string, stdout, stderr io.Writer) error {
 		if len(pos) != 1 {
 			return usagef("want one approval request ID")
 		}
-		req := &mandatev1.ApproveStepUpRequest{Id: pos[0]}
+		if uses == 0 {
+			return usagef("--uses must be at least 1")
+		}
+		req := &mandatev1.ApproveStepUpRequest{Id: pos[0], Uses: uses}
 		if window != 0 {
 			req.Window = durationpb.New(window)
 		}
@@ -284,8 +298,8 @@ func approveCmd(fs *pflag.FlagSet) runFunc {
 			return rpcErr(err)
 		}
 		r := resp.GetRequest()
-		fmt.Fprintf(stdout, "approved %s for %s (task %s, %s %s%s) until %s\n", r.GetId(), r.GetSubject(), r.GetTask(), r.GetMethod(), r.GetPath(),
-			r.GetGrpc(), r.GetExpires().AsTime().Local().Format(time.RFC3339))
+		fmt.Fprintf(stdout, "approved %s for %s (task %s, %s %s%s) until %s, %d use(s)\n", r.GetId(), r.GetSubject(), r.GetTask(), r.GetMethod(), r.GetPath(),
+			r.GetGrpc(), r.GetExpires().AsTime().Local().Format(time.RFC3339), r.GetUses())
 		if wf.wait {
 			return waitAcked(ctx, mandatev1.NewAdminClient(conn), &wf, mandatev1.ApprovalTypeURL, resp.GetVersion(), "approval "+r.GetId(), stdout, stderr)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/cp/issuer/rpcutil"
 	"github.com/mandate-dev/mandate/cp/stepup"
+	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/policies/pattern"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
@@ -32,6 +33,10 @@ const MaxBatch = 1000
 // StepUps receives validated step-up events (cp/stepup.Service).
 type StepUps interface {
 	Observe(events []stepup.Event)
+	// Claim counts one use of approval name fleet-wide and returns the
+	// uses counted so far and the maximum (stepup.ErrNotFound,
+	// store.ErrExhausted, store.ErrExpired).
+	Claim(ctx context.Context, name string) (used, max uint32, err error)
 }
 
 // ReplicasConfig configures the Replicas service.
@@ -178,6 +183,37 @@ func (r *Replicas) authorize(ctx context.Context) (string, error) {
 		}
 	}
 	return "", status.Errorf(codes.PermissionDenied, "drift: %q may not report as a replica", id)
+}
+
+// ClaimApprovalUse counts one use of an approval before the calling
+// replica allows a request on it. The caller must be a replica; a claim
+// costs it one event of its report rate. Any error means: deny.
+func (r *Replicas) ClaimApprovalUse(ctx context.Context, in *mandatev1.ClaimApprovalUseRequest) (*mandatev1.ClaimApprovalUseResponse, error) {
+	replica, err := r.authorize(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if n := in.GetName(); n == "" || len(n) > maxIDBytes || !allBytes(n, isPrintable) {
+		return nil, status.Error(codes.InvalidArgument, "drift: approval name invalid")
+	}
+	if !r.take(replica, 1) {
+		r.limited.Add(1)
+		return nil, status.Errorf(codes.ResourceExhausted, "drift: %s over its rate", replica)
+	}
+	used, max, err := r.cfg.StepUps.Claim(ctx, in.GetName())
+	switch {
+	case errors.Is(err, store.ErrExhausted):
+		return nil, status.Error(codes.ResourceExhausted, "drift: approval uses exhausted")
+	case errors.Is(err, store.ErrExpired):
+		return nil, status.Error(codes.FailedPrecondition, "drift: approval expired")
+	case errors.Is(err, stepup.ErrNotFound):
+		return nil, status.Error(codes.NotFound, "drift: no such approval")
+	case err != nil:
+		r.log.Warn("approval use claim failed", "approval", in.GetName(), "replica", replica, "error", err)
+		return nil, status.Error(codes.Unavailable, "drift: approval use not claimed")
+	}
+	r.log.Info("approval use claimed", "approval", in.GetName(), "replica", replica, "used", used, "max", max)
+	return &mandatev1.ClaimApprovalUseResponse{Used: used, Max: max}, nil
 }
 
 // Report takes a batch of replica events: the caller must be a replica
@@ -330,13 +366,17 @@ func ValidateStepUp(e *mandatev1.StepUpEvent) (stepup.Event, error) {
 	if err := checkMCPStepUp(e.GetMcp(), e.GetMcpArguments()); err != nil {
 		return stepup.Event{}, err
 	}
+	if err := checkHeaders(e.GetHeaders()); err != nil {
+		return stepup.Event{}, err
+	}
 	if e.GetMcp() == "" {
-		// The id is the replica's hash of what it reports: recompute it,
-		// so a report cannot pair one request's id with another's
-		// content (an operator approves what the content says).
+		// The id is the replica's hash of what it reports (the header
+		// values the rule read included): recompute it, so a report
+		// cannot pair one request's id with another's content (an
+		// operator approves what the content says).
 		svc, m, _ := strings.Cut(e.GetGrpc(), "/")
 		if want := authz.ApprovalRequestID(e.GetSubject(), e.GetTask(), e.GetMethod(), e.GetPath(), svc, m,
-			e.GetPolicy(), e.GetRule()); want != id {
+			e.GetPolicy(), e.GetRule(), e.GetHeaders()); want != id {
 			return stepup.Event{}, errors.New("drift: step_up id does not match the reported request")
 		}
 	}
@@ -346,7 +386,27 @@ func ValidateStepUp(e *mandatev1.StepUpEvent) (stepup.Event, error) {
 	}
 	return stepup.Event{ID: id, Subject: e.GetSubject(), Task: e.GetTask(), Intent: e.GetIntent(), Method: e.GetMethod(),
 		Path: e.GetPath(), GRPC: e.GetGrpc(), Policy: e.GetPolicy(), Rule: e.GetRule(), Time: t,
-		MCP: e.GetMcp(), MCPArguments: e.GetMcpArguments()}, nil
+		MCP: e.GetMcp(), MCPArguments: e.GetMcpArguments(), Headers: e.GetHeaders()}, nil
+}
+
+// Bounds of the header values a step-up event shows: the id binds them
+// whole, so a longer one is refused (and cannot be approved), never cut.
+const (
+	maxStepUpHeaders     = 32
+	maxStepUpHeaderBytes = 1024
+)
+
+func checkHeaders(h map[string]string) error {
+	if len(h) > maxStepUpHeaders {
+		return errors.New("drift: step_up headers: too many")
+	}
+	for k, v := range h {
+		if k == "" || len(k) > maxMCPArgNameLen || len(v) > maxStepUpHeaderBytes || strings.ToLower(k) != k ||
+			!allBytes(k, isPrintable) || !utf8.ValidString(v) {
+			return errors.New("drift: step_up headers entry too long, not lowercase or not UTF-8")
+		}
+	}
+	return nil
 }
 
 // Bounds of the MCP part of a step-up event: what a person reads before

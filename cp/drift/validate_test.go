@@ -19,7 +19,7 @@ func TestValidateEvents(t *testing.T) {
 		return &mandatev1.OutOfIntentEvent{Subject: "spiffe://example.org/agent/a", Task: "t1", Intent: "triage", Reason: "no_match", Time: now}
 	}
 	okS := func() *mandatev1.StepUpEvent {
-		return &mandatev1.StepUpEvent{Id: authz.ApprovalRequestID("spiffe://example.org/agent/a", "t1", "POST", "/payments", "", "", "payments", "big"),
+		return &mandatev1.StepUpEvent{Id: authz.ApprovalRequestID("spiffe://example.org/agent/a", "t1", "POST", "/payments", "", "", "payments", "big", nil),
 			Subject: "spiffe://example.org/agent/a", Task: "t1",
 			Method: "POST", Path: "/payments", Policy: "payments", Rule: "big", Time: now}
 	}

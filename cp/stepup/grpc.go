@@ -69,7 +69,7 @@ func (m approvalsServer) Approve(ctx context.Context, in *mandatev1.ApproveStepU
 	} else if window <= 0 {
 		return nil, status.Error(codes.InvalidArgument, "window must be positive")
 	}
-	r, v, err := s.Approve(ctx, actor, in.GetId(), window)
+	r, v, err := s.Approve(ctx, actor, in.GetId(), window, in.GetUses())
 	if err != nil {
 		return nil, statusOf(err)
 	}
@@ -111,5 +111,6 @@ func ToProto(r Request) *mandatev1.ApprovalRequest {
 		Grpc: r.GRPC, Policy: r.Policy, Rule: r.Rule, FirstSeen: timestamppb.New(r.FirstSeen),
 		LastSeen: timestamppb.New(r.LastSeen), Count: r.Count, State: r.State, DecidedBy: r.DecidedBy,
 		Expires: timestamppb.New(r.Expires), Mcp: r.MCP, McpArguments: r.MCPArguments,
+		Headers: r.Headers, Uses: r.Uses,
 	}
 }

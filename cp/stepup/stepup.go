@@ -26,6 +26,7 @@ import (
 type Plane interface {
 	PutApproval(ctx context.Context, a *mandatev1.Approval, actor string) (string, error)
 	DeleteApproval(ctx context.Context, name, actor string) (string, error)
+	Approvals() []*mandatev1.Approval
 	Audit(ctx context.Context, actor, action, object, detail string) error
 }
 
@@ -66,7 +67,10 @@ type Config struct {
 	MaxPendingPerSubject int
 	// Store, when set, keeps pending requests durably (cp/store.DB): they
 	// survive a restart (Load) and the per-subject quota holds there too.
-	Store  PendingStore
+	Store PendingStore
+	// Uses counts approval uses fleet-wide (cp/store.DB); without it no
+	// use can be claimed, so no approval allows anything.
+	Uses   UseStore
 	Now    func() time.Time
 	Logger *slog.Logger
 }
@@ -86,8 +90,12 @@ type Request struct {
 	ID, Subject, Task, Intent, Method, Path, GRPC, Policy, Rule string
 	// MCP and MCPArguments: the MCP request and the argument values the
 	// step_up rule read (raw JSON by name), which the id binds.
-	MCP                 string
-	MCPArguments        map[string]string
+	MCP          string
+	MCPArguments map[string]string
+	// Headers are the header values the step_up rule read, which the id
+	// binds too; Uses is how many requests an approval allows.
+	Headers             map[string]string
+	Uses                uint32
 	FirstSeen, LastSeen time.Time
 	Count               uint64
 	State               string
@@ -102,6 +110,7 @@ type Event struct {
 	ID, Subject, Task, Intent, Method, Path, GRPC, Policy, Rule string
 	MCP                                                         string
 	MCPArguments                                                map[string]string
+	Headers                                                     map[string]string
 	Time                                                        time.Time
 }
 
@@ -208,7 +217,7 @@ func (s *Service) Observe(events []Event) {
 			}
 			r = &Request{ID: ev.ID, Subject: ev.Subject, Task: ev.Task, Intent: ev.Intent, Method: ev.Method,
 				Path: ev.Path, GRPC: ev.GRPC, Policy: ev.Policy, Rule: ev.Rule, MCP: ev.MCP, MCPArguments: ev.MCPArguments,
-				FirstSeen: ev.Time, LastSeen: ev.Time, State: StatePending, Expires: now.Add(s.cfg.PendingTTL)}
+				Headers: ev.Headers, FirstSeen: ev.Time, LastSeen: ev.Time, State: StatePending, Expires: now.Add(s.cfg.PendingTTL)}
 			if s.cfg.Store != nil {
 				data, err := json.Marshal(r)
 				if err == nil {
@@ -301,12 +310,25 @@ var ErrNotFound = errors.New("stepup: no such approval request")
 // ErrDecided is returned when approving a request that was denied.
 var ErrDecided = errors.New("stepup: approval request already denied")
 
-// Approve grants request id for window (0: the default window), pushing an
-// Approval bound to its subject, task, policy, rule and action. It returns
-// the request as approved and the Approval version.
-func (s *Service) Approve(ctx context.Context, operator, id string, window time.Duration) (Request, string, error) {
+// Defaults and bounds of an approval's uses.
+const (
+	DefaultUses = 1
+	MaxUses     = 1000
+)
+
+// Approve grants request id for window (0: the default window) and uses
+// requests (0: DefaultUses), pushing an Approval bound to its id (its
+// subject, task, policy, rule, action and the values the rule read). It
+// returns the request as approved and the Approval version.
+func (s *Service) Approve(ctx context.Context, operator, id string, window time.Duration, uses uint32) (Request, string, error) {
 	if window == 0 {
 		window = s.cfg.Window
+	}
+	if uses == 0 {
+		uses = DefaultUses
+	}
+	if uses > MaxUses {
+		return Request{}, "", fmt.Errorf("stepup: %d uses over the limit of %d", uses, MaxUses)
 	}
 	if window < time.Second || window > s.cfg.MaxWindow {
 		return Request{}, "", fmt.Errorf("stepup: window %v outside [1s, %v]", window, s.cfg.MaxWindow)
@@ -325,7 +347,7 @@ func (s *Service) Approve(ctx context.Context, operator, id string, window time.
 	}
 	a := &mandatev1.Approval{
 		Name: r.ID, Subject: r.Subject, Task: r.Task, Method: r.Method, Path: r.Path, Grpc: r.GRPC,
-		Policy: r.Policy, Rule: r.Rule, Expires: timestamppb.New(now.Add(window)), ApprovedBy: operator,
+		Policy: r.Policy, Rule: r.Rule, Expires: timestamppb.New(now.Add(window)), ApprovedBy: operator, Uses: uses,
 	}
 	s.mu.Unlock()
 	// The plane stores the Approval with its audit entry (actor = operator).
@@ -353,10 +375,41 @@ func (s *Service) Approve(ctx context.Context, operator, id string, window time.
 	if r.State == StatePending {
 		s.unpendLocked(r)
 	}
-	r.State, r.DecidedBy, r.Expires = StateApproved, operator, a.GetExpires().AsTime()
+	r.State, r.DecidedBy, r.Expires, r.Uses = StateApproved, operator, a.GetExpires().AsTime(), uses
 	s.log.Info("step-up approved", "id", id, "operator", operator, "subject", r.Subject, "task", r.Task,
-		"until", r.Expires, "version", v)
+		"until", r.Expires, "uses", uses, "version", v)
 	return *r, v, nil
+}
+
+// UseStore counts approval uses fleet-wide (cp/store.DB).
+type UseStore interface {
+	ClaimApprovalUse(ctx context.Context, name string, max uint32, expires time.Time) (uint32, error)
+}
+
+// Claim counts one use of the Approval name, as the plane holds it, in
+// Config.Uses: it returns the uses counted, this one included, and the
+// maximum. ErrNotFound for an unknown approval, store.ErrExhausted and
+// store.ErrExpired; an error without a use store (fail closed).
+func (s *Service) Claim(ctx context.Context, name string) (used, limit uint32, err error) {
+	if s.cfg.Uses == nil {
+		return 0, 0, errors.New("stepup: no approval use store configured")
+	}
+	var a *mandatev1.Approval
+	for _, x := range s.cfg.Plane.Approvals() {
+		if x.GetName() == name {
+			a = x
+			break
+		}
+	}
+	if a == nil {
+		return 0, 0, fmt.Errorf("%w: approval %q", ErrNotFound, name)
+	}
+	limit = max(a.GetUses(), 1)
+	used, err = s.cfg.Uses.ClaimApprovalUse(ctx, name, limit, a.GetExpires().AsTime())
+	if err != nil {
+		return 0, limit, fmt.Errorf("stepup: claim: %w", err)
+	}
+	return used, limit, nil
 }
 
 // Deny closes request id; an approval already granted for it is withdrawn.

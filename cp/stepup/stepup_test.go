@@ -110,19 +110,19 @@ func TestApproveAndDeny(t *testing.T) {
 	s, plane, clock := newSvc(t, nil)
 	ctx := context.Background()
 	s.Observe([]Event{event("ar-1", clock.Now())})
-	if _, _, err := s.Approve(ctx, op, "ar-missing", 0); !errors.Is(err, ErrNotFound) {
+	if _, _, err := s.Approve(ctx, op, "ar-missing", 0, 0); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("approve unknown = %v", err)
 	}
-	if _, _, err := s.Approve(ctx, op, "ar-1", 2*time.Hour); err == nil {
+	if _, _, err := s.Approve(ctx, op, "ar-1", 2*time.Hour, 0); err == nil {
 		t.Fatal("approved for longer than the max window")
 	}
-	r, v, err := s.Approve(ctx, op, "ar-1", 0)
+	r, v, err := s.Approve(ctx, op, "ar-1", 0, 0)
 	if err != nil || v != "3" {
 		t.Fatal(v, err)
 	}
 	a := plane.approvals["ar-1"]
 	want := &mandatev1.Approval{Name: "ar-1", Subject: "spiffe://example.org/agent/a", Task: "t1", Method: "POST", Path: "/payments",
-		Policy: "payments", Rule: "big", ApprovedBy: op, Expires: a.GetExpires()}
+		Policy: "payments", Rule: "big", ApprovedBy: op, Expires: a.GetExpires(), Uses: 1}
 	if !proto.Equal(a, want) || !a.GetExpires().AsTime().Equal(clock.Now().Add(DefaultWindow)) || plane.actors[0] != op {
 		t.Fatalf("approval = %v, want %v", a, want)
 	}
@@ -148,7 +148,7 @@ func TestApproveAndDeny(t *testing.T) {
 	}
 	// A denied request cannot be approved, nor reopened by new reports.
 	s.Observe([]Event{event("ar-1", clock.Now())})
-	if _, _, err := s.Approve(ctx, op, "ar-1", 0); !errors.Is(err, ErrDecided) {
+	if _, _, err := s.Approve(ctx, op, "ar-1", 0, 0); !errors.Is(err, ErrDecided) {
 		t.Fatalf("approve after deny = %v", err)
 	}
 	if l := s.List(false); len(l) != 0 {
@@ -205,7 +205,7 @@ func TestDenyDuringApproveWithdraws(t *testing.T) {
 	s.Observe([]Event{event("ar-1", clock.Now())})
 	var denyErr error
 	plane.onPut = func() { _, _, denyErr = s.Deny(ctx, op, "ar-1", "no") }
-	if _, _, err := s.Approve(ctx, op, "ar-1", 0); !errors.Is(err, ErrDecided) {
+	if _, _, err := s.Approve(ctx, op, "ar-1", 0, 0); !errors.Is(err, ErrDecided) {
 		t.Fatalf("approve racing a deny = %v, want ErrDecided", err)
 	}
 	if denyErr != nil {
@@ -216,5 +216,66 @@ func TestDenyDuringApproveWithdraws(t *testing.T) {
 	}
 	if l := s.List(true); len(l) != 1 || l[0].State != StateDenied {
 		t.Fatalf("request = %+v, want denied", l)
+	}
+}
+
+func (p *fakePlane) Approvals() []*mandatev1.Approval {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*mandatev1.Approval, 0, len(p.approvals))
+	for _, a := range p.approvals {
+		out = append(out, a)
+	}
+	return out
+}
+
+// TestClaimCountsUses: an approval allows exactly its uses (default 1,
+// or what the operator asked for), counted in the store shared by every
+// control-plane instance; unknown and expired approvals allow nothing,
+// and without a use store nothing is ever claimed.
+func TestClaimCountsUses(t *testing.T) {
+	ctx := context.Background()
+	var clock *fakeClock
+	st := store.NewMemory(store.WithClock(func() time.Time { return clock.Now() }))
+	s, _, c := newSvc(t, func(cfg *Config) { cfg.Uses = st })
+	clock = c
+	s.Observe([]Event{event("ar-1", clock.Now()), event("ar-2", clock.Now())})
+	if _, _, err := s.Approve(ctx, op, "ar-1", 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Approve(ctx, op, "ar-2", 0, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Approve(ctx, op, "ar-2", 0, MaxUses+1); err == nil {
+		t.Fatal("uses over the limit accepted")
+	}
+	if used, limit, err := s.Claim(ctx, "ar-1"); err != nil || used != 1 || limit != 1 {
+		t.Fatalf("first claim: %d/%d %v", used, limit, err)
+	}
+	if _, _, err := s.Claim(ctx, "ar-1"); !errors.Is(err, store.ErrExhausted) {
+		t.Fatalf("second claim of a one-use approval: %v", err)
+	}
+	for i := uint32(1); i <= 3; i++ {
+		if used, limit, err := s.Claim(ctx, "ar-2"); err != nil || used != i || limit != 3 {
+			t.Fatalf("claim %d of 3: %d/%d %v", i, used, limit, err)
+		}
+	}
+	if _, _, err := s.Claim(ctx, "ar-2"); !errors.Is(err, store.ErrExhausted) {
+		t.Fatalf("fourth claim of a three-use approval: %v", err)
+	}
+	if _, _, err := s.Claim(ctx, "ar-none"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown approval: %v", err)
+	}
+	s.Observe([]Event{event("ar-3", clock.Now())})
+	if _, _, err := s.Approve(ctx, op, "ar-3", 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(DefaultWindow)
+	if _, _, err := s.Claim(ctx, "ar-3"); !errors.Is(err, store.ErrExpired) {
+		t.Fatalf("expired approval: %v", err)
+	}
+	bare, _, _ := newSvc(t, nil)
+	if _, _, err := bare.Claim(ctx, "ar-1"); err == nil {
+		t.Fatal("claimed without a use store")
 	}
 }
