@@ -245,9 +245,28 @@ func scenarioStepUp(t *testing.T, ctx context.Context, d *deployment) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An approval allows one request by default, counted by mandate-cp
+	// across both replicas.
+	out := d.mustCtl(ctx, "operator", "approve", b.ApprovalRequest, "--wait")
+	if !strings.Contains(out.stdout, "1 use(s)") || !strings.Contains(out.stdout, "enforced by 2/2") {
+		t.Fatalf("approve output: %s", out)
+	}
+	r = do(t, ctx, a, pay)
+	allowed(t, ctx, d, r, decision{Subject: idPay, Task: task, MandateID: mid})
+	upstreamCount(t, ctx, d, base, 1)
+	r = do(t, ctx, a, pay)
+	denied(t, ctx, d, r, http.StatusUnauthorized, "step_up_required", decision{Result: "step_up", Subject: idPay})
+	upstreamCount(t, ctx, d, base, 1)
+	// Another action is not covered by the approval.
+	other := pay
+	other.Path = base + "/refund/2"
+	r = do(t, ctx, a, other)
+	denied(t, ctx, d, r, http.StatusUnauthorized, "step_up_required", decision{Result: "step_up", Subject: idPay})
+
+	// Approved again with uses to spare: allowed until the window ends.
 	const window = 3 * time.Second
 	approveStart := time.Now()
-	out := d.mustCtl(ctx, "operator", "approve", b.ApprovalRequest, "--for", window.String(), "--wait")
+	out = d.mustCtl(ctx, "operator", "approve", b.ApprovalRequest, "--for", window.String(), "--uses", "1000", "--wait")
 	approveEnd := time.Now()
 	if !untilRE.MatchString(out.stdout) || !strings.Contains(out.stdout, "enforced by 2/2") {
 		t.Fatalf("approve output: %s", out)
@@ -257,15 +276,6 @@ func scenarioStepUp(t *testing.T, ctx context.Context, d *deployment) {
 	// second precision only).
 	until := approveEnd.Add(window)
 	t.Logf("approve took %v: %s", out.took, strings.TrimSpace(out.stdout))
-
-	r = do(t, ctx, a, pay)
-	allowed(t, ctx, d, r, decision{Subject: idPay, Task: task, MandateID: mid})
-	upstreamCount(t, ctx, d, base, 1)
-	// Another action is not covered by the approval.
-	other := pay
-	other.Path = base + "/refund/2"
-	r = do(t, ctx, a, other)
-	denied(t, ctx, d, r, http.StatusUnauthorized, "step_up_required", decision{Result: "step_up", Subject: idPay})
 
 	// Wait on the window: allowed until it ends, step-up again after. The
 	// RFC 3339 output has second precision, so the window ends within

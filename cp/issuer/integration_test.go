@@ -107,7 +107,7 @@ func startCP(t *testing.T) *cp {
 	if err := is.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	su, err := stepup.New(stepup.Config{Plane: pl, Operator: op, Logger: logger})
+	su, err := stepup.New(stepup.Config{Plane: pl, Operator: op, Logger: logger, Uses: st})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,6 +234,22 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	approvals := c.plane.Approvals()
 	if len(approvals) != 1 || approvals[0].GetApprovedBy() != operator || approvals[0].GetSubject() != agentA || approvals[0].GetRule() != "close" {
 		t.Fatalf("plane approvals = %v", approvals)
+	}
+	// Approval reuse: the approval has one use (the default), claimed
+	// by replicas only, once fleet-wide.
+	claim := &mandatev1.ClaimApprovalUseRequest{Name: arID}
+	if _, err := c.replicas.ClaimApprovalUse(as(agentA), claim); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("claim by an agent: %v", err)
+	}
+	if got, err := c.replicas.ClaimApprovalUse(as("spiffe://example.org/mandate/authz"), claim); err != nil || got.GetUsed() != 1 || got.GetMax() != 1 {
+		t.Fatalf("first claim: %v %v", got, err)
+	}
+	if _, err := c.replicas.ClaimApprovalUse(as("spiffe://example.org/mandate/authz"), claim); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("second claim of a one-use approval: %v", err)
+	}
+	if _, err := c.replicas.ClaimApprovalUse(as("spiffe://example.org/mandate/authz"),
+		&mandatev1.ClaimApprovalUseRequest{Name: "ar-unknown"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("claim of an unknown approval: %v", err)
 	}
 	if _, err := c.approvals.Deny(as(operator), &mandatev1.DenyStepUpRequest{Id: arID}); err != nil {
 		t.Fatal(err)
