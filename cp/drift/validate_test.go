@@ -29,6 +29,12 @@ func TestValidateEvents(t *testing.T) {
 	if _, err := ValidateStepUp(okS()); err != nil {
 		t.Fatal(err)
 	}
+	withAmount := okS()
+	withAmount.Headers = map[string]string{"x-refund-amount": "600"}
+	withAmount.Id = authz.ApprovalRequestID(withAmount.Subject, "t1", "POST", "/payments", "", "", "payments", "big", withAmount.Headers)
+	if ev, err := ValidateStepUp(withAmount); err != nil || ev.Headers["x-refund-amount"] != "600" {
+		t.Fatal(ev, err)
+	}
 	badO := map[string]func(*mandatev1.OutOfIntentEvent){
 		"subject":      func(e *mandatev1.OutOfIntentEvent) { e.Subject = "agent-a" },
 		"task":         func(e *mandatev1.OutOfIntentEvent) { e.Task = "t 1" },
@@ -51,15 +57,26 @@ func TestValidateEvents(t *testing.T) {
 		// with this content (the operator would approve what it shows).
 		"forged id":    func(e *mandatev1.StepUpEvent) { e.Id = "ar-0123456789abcdef0123" },
 		"content swap": func(e *mandatev1.StepUpEvent) { e.Path = "/payments/999999999999" },
-		"subject":      func(e *mandatev1.StepUpEvent) { e.Subject = "" },
-		"policy":       func(e *mandatev1.StepUpEvent) { e.Policy = "" },
-		"method":       func(e *mandatev1.StepUpEvent) { e.Method = "post" },
-		"path":         func(e *mandatev1.StepUpEvent) { e.Path = "payments" },
-		"path ctl":     func(e *mandatev1.StepUpEvent) { e.Path = "/a\nb" },
-		"grpc":         func(e *mandatev1.StepUpEvent) { e.Grpc = "nomethod" },
-		"grpc method":  func(e *mandatev1.StepUpEvent) { e.Grpc = "a.S/M"; e.Method = "GET" },
-		"mcp ctl":      func(e *mandatev1.StepUpEvent) { e.Mcp = "tools/call a\nb" },
-		"mcp long":     func(e *mandatev1.StepUpEvent) { e.Mcp = strings.Repeat("a", 5000) },
+		// The id binds the header values the rule read: a report cannot
+		// show "600" under the id of another amount.
+		"header swap": func(e *mandatev1.StepUpEvent) { e.Headers = map[string]string{"x-refund-amount": "600"} },
+		"header upper": func(e *mandatev1.StepUpEvent) {
+			e.Headers = map[string]string{"X-Amount": "1"}
+			e.Id = authz.ApprovalRequestID(e.Subject, e.Task, e.Method, e.Path, "", "", e.Policy, e.Rule, e.Headers)
+		},
+		"header long": func(e *mandatev1.StepUpEvent) {
+			e.Headers = map[string]string{"x-amount": strings.Repeat("9", 2000)}
+			e.Id = authz.ApprovalRequestID(e.Subject, e.Task, e.Method, e.Path, "", "", e.Policy, e.Rule, e.Headers)
+		},
+		"subject":     func(e *mandatev1.StepUpEvent) { e.Subject = "" },
+		"policy":      func(e *mandatev1.StepUpEvent) { e.Policy = "" },
+		"method":      func(e *mandatev1.StepUpEvent) { e.Method = "post" },
+		"path":        func(e *mandatev1.StepUpEvent) { e.Path = "payments" },
+		"path ctl":    func(e *mandatev1.StepUpEvent) { e.Path = "/a\nb" },
+		"grpc":        func(e *mandatev1.StepUpEvent) { e.Grpc = "nomethod" },
+		"grpc method": func(e *mandatev1.StepUpEvent) { e.Grpc = "a.S/M"; e.Method = "GET" },
+		"mcp ctl":     func(e *mandatev1.StepUpEvent) { e.Mcp = "tools/call a\nb" },
+		"mcp long":    func(e *mandatev1.StepUpEvent) { e.Mcp = strings.Repeat("a", 5000) },
 		"mcp arguments without mcp": func(e *mandatev1.StepUpEvent) {
 			e.McpArguments = map[string]string{"repo": `"w"`}
 		},
