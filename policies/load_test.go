@@ -20,7 +20,7 @@ func TestValidationErrors(t *testing.T) {
 		want []string // substrings of the error
 	}{
 		{"unknown field", rule("      effect: allow\n      subjects: [\"spiffe://example.org/a\"]\n      subject: x\n"),
-			[]string{"f.yaml: document at line 1:", "line 9: field subject not found"}},
+			[]string{"f.yaml:9:7: field subject not found", "  9 |       subject: x\n    |       ^"}},
 		{"duplicate key", rule("      effect: allow\n      effect: deny\n      subjects: [\"spiffe://example.org/a\"]\n"),
 			[]string{"f.yaml", "already defined"}},
 		{"bad apiVersion", "apiVersion: v2\nkind: Policy\nmetadata: {name: p1}\nspec: {rules: [{name: r, effect: allow, subjects: [\"spiffe://example.org/a\"]}]}\n",
@@ -150,8 +150,8 @@ func TestParseMultiDoc(t *testing.T) {
 	// An error in the second document reports its line in the file.
 	bad := doc1 + "---\n" + header + "metadata: {name: two}\nbogus: 1\n"
 	_, err = Parse("multi.yaml", []byte(bad))
-	if err == nil || !strings.Contains(err.Error(), "line 9: field bogus") || !strings.Contains(err.Error(), "document at line 6") {
-		t.Errorf("error %v does not locate line 9 in the document at line 6", err)
+	if err == nil || !strings.Contains(err.Error(), "multi.yaml:9:1: field bogus") {
+		t.Errorf("error %v does not locate line 9 of the file (in the document at line 6)", err)
 	}
 	// Two documents glued without a marker line are not allowed either.
 	if _, err := Parse("x.yaml", []byte("--- "+doc1)); err != nil {

@@ -34,7 +34,7 @@ func Parse(filename string, data []byte) ([]*Policy, error) {
 			if errors.Is(err, yamldoc.ErrEmpty) {
 				continue
 			}
-			errs.add(filename, "", "", fmt.Sprintf("document at line %d", d.Line), err)
+			errs.add(filename, "", "", "", err)
 			continue
 		}
 		p.SourceFile = filename

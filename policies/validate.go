@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/mandate-dev/mandate/policies/internal/yamldoc"
 	"github.com/mandate-dev/mandate/policies/pattern"
 )
 
@@ -23,7 +24,12 @@ func (e *ValidationError) Error() string {
 	var b strings.Builder
 	if e.File != "" {
 		b.WriteString(e.File)
-		b.WriteString(": ")
+		// A YAML error starts with its LINE:COL: "f.yaml:9:13: ...".
+		if _, positioned := e.Err.(*yamldoc.Error); positioned {
+			b.WriteString(":")
+		} else {
+			b.WriteString(": ")
+		}
 	}
 	if e.Policy != "" {
 		fmt.Fprintf(&b, "policy %q: ", e.Policy)

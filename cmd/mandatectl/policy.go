@@ -113,7 +113,7 @@ func runValidate(_ context.Context, args []string, stdout, stderr io.Writer) err
 	for _, p := range args {
 		summary, err := validatePath(p)
 		if err != nil {
-			fmt.Fprintf(stderr, "INVALID %s\n  %v\n", p, err)
+			fmt.Fprintf(stderr, "INVALID %s\n  %s\n", p, strings.ReplaceAll(err.Error(), "\n", "\n  "))
 			failed = true
 			continue
 		}

@@ -201,7 +201,12 @@ type Error struct {
 func (e *Error) Error() string {
 	var b strings.Builder
 	if e.File != "" {
-		b.WriteString(e.File + ": ")
+		// A YAML error starts with its LINE:COL: "f.yaml:9:13: ...".
+		if _, positioned := e.Err.(*yamldoc.Error); positioned {
+			b.WriteString(e.File + ":")
+		} else {
+			b.WriteString(e.File + ": ")
+		}
 	}
 	if e.Suite != "" {
 		fmt.Fprintf(&b, "suite %q: ", e.Suite)
@@ -277,7 +282,7 @@ func Parse(filename string, data []byte) ([]*Suite, error) {
 			if errors.Is(err, yamldoc.ErrEmpty) {
 				continue
 			}
-			add("", "", fmt.Sprintf("document at line %d", d.Line), err)
+			add("", "", "", err)
 			continue
 		}
 		s.File = filename

@@ -68,7 +68,7 @@ func TestParseErrors(t *testing.T) {
 	tests := []struct {
 		name, doc, want string
 	}{
-		{"unknown field", head + "cases: [{name: c, request: {subject: x, verb: GET}, expect: {effect: allow}}]\n", "t.yaml: document at line 1: yaml: unmarshal errors:\n  line 4: field verb not found"},
+		{"unknown field", head + "cases: [{name: c, request: {subject: x, verb: GET}, expect: {effect: allow}}]\n", "t.yaml:4:41: field verb not found"},
 		{"bad effect", head + "cases: [{name: c, request: {subject: x}, expect: {effect: permit}}]\n", `t.yaml: suite "s": case "c": expect.effect: must be allow, deny or step_up`},
 		{"duplicate case", head + "cases: [{name: c, expect: {effect: allow}}, {name: c, expect: {effect: deny}}]\n", `case "c": name: duplicate case name`},
 		{"no name", head + "cases: [{expect: {effect: allow}}]\n", `case "#0": name: required`},

@@ -9,6 +9,7 @@ import (
 	"io"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -76,9 +77,29 @@ func isMarker(l []byte) bool {
 // ErrEmpty is returned by Decode for a document without content.
 var ErrEmpty = errors.New("yamldoc: empty document")
 
+// Error is a YAML problem at a place in the stream: what went wrong, the
+// 1-based line and column, and the offending line with a caret under the
+// column. Errors reads "LINE:COL: message" followed by the snippet, so a
+// caller prefixing the file name ("f.yaml:" + err) gets the form editors
+// and compilers use.
+type Error struct {
+	Line, Column int
+	Msg          string
+	// Snippet is the source line (and the one before it, for context)
+	// with a caret marking the column.
+	Snippet string
+}
+
+func (e *Error) Error() string {
+	if e.Snippet == "" {
+		return fmt.Sprintf("%d:%d: %s", e.Line, e.Column, e.Msg)
+	}
+	return fmt.Sprintf("%d:%d: %s\n%s", e.Line, e.Column, e.Msg, e.Snippet)
+}
+
 // Decode decodes one document into v, rejecting unknown fields, duplicate
-// keys and a second document. Line numbers in errors count from the start
-// of the stream the document was split from.
+// keys and a second document. Errors are *Error, with lines counted from
+// the start of the stream the document was split from.
 func Decode(d Doc, v any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(d.Data))
 	dec.KnownFields(true)
@@ -86,32 +107,155 @@ func Decode(d Doc, v any) error {
 		if errors.Is(err, io.EOF) {
 			return ErrEmpty
 		}
-		return shiftLines(err, d.Line-1)
+		return locate(d, err)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		if err != nil {
-			return shiftLines(err, d.Line-1)
+			return locate(d, err)
 		}
-		return fmt.Errorf("yaml: line %d: more than one document", extra.Line+d.Line-1)
+		return newError(d, extra.Line, extra.Column, "more than one document")
 	}
 	return nil
 }
 
-var lineRe = regexp.MustCompile(`\bline (\d+)`)
+var (
+	lineRe      = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+	fieldNameRe = regexp.MustCompile(`^field (\S+) not found`)
+)
 
-// shiftLines rewrites the document-relative line numbers in a yaml error
-// into stream line numbers.
-func shiftLines(err error, by int) error {
-	if by == 0 {
-		return err
+// locate turns a yaml error into an *Error. yaml reports lines only: the
+// column is that of the key or value the message names on that line (an
+// unknown field, a value of the wrong type), else of the line's first
+// character that is not blank.
+func locate(d Doc, err error) error {
+	msgs := []string{err.Error()}
+	var te *yaml.TypeError
+	if errors.As(err, &te) && len(te.Errors) > 0 {
+		msgs = te.Errors
 	}
-	msg := lineRe.ReplaceAllStringFunc(err.Error(), func(m string) string {
-		n, convErr := strconv.Atoi(m[len("line "):])
-		if convErr != nil {
-			return m
+	m := lineRe.FindStringSubmatch(msgs[0])
+	if m == nil {
+		return fmt.Errorf("yamldoc: %w", err)
+	}
+	line, convErr := strconv.Atoi(m[1])
+	if convErr != nil {
+		return fmt.Errorf("yamldoc: %w", err)
+	}
+	texts := []string{m[2]}
+	for _, other := range msgs[1:] {
+		if om := lineRe.FindStringSubmatch(other); om != nil {
+			texts = append(texts, "line "+shift(om[1], d.Line-1)+": "+om[2])
+		} else {
+			texts = append(texts, other)
 		}
-		return "line " + strconv.Itoa(n+by)
-	})
-	return errors.New(msg)
+	}
+	col := column(d.Data, line, m[2])
+	return newError(d, line, col, strings.Join(texts, "; "))
+}
+
+func shift(n string, by int) string {
+	v, err := strconv.Atoi(n)
+	if err != nil {
+		return n
+	}
+	return strconv.Itoa(v + by)
+}
+
+// column finds, on a document-relative line, where the problem msg
+// describes starts.
+func column(data []byte, line int, msg string) int {
+	var root yaml.Node
+	if fm := fieldNameRe.FindStringSubmatch(msg); fm != nil && yaml.Unmarshal(data, &root) == nil {
+		if n := findKey(&root, line, fm[1]); n != nil {
+			return n.Column
+		}
+	}
+	if yaml.Unmarshal(data, &root) == nil {
+		if n := firstOnLine(&root, line); n != nil {
+			return n.Column
+		}
+	}
+	src := lineOf(data, line)
+	return len(src) - len(bytes.TrimLeft(src, " \t")) + 1
+}
+
+func findKey(n *yaml.Node, line int, name string) *yaml.Node {
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; k.Line == line && k.Value == name {
+				return k
+			}
+		}
+	}
+	for _, c := range n.Content {
+		if f := findKey(c, line, name); f != nil {
+			return f
+		}
+	}
+	return nil
+}
+
+// firstOnLine returns the leftmost value node on line (a scalar, or the
+// start of a flow collection), skipping the document node.
+func firstOnLine(n *yaml.Node, line int) *yaml.Node {
+	var best *yaml.Node
+	var walk func(*yaml.Node)
+	walk = func(n *yaml.Node) {
+		if n.Kind != yaml.DocumentNode && n.Line == line && (best == nil || n.Column < best.Column) {
+			best = n
+		}
+		for _, c := range n.Content {
+			walk(c)
+		}
+	}
+	walk(n)
+	return best
+}
+
+func lineOf(data []byte, line int) []byte {
+	for i := 1; i < line; i++ {
+		nl := bytes.IndexByte(data, '\n')
+		if nl < 0 {
+			return nil
+		}
+		data = data[nl+1:]
+	}
+	if nl := bytes.IndexByte(data, '\n'); nl >= 0 {
+		data = data[:nl]
+	}
+	return bytes.TrimRight(data, "\r")
+}
+
+// maxSnippet bounds how much of one line a snippet shows.
+const maxSnippet = 120
+
+// newError builds an *Error at a document-relative line and column.
+func newError(d Doc, line, col int, msg string) *Error {
+	abs := line + d.Line - 1
+	var b strings.Builder
+	width := len(strconv.Itoa(abs))
+	row := func(n int, text []byte) {
+		if len(text) > maxSnippet {
+			text = append(text[:maxSnippet:maxSnippet], "..."...)
+		}
+		fmt.Fprintf(&b, "  %*d | %s\n", width, n, strings.ToValidUTF8(string(text), "\uFFFD"))
+	}
+	if line > 1 {
+		row(abs-1, lineOf(d.Data, line-1))
+	}
+	row(abs, lineOf(d.Data, line))
+	// The caret line copies the tabs before the column, so it lines up
+	// whatever the terminal's tab width.
+	src := lineOf(d.Data, line)
+	pad := make([]byte, 0, maxSnippet)
+	for i := 0; i < col-1 && i < maxSnippet; i++ {
+		if i < len(src) && src[i] == '\t' {
+			pad = append(pad, '\t')
+		} else {
+			pad = append(pad, ' ')
+		}
+	}
+	fmt.Fprintf(&b, "  %*s | %s^", width, "", pad)
+	return &Error{Line: abs, Column: col, Msg: msg, Snippet: b.String()}
 }

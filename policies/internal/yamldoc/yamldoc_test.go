@@ -2,6 +2,7 @@ package yamldoc
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -52,8 +53,73 @@ func TestDecode(t *testing.T) {
 	if err := Decode(Doc{Line: 1, Data: []byte("# only a comment\n")}, &v); !errors.Is(err, ErrEmpty) {
 		t.Errorf("comment-only: %v", err)
 	}
-	err := Decode(Doc{Line: 10, Data: []byte("a: x\nb: y\n")}, &v)
-	if err == nil || !strings.Contains(err.Error(), "line 11: field b not found") {
-		t.Errorf("unknown field error %v does not name line 11", err)
+	tests := []struct {
+		name string
+		doc  Doc
+		want *Error
+	}{
+		{"unknown field", Doc{Line: 10, Data: []byte("a: x\nb: y\n")},
+			&Error{Line: 11, Column: 1, Msg: `field b not found in type struct { A string "yaml:\"a\"" }`,
+				Snippet: "  10 | a: x\n  11 | b: y\n     | ^"}},
+		{"unknown field in a flow mapping", Doc{Line: 1, Data: []byte("{a: x, zz: 1}\n")},
+			&Error{Line: 1, Column: 8, Msg: `field zz not found in type struct { A string "yaml:\"a\"" }`,
+				Snippet: "  1 | {a: x, zz: 1}\n    |        ^"}},
+		{"wrong type", Doc{Line: 3, Data: []byte("\na:\n  - 1\n")},
+			&Error{Line: 5, Column: 3, Msg: "cannot unmarshal !!seq into string",
+				Snippet: "  4 | a:\n  5 |   - 1\n    |   ^"}},
+		{"syntax", Doc{Line: 1, Data: []byte("a: x\n  b: [1,\n")},
+			&Error{Line: 2}},
+		{"two documents", Doc{Line: 5, Data: []byte("a: x\n---\na: y\n")},
+			&Error{Line: 6, Column: 1, Msg: "more than one document"}},
+		{"tab before the column", Doc{Line: 1, Data: []byte("{a: x,\tzz: 1}\n")},
+			&Error{Line: 1, Column: 8, Snippet: "  1 | {a: x,\tzz: 1}\n    |       \t^"}},
 	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Decode(tt.doc, &v)
+			var got *Error
+			if !errors.As(err, &got) {
+				t.Fatalf("error %v (%T) is not an *Error", err, err)
+			}
+			if got.Line != tt.want.Line || (tt.want.Column != 0 && got.Column != tt.want.Column) ||
+				(tt.want.Msg != "" && got.Msg != tt.want.Msg) || (tt.want.Snippet != "" && got.Snippet != tt.want.Snippet) {
+				t.Errorf("got %d:%d %q\n%s\nwant %d:%d %q\n%s", got.Line, got.Column, got.Msg, got.Snippet,
+					tt.want.Line, tt.want.Column, tt.want.Msg, tt.want.Snippet)
+			}
+			if !strings.HasPrefix(got.Error(), strconv.Itoa(got.Line)+":"+strconv.Itoa(got.Column)+": ") {
+				t.Errorf("Error() %q does not start with LINE:COL", got.Error())
+			}
+		})
+	}
+}
+
+// FuzzDecode: any document decodes or fails with an *Error (or ErrEmpty)
+// whose position lies inside the stream; never a panic.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte("a: x\nb: y\n"), 1)
+	f.Add([]byte("a: [1,\n"), 3)
+	f.Add([]byte("{a: x,\tzz: 1}"), 1)
+	f.Add([]byte("a:\n  - 1\n---\na: y\n"), 2)
+	f.Fuzz(func(t *testing.T, data []byte, line int) {
+		if line < 1 || line > 1000 || len(data) > 4096 {
+			return
+		}
+		var v struct {
+			A string `yaml:"a"`
+			B []int  `yaml:"b"`
+		}
+		err := Decode(Doc{Line: line, Data: data}, &v)
+		var e *Error
+		if err == nil || errors.Is(err, ErrEmpty) || !errors.As(err, &e) {
+			return
+		}
+		// YAML breaks lines at \n, \r, NEL, LS and PS.
+		breaks := 0
+		for _, b := range []string{"\n", "\r", "\u0085", "\u2028", "\u2029"} {
+			breaks += strings.Count(string(data), b)
+		}
+		if e.Line < line || e.Line > line+breaks+1 {
+			t.Fatalf("error line %d outside the document (starts at %d): %v", e.Line, line, e)
+		}
+	})
 }
