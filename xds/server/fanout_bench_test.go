@@ -1,0 +1,185 @@
+package xdsserver_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	xdsclient "github.com/mandate-dev/mandate/xds/client"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+	xdsserver "github.com/mandate-dev/mandate/xds/server"
+)
+
+// fanoutStreams is how many replica streams one instance serves in
+// BenchmarkRevocationFanout (MANDATE_FANOUT_STREAMS overrides it).
+const fanoutStreams = 1000
+
+// fanout is one xDS server on loopback TCP and n real delta clients
+// (xds/client, the code mandate-authz runs), each on its own gRPC
+// connection, all in this process.
+type fanout struct {
+	srv     *xdsserver.Server
+	n       int
+	applied []chan string // per client: the revocation version it applied
+}
+
+func startFanout(tb testing.TB, n int) *fanout {
+	tb.Helper()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := xdsserver.New(logger, xdsserver.WithRegisterer(prometheus.NewRegistry()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	g := grpc.NewServer()
+	srv.Register(g)
+	go func() { _ = g.Serve(lis) }()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	tb.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		srv.Close()
+		g.Stop()
+	})
+	// Every type has a first version, so a replica syncs (and ACKs) all
+	// of them before the measured pushes.
+	for _, set := range []func() (string, error){
+		func() (string, error) { return srv.SetPolicies(map[string]*mandatev1.Policy{}) },
+		func() (string, error) { return srv.SetRevocations(map[string]*mandatev1.Revocation{}) },
+		func() (string, error) { return srv.SetApprovals(map[string]*mandatev1.Approval{}) },
+		func() (string, error) { return srv.SetKeys(map[string]*mandatev1.VerificationKey{}) },
+	} {
+		if _, err := set(); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	f := &fanout{srv: srv, n: n}
+	for i := range n {
+		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { _ = conn.Close() })
+		c, err := xdsclient.New(xdsclient.Config{Conn: conn, NodeID: fmt.Sprintf("replica-%04d", i), Logger: logger,
+			Heartbeat: -1, Apply: func(xdsclient.State) error { return nil }})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = c.Run(ctx) }()
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for f.connected() < n {
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d of %d replicas connected after 2 minutes", f.connected(), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return f
+}
+
+func (f *fanout) connected() int {
+	n := 0
+	for _, r := range f.srv.Status() {
+		if r.Connected && len(r.Types) == len(mandatev1.TypeURLs()) {
+			n++
+		}
+	}
+	return n
+}
+
+// push commits one revocation and returns, for every replica, the time
+// from the commit to the server receiving its ACK of that version.
+func (f *fanout) push(tb testing.TB, ctx context.Context, i int) []time.Duration {
+	tb.Helper()
+	name := "r-" + strconv.Itoa(i)
+	t0 := time.Now()
+	v, err := f.srv.UpdateRevocations(map[string]*mandatev1.Revocation{name: {Name: name, Kind: "task",
+		Value: "task-" + name, Expires: timestamppb.New(t0.Add(time.Hour))}}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	acked, err := f.srv.WaitAckedOrRejected(wctx, mandatev1.RevocationTypeURL, v)
+	if err != nil || acked != f.n {
+		tb.Fatalf("push %d: %d of %d replicas acked version %s: %v", i, acked, f.n, v, err)
+	}
+	want, _ := strconv.ParseUint(v, 10, 64)
+	out := make([]time.Duration, 0, f.n)
+	for _, r := range f.srv.Status() {
+		ts := r.Types[mandatev1.RevocationTypeURL]
+		got, _ := strconv.ParseUint(ts.AckedVersion, 10, 64)
+		if got != want {
+			tb.Fatalf("replica %s acked version %s, want %s", r.NodeID, ts.AckedVersion, v)
+		}
+		out = append(out, ts.AckedAt.Sub(t0))
+	}
+	return out
+}
+
+// BenchmarkRevocationFanout: one instance pushes a revocation to 1,000
+// replica streams (real delta clients in this process, one gRPC
+// connection each); per iteration, the time from the commit to each
+// replica's ACK reaching the server. Reports p50/p99/max over every
+// replica and iteration (goal: p99 <= 200 ms), and last-ms: the p50 of
+// the time until the last ACK of a push.
+func BenchmarkRevocationFanout(b *testing.B) {
+	n := fanoutStreams
+	if s := os.Getenv("MANDATE_FANOUT_STREAMS"); s != "" {
+		var err error
+		if n, err = strconv.Atoi(s); err != nil || n < 1 {
+			b.Fatalf("MANDATE_FANOUT_STREAMS=%q", s)
+		}
+	}
+	f := startFanout(b, n)
+	ctx := context.Background()
+	f.push(b, ctx, -1) // warm every stream once
+	var all, last []time.Duration
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		lat := f.push(b, ctx, i)
+		all = append(all, lat...)
+		last = append(last, slices.Max(lat))
+	}
+	b.StopTimer()
+	slices.Sort(all)
+	slices.Sort(last)
+	ms := func(d []time.Duration, p float64) float64 {
+		return float64(d[min(len(d)-1, int(p*float64(len(d))))]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(ms(all, 0.50), "p50-ms")
+	b.ReportMetric(ms(all, 0.99), "p99-ms")
+	b.ReportMetric(ms(all, 1), "max-ms")
+	b.ReportMetric(ms(last, 0.50), "last-ms")
+	b.ReportMetric(float64(n), "streams")
+}
+
+// TestRevocationFanoutSmall runs the fan-out with a few streams, so the
+// benchmark's harness is exercised by the ordinary test run.
+func TestRevocationFanoutSmall(t *testing.T) {
+	f := startFanout(t, 20)
+	for i := range 3 {
+		lat := f.push(t, context.Background(), i)
+		if len(lat) != 20 {
+			t.Fatalf("push %d: %d ACK times, want 20", i, len(lat))
+		}
+	}
+}
