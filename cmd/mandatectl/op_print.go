@@ -291,9 +291,7 @@ func auditCmd(fs *pflag.FlagSet) runFunc {
 		if *limit <= 0 || *limit > maxAuditRows {
 			return usagef("--limit %d: want 1 to %d", *limit, maxAuditRows)
 		}
-		// The server returns the oldest entries from --since on: ask for
-		// as many as it gives and keep the newest --limit.
-		req := &mandatev1.AuditLogRequest{Limit: maxAuditRows}
+		req := &mandatev1.AuditLogRequest{Limit: int32(*limit), Newest: true}
 		if *since != "" {
 			if d, err := time.ParseDuration(*since); err == nil {
 				req.Since = timestamppb.New(time.Now().Add(-d))
@@ -312,9 +310,6 @@ func auditCmd(fs *pflag.FlagSet) runFunc {
 		resp, err := c.AuditLog(ctx, req)
 		if err != nil {
 			return rpcErr(err)
-		}
-		if es := resp.GetEntries(); len(es) > *limit {
-			resp.Entries = es[len(es)-*limit:]
 		}
 		if o.value != "table" {
 			return printProto(stdout, o.value, resp)

@@ -3,11 +3,13 @@ package admin
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -429,5 +431,40 @@ func TestServiceNameIsGenerated(t *testing.T) {
 	}
 	if want := "/" + ServiceName + "/Revoke"; mandatev1.Admin_Revoke_FullMethodName != want {
 		t.Fatalf("Admin_Revoke_FullMethodName %q, want %q", mandatev1.Admin_Revoke_FullMethodName, want)
+	}
+}
+
+// TestAuditNewest: the server picks the newest entries (the CLI's
+// `audit --limit N`), not the oldest N trimmed by the client.
+func TestAuditNewest(t *testing.T) {
+	ctx := context.Background()
+	c, _ := plaintextClient(t, true)
+	var names []string
+	for i := range 12 {
+		req := &mandatev1.RevokeRequest{Kind: "task", Value: fmt.Sprintf("t-%02d", i), Ttl: durationpb.New(time.Hour)}
+		r, err := c.Revoke(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, "revocation/"+r.GetRecord().GetName())
+	}
+	objects := func(newest bool) []string {
+		t.Helper()
+		resp, err := c.AuditLog(ctx, &mandatev1.AuditLogRequest{Limit: 3, Newest: newest})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range resp.GetEntries() {
+			out = append(out, e.GetObject())
+		}
+		return out
+	}
+	oldest, newest := objects(false), objects(true)
+	if !slices.Equal(oldest, names[:3]) {
+		t.Errorf("oldest 3: %v, want %v", oldest, names[:3])
+	}
+	if !slices.Equal(newest, names[9:]) {
+		t.Errorf("newest 3 (oldest first): %v, want %v", newest, names[9:])
 	}
 }

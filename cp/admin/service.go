@@ -40,7 +40,7 @@ type Plane interface {
 	Versions() map[string]string
 	EnvoyVersions() map[string]string
 	WaitAcked(ctx context.Context, typeURL, version string) (int, error)
-	AuditLog(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error)
+	AuditLog(ctx context.Context, since time.Time, limit int, newest bool) ([]store.AuditEntry, error)
 }
 
 // Limits of the API.
@@ -305,7 +305,7 @@ func (s *Service) AuditLog(ctx context.Context, in *mandatev1.AuditLogRequest) (
 		}
 		since = in.GetSince().AsTime()
 	}
-	es, err := s.p.AuditLog(ctx, since, limit)
+	es, err := s.p.AuditLog(ctx, since, limit, in.GetNewest())
 	if err != nil {
 		return nil, s.rpcError(ctx, "AuditLog", err)
 	}

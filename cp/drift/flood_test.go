@@ -90,7 +90,7 @@ func TestHostileFloodIsBounded(t *testing.T) {
 		}
 	}
 	revs, v := pl.Revocations(true)
-	audit, err := pl.AuditLog(ctx, time.Time{}, 1_000_000)
+	audit, err := pl.AuditLog(ctx, time.Time{}, 1_000_000, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,7 @@ func TestAuditRetention(t *testing.T) {
 	if n, err := e.p.SweepAudit(ctx); err != nil || n != 20 {
 		t.Fatalf("swept %d, %v; want 20", n, err)
 	}
-	if all, err := e.p.AuditLog(ctx, time.Time{}, 1000); err != nil || len(all) != 10 || all[9].Object == "" {
+	if all, err := e.p.AuditLog(ctx, time.Time{}, 1000, false); err != nil || len(all) != 10 || all[9].Object == "" {
 		t.Fatalf("%d entries left, %v", len(all), err)
 	}
 

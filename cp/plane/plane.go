@@ -109,6 +109,7 @@ type Store interface {
 	List(ctx context.Context, typeURL string) ([]store.Item, uint64, error)
 	AppendAudit(ctx context.Context, entries ...store.AuditEntry) error
 	AuditLog(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error)
+	AuditNewest(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error)
 	PruneAudit(ctx context.Context, r store.AuditRetention) (int, error)
 }
 
@@ -384,9 +385,14 @@ func (p *Plane) audit(actor, action, object, detail string) store.AuditEntry {
 	return store.AuditEntry{Time: p.now(), Actor: actor, Action: action, Object: object, Detail: detail}
 }
 
-// AuditLog returns audit entries not older than since, oldest first.
-func (p *Plane) AuditLog(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error) {
-	out, err := p.st.AuditLog(ctx, since, limit)
+// AuditLog returns audit entries not older than since, oldest first: the
+// oldest limit of them, or with newest the newest limit.
+func (p *Plane) AuditLog(ctx context.Context, since time.Time, limit int, newest bool) ([]store.AuditEntry, error) {
+	read := p.st.AuditLog
+	if newest {
+		read = p.st.AuditNewest
+	}
+	out, err := read(ctx, since, limit)
 	if err != nil {
 		return nil, fmt.Errorf("plane: %w", err)
 	}

@@ -179,6 +179,99 @@ func (d *DB) AuditLog(ctx context.Context, since time.Time, limit int) ([]AuditE
 	return out, err
 }
 
+// AuditNewest returns the newest limit entries whose time is not before
+// since (limit <= 0 means 1000), oldest first. It reads back from the end
+// of the trail, so its cost is in the entries returned, not in the size of
+// the trail, however many entries since lets through.
+func (d *DB) AuditNewest(ctx context.Context, since time.Time, limit int) ([]AuditEntry, error) {
+	if limit <= 0 {
+		limit = 1000
+	}
+	var out []AuditEntry
+	err := d.view(ctx, func(tx Tx) error {
+		out = out[:0]
+		m, err := readAuditMeta(tx)
+		if err != nil {
+			return err
+		}
+		floor := uint64(0)
+		err = tx.Scan(tableAuditTime, timeKey(since), func(k string, _ []byte) (bool, error) {
+			if len(k) != timeKeyLen+16 {
+				return false, fmt.Errorf("bad audit time index key %q", k)
+			}
+			floor, err = parseSeq(k[timeKeyLen:])
+			return false, err
+		})
+		if err != nil || floor == 0 {
+			return err // no entry reaches since
+		}
+		// Read the last window entries; widen the window while entries
+		// older than since (a clock stepped back) leave fewer than limit.
+		for window := uint64(limit); ; window *= 4 {
+			start := floor
+			if m.Next > window && m.Next-window > floor {
+				start = m.Next - window
+			}
+			from, err := auditBlockAtOrBefore(tx, start, floor)
+			if err != nil {
+				return err
+			}
+			out = out[:0]
+			err = tx.Scan(tableAudit, seqKey(from), func(k string, v []byte) (bool, error) {
+				if err := ctx.Err(); err != nil {
+					return false, err
+				}
+				var block []AuditEntry
+				if err := json.Unmarshal(v, &block); err != nil {
+					return false, fmt.Errorf("decode audit block %s: %w", k, err)
+				}
+				for _, e := range block {
+					if e.Seq >= start && !e.Time.Before(since) {
+						out = append(out, e)
+					}
+				}
+				return true, nil
+			})
+			if err != nil {
+				return err
+			}
+			if len(out) >= limit || start == floor {
+				break
+			}
+		}
+		if len(out) > limit {
+			out = out[len(out)-limit:]
+		}
+		return nil
+	})
+	return out, err
+}
+
+// auditBlockAtOrBefore returns the key of a block starting at or before
+// seq, and after floor (itself a block) when one does: the block holding
+// seq or one shortly before it. It probes backwards in growing steps, so
+// it reads a few keys however long the trail is.
+func auditBlockAtOrBefore(tx Tx, seq, floor uint64) (uint64, error) {
+	for step := uint64(0); ; step = max(1, step*2) {
+		if step >= seq-floor {
+			return floor, nil
+		}
+		probe := seq - step
+		var found uint64
+		err := tx.Scan(tableAudit, seqKey(probe), func(k string, _ []byte) (bool, error) {
+			var err error
+			found, err = parseSeq(k)
+			return false, err
+		})
+		if err != nil {
+			return 0, err
+		}
+		if found != 0 && found <= seq {
+			return found, nil
+		}
+	}
+}
+
 // AuditRetention bounds the trail: entries older than MaxAge and the
 // oldest entries past MaxEntries are removed. Zero means no bound.
 type AuditRetention struct {

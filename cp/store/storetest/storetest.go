@@ -58,6 +58,7 @@ func Run(t *testing.T, nb NewBackend) {
 		{"BadInput", testBadInput},
 		{"AuditLog", testAuditLog},
 		{"AuditClockStepsBack", testAuditClockBack},
+		{"AuditNewest", testAuditNewest},
 		{"AuditRetention", testAuditRetention},
 		{"SigningKeys", testSigningKeys},
 		{"SigningKeysSealed", testSigningKeysSealed},
@@ -352,6 +353,67 @@ func testAuditClockBack(t *testing.T, nb NewBackend) {
 			t.Errorf("since +%v: %v, want %v", since, objs, want)
 		}
 	}
+}
+
+// testAuditNewest checks AuditNewest against the last entries of the
+// whole trail, on blocks of 1 to 40 entries, a clock that steps back, and
+// a pruned start.
+func testAuditNewest(t *testing.T, nb NewBackend) {
+	ctx := context.Background()
+	d, _, clk := open(t, nb)
+	t0 := clk.Now()
+	n := 0
+	for i := range 60 {
+		size := []int{1, 1, 2, 40, 1, 3}[i%6]
+		block := make([]store.AuditEntry, size)
+		for j := range block {
+			off := time.Duration(n) * time.Second
+			if n%17 == 5 {
+				off -= 30 * time.Second // a clock stepped back
+			}
+			block[j] = store.AuditEntry{Time: t0.Add(off), Actor: actor, Action: "a", Object: fmt.Sprint(n)}
+			n++
+		}
+		if err := d.AppendAudit(ctx, block...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(stage string) {
+		t.Helper()
+		for _, since := range []time.Duration{-time.Hour, 0, 100 * time.Second, 500 * time.Second, time.Duration(n-3) * time.Second, time.Hour} {
+			all, err := d.AuditLog(ctx, t0.Add(since), 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, limit := range []int{1, 2, 7, 39, 41, 100, 1000} {
+				got, err := d.AuditNewest(ctx, t0.Add(since), limit)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := all
+				if len(want) > limit {
+					want = want[len(want)-limit:]
+				}
+				if !slices.EqualFunc(got, want, func(a, b store.AuditEntry) bool { return a.Seq == b.Seq }) {
+					t.Fatalf("%s: since +%v limit %d: %d entries from seq %v, want %d from %v", stage, since, limit,
+						len(got), firstSeq(got), len(want), firstSeq(want))
+				}
+			}
+		}
+	}
+	check("whole trail")
+	clk.Advance(time.Duration(n)*time.Second - 200*time.Second)
+	if _, err := d.PruneAudit(ctx, store.AuditRetention{MaxEntries: uint64(n / 3)}); err != nil {
+		t.Fatal(err)
+	}
+	check("pruned")
+}
+
+func firstSeq(es []store.AuditEntry) any {
+	if len(es) == 0 {
+		return "none"
+	}
+	return es[0].Seq
 }
 
 func testAuditRetention(t *testing.T, nb NewBackend) {
