@@ -27,6 +27,9 @@ var expectedFiles = []string{
 	"istio/mandate-authz.yaml",
 	"istio/mandate-cp.yaml",
 	"istio/spire-identities.yaml",
+	"istio/ha/etcd.yaml",
+	"istio/ha/mandate-cp.yaml",
+	"istio/ha/mandate-authz.yaml",
 }
 
 // configFiles walks the envoy/ directory and returns every config file in it.
@@ -89,9 +92,10 @@ func readFile(t *testing.T, path string) []byte {
 	return b
 }
 
-// TestConfigs checks every YAML file under envoy/.
+// TestConfigs checks every YAML file under envoy/: the Istio manifests
+// as two sets, one mandate-cp on bbolt (istio/) and the highly available
+// control plane on etcd (istio/ha/ over istio/).
 func TestConfigs(t *testing.T) {
-	mf := newManifests()
 	for _, path := range configFiles(t) {
 		t.Run(path, func(t *testing.T) {
 			data := readFile(t, path)
@@ -105,10 +109,7 @@ func TestConfigs(t *testing.T) {
 			case kindResources:
 				v, err = checkResources(path, data, readFile(t, "xds-bootstrap.yaml"))
 			case kindManifest:
-				if err := mf.add(path, data); err != nil {
-					t.Fatalf("%s: %v", path, err)
-				}
-				return
+				return // decoded and checked below, in its sets
 			}
 			if err != nil {
 				t.Fatalf("Envoy would reject %s: %v", path, err)
@@ -118,11 +119,17 @@ func TestConfigs(t *testing.T) {
 			}
 		})
 	}
-	t.Run("istio/cross-checks", func(t *testing.T) {
-		for _, s := range mf.check() {
-			t.Errorf("wiring rule broken: %s", s)
-		}
-	})
+	base, ha, err := manifestSets(t, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, mf := range map[string]*manifests{"istio/cross-checks": base, "istio/ha/cross-checks": ha} {
+		t.Run(name, func(t *testing.T) {
+			for _, s := range mf.check() {
+				t.Errorf("wiring rule broken: %s", s)
+			}
+		})
+	}
 }
 
 // TestEnvoyConfigsRejected proves the checks can fail: each case mutates a

@@ -28,6 +28,7 @@ const (
 	providerName     = "mandate"
 	authzApp         = "mandate-authz"
 	cpApp            = "mandate-cp"
+	etcdApp          = "etcd"
 	spiffeCSIDriver  = "csi.spiffe.io"
 	spiffeSocketEnv  = "SPIFFE_ENDPOINT_SOCKET"
 	trustDomainToken = "{{ .TrustDomain }}"
@@ -37,7 +38,13 @@ const (
 // accept exactly these). A typo in a manifest would crash-loop the pod.
 var knownFlags = map[string][]string{
 	authzApp: {"--listen", "--metrics-addr", "--xds-server", "--trust-domain", "--allowed-caller", "--policy-dir", "--require-peer-certificate"},
-	cpApp:    {"--xds-listen", "--admin-listen", "--data-dir", "--trust-domain", "--allowed-caller", "--metrics-addr"},
+	cpApp: {"--xds-listen", "--admin-listen", "--data-dir", "--trust-domain", "--allowed-caller", "--metrics-addr",
+		"--etcd-endpoint", "--etcd-cacert", "--etcd-cert", "--etcd-key", "--kek-file", "--instance-id",
+		"--etcd-lease-ttl", "--etcd-grace"},
+	etcdApp: {"--name", "--data-dir", "--listen-client-urls", "--advertise-client-urls", "--listen-peer-urls",
+		"--initial-advertise-peer-urls", "--initial-cluster", "--initial-cluster-state", "--initial-cluster-token",
+		"--client-cert-auth", "--trusted-ca-file", "--cert-file", "--key-file", "--peer-client-cert-auth",
+		"--peer-trusted-ca-file", "--peer-cert-file", "--peer-key-file", "--listen-metrics-urls"},
 }
 
 // Minimal local Kubernetes types: only the fields these manifests use,
@@ -86,8 +93,9 @@ type pdb struct {
 	typeMeta
 	Metadata objectMeta `json:"metadata"`
 	Spec     struct {
-		MinAvailable json.RawMessage `json:"minAvailable"`
-		Selector     labelSelector   `json:"selector"`
+		MinAvailable   *int32        `json:"minAvailable,omitempty"`
+		MaxUnavailable *int32        `json:"maxUnavailable,omitempty"`
+		Selector       labelSelector `json:"selector"`
 	} `json:"spec"`
 }
 
@@ -95,14 +103,18 @@ type service struct {
 	typeMeta
 	Metadata objectMeta `json:"metadata"`
 	Spec     struct {
-		Selector map[string]string `json:"selector"`
-		Ports    []struct {
-			Name        string          `json:"name"`
-			Port        int32           `json:"port"`
-			TargetPort  json.RawMessage `json:"targetPort"`
-			AppProtocol string          `json:"appProtocol,omitempty"`
-		} `json:"ports"`
+		ClusterIP                string            `json:"clusterIP,omitempty"`
+		PublishNotReadyAddresses bool              `json:"publishNotReadyAddresses,omitempty"`
+		Selector                 map[string]string `json:"selector"`
+		Ports                    []servicePort     `json:"ports"`
 	} `json:"spec"`
+}
+
+type servicePort struct {
+	Name        string          `json:"name"`
+	Port        int32           `json:"port"`
+	TargetPort  json.RawMessage `json:"targetPort"`
+	AppProtocol string          `json:"appProtocol,omitempty"`
 }
 
 type probe struct {
@@ -115,12 +127,18 @@ type probe struct {
 }
 
 type container struct {
-	Name  string   `json:"name"`
-	Image string   `json:"image"`
-	Args  []string `json:"args"`
-	Env   []struct {
-		Name  string `json:"name"`
-		Value string `json:"value"`
+	Name    string   `json:"name"`
+	Image   string   `json:"image"`
+	Command []string `json:"command,omitempty"`
+	Args    []string `json:"args"`
+	Env     []struct {
+		Name      string `json:"name"`
+		Value     string `json:"value,omitempty"`
+		ValueFrom *struct {
+			FieldRef struct {
+				FieldPath string `json:"fieldPath"`
+			} `json:"fieldRef"`
+		} `json:"valueFrom,omitempty"`
 	} `json:"env"`
 	Ports []struct {
 		Name          string `json:"name"`
@@ -146,6 +164,8 @@ type container struct {
 	} `json:"volumeMounts"`
 }
 
+// deployment is an apps/v1 Deployment or StatefulSet (Kind tells which;
+// the StatefulSet-only fields are refused on a Deployment by check).
 type deployment struct {
 	typeMeta
 	Metadata objectMeta `json:"metadata"`
@@ -154,6 +174,14 @@ type deployment struct {
 		Strategy *struct {
 			Type string `json:"type"`
 		} `json:"strategy,omitempty"`
+		// StatefulSet only.
+		ServiceName         string `json:"serviceName,omitempty"`
+		PodManagementPolicy string `json:"podManagementPolicy,omitempty"`
+		UpdateStrategy      *struct {
+			Type string `json:"type"`
+		} `json:"updateStrategy,omitempty"`
+		VolumeClaimTemplates []pvc `json:"volumeClaimTemplates,omitempty"`
+
 		Selector labelSelector `json:"selector"`
 		Template struct {
 			Metadata objectMeta `json:"metadata"`
@@ -169,6 +197,12 @@ type deployment struct {
 						Type string `json:"type"`
 					} `json:"seccompProfile"`
 				} `json:"securityContext"`
+				TopologySpreadConstraints []struct {
+					MaxSkew           int32         `json:"maxSkew"`
+					TopologyKey       string        `json:"topologyKey"`
+					WhenUnsatisfiable string        `json:"whenUnsatisfiable"`
+					LabelSelector     labelSelector `json:"labelSelector"`
+				} `json:"topologySpreadConstraints,omitempty"`
 				Containers []container `json:"containers"`
 				Volumes    []struct {
 					Name string `json:"name"`
@@ -176,6 +210,10 @@ type deployment struct {
 						Driver   string `json:"driver"`
 						ReadOnly bool   `json:"readOnly"`
 					} `json:"csi,omitempty"`
+					Secret *struct {
+						SecretName  string `json:"secretName"`
+						DefaultMode *int32 `json:"defaultMode,omitempty"`
+					} `json:"secret,omitempty"`
 					PersistentVolumeClaim *struct {
 						ClaimName string `json:"claimName"`
 					} `json:"persistentVolumeClaim,omitempty"`
@@ -206,6 +244,11 @@ type istioObject struct {
 
 // manifests collects every document under istio/ for the cross-checks.
 type manifests struct {
+	// docs are the documents added, in apply order: a document with the
+	// kind, namespace and name of an earlier one replaces it (as kubectl
+	// apply of the later file would). check decodes them into the rest.
+	docs []rawDoc
+
 	mesh        []*meshv1alpha1.MeshConfig
 	authz       []istioObject
 	peerAuth    []istioObject
@@ -213,6 +256,7 @@ type manifests struct {
 	deployments []deployment
 	services    []service
 	pvcs        []pvc
+	pdbs        []pdb
 	identities  []clusterSPIFFEID
 	namespaces  []string
 	accounts    []serviceAccount
@@ -257,7 +301,15 @@ func strictJSON(js []byte, v any) error {
 	return nil
 }
 
-// add decodes every document of one file under istio/.
+// rawDoc is one document, keyed by what kubectl apply identifies it by.
+type rawDoc struct {
+	key string
+	js  []byte
+}
+
+// add decodes every document of one file under istio/ (reporting what
+// does not decode) and keeps it, replacing an earlier document with the
+// same key.
 func (mf *manifests) add(path string, data []byte) error {
 	docs := splitDocs(data)
 	if len(docs) == 0 {
@@ -268,8 +320,21 @@ func (mf *manifests) add(path string, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("document %d: %w", i, err)
 		}
-		if err := mf.addDoc(js); err != nil {
+		if err := newManifests().addDoc(js); err != nil {
 			return fmt.Errorf("document %d: %w", i, err)
+		}
+		var head struct {
+			typeMeta
+			Metadata objectMeta `json:"metadata"`
+		}
+		if err := json.Unmarshal(js, &head); err != nil {
+			return fmt.Errorf("document %d: %w", i, err)
+		}
+		key := strings.Join([]string{head.APIVersion, head.Kind, head.Metadata.Namespace, head.Metadata.Name}, "/")
+		if j := slices.IndexFunc(mf.docs, func(r rawDoc) bool { return r.key == key }); j >= 0 {
+			mf.docs[j].js = js
+		} else {
+			mf.docs = append(mf.docs, rawDoc{key: key, js: js})
 		}
 	}
 	return nil
@@ -311,7 +376,7 @@ func (mf *manifests) addDoc(js []byte) error {
 		o, err := decodeIstio(js, &networkingv1.DestinationRule{})
 		mf.destRules = append(mf.destRules, o)
 		return err
-	case "apps/v1 Deployment":
+	case "apps/v1 Deployment", "apps/v1 StatefulSet":
 		var d deployment
 		err := strictJSON(js, &d)
 		mf.deployments = append(mf.deployments, d)
@@ -327,7 +392,10 @@ func (mf *manifests) addDoc(js []byte) error {
 		mf.pvcs = append(mf.pvcs, p)
 		return err
 	case "policy/v1 PodDisruptionBudget":
-		return strictJSON(js, &pdb{})
+		var p pdb
+		err := strictJSON(js, &p)
+		mf.pdbs = append(mf.pdbs, p)
+		return err
 	case "v1 ServiceAccount":
 		var sa serviceAccount
 		err := strictJSON(js, &sa)
@@ -373,6 +441,17 @@ func decodeIstio(js []byte, spec proto.Message) (istioObject, error) {
 
 // check runs the cross-file rules over everything added.
 func (mf *manifests) check() violations {
+	var v violations
+	decoded := newManifests()
+	for _, d := range mf.docs {
+		if err := decoded.addDoc(d.js); err != nil {
+			v.addf("%s: %v", d.key, err)
+		}
+	}
+	return append(v, decoded.checkDecoded()...)
+}
+
+func (mf *manifests) checkDecoded() violations {
 	var v violations
 	providers := mf.checkMesh(&v)
 	mf.checkPolicies(&v, providers)
@@ -537,8 +616,16 @@ func (mf *manifests) checkDeployments(v *violations) {
 		}
 	}
 	for _, d := range mf.deployments {
-		where := "Deployment " + d.Metadata.Name
+		where := d.Kind + " " + d.Metadata.Name
 		app := d.Metadata.Name
+		if d.Kind == "Deployment" && (d.Spec.ServiceName != "" || d.Spec.UpdateStrategy != nil || d.Spec.PodManagementPolicy != "" ||
+			d.Spec.VolumeClaimTemplates != nil) {
+			v.addf("%s: StatefulSet fields in a Deployment", where)
+		}
+		if app == etcdApp {
+			mf.checkEtcd(v, d)
+			continue
+		}
 		known, ok := knownFlags[app]
 		if !ok {
 			v.addf("%s: not a Mandate binary", where)
@@ -565,14 +652,6 @@ func (mf *manifests) checkDeployments(v *violations) {
 		if d.Spec.Replicas != nil {
 			replicas = *d.Spec.Replicas
 		}
-		switch {
-		case app == authzApp && replicas < 2:
-			v.addf("%s: want at least 2 replicas, got %d", where, replicas)
-		case app == cpApp && replicas != 1:
-			v.addf("%s: bbolt allows one writer: want 1 replica, got %d", where, replicas)
-		case app == cpApp && (d.Spec.Strategy == nil || d.Spec.Strategy.Type != "Recreate"):
-			v.addf("%s: want strategy Recreate, so two pods never share the data volume", where)
-		}
 		if len(pod.Spec.Containers) != 1 {
 			v.addf("%s: want one container", where)
 			continue
@@ -582,6 +661,19 @@ func (mf *manifests) checkDeployments(v *violations) {
 		if err != nil {
 			v.addf("%s: %v", where, err)
 			continue
+		}
+		onEtcd := app == cpApp && len(fl["--etcd-endpoint"]) > 0
+		switch {
+		case app == authzApp && replicas < 2:
+			v.addf("%s: want at least 2 replicas, got %d", where, replicas)
+		case onEtcd:
+			// Several instances on etcd: checkCPOnEtcd.
+		case app == cpApp && d.Kind != "Deployment":
+			v.addf("%s: the bbolt control plane is a Deployment (etcd: give --etcd-endpoint)", where)
+		case app == cpApp && replicas != 1:
+			v.addf("%s: bbolt allows one writer: want 1 replica, got %d", where, replicas)
+		case app == cpApp && (d.Spec.Strategy == nil || d.Spec.Strategy.Type != "Recreate"):
+			v.addf("%s: want strategy Recreate, so two pods never share the data volume", where)
 		}
 		for name := range fl {
 			if !slices.Contains(known, name) {
@@ -603,8 +695,12 @@ func (mf *manifests) checkDeployments(v *violations) {
 		switch app {
 		case authzApp:
 			mf.checkServeFlag(v, where, d, c, fl, "--listen", 9191)
-			if got := fl["--xds-server"]; !slices.Equal(got, []string{cpApp + "." + d.Metadata.Namespace + ".svc:18000"}) {
-				v.addf("%s: --xds-server %v, want the %s Service's xDS port", where, got, cpApp)
+			want := []string{cpApp + "." + d.Metadata.Namespace + ".svc:18000"}
+			if cp, ok := mf.deployment(cpApp); ok && cp.Kind == "StatefulSet" {
+				want = []string{strings.Join(podNames(cp, 18000), ",")}
+			}
+			if got := fl["--xds-server"]; !slices.Equal(got, want) {
+				v.addf("%s: --xds-server %v, want %v (every control-plane instance)", where, got, want)
 			}
 			if !mf.serviceTargets(cpApp, 18000, "xds") {
 				v.addf("%s: Service %s does not expose port 18000 as xds", where, cpApp)
@@ -620,7 +716,11 @@ func (mf *manifests) checkDeployments(v *violations) {
 			if !slices.Contains(fl["--allowed-caller"], authzSPIFFEID) {
 				v.addf("%s: --allowed-caller must admit %s (the xDS clients)", where, authzSPIFFEID)
 			}
-			mf.checkDataDir(v, where, d, c, fl)
+			if onEtcd {
+				mf.checkCPOnEtcd(v, where, d, c, fl)
+			} else {
+				mf.checkDataDir(v, where, d, c, fl)
+			}
 		}
 	}
 }
@@ -828,41 +928,28 @@ func (mf *manifests) checkIdentities(v *violations) {
 	}
 }
 
-// loadManifests decodes every file under istio/, after applying edit to the
-// content of the file named edited.
+// loadManifests decodes the manifest set holding the file named edited
+// (the HA set for a file under istio/ha/, else the single-instance one),
+// after applying edit to that file's content.
 func loadManifests(t *testing.T, edited string, edit func([]byte) []byte) (*manifests, error) {
 	t.Helper()
-	mf := newManifests()
-	found := false
-	for _, path := range configFiles(t) {
-		if fileKind(path) != kindManifest {
-			continue
-		}
-		data := readFile(t, path)
-		if path == edited {
-			found = true
-			data = edit(data)
-		}
-		if err := mf.add(path, data); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-	}
-	if !found {
+	if !slices.Contains(configFiles(t), edited) {
 		t.Fatalf("no file %s", edited)
 	}
-	return mf, nil
+	base, ha, err := manifestSets(t, edited, edit)
+	if err != nil {
+		return nil, err
+	}
+	if inBaseSet(edited) {
+		return base, nil
+	}
+	return ha, nil
 }
 
 // TestIstioManifestsRejected proves the Istio and Kubernetes checks can
 // fail: each case edits one manifest and must be refused.
 func TestIstioManifestsRejected(t *testing.T) {
-	tests := []struct {
-		name          string
-		file          string
-		old, new      string
-		wantErr       string
-		wantViolation string
-	}{
+	runManifestRejections(t, []manifestCase{
 		{
 			name: "CUSTOM provider not in the mesh config",
 			file: "istio/authorization-policy.yaml",
@@ -971,7 +1058,21 @@ func TestIstioManifestsRejected(t *testing.T) {
 			old:  "kind: ClusterSPIFFEID\nmetadata:\n  name: mandate-cp", new: "kind: ClusterFederatedTrustDomain\nmetadata:\n  name: mandate-cp",
 			wantErr: "unchecked kind",
 		},
-	}
+	})
+}
+
+// manifestCase edits one manifest (old -> new, once) and expects a decode
+// error or a violation.
+type manifestCase struct {
+	name          string
+	file          string
+	old, new      string
+	wantErr       string
+	wantViolation string
+}
+
+func runManifestRejections(t *testing.T, tests []manifestCase) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			mf, err := loadManifests(t, tt.file, func(b []byte) []byte {
