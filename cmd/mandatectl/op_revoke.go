@@ -111,6 +111,8 @@ func revokeOrDowngrade(name string, fs *pflag.FlagSet) runFunc {
 				Ttl: durationpb.New(o.ttl), Reason: o.reason})
 		}
 
+		prog := newProgress(stderr, len(reqs))
+		prog.stepf("read %d values", len(reqs))
 		ctx, conn, done, err := af.conn(ctx, &wf)
 		if err != nil {
 			return err
@@ -121,6 +123,7 @@ func revokeOrDowngrade(name string, fs *pflag.FlagSet) runFunc {
 			recs    []*mandatev1.Revocation
 			version string
 		)
+		prog.stepf("sending %d records to mandate-cp in one batch (all or none are stored)", len(reqs))
 		if len(reqs) == 1 {
 			resp, err := c.Revoke(ctx, reqs[0])
 			if err != nil {
@@ -134,6 +137,7 @@ func revokeOrDowngrade(name string, fs *pflag.FlagSet) runFunc {
 			}
 			recs, version = resp.GetRecords(), resp.GetVersion()
 		}
+		prog.stepf("stored %d records at revocation version %s", len(recs), version)
 		what := "revocation"
 		if len(intents) > 0 {
 			what = "downgrade"

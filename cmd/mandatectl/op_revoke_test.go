@@ -54,6 +54,7 @@ func startCP(t *testing.T) (string, *plane.Plane) {
 	}
 	g := grpc.NewServer(grpc.Creds(insecure.NewCredentials()), grpc.UnaryInterceptor(auth.Unary()))
 	mandatev1.RegisterAdminServer(g, svc)
+	xs.Register(g) // replicas may follow it on the same address
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(func() { g.Stop(); xs.Close(); _ = st.Close() })
 	return lis.Addr().String(), p

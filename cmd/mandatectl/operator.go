@@ -107,7 +107,12 @@ func rpcErr(err error) error {
 func waitAcked(ctx context.Context, c mandatev1.AdminClient, w *waitFlags, typeURL, version, what string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "waiting for every connected replica to ACK %s version %s ...\n", short(typeURL), version)
 	start := time.Now()
+	wctx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { defer close(watched); watchAcks(wctx, c, typeURL, version, stderr) }()
 	resp, err := c.WaitAcked(ctx, &mandatev1.WaitAckedRequest{TypeUrl: typeURL, Version: version, Timeout: durationpb.New(w.timeout)})
+	stopWatch()
+	<-watched
 	if err != nil {
 		return fmt.Errorf("%s not confirmed: %w", what, rpcErr(err))
 	}
@@ -174,16 +179,20 @@ func applyOrDiff(name string, fs *pflag.FlagSet) runFunc {
 		if err != nil {
 			return err
 		}
+		prog := newProgress(stderr, len(ps))
+		prog.stepf("read and validated %d policies", len(ps))
 		ctx, conn, done, err := af.conn(ctx, &wf)
 		if err != nil {
 			return err
 		}
 		defer done()
 		c := mandatev1.NewAdminClient(conn)
+		prog.stepf("sending %d policies to mandate-cp", len(ps))
 		resp, err := c.ApplyPolicies(ctx, &mandatev1.ApplyPoliciesRequest{Policies: ps, DryRun: name == "diff", Prune: *prune})
 		if err != nil {
 			return rpcErr(err)
 		}
+		prog.stepf("answered: %d changes at policy version %s", len(resp.GetChanges()), resp.GetVersion())
 		changed := false
 		for _, ch := range resp.GetChanges() {
 			if ch.GetChange() != "unchanged" {

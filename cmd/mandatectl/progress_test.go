@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	xdsclient "github.com/mandate-dev/mandate/xds/client"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+)
+
+// TestProgressOnLargeRevoke: a revoke of many values reports its steps on
+// stderr, a small one prints only its result.
+func TestProgressOnLargeRevoke(t *testing.T) {
+	addr, _ := startCP(t)
+	dir := t.TempDir()
+	var vals strings.Builder
+	for i := range 150 {
+		fmt.Fprintf(&vals, "spiffe://example.org/agent/p%d\n", i)
+	}
+	big := filepath.Join(dir, "big.txt")
+	if err := os.WriteFile(big, []byte(vals.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conn := []string{"--plaintext", "--addr", addr, "--for", "1h"}
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), append([]string{"revoke", "-f", big}, conn...), &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"] read 150 values", "] sending 150 records to mandate-cp in one batch", "] stored 150 records at revocation version 1"} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut.String())
+		}
+	}
+	if strings.Count(out.String(), "\n") != 151 {
+		t.Errorf("stdout has %d lines, want one per record and a summary", strings.Count(out.String(), "\n"))
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := run(context.Background(), append([]string{"revoke", "--subject", "spiffe://example.org/agent/one"}, conn...), &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if errOut.Len() != 0 {
+		t.Errorf("a one-value revoke printed progress: %q", errOut.String())
+	}
+}
+
+// TestProgressWhileWaiting: a --wait that lasts reports how many replicas
+// have ACKed as that number changes. One of two real replicas holds its
+// ACK of the revocation back until the other has been reported.
+func TestProgressWhileWaiting(t *testing.T) {
+	addr, _ := startCP(t)
+	release := make(chan struct{})
+	follow := func(node string, hold bool) {
+		c, err := xdsclient.New(xdsclient.Config{
+			Target:      addr,
+			DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+			NodeID:      node,
+			Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Apply: func(s xdsclient.State) error {
+				if hold && s.Versions[mandatev1.RevocationTypeURL] == "1" {
+					<-release
+				}
+				return nil
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = c.Run(ctx); _ = c.Close() }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	follow("fast", false)
+	follow("slow", true)
+	// Both replicas hold the initial (empty) state before the wait starts.
+	ac := mandatev1.NewAdminClient(dialPlain(t, addr))
+	waitUntil(t, "two replicas connected", func() bool {
+		st, err := ac.Status(context.Background(), &mandatev1.StatusRequest{})
+		return err == nil && len(st.GetReplicas()) == 2
+	})
+
+	var out bytes.Buffer
+	pr, pw := io.Pipe()
+	code := make(chan int, 1)
+	go func() {
+		code <- run(context.Background(), []string{"revoke", "--subject", "spiffe://example.org/agent/x", "--for", "1h",
+			"--wait", "--plaintext", "--addr", addr}, &out, pw)
+		_ = pw.Close()
+	}()
+	seen := make(chan string, 1)
+	go func() {
+		var stderr strings.Builder
+		buf := make([]byte, 4096)
+		for {
+			n, err := pr.Read(buf)
+			stderr.Write(buf[:n])
+			if strings.Contains(stderr.String(), "ACKed by 1/2 connected replicas") {
+				seen <- stderr.String()
+				_, _ = io.Copy(io.Discard, pr)
+				return
+			}
+			if err != nil {
+				seen <- ""
+				return
+			}
+		}
+	}()
+	select {
+	case s := <-seen:
+		if s == "" {
+			t.Error("stderr ended without the progress line")
+		}
+	case <-time.After(20 * time.Second):
+		t.Error("no progress line while the wait lasted 20s")
+	}
+	close(release)
+	select {
+	case c := <-code:
+		if c != 0 || !strings.Contains(out.String(), "enforced by 2/2 replicas") {
+			t.Fatalf("exit %d, stdout %q", c, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("revoke --wait did not return after the release")
+	}
+}
+
+func dialPlain(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
