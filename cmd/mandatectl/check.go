@@ -135,7 +135,7 @@ func checkCmd(fs *pflag.FlagSet) runFunc {
 		resp, err := authv3.NewAuthorizationClient(conn).Check(ctx, envoyreq.Build(p))
 		if err != nil {
 			// Envoy would answer status_on_error (403) here: fail closed.
-			return fmt.Errorf("Check RPC failed (Envoy would deny with status_on_error): %w", err)
+			return fmt.Errorf("Check RPC failed (Envoy would deny with status_on_error): %w", rpcErr(err))
 		}
 		rtt := time.Since(start)
 		if asJSON {

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"net"
 	"strings"
 	"testing"
 )
@@ -73,5 +76,35 @@ func TestSuggestFlags(t *testing.T) {
 	}
 	if got := suggestFlags(cmd.Flags(), "zzzzzzzzz"); len(got) != 0 {
 		t.Errorf("suggestFlags(zzzzzzzzz) = %q, want none", got)
+	}
+}
+
+// TestErrorsWithoutRepeatedPrefixes: a server that cannot be reached is
+// reported once, as the dial error, without grpc-go's nested "desc ="
+// and "transport:" layers.
+func TestErrorsWithoutRepeatedPrefixes(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	_ = lis.Close() // nothing listens there now
+	for _, args := range [][]string{
+		{"status", "--plaintext", "--addr", addr},
+		{"check", "--principal", "spiffe://example.org/a", "--method", "GET", "--path", "/", "--plaintext", "--addr", addr},
+	} {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), args, &out, &errOut); code == 0 {
+			t.Fatalf("%v: exit 0", args)
+		}
+		msg := errOut.String()
+		if !strings.Contains(msg, "unavailable: dial tcp "+addr) || strings.Count(msg, "mandatectl ") != 1 {
+			t.Errorf("%v: %q", args, msg)
+		}
+		for _, layer := range []string{"desc =", "transport:", "rpc error", "Error while dialing"} {
+			if strings.Contains(msg, layer) {
+				t.Errorf("%v: %q repeats %q", args, msg, layer)
+			}
+		}
 	}
 }

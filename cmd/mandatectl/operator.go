@@ -94,12 +94,20 @@ func callCtx(ctx context.Context, a *adminFlags, w *waitFlags) (context.Context,
 	return context.WithTimeout(ctx, d)
 }
 
-// rpcErr turns a gRPC error into the server's message.
+// rpcErr turns a gRPC error into "code: the server's message", without
+// the layers of prefixes grpc-go wraps a dial failure in.
 func rpcErr(err error) error {
-	if s, ok := status.FromError(err); ok {
-		return fmt.Errorf("%s: %s", strings.ToLower(s.Code().String()), s.Message())
+	s, ok := status.FromError(err)
+	if !ok {
+		return err
 	}
-	return err
+	msg := s.Message()
+	for _, p := range []string{`connection error: desc = "`, "transport: Error while dialing: ", "transport: "} {
+		if rest, cut := strings.CutPrefix(msg, p); cut {
+			msg = strings.TrimSuffix(rest, `"`)
+		}
+	}
+	return fmt.Errorf("%s: %s", strings.ToLower(s.Code().String()), msg)
 }
 
 // waitAcked waits for typeURL@version and prints how long it took. what
