@@ -30,6 +30,7 @@ import (
 
 	"github.com/mandate-dev/mandate/cp/admin"
 	"github.com/mandate-dev/mandate/cp/drift"
+	"github.com/mandate-dev/mandate/cp/issuer"
 	"github.com/mandate-dev/mandate/cp/plane"
 	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/internal/cmdutil"
@@ -140,10 +141,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := cmdutil.NewLogger(stderr, level)
-	// From here on SIGHUP never kills: the Envoy directory reloads on it
-	// (envoy.go); the rest of the configuration needs a restart.
+	// From here on SIGHUP never kills: the Envoy directory (envoy.go) and
+	// the issuance policy reload on it; the rest needs a restart.
 	hup, stopHup := cmdutil.Hangups()
 	defer stopHup()
+	files, err := loadConfigFiles(o)
+	if err != nil {
+		return err
+	}
+	var reloadable atomic.Pointer[issuer.Service]
 	go func() {
 		for {
 			select {
@@ -152,8 +158,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			case <-hup:
 				if o.envoy.dir != "" {
 					logger.Info("SIGHUP: reloading the Envoy directory", "dir", o.envoy.dir)
-				} else {
-					logger.Info("SIGHUP: nothing to reload (no --envoy-dir; other settings need a restart)")
+				}
+				if is := reloadable.Load(); is != nil && o.issuancePolicy != "" {
+					reloadIssuance(o.issuancePolicy, is, logger)
+				}
+				if o.envoy.dir == "" && o.issuancePolicy == "" {
+					logger.Info("SIGHUP: nothing to reload (no --envoy-dir or --issuance-policy; other settings need a restart)")
 				}
 			}
 		}
@@ -258,10 +268,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	services, err := mandateServices(ctx, o, pl, st, auth, logger)
+	services, err := mandateServices(ctx, o, files, pl, st, auth, logger)
 	if err != nil {
 		return err
 	}
+	reloadable.Store(services.issuer)
 	// Replicas report drift and step-up requests over the xDS connection
 	// they already hold.
 	services.replicas.Register(xg)

@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"os"
 
 	"google.golang.org/grpc"
 
 	"github.com/mandate-dev/mandate/cp/admin"
 	"github.com/mandate-dev/mandate/cp/drift"
-	"github.com/mandate-dev/mandate/cp/issuance"
 	"github.com/mandate-dev/mandate/cp/issuer"
 	"github.com/mandate-dev/mandate/cp/issuer/rpcutil"
 	"github.com/mandate-dev/mandate/cp/plane"
@@ -40,7 +37,7 @@ type servicesStore interface {
 	stepup.UseStore
 }
 
-func mandateServices(ctx context.Context, o *options, pl *plane.Plane, st servicesStore, auth *admin.Auth, logger *slog.Logger) (*cpServices, error) {
+func mandateServices(ctx context.Context, o *options, files configFiles, pl *plane.Plane, st servicesStore, auth *admin.Auth, logger *slog.Logger) (*cpServices, error) {
 	cpID := "spiffe://" + o.trustDomain + "/mandate/cp"
 	identify := func(ctx context.Context) (string, error) { return rpcutil.Identify(ctx, o.plaintext) }
 	operator := func(ctx context.Context) (string, error) {
@@ -53,18 +50,8 @@ func mandateServices(ctx context.Context, o *options, pl *plane.Plane, st servic
 		}
 		return p.Actor, nil
 	}
-	var pol *issuance.Policy
-	if o.issuancePolicy != "" {
-		b, err := os.ReadFile(o.issuancePolicy)
-		if err != nil {
-			return nil, fmt.Errorf("--issuance-policy: %w", err)
-		}
-		if pol, err = issuance.Parse(o.issuancePolicy, b); err != nil {
-			return nil, err
-		}
-	}
 	is, err := issuer.New(issuer.Config{
-		Plane: pl, Store: st, Policy: pol, Issuer: cpID, MaxTTL: o.maxTTL, MaxDepth: o.maxDepth,
+		Plane: pl, Store: st, Policy: files.issuance, Issuer: cpID, MaxTTL: o.maxTTL, MaxDepth: o.maxDepth,
 		Rotation: o.keyRotation, Overlap: o.keyOverlap, Identify: identify, Operator: operator, Logger: logger,
 	})
 	if err != nil {
@@ -86,22 +73,7 @@ func mandateServices(ctx context.Context, o *options, pl *plane.Plane, st servic
 	if err := su.Load(ctx); err != nil {
 		return nil, err
 	}
-	var rules []drift.Rule
-	if o.driftPolicy != "" {
-		b, err := os.ReadFile(o.driftPolicy)
-		if err != nil {
-			return nil, fmt.Errorf("--drift-policy: %w", err)
-		}
-		if rules, err = drift.ParsePolicy(o.driftPolicy, b); err != nil {
-			return nil, err
-		}
-	} else if o.driftThreshold > 0 {
-		if rules, err = drift.FlagRules(o.driftThreshold, o.driftWindow, o.driftAction, o.driftIntents); err != nil {
-			return nil, err
-		}
-		rules[0].CountDeniedByRule = &o.driftDeniedByRule
-	}
-	dd, err := drift.New(drift.Config{Plane: pl, Rules: rules, Actor: cpID, Logger: logger,
+	dd, err := drift.New(drift.Config{Plane: pl, Rules: files.drift, Actor: cpID, Logger: logger,
 		MaxActions: o.driftMaxActions, Registerer: o.registerer})
 	if err != nil {
 		return nil, err
