@@ -173,7 +173,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	o.registerer = reg
 
-	st, lead, err := openStore(ctx, o.dataDir, o.store, logger)
+	st, lead, be, err := openStore(ctx, o.dataDir, o.store, logger)
 	if err != nil {
 		return err
 	}
@@ -219,7 +219,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer xs.Close()
-	pl, err := plane.New(ctx, st, xs, logger, plane.WithRegisterer(reg), plane.WithRevocationRetention(o.revocationRetention),
+	view, stopFleet, err := fleetView(ctx, o.store, be, xs, logger)
+	if err != nil {
+		return err
+	}
+	defer stopFleet()
+	pl, err := plane.New(ctx, st, xs, logger, plane.WithRegisterer(reg), plane.WithFleet(view), plane.WithRevocationRetention(o.revocationRetention),
 		plane.WithAuditRetention(store.AuditRetention{MaxAge: o.auditMaxAge, MaxEntries: o.auditMaxEntries}))
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -224,12 +225,18 @@ func envoyConfigured(vs map[string]string) bool {
 	return false
 }
 
-// printNodes prints one table: NODE, CONNECTED, the acked version of each
-// column type, then tail ("LAG\tNACK" or "NACK\tLAG"), appending every
-// NACK's full text to nacks.
+// printNodes prints one table: NODE, INSTANCE (when mandate-cp runs as a
+// fleet of named instances), CONNECTED, the acked version of each column
+// type, then tail ("LAG\tNACK" or "NACK\tLAG"), appending every NACK's
+// full text to nacks.
 func printNodes(w io.Writer, nodes []*mandatev1.ReplicaStatus, cols []struct{ url, name string }, now time.Time, nacks *[]string, tail string) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprint(tw, "NODE\tCONNECTED")
+	fleet := slices.ContainsFunc(nodes, func(r *mandatev1.ReplicaStatus) bool { return r.GetInstance() != "" })
+	fmt.Fprint(tw, "NODE")
+	if fleet {
+		fmt.Fprint(tw, "\tINSTANCE")
+	}
+	fmt.Fprint(tw, "\tCONNECTED")
 	for _, t := range cols {
 		fmt.Fprint(tw, "\t"+t.name)
 	}
@@ -243,7 +250,11 @@ func printNodes(w io.Writer, nodes []*mandatev1.ReplicaStatus, cols []struct{ ur
 				conn = "no (" + now.Sub(r.GetLastSeen().AsTime()).Round(time.Second).String() + " ago)"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s", r.GetNodeId(), conn)
+		fmt.Fprint(tw, r.GetNodeId())
+		if fleet {
+			fmt.Fprint(tw, "\t"+r.GetInstance())
+		}
+		fmt.Fprint(tw, "\t"+conn)
 		byType := map[string]*mandatev1.ReplicaTypeStatus{}
 		for _, t := range r.GetTypes() {
 			byType[t.GetTypeUrl()] = t

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/cp/fleet"
 	"github.com/mandate-dev/mandate/cp/plane"
 	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
@@ -34,7 +35,7 @@ type Plane interface {
 	RevokeRecord(ctx context.Context, r revocation.Record, actor string) (*mandatev1.Revocation, string, error)
 	RevokeMany(ctx context.Context, rs []revocation.Record, actor string) ([]*mandatev1.Revocation, string, error)
 	Revocations(includeExpired bool) ([]*mandatev1.Revocation, string)
-	Status() []xdsserver.ReplicaStatus
+	Status() []fleet.Node
 	EnvoyStatus() []xdsserver.ReplicaStatus
 	Lag(rs xdsserver.ReplicaStatus, typeURL string) time.Duration
 	Versions() map[string]string
@@ -235,8 +236,10 @@ func parsePageToken(tok string) (time.Time, string, error) {
 // Envoys (LDS/CDS) with their Listener and Cluster types.
 func (s *Service) Status(context.Context, *mandatev1.StatusRequest) (*mandatev1.StatusResponse, error) {
 	out := &mandatev1.StatusResponse{Versions: s.p.Versions()}
-	for _, rs := range s.p.Status() {
-		out.Replicas = append(out.Replicas, s.nodeStatus(rs, mandatev1.TypeURLs()))
+	for _, n := range s.p.Status() {
+		rs := s.nodeStatus(n.ReplicaStatus, mandatev1.TypeURLs())
+		rs.Instance = n.Instance
+		out.Replicas = append(out.Replicas, rs)
 	}
 	if ev := s.p.EnvoyVersions(); len(ev) > 0 {
 		out.EnvoyVersions = ev

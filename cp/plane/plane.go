@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/mandate-dev/mandate/cp/fleet"
 	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	"github.com/mandate-dev/mandate/xds/resource"
@@ -117,9 +118,12 @@ type Store interface {
 type Plane struct {
 	st  Store
 	xds *xdsserver.Server
-	log *slog.Logger
-	now func() time.Time
-	reg prometheus.Registerer
+	// fleet is every replica of every instance (WithFleet; default this
+	// instance's xDS server alone).
+	fleet fleet.View
+	log   *slog.Logger
+	now   func() time.Time
+	reg   prometheus.Registerer
 
 	mu  sync.Mutex                           // serializes writes: store order = publish order
 	res map[string]map[string]resource.Named // type URL -> name -> resource, as stored
@@ -172,6 +176,13 @@ func New(ctx context.Context, st Store, xds *xdsserver.Server, logger *slog.Logg
 		if err := o(p); err != nil {
 			return nil, err
 		}
+	}
+	if p.fleet == nil {
+		local, err := fleet.NewLocal("", xds)
+		if err != nil {
+			return nil, err
+		}
+		p.fleet = local
 	}
 	p.started = p.now()
 	p.writes = prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -12,12 +12,32 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mandate-dev/mandate/cp/fleet"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
 )
 
-// Status returns every replica the xDS server knows, sorted by node id.
-func (p *Plane) Status() []xdsserver.ReplicaStatus { return p.xds.Status() }
+// WithFleet makes Status and WaitAcked see every replica of every
+// instance sharing the store (cp/fleet: Presence on etcd); without it
+// they see this instance's xDS server alone.
+func WithFleet(v fleet.View) Option {
+	return func(p *Plane) error {
+		if v == nil {
+			return errors.New("plane: nil fleet view")
+		}
+		p.fleet = v
+		return nil
+	}
+}
+
+// Status returns every replica of the fleet, sorted by node id then
+// instance: a node id connected to two instances has a row for each. The
+// rows are what was last known when the other instances' state cannot be
+// followed.
+func (p *Plane) Status() []fleet.Node {
+	ns, _ := p.fleet.Nodes()
+	return ns
+}
 
 // EnvoyStatus returns every Envoy that fetches listeners and clusters
 // (LDS/CDS) from the xDS server, sorted by node id.
@@ -83,18 +103,21 @@ func (p *Plane) Lag(rs xdsserver.ReplicaStatus, typeURL string) time.Duration {
 	return 0
 }
 
-// WaitAcked returns when every connected replica has ACKed typeURL at
-// version or later, with how many replicas that is (0 when none is
-// connected: the caller must say so). A replica that NACKs the version
-// (or a later one) ends the wait at once with a *NackError.
+// WaitAcked returns when every replica connected to a live instance of
+// the fleet has ACKed typeURL at version or later, with how many replicas
+// that is (0 when none is connected: the caller must say so). A node id
+// connected to several instances is one replica, ACKed when it ACKed on
+// each (fleet.WaitAcked). A replica that NACKs the version (or a later
+// one) ends the wait at once with a *NackError.
 func (p *Plane) WaitAcked(ctx context.Context, typeURL, version string) (int, error) {
-	if _, err := strconv.ParseUint(version, 10, 64); err != nil {
+	want, err := strconv.ParseUint(version, 10, 64)
+	if err != nil {
 		return 0, invalid("version %q is not a number", version)
 	}
 	if !knownType(typeURL) {
 		return 0, invalid("unknown type URL %q", typeURL)
 	}
-	n, err := p.xds.WaitAckedOrRejected(ctx, typeURL, version)
+	n, err := fleet.WaitAcked(ctx, p.fleet, typeURL, want)
 	var re *xdsserver.RejectedError
 	if errors.As(err, &re) {
 		return 0, &NackError{Node: re.Node, Version: re.Version, Message: re.Message}
@@ -121,7 +144,8 @@ func IsNack(err error) bool {
 }
 
 // lagCollector exports per-replica, per-type lag and the connected flag
-// at scrape time.
+// at scrape time, for the replicas of this instance (each instance
+// exports its own).
 type lagCollector struct{ p *Plane }
 
 var (
@@ -137,7 +161,7 @@ func (c lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lagDesc; ch <
 
 func (c lagCollector) Collect(ch chan<- prometheus.Metric) {
 	now := c.p.now()
-	for _, rs := range c.p.Status() {
+	for _, rs := range c.p.xds.Status() {
 		if !rs.Connected {
 			continue
 		}

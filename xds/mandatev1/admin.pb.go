@@ -886,8 +886,12 @@ type ReplicaStatus struct {
 	ConnectedSince *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=connected_since,json=connectedSince,proto3" json:"connected_since,omitempty"`
 	LastSeen       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	Types          []*ReplicaTypeStatus   `protobuf:"bytes,6,rep,name=types,proto3" json:"types,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// instance is the mandate-cp instance the replica is connected to
+	// (--instance-id); a node id connected to two instances has a row for
+	// each.
+	Instance      string `protobuf:"bytes,7,opt,name=instance,proto3" json:"instance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplicaStatus) Reset() {
@@ -960,6 +964,13 @@ func (x *ReplicaStatus) GetTypes() []*ReplicaTypeStatus {
 		return x.Types
 	}
 	return nil
+}
+
+func (x *ReplicaStatus) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
 }
 
 type StatusResponse struct {
@@ -1402,14 +1413,15 @@ const file_mandate_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"nack_error\x18\x06 \x01(\tR\tnackError\x127\n" +
 	"\tnacked_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bnackedAt\x12+\n" +
-	"\x03lag\x18\b \x01(\v2\x19.google.protobuf.DurationR\x03lag\"\x93\x02\n" +
+	"\x03lag\x18\b \x01(\v2\x19.google.protobuf.DurationR\x03lag\"\xaf\x02\n" +
 	"\rReplicaStatus\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1c\n" +
 	"\tconnected\x18\x02 \x01(\bR\tconnected\x12\x18\n" +
 	"\astreams\x18\x03 \x01(\x05R\astreams\x12C\n" +
 	"\x0fconnected_since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x0econnectedSince\x127\n" +
 	"\tlast_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x123\n" +
-	"\x05types\x18\x06 \x03(\v2\x1d.mandate.v1.ReplicaTypeStatusR\x05types\"\x95\x03\n" +
+	"\x05types\x18\x06 \x03(\v2\x1d.mandate.v1.ReplicaTypeStatusR\x05types\x12\x1a\n" +
+	"\binstance\x18\a \x01(\tR\binstance\"\x95\x03\n" +
 	"\x0eStatusResponse\x12D\n" +
 	"\bversions\x18\x01 \x03(\v2(.mandate.v1.StatusResponse.VersionsEntryR\bversions\x125\n" +
 	"\breplicas\x18\x02 \x03(\v2\x19.mandate.v1.ReplicaStatusR\breplicas\x121\n" +

@@ -117,6 +117,9 @@ func NewBackend(c *clientv3.Client, prefix string) (*Backend, error) {
 // Client returns the etcd client (for leases, watches and elections).
 func (b *Backend) Client() *clientv3.Client { return b.c }
 
+// Prefix returns the key prefix of the store.
+func (b *Backend) Prefix() string { return b.prefix }
+
 // Close closes the client when the backend opened it.
 func (b *Backend) Close() error {
 	if b.owned {
