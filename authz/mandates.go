@@ -12,11 +12,12 @@ import (
 type MandateVerifier interface {
 	// VerifyRequest verifies token at now (the decision's clock), checks
 	// that r.Subject holds it and that the request falls inside its
-	// scope. It only reads r: the caller binds the returned mandate to
-	// the request (attrs.BindMandate). It returns the verified mandate
+	// scope. r is passed by value (a pointer into the caller's request
+	// would move every decision's attributes to the heap); the caller
+	// binds the returned mandate to the request (attrs.BindMandate). It returns the verified mandate
 	// even when the request is out of its scope (then with OutOfScope set
 	// and an error) or presented by another workload (with an error).
-	VerifyRequest(token string, r *policies.Request, now time.Time) (*VerifiedMandate, error)
+	VerifyRequest(token string, r policies.Request, now time.Time) (*VerifiedMandate, error)
 }
 
 // VerifiedMandate is a mandate that passed verification.
@@ -46,7 +47,7 @@ type Mandates struct {
 func NewMandates(v tokenVerifier) *Mandates { return &Mandates{v: v} }
 
 // VerifyRequest implements MandateVerifier.
-func (m *Mandates) VerifyRequest(token string, r *policies.Request, now time.Time) (*VerifiedMandate, error) {
+func (m *Mandates) VerifyRequest(token string, r policies.Request, now time.Time) (*VerifiedMandate, error) {
 	c, err := m.v.VerifyAt(token, now)
 	if err != nil {
 		return nil, &ReasonError{Reason: string(mandate.ReasonOf(err)), Err: err}

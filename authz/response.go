@@ -21,42 +21,59 @@ const (
 	HeaderTask       = "x-mandate-task"
 )
 
-// allowParts holds every message of an allow response in one allocation.
+// allowParts holds the messages an allow response does not share with
+// others, in one allocation.
 type allowParts struct {
 	resp   authv3.CheckResponse
-	status rpcstatus.Status
 	ok     authv3.CheckResponse_OkResponse
 	okResp authv3.OkHttpResponse
 	opts   [2]*corev3.HeaderValueOption
-	opt    [2]corev3.HeaderValueOption
-	hv     [2]corev3.HeaderValue
+	id     corev3.HeaderValueOption
+	idHV   corev3.HeaderValue
 }
 
-// removeOnAllow is shared by every allow response; never modified. The
-// upstream never sees the mandate: it is a credential for this hop only.
-var removeOnAllow = []string{HeaderMandate}
+// allowShared is what every allow response shares; never modified (gRPC
+// only reads a response, and concurrent marshalling of one message is
+// safe). The upstream never sees the mandate: it is a credential for
+// this hop only.
+type allowShared struct {
+	status *rpcstatus.Status
+	remove []string
+}
+
+func newAllowShared() allowShared {
+	return allowShared{status: &rpcstatus.Status{Code: int32(codes.OK)}, remove: []string{HeaderMandate}}
+}
+
+// overwrite is a response header that replaces whatever the client sent.
+func overwrite(key, value string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: key, Value: value},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
+}
 
 // allowResponse lets the request through with the decision id and, when
 // the request has a task (declared or from its mandate), the task the
-// decision was made for; both overwrite whatever the client sent.
-func allowResponse(decisionID, task string) *authv3.CheckResponse {
+// decision was made for (taskHdr: the x-mandate-task header, shared by
+// the hits of one cached decision, or nil to build it); both overwrite
+// whatever the client sent.
+func (s *Server) allowResponse(decisionID, task string, taskHdr *corev3.HeaderValueOption) *authv3.CheckResponse {
 	p := &allowParts{}
-	p.status.Code = int32(codes.OK)
-	n := 0
-	for _, h := range [2][2]string{{HeaderDecisionID, decisionID}, {HeaderTask, task}} {
-		if h[1] == "" {
-			continue
+	p.idHV.Key, p.idHV.Value = HeaderDecisionID, decisionID
+	p.id.Header = &p.idHV
+	p.id.AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	p.opts[0] = &p.id
+	n := 1
+	if task != "" {
+		if taskHdr == nil {
+			taskHdr = overwrite(HeaderTask, task)
 		}
-		p.hv[n].Key, p.hv[n].Value = h[0], h[1]
-		p.opt[n].Header = &p.hv[n]
-		p.opt[n].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-		p.opts[n] = &p.opt[n]
+		p.opts[1] = taskHdr
 		n++
 	}
 	p.okResp.Headers = p.opts[:n]
-	p.okResp.HeadersToRemove = removeOnAllow
+	p.okResp.HeadersToRemove = s.allow.remove
 	p.ok.OkResponse = &p.okResp
-	p.resp.Status = &p.status
+	p.resp.Status = s.allow.status
 	p.resp.HttpResponse = &p.ok
 	return &p.resp
 }

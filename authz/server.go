@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mandate-dev/mandate/authz/attrs"
 	"github.com/mandate-dev/mandate/authz/decisioncache"
@@ -136,10 +139,10 @@ type Server struct {
 
 	cfg     Config
 	attrs   *attrs.Extractor
-	now     func() time.Time
 	logger  *slog.Logger
 	ids     *idGen
 	keyPool sync.Pool
+	allow   allowShared
 }
 
 // NewServer validates cfg and returns a Server.
@@ -159,10 +162,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, attrs: x, now: cfg.Now, logger: cfg.Logger, ids: ids}
-	if s.now == nil {
-		s.now = time.Now
-	}
+	s := &Server{cfg: cfg, attrs: x, logger: cfg.Logger, ids: ids, allow: newAllowShared()}
 	if s.logger == nil {
 		s.logger = slog.Default()
 	}
@@ -194,6 +194,8 @@ type outcome struct {
 	// approvable: a step_up an approval may lift (an allow rule matched).
 	approvable bool
 	approval   string // step-up approval request id
+	// entry is the cached decision of a cache hit.
+	entry *decisioncache.Entry
 	// argKeys, allArgs: the MCP arguments the deciding rule read;
 	// hdrKeys, allHdrs: the headers it read.
 	argKeys []string
@@ -221,27 +223,83 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 			s.finishAfterPanic(&rec, &out, start)
 		}
 	}()
-	out := s.decide(ctx, req, &rec)
+	out := s.decide(ctx, req, &rec, start)
+	memo := s.memoOf(&out, rec.Task)
 	switch {
 	case out.effect == policies.EffectAllow:
-		resp = allowResponse(rec.DecisionID, rec.Task)
+		var taskHdr *corev3.HeaderValueOption
+		if memo != nil {
+			taskHdr = memo.taskHdr
+		}
+		resp = s.allowResponse(rec.DecisionID, rec.Task, taskHdr)
 	case attrs.IsMCPRoute(req.GetAttributes().GetContextExtensions()):
 		resp = mcpDenyResponse(rec.DecisionID, rec.MCPRequestID, &out)
 	default:
 		resp = denyResponse(rec.DecisionID, &out)
 	}
-	s.finish(&rec, &out, start)
+	s.finish(&rec, &out, memo, start)
 	return resp, nil
 }
 
-func (s *Server) finish(rec *decisionlog.Record, out *outcome, start time.Time) {
+// hitMemo is what the hits of one cached decision share, built on its
+// first hit: the metric handles of its labels and, for an allow, its
+// x-mandate-task header. Immutable once stored on the entry.
+type hitMemo struct {
+	metrics                      *Metrics
+	result, reason, policy, rule string
+	task                         string
+	decisions, ruleHits          prometheus.Counter        // nil without metrics; ruleHits nil without a rule
+	taskHdr                      *corev3.HeaderValueOption // nil without a task or for a deny
+}
+
+// memoOf returns the memo of a cache hit's entry when it describes this
+// outcome exactly (an approved step-up, for one, does not), else nil.
+func (s *Server) memoOf(out *outcome, task string) *hitMemo {
+	e := out.entry
+	if e == nil {
+		return nil
+	}
+	result := out.effect.String()
+	if mm, _ := e.Memo().(*hitMemo); mm != nil {
+		if mm.metrics == s.cfg.Metrics && mm.result == result && mm.reason == out.reason &&
+			mm.policy == out.policy && mm.rule == out.rule && mm.task == task {
+			return mm
+		}
+		return nil
+	}
+	if uint8(out.effect) != e.Effect || out.reason != e.Reason {
+		return nil
+	}
+	mm := &hitMemo{metrics: s.cfg.Metrics, result: result, reason: out.reason, policy: out.policy, rule: out.rule,
+		task: strings.Clone(task)}
+	if m := s.cfg.Metrics; m != nil {
+		mm.decisions = m.decisions.WithLabelValues(result, out.reason)
+		if out.rule != "" {
+			mm.ruleHits = m.ruleHits.WithLabelValues(out.policy, out.rule, result)
+		}
+	}
+	if out.effect == policies.EffectAllow && task != "" {
+		mm.taskHdr = overwrite(HeaderTask, mm.task)
+	}
+	e.SetMemo(mm) // a concurrent first hit may store its own, equal one
+	return mm
+}
+
+func (s *Server) finish(rec *decisionlog.Record, out *outcome, memo *hitMemo, start time.Time) {
 	lat := time.Since(start)
 	result := out.effect.String()
 	if m := s.cfg.Metrics; m != nil {
 		m.latency.Observe(lat.Seconds())
-		m.decisions.WithLabelValues(result, out.reason).Inc()
-		if out.rule != "" {
-			m.ruleHits.WithLabelValues(out.policy, out.rule, result).Inc()
+		if memo != nil {
+			memo.decisions.Inc()
+			if memo.ruleHits != nil {
+				memo.ruleHits.Inc()
+			}
+		} else {
+			m.decisions.WithLabelValues(result, out.reason).Inc()
+			if out.rule != "" {
+				m.ruleHits.WithLabelValues(out.policy, out.rule, result).Inc()
+			}
 		}
 		if out.cacheHit {
 			m.cacheHits.Inc()
@@ -271,11 +329,16 @@ func (s *Server) finishAfterPanic(rec *decisionlog.Record, out *outcome, start t
 			s.logger.Error("authz: panic recording a denied decision", "decision_id", rec.DecisionID, "panic", fmt.Sprint(p))
 		}
 	}()
-	s.finish(rec, out, start)
+	s.finish(rec, out, nil, start)
 }
 
-func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *decisionlog.Record) outcome {
-	now := s.now() // the one clock of this decision
+// decide decides req; start is when Check began, which is also the
+// decision's clock unless Config.Now sets another.
+func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *decisionlog.Record, start time.Time) outcome {
+	now := start // the one clock of this decision
+	if s.cfg.Now != nil {
+		now = s.cfg.Now()
+	}
 	rec.Time = now
 	st := s.cfg.State.Load()
 	if st == nil || st.Policies == nil {
@@ -317,7 +380,7 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 		if s.cfg.Mandates == nil {
 			return deny(reasonNoVerifier)
 		}
-		v, err := s.cfg.Mandates.VerifyRequest(a.Token, r, now)
+		v, err := s.cfg.Mandates.VerifyRequest(a.Token, *r, now)
 		if v != nil {
 			// The record names the mandate's task and intent, also
 			// when the request is refused (which task drifted).
@@ -421,10 +484,15 @@ func (s *Server) evaluate(st *State, r *policies.Request, notAfter, now time.Tim
 		if e, ok := cache.Get(key.Bytes(), st.PolicyEpoch, now); ok {
 			return outcome{effect: policies.Effect(e.Effect), reason: e.Reason, policy: e.Policy,
 				rule: e.Rule, dryRun: e.DryRun, cacheHit: true, approvable: e.AllowedIfApproved,
-				argKeys: e.ArgumentKeys, allArgs: e.AllArguments, hdrKeys: e.HeaderKeys, allHdrs: e.AllHeaders}
+				argKeys: e.ArgumentKeys, allArgs: e.AllArguments, hdrKeys: e.HeaderKeys, allHdrs: e.AllHeaders, entry: e}
 		}
 	}
-	d := st.Policies.Evaluate(r)
+	// Conditions may keep the request they read (CEL activations), so
+	// the policies get a copy: the caller's stays on its stack, and a
+	// cache hit allocates no request.
+	rc := new(policies.Request)
+	*rc = *r
+	d := st.Policies.Evaluate(rc)
 	out := outcome{effect: d.Effect, reason: string(d.Reason), policy: d.Policy, rule: d.Rule,
 		evaluated: true, approvable: d.AllowedIfApproved, argKeys: d.ArgumentKeys, allArgs: d.AllArguments,
 		hdrKeys: d.HeaderKeys, allHdrs: d.AllHeaders}

@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -37,7 +38,18 @@ type Entry struct {
 	AllHeaders bool
 	Epoch      uint64
 	Expires    time.Time
+
+	// memo is what the cache's user derived from this entry (Memo).
+	memo atomic.Value
 }
+
+// Memo returns what SetMemo stored on e, or nil.
+func (e *Entry) Memo() any { return e.memo.Load() }
+
+// SetMemo stores v on e for later hits to share: something derived from
+// the entry once (metric handles, response parts) instead of on every
+// hit. v must be immutable once stored, and always of the same type.
+func (e *Entry) SetMemo(v any) { e.memo.Store(v) }
 
 // Config sizes the cache.
 type Config struct {

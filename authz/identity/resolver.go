@@ -3,6 +3,7 @@ package identity
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -29,6 +30,7 @@ type Resolver struct {
 	domains       map[spiffeid.TrustDomain]struct{}
 	proxies       map[string]struct{}
 	requireXFCCBy bool
+	memo          *memo
 }
 
 // New validates cfg and returns a Resolver.
@@ -40,6 +42,7 @@ func New(cfg Config) (*Resolver, error) {
 		domains:       make(map[spiffeid.TrustDomain]struct{}, len(cfg.TrustDomains)),
 		proxies:       make(map[string]struct{}, len(cfg.TrustedProxies)),
 		requireXFCCBy: cfg.RequireXFCCBy,
+		memo:          &memo{seed: maphash.MakeSeed()},
 	}
 	for _, td := range cfg.TrustDomains {
 		if _, err := ParseTrustDomain(td.Name()); err != nil {
@@ -66,17 +69,17 @@ func (r *Resolver) Caller(source *authv3.AttributeContext_Peer, headers map[stri
 	if principal == "" {
 		return spiffeid.ID{}, &Error{Reason: ReasonNoPrincipal, Err: errors.New("peer has no principal (no mTLS client certificate)")}
 	}
-	peer, err := ParseID(principal)
+	peer, err := r.lookup(principal)
 	if err != nil {
 		return spiffeid.ID{}, err
 	}
-	if _, ok := r.proxies[principal]; ok {
-		return r.forwardedCaller(peer, headers)
+	if peer.proxy {
+		return r.forwardedCaller(peer.id, headers)
 	}
-	if err := r.checkDomain(peer, ReasonUntrustedDomain); err != nil {
-		return spiffeid.ID{}, err
+	if !peer.trusted {
+		return spiffeid.ID{}, r.checkDomain(peer.id, ReasonUntrustedDomain)
 	}
-	return peer, nil
+	return peer.id, nil
 }
 
 func (r *Resolver) forwardedCaller(proxy spiffeid.ID, headers map[string]string) (spiffeid.ID, error) {
@@ -125,14 +128,14 @@ func (r *Resolver) Destination(dest *authv3.AttributeContext_Peer) (string, erro
 	if p == "" {
 		return "", nil
 	}
-	id, err := ParseID(p)
+	e, err := r.lookup(p)
 	if err != nil {
 		return "", &Error{Reason: ReasonBadDestination, Err: fmt.Errorf("destination principal: %w", err)}
 	}
-	if err := r.checkDomain(id, ReasonUntrustedDestination); err != nil {
-		return "", err
+	if !e.trusted {
+		return "", r.checkDomain(e.id, ReasonUntrustedDestination)
 	}
-	return id.String(), nil
+	return e.id.String(), nil
 }
 
 func (r *Resolver) checkDomain(id spiffeid.ID, reason Reason) error {

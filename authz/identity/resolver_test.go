@@ -124,12 +124,16 @@ func TestCaller(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newTestResolver(t, tt.requireBy)
-			id, err := r.Caller(tt.source, tt.headers)
-			if got := reasonOf(t, err); got != tt.reason {
-				t.Fatalf("Caller reason = %q (%v), want %q", got, err, tt.reason)
-			}
-			if id.String() != tt.want {
-				t.Fatalf("Caller = %q, want %q", id, tt.want)
+			// The second call is answered from the resolver's memo of
+			// validated principals: the same verdict.
+			for _, pass := range []string{"first", "remembered"} {
+				id, err := r.Caller(tt.source, tt.headers)
+				if got := reasonOf(t, err); got != tt.reason {
+					t.Fatalf("%s call: Caller reason = %q (%v), want %q", pass, got, err, tt.reason)
+				}
+				if id.String() != tt.want {
+					t.Fatalf("%s call: Caller = %q, want %q", pass, id, tt.want)
+				}
 			}
 		})
 	}
@@ -153,14 +157,38 @@ func TestDestination(t *testing.T) {
 	r := newTestResolver(t, false)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := r.Destination(tt.dest)
-			if rs := reasonOf(t, err); rs != tt.reason {
-				t.Fatalf("Destination reason = %q (%v), want %q", rs, err, tt.reason)
-			}
-			if got != tt.want {
-				t.Fatalf("Destination = %q, want %q", got, tt.want)
+			for _, pass := range []string{"first", "remembered"} {
+				got, err := r.Destination(tt.dest)
+				if rs := reasonOf(t, err); rs != tt.reason {
+					t.Fatalf("%s call: Destination reason = %q (%v), want %q", pass, rs, err, tt.reason)
+				}
+				if got != tt.want {
+					t.Fatalf("%s call: Destination = %q, want %q", pass, got, tt.want)
+				}
 			}
 		})
+	}
+}
+
+// TestMemoIsPerResolver: a principal one resolver trusts (and remembers)
+// is still refused by a resolver with other trust domains, and a trusted
+// proxy's ID is remembered as a proxy, never as a direct caller.
+func TestMemoIsPerResolver(t *testing.T) {
+	wide := newTestResolver(t, false)
+	narrow, err := New(Config{TrustDomains: []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("partner.net")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := wide.Caller(peer(agentID), nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := narrow.Caller(peer(agentID), nil); reasonOf(t, err) != ReasonUntrustedDomain {
+			t.Fatalf("narrow resolver: %v, want %s", err, ReasonUntrustedDomain)
+		}
+		if _, err := wide.Caller(peer(proxyID), nil); reasonOf(t, err) != ReasonXFCCMissing {
+			t.Fatalf("proxy without XFCC: %v, want %s", err, ReasonXFCCMissing)
+		}
 	}
 }
 

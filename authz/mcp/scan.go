@@ -143,56 +143,97 @@ const (
 
 // str scans a string starting at its opening quote and returns the span
 // of its raw contents (between the quotes) and whether it holds escapes.
+// strings.IndexByte (vectorized) finds the next quote and backslash; the
+// printable ASCII between them is checked 16 bytes at a time, and only
+// escapes and non-ASCII runes are looked at one by one.
 func (sc *scanner) str() (start, end int, escaped bool, err error) {
 	s := sc.s
 	i := sc.i + 1
 	start = i
+	// quote and bslash are the next '"' and '\\' at or after i, once
+	// searched (len(s): none; bslash == quote: none before the quote).
+	quote, bslash := -1, -1
 	for {
-		// Eight bytes at a time while none of them is a quote, a
-		// backslash, a control character or non-ASCII.
-		for i+8 <= len(s) {
-			_ = s[i+7]
-			x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
-				uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
-			q := x ^ (lo8 * '"')
-			b := x ^ (lo8 * '\\')
-			m := ((q - lo8) &^ q) | ((b - lo8) &^ b) | (x - lo8*0x20) | x
-			if m&hi8 != 0 {
-				break
+		if quote < i {
+			quote = len(s)
+			if q := strings.IndexByte(s[i:], '"'); q >= 0 {
+				quote = i + q
 			}
-			i += 8
 		}
-		if i >= len(s) {
-			sc.i = i
-			return 0, 0, false, sc.fail(ReasonMalformed)
+		if bslash < i {
+			bslash = quote
+			if b := strings.IndexByte(s[i:quote], '\\'); b >= 0 {
+				bslash = i + b
+			}
 		}
-		c := s[i]
-		switch {
-		case c == '"':
-			sc.i = i + 1
-			return start, i, escaped, nil
-		case c == '\\':
-			escaped = true
-			n, r := sc.escape(i)
-			if r != "" {
+		i += plainPrefix(s[i:bslash])
+		if i < bslash {
+			if s[i] < 0x20 {
 				sc.i = i
-				return 0, 0, false, sc.fail(r)
+				return 0, 0, false, sc.fail(ReasonMalformed)
 			}
-			i += n
-		case c < 0x20:
-			sc.i = i
-			return 0, 0, false, sc.fail(ReasonMalformed)
-		case c < 0x80:
-			i++
-		default:
+			// Non-ASCII: its continuation bytes are never a quote or a
+			// backslash, so a valid rune ends before bslash.
 			r, n := utf8.DecodeRuneInString(s[i:])
 			if r == utf8.RuneError && n <= 1 {
 				sc.i = i
 				return 0, 0, false, sc.fail(ReasonBadUTF8)
 			}
 			i += n
+			continue
+		}
+		switch {
+		case i >= len(s):
+			sc.i = i
+			return 0, 0, false, sc.fail(ReasonMalformed)
+		case i == quote:
+			sc.i = i + 1
+			return start, i, escaped, nil
+		}
+		escaped = true
+		n, r := sc.escape(i)
+		if r != "" {
+			sc.i = i
+			return 0, 0, false, sc.fail(r)
+		}
+		i += n
+	}
+}
+
+// plainPrefix returns the length of the longest prefix of s free of
+// control characters and non-ASCII bytes (< 0x20, >= 0x80).
+func plainPrefix(s string) int {
+	n := 0
+	// A byte below 0x20 borrows into its top bit in x-lo8*0x20 (no
+	// borrow comes from the bytes below the first such byte); x's own
+	// top bits flag non-ASCII.
+	const sp = lo8 * 0x20
+	for len(s) >= 32 {
+		a, b, c, d := le64(s), le64(s[8:]), le64(s[16:]), le64(s[24:])
+		if ((a-sp)|a|(b-sp)|b|(c-sp)|c|(d-sp)|d)&hi8 != 0 {
+			break
+		}
+		s, n = s[32:], n+32
+	}
+	for len(s) >= 8 {
+		if a := le64(s); ((a-sp)|a)&hi8 != 0 {
+			break
+		}
+		s, n = s[8:], n+8
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 {
+			return n + i
 		}
 	}
+	return n + len(s)
+}
+
+// le64 reads the first 8 bytes of s as a little-endian integer.
+func le64(s string) uint64 {
+	_ = s[7]
+	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
 }
 
 // escape checks the escape sequence at s[i] (a backslash) and returns its
