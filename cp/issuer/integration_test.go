@@ -2,6 +2,7 @@ package issuer_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -9,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -18,6 +21,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-dev/mandate/authz"
+	"github.com/mandate-dev/mandate/authz/decisioncache"
+	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/authz/mandate"
 	"github.com/mandate-dev/mandate/authz/report"
 	"github.com/mandate-dev/mandate/cp/drift"
@@ -28,6 +33,7 @@ import (
 	"github.com/mandate-dev/mandate/cp/stepup"
 	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/cp/store/boltstore"
+	"github.com/mandate-dev/mandate/policies"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
 )
@@ -294,5 +300,141 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	keys, err := c.mandates.VerificationKeys(context.Background(), &mandatev1.MandateKeysRequest{})
 	if err != nil || len(keys.GetKeys()) != 1 || keys.GetIssuer() != cpID {
 		t.Fatal(keys, err)
+	}
+}
+
+// mcpStepUpPolicy: a pull request to main needs a person's approval.
+const mcpStepUpPolicy = `apiVersion: mandate.dev/v1
+kind: Policy
+metadata: {name: coder}
+spec:
+  rules:
+    - name: pr
+      effect: allow
+      subjects: ["spiffe://example.org/agent/a"]
+      actions: [{mcp: {tools: [github.create_pull_request]}}]
+    - name: pr-to-main
+      effect: step_up
+      subjects: ["spiffe://example.org/agent/a"]
+      actions: [{mcp: {tools: [github.create_pull_request]}}]
+      when: 'mcp.arguments.base == "main"'
+`
+
+// TestMCPStepUpApprovedOnceThroughTheRealClaim: an approved MCP tool call
+// (approve --uses 1) is allowed once, fleet-wide counted by mandate-cp's
+// Replicas.ClaimApprovalUse, and the same call again needs a new approval.
+// A replica is a real authz.Server (with its decision cache) whose
+// ClaimApproval is the real reporter calling the real plane over gRPC:
+// were the claim skipped on MCP routes, the second call would be allowed.
+func TestMCPStepUpApprovedOnceThroughTheRealClaim(t *testing.T) {
+	c := startCP(t)
+	rep, err := report.New(report.Config{Conn: c.conn, FlushInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { rep.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	res, err := identity.New(identity.Config{TrustDomains: []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("example.org")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := policies.Parse("coder.yaml", []byte(mcpStepUpPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policies.Compile(ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	states := authz.NewStateStore(nil)
+	states.Update(func(s *authz.State) { s.Policies = set })
+	cache, err := decisioncache.New(decisioncache.Config{MaxEntries: 100, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	srv, err := authz.NewServer(authz.Config{Identity: res, State: states, Cache: cache,
+		OnStepUp: rep.OnStepUp, ClaimApproval: rep.ClaimApproval, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"github.create_pull_request",` +
+		`"arguments":{"owner":"acme","repo":"widgets","base":"main","title":"Fix"}}}`
+	call := func() (allowed bool, reason, approval string) {
+		t.Helper()
+		resp, err := srv.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			Source:            &authv3.AttributeContext_Peer{Principal: agentA},
+			ContextExtensions: map[string]string{"protocol": "mcp"},
+			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+				Method: "POST", Path: "/mcp", Host: "github-mcp", Body: body,
+				Headers: map[string]string{":method": "POST", ":path": "/mcp", "content-type": "application/json",
+					"mcp-method": "tools/call", "mcp-name": "github.create_pull_request"},
+			}},
+		}})
+		if err != nil {
+			t.Fatalf("Check: RPC error %v", err)
+		}
+		if codes.Code(resp.GetStatus().GetCode()) == codes.OK {
+			return true, "", ""
+		}
+		var rpc struct {
+			Error struct {
+				Data struct {
+					Reason   string `json:"reason"`
+					Approval string `json:"approval_request"`
+				} `json:"data"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(resp.GetDeniedResponse().GetBody()), &rpc); err != nil {
+			t.Fatalf("deny body %q: %v", resp.GetDeniedResponse().GetBody(), err)
+		}
+		return false, rpc.Error.Data.Reason, rpc.Error.Data.Approval
+	}
+
+	allowed, reason, arID := call()
+	if allowed || reason != "step_up_required" || arID == "" {
+		t.Fatalf("unapproved pull request to main: allowed=%v reason=%q approval=%q", allowed, reason, arID)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		list, err := c.approvals.List(context.Background(), &mandatev1.ListApprovalRequestsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.GetRequests()) == 1 && list.GetRequests()[0].GetId() == arID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("approval request %s never listed: %v", arID, list)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := c.approvals.Approve(as(operator),
+		&mandatev1.ApproveStepUpRequest{Id: arID, Window: durationpb.New(2 * time.Minute), Uses: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// The replica receives the approval (as xDS would deliver it).
+	var approvals []authz.Approval
+	for _, a := range c.plane.Approvals() {
+		approvals = append(approvals, authz.Approval{ID: a.GetName(), Subject: a.GetSubject(), Task: a.GetTask(),
+			Method: a.GetMethod(), Path: a.GetPath(), GRPC: a.GetGrpc(), Policy: a.GetPolicy(), Rule: a.GetRule(),
+			Expires: a.GetExpires().AsTime()})
+	}
+	if len(approvals) != 1 || approvals[0].ID != arID {
+		t.Fatalf("plane approvals = %+v, want %s", approvals, arID)
+	}
+	states.Update(func(s *authz.State) { s.Approvals = authz.NewApprovalSet(approvals) })
+
+	if allowed, reason, _ := call(); !allowed {
+		t.Fatalf("approved pull request denied (%s)", reason)
+	}
+	for i := 0; i < 2; i++ {
+		if allowed, reason, again := call(); allowed || reason != "step_up_required" || again != arID {
+			t.Fatalf("call %d after the one use: allowed=%v reason=%q approval=%q, want step_up_required on %s",
+				i+2, allowed, reason, again, arID)
+		}
 	}
 }
