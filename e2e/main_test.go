@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/mandate-dev/mandate/e2e/internal/spire"
+	"github.com/mandate-dev/mandate/internal/etcdtest"
 )
 
 // Packages TestMain builds once per test binary run; scenarios copy them
@@ -21,8 +22,8 @@ var suitePackages = []string{
 	"github.com/mandate-dev/mandate/e2e/cmd/echo",
 }
 
-// builtDir holds the binaries built by TestMain (empty when SPIRE is
-// absent and the scenarios skip). Written once, before any test runs.
+// builtDir holds the binaries built by TestMain (empty when neither SPIRE
+// nor etcd is installed and the scenarios skip). Written once, before any test runs.
 var builtDir string
 
 func TestMain(m *testing.M) {
@@ -31,7 +32,8 @@ func TestMain(m *testing.M) {
 
 func runMain(m *testing.M) int {
 	_, spireErr := spire.FindBinaries()
-	if spireErr == nil || os.Getenv(spire.EnvRequire) == "1" {
+	_, etcdErr := etcdtest.Find()
+	if spireErr == nil || os.Getenv(spire.EnvRequire) == "1" || etcdErr == nil || os.Getenv(etcdtest.RequireEnv) != "" {
 		dir, err := os.MkdirTemp("", "mandate-e2e-bin-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err)

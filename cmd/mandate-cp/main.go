@@ -150,7 +150,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	var reloadable atomic.Pointer[issuer.Service]
-	go func() {
+	// ctx is a parameter: run replaces its ctx below (etcd leadership).
+	go func(ctx context.Context) {
 		for {
 			select {
 			case <-ctx.Done():
@@ -167,7 +168,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 				}
 			}
 		}
-	}()
+	}(ctx)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -40,6 +40,18 @@ var (
 // under RequireEnv) when it is not installed.
 func Binary(t testing.TB) string {
 	t.Helper()
+	bin, err := Find()
+	if err != nil {
+		if os.Getenv(RequireEnv) != "" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	return bin
+}
+
+// Find returns the path of the etcd member binary, or why there is none.
+func Find() (string, error) {
 	binOnce.Do(func() {
 		if p := os.Getenv(BinEnv); p != "" {
 			binPath = p
@@ -56,13 +68,7 @@ func Binary(t testing.TB) string {
 		}
 		binPath = strings.TrimSpace(string(out))
 	})
-	if binErr != nil {
-		if os.Getenv(RequireEnv) != "" {
-			t.Fatal(binErr)
-		}
-		t.Skip(binErr)
-	}
-	return binPath
+	return binPath, binErr
 }
 
 // Member is one etcd process.
