@@ -3,6 +3,7 @@ package authz
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -253,6 +254,39 @@ func TestMCPStepUpBoundToArguments(t *testing.T) {
 	other := h.checkMCP(t, mcpReq(toolCall("3", "github.create_pull_request", `{"owner":"acme","repo":"secrets","base":"main","title":"a"}`)))
 	if other.allowed || other.status != 401 || other.rpc.Error.Data.Approval == p.ID {
 		t.Fatalf("approval for repo widgets covered repo secrets: %s", other.body)
+	}
+}
+
+// TestMCPStepUpReportRecomputes: what a replica reports of an MCP step-up
+// is all mandate-cp needs to recompute its id, long argument values
+// included (shown cut, bound by their SHA-256), and two values that share
+// their shown part still get different ids.
+func TestMCPStepUpReportRecomputes(t *testing.T) {
+	var pending []StepUpRequest
+	h := mcpHarness(t, func(c *Config) {
+		c.OnStepUp = func(r StepUpRequest) { pending = append(pending, r) }
+	})
+	long := strings.Repeat("w", 1500)
+	for i, repo := range []string{"widgets", long + "-a", long + "-b"} {
+		res := h.checkMCP(t, mcpReq(toolCall(fmt.Sprint(i), "github.create_pull_request",
+			`{"owner":"acme","repo":"`+repo+`","base":"main"}`)))
+		if res.status != 401 || len(pending) != i+1 {
+			t.Fatalf("%d: step-up %s", i, res.body)
+		}
+	}
+	for i, p := range pending {
+		svc, m, _ := strings.Cut(p.GRPC, "/")
+		got := ApprovalRequestID(StepUpContent{Subject: p.Subject, Task: p.Task, Method: p.Method, Path: p.Path,
+			GRPCService: svc, GRPCMethod: m, Policy: p.Policy, Rule: p.Rule, MCP: p.MCP, MCPArguments: p.Arguments, Headers: p.Headers})
+		if got != p.ID {
+			t.Errorf("%d: id %s recomputed from the report as %s", i, p.ID, got)
+		}
+		if r := p.Arguments["repo"]; len(r) > 1100 {
+			t.Errorf("%d: reported repo of %d bytes", i, len(r))
+		}
+	}
+	if a, b := pending[1].Arguments["repo"], pending[2].Arguments["repo"]; !strings.Contains(a, "… [sha256:") || a == b || pending[1].ID == pending[2].ID {
+		t.Errorf("long values sharing their shown part: %q / %q, ids %s %s", a[len(a)-80:], b[len(b)-80:], pending[1].ID, pending[2].ID)
 	}
 }
 

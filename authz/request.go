@@ -57,47 +57,33 @@ type reads struct {
 // another. Likewise it covers the values of the headers the condition
 // read ("" for an absent one): an approval of a refund of 600 is not one
 // of 999999999999, of 1e99 or of a refund with no amount. It returns the
-// argument values (raw JSON by name; "*" holds all of them) and the
-// header values too.
+// argument values as reported (raw JSON by name, "" for an absent one;
+// "*" holds all of them; see reportedArgument) and the header values too.
+//
+// The id is computed from exactly what a replica reports
+// (ApprovalRequestID), so mandate-cp recomputes it and a report cannot
+// pair one request's id with another request's content.
 func stepUpID(r *policies.Request, policy, rule string, rd reads) (id string, args, hdrs map[string]string) {
-	h := sha256.New()
-	write := func(f string) {
-		var n [4]byte
-		n[0], n[1], n[2], n[3] = byte(len(f)>>24), byte(len(f)>>16), byte(len(f)>>8), byte(len(f))
-		h.Write(n[:])
-		h.Write([]byte(f))
-	}
-	for _, f := range []string{r.Subject, r.Task, r.Method, r.Path, r.GRPCService, r.GRPCMethod, policy, rule} {
-		write(f)
-	}
+	content := StepUpContent{Subject: r.Subject, Task: r.Task, Method: r.Method, Path: r.Path,
+		GRPCService: r.GRPCService, GRPCMethod: r.GRPCMethod, Policy: policy, Rule: rule}
 	if c := r.MCP; c != nil {
-		for _, f := range []string{"mcp", c.Method, c.Tool, c.ResourceURI} {
-			write(f)
-		}
+		content.MCP = mcpName(c)
 		switch {
 		case rd.allArgs:
-			args = map[string]string{"*": c.Arguments}
-			write("*")
-			write(c.Arguments)
+			args = map[string]string{"*": reportedArgument(c.Arguments)}
 		case len(rd.argKeys) > 0:
 			args = make(map[string]string, len(rd.argKeys))
+			for _, k := range rd.argKeys {
+				args[k] = ""
+			}
 			mcp.Members(c.Arguments, func(name, value string) bool {
-				if slices.Contains(rd.argKeys, name) {
-					args[name] = value
+				if _, read := args[name]; read {
+					args[name] = reportedArgument(value)
 				}
 				return true
 			})
-			for _, k := range rd.argKeys {
-				write(k)
-				write(args[k]) // "" when absent: no JSON value is empty
-			}
-			for k, v := range args {
-				args[k] = shorten(v, maxShownArgument)
-			}
 		}
-	}
-	if args["*"] != "" {
-		args["*"] = shorten(args["*"], maxShownArgument)
+		content.MCPArguments = args
 	}
 	keys := rd.hdrKeys
 	if rd.allHdrs {
@@ -108,43 +94,72 @@ func stepUpID(r *policies.Request, policy, rule string, rd reads) (id string, ar
 		for _, k := range keys {
 			hdrs[k] = r.Headers[k]
 		}
-		writeHeaders(write, hdrs)
+		content.Headers = hdrs
 	}
-	return "ar-" + hex.EncodeToString(h.Sum(nil)[:10]), args, hdrs
+	return ApprovalRequestID(content), args, hdrs
 }
 
-// writeHeaders hashes header values in name order, "" for an absent one.
-func writeHeaders(write func(string), hdrs map[string]string) {
-	write("headers")
-	for _, k := range slices.Sorted(maps.Keys(hdrs)) {
-		write(k)
-		write(hdrs[k])
+// StepUpContent is what a replica reports of a step-up, and all an
+// approval-request id is computed from.
+type StepUpContent struct {
+	Subject, Task, Method, Path, GRPCService, GRPCMethod, Policy, Rule string
+	// MCP is the MCP request as "method name" (mcpName); "" for others.
+	MCP string
+	// MCPArguments are the argument values the rule read, as reported.
+	MCPArguments map[string]string
+	// Headers are the header values the rule read ("" when absent).
+	Headers map[string]string
+}
+
+// ApprovalRequestID is the approval-request id of a step-up with this
+// content. Replicas hand it out; mandate-cp recomputes it from what a
+// replica reports.
+func ApprovalRequestID(c StepUpContent) string {
+	h := sha256.New()
+	write := func(f string) {
+		var n [4]byte
+		n[0], n[1], n[2], n[3] = byte(len(f)>>24), byte(len(f)>>16), byte(len(f)>>8), byte(len(f))
+		h.Write(n[:])
+		h.Write([]byte(f))
 	}
+	for _, f := range []string{c.Subject, c.Task, c.Method, c.Path, c.GRPCService, c.GRPCMethod, c.Policy, c.Rule} {
+		write(f)
+	}
+	if c.MCP != "" {
+		write("mcp")
+		write(c.MCP)
+		write("arguments")
+		for _, k := range slices.Sorted(maps.Keys(c.MCPArguments)) {
+			write(k)
+			write(c.MCPArguments[k])
+		}
+	}
+	if len(c.Headers) > 0 {
+		write("headers")
+		for _, k := range slices.Sorted(maps.Keys(c.Headers)) {
+			write(k)
+			write(c.Headers[k])
+		}
+	}
+	return "ar-" + hex.EncodeToString(h.Sum(nil)[:10])
 }
 
-// ApprovalRequestID is the approval-request id a replica hands out for a
-// step-up of a request that is not an MCP call, whose step_up rule read
-// the given header values: mandate-cp recomputes it from what a replica
-// reports, so a report cannot pair one request's id with another
-// request's content.
-func ApprovalRequestID(subject, task, method, path, grpcService, grpcMethod, policy, rule string, headers map[string]string) string {
-	r := &policies.Request{Subject: subject, Task: task, Method: method, Path: path,
-		GRPCService: grpcService, GRPCMethod: grpcMethod, Headers: headers}
-	id, _, _ := stepUpID(r, policy, rule, reads{hdrKeys: slices.Sorted(maps.Keys(headers))})
-	return id
-}
-
-// maxShownArgument bounds an argument value shown to the approver (the id
-// binds the whole value).
+// maxShownArgument bounds an argument value shown to the approver.
 const maxShownArgument = 1000
 
-// shorten cuts s to at most n bytes on a rune boundary, marking the cut.
-func shorten(s string, n int) string {
-	if len(s) <= n {
-		return s
+// reportedArgument is how an argument value is reported and bound: whole
+// when at most maxShownArgument bytes, else its first bytes (cut on a
+// rune boundary), "… [sha256:HEX]" and the SHA-256 of the whole value,
+// which binds it. No raw JSON value ends like that (an array cannot end
+// with a bare sha256:...), so the two forms cannot stand for each other.
+func reportedArgument(v string) string {
+	if len(v) <= maxShownArgument {
+		return v
 	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
+	n := maxShownArgument
+	for n > 0 && !utf8.RuneStart(v[n]) {
 		n--
 	}
-	return s[:n] + "…"
+	sum := sha256.Sum256([]byte(v))
+	return v[:n] + "… [sha256:" + hex.EncodeToString(sum[:]) + "]"
 }

@@ -369,16 +369,15 @@ func ValidateStepUp(e *mandatev1.StepUpEvent) (stepup.Event, error) {
 	if err := checkHeaders(e.GetHeaders()); err != nil {
 		return stepup.Event{}, err
 	}
-	if e.GetMcp() == "" {
-		// The id is the replica's hash of what it reports (the header
-		// values the rule read included): recompute it, so a report
-		// cannot pair one request's id with another's content (an
-		// operator approves what the content says).
-		svc, m, _ := strings.Cut(e.GetGrpc(), "/")
-		if want := authz.ApprovalRequestID(e.GetSubject(), e.GetTask(), e.GetMethod(), e.GetPath(), svc, m,
-			e.GetPolicy(), e.GetRule(), e.GetHeaders()); want != id {
-			return stepup.Event{}, errors.New("drift: step_up id does not match the reported request")
-		}
+	// The id is the replica's hash of what it reports (the header values
+	// and MCP argument values the rule read included): recompute it, so a
+	// report cannot pair one request's id with another's content (an
+	// operator approves what the content says).
+	svc, m, _ := strings.Cut(e.GetGrpc(), "/")
+	if want := authz.ApprovalRequestID(authz.StepUpContent{Subject: e.GetSubject(), Task: e.GetTask(),
+		Method: e.GetMethod(), Path: e.GetPath(), GRPCService: svc, GRPCMethod: m, Policy: e.GetPolicy(),
+		Rule: e.GetRule(), MCP: e.GetMcp(), MCPArguments: e.GetMcpArguments(), Headers: e.GetHeaders()}); want != id {
+		return stepup.Event{}, errors.New("drift: step_up id does not match the reported request")
 	}
 	t, err := checkTime(e.GetTime())
 	if err != nil {
@@ -414,7 +413,7 @@ func checkHeaders(h map[string]string) error {
 const (
 	maxMCPBytes      = 4096 + 160
 	maxMCPArguments  = 32
-	maxMCPArgBytes   = 1024
+	maxMCPArgBytes   = 1100 // authz reports at most 1000 bytes and a digest
 	maxMCPArgNameLen = 128
 )
 

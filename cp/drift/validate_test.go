@@ -19,9 +19,10 @@ func TestValidateEvents(t *testing.T) {
 		return &mandatev1.OutOfIntentEvent{Subject: "spiffe://example.org/agent/a", Task: "t1", Intent: "triage", Reason: "no_match", Time: now}
 	}
 	okS := func() *mandatev1.StepUpEvent {
-		return &mandatev1.StepUpEvent{Id: authz.ApprovalRequestID("spiffe://example.org/agent/a", "t1", "POST", "/payments", "", "", "payments", "big", nil),
-			Subject: "spiffe://example.org/agent/a", Task: "t1",
+		e := &mandatev1.StepUpEvent{Subject: "spiffe://example.org/agent/a", Task: "t1",
 			Method: "POST", Path: "/payments", Policy: "payments", Rule: "big", Time: now}
+		e.Id = idOf(e)
+		return e
 	}
 	if _, err := ValidateOutOfIntent(okO()); err != nil {
 		t.Fatal(err)
@@ -31,7 +32,7 @@ func TestValidateEvents(t *testing.T) {
 	}
 	withAmount := okS()
 	withAmount.Headers = map[string]string{"x-refund-amount": "600"}
-	withAmount.Id = authz.ApprovalRequestID(withAmount.Subject, "t1", "POST", "/payments", "", "", "payments", "big", withAmount.Headers)
+	withAmount.Id = idOf(withAmount)
 	if ev, err := ValidateStepUp(withAmount); err != nil || ev.Headers["x-refund-amount"] != "600" {
 		t.Fatal(ev, err)
 	}
@@ -62,11 +63,11 @@ func TestValidateEvents(t *testing.T) {
 		"header swap": func(e *mandatev1.StepUpEvent) { e.Headers = map[string]string{"x-refund-amount": "600"} },
 		"header upper": func(e *mandatev1.StepUpEvent) {
 			e.Headers = map[string]string{"X-Amount": "1"}
-			e.Id = authz.ApprovalRequestID(e.Subject, e.Task, e.Method, e.Path, "", "", e.Policy, e.Rule, e.Headers)
+			e.Id = idOf(e)
 		},
 		"header long": func(e *mandatev1.StepUpEvent) {
 			e.Headers = map[string]string{"x-amount": strings.Repeat("9", 2000)}
-			e.Id = authz.ApprovalRequestID(e.Subject, e.Task, e.Method, e.Path, "", "", e.Policy, e.Rule, e.Headers)
+			e.Id = idOf(e)
 		},
 		"subject":     func(e *mandatev1.StepUpEvent) { e.Subject = "" },
 		"policy":      func(e *mandatev1.StepUpEvent) { e.Policy = "" },
@@ -83,12 +84,31 @@ func TestValidateEvents(t *testing.T) {
 		"mcp argument too long": func(e *mandatev1.StepUpEvent) {
 			e.Mcp, e.McpArguments = "tools/call t", map[string]string{"repo": strings.Repeat("a", 2000)}
 		},
+		// The id binds the MCP call and the argument values the rule
+		// read: a report cannot show one pull request under the id of
+		// another, nor another tool.
+		"mcp argument swap": func(e *mandatev1.StepUpEvent) {
+			e.Mcp, e.McpArguments = "tools/call github.create_pull_request", map[string]string{"repo": `"widgets"`}
+			e.Id = idOf(e)
+			e.McpArguments["repo"] = `"secrets"`
+		},
+		"mcp tool swap": func(e *mandatev1.StepUpEvent) {
+			e.Mcp, e.McpArguments = "tools/call github.create_pull_request", map[string]string{"repo": `"widgets"`}
+			e.Id = idOf(e)
+			e.Mcp = "tools/call github.delete_repository"
+		},
+		"mcp argument dropped": func(e *mandatev1.StepUpEvent) {
+			e.Mcp, e.McpArguments = "tools/call github.create_pull_request", map[string]string{"repo": `"widgets"`}
+			e.Id = idOf(e)
+			e.McpArguments = nil
+		},
 		"mcp argument not UTF-8": func(e *mandatev1.StepUpEvent) {
 			e.Mcp, e.McpArguments = "tools/call t", map[string]string{"repo": "\xff"}
 		},
 	}
 	mcpOK := okS()
 	mcpOK.Mcp, mcpOK.McpArguments = "tools/call github.create_pull_request", map[string]string{"repo": `"widgets"`, "base": `"main"`}
+	mcpOK.Id = idOf(mcpOK)
 	if ev, err := ValidateStepUp(mcpOK); err != nil || ev.MCP != mcpOK.Mcp || ev.MCPArguments["repo"] != `"widgets"` {
 		t.Fatalf("MCP step-up: %+v, %v", ev, err)
 	}
@@ -99,4 +119,12 @@ func TestValidateEvents(t *testing.T) {
 			t.Errorf("step_up with bad %s accepted", name)
 		}
 	}
+}
+
+// idOf is the id a replica computes for the content of e.
+func idOf(e *mandatev1.StepUpEvent) string {
+	svc, m, _ := strings.Cut(e.GetGrpc(), "/")
+	return authz.ApprovalRequestID(authz.StepUpContent{Subject: e.GetSubject(), Task: e.GetTask(), Method: e.GetMethod(),
+		Path: e.GetPath(), GRPCService: svc, GRPCMethod: m, Policy: e.GetPolicy(), Rule: e.GetRule(),
+		MCP: e.GetMcp(), MCPArguments: e.GetMcpArguments(), Headers: e.GetHeaders()})
 }

@@ -211,7 +211,8 @@ func TestMandatesOverTheRealPlane(t *testing.T) {
 	go func() { rep.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	// The replica's id of this request, which mandate-cp recomputes.
-	arID := authz.ApprovalRequestID(agentA, "task-7", "POST", "/tickets/1/close", "", "", "tickets", "close", nil)
+	arID := authz.ApprovalRequestID(authz.StepUpContent{Subject: agentA, Task: "task-7", Method: "POST",
+		Path: "/tickets/1/close", Policy: "tickets", Rule: "close"})
 	rep.OnStepUp(authz.StepUpRequest{ID: arID, Subject: agentA, Task: "task-7", Intent: "triage",
 		Method: "POST", Path: "/tickets/1/close", Policy: "tickets", Rule: "close", Time: time.Now()})
 	var list *mandatev1.ListApprovalRequestsResponse
