@@ -146,34 +146,15 @@ func (d *DB) AuditLog(ctx context.Context, since time.Time, limit int) ([]AuditE
 	var out []AuditEntry
 	err := d.view(ctx, func(tx Tx) error {
 		out = out[:0]
-		start := ""
-		err := tx.Scan(tableAuditTime, timeKey(since), func(k string, _ []byte) (bool, error) {
-			if len(k) != timeKeyLen+16 {
-				return false, fmt.Errorf("bad audit time index key %q", k)
-			}
-			start = k[timeKeyLen:]
-			return false, nil
-		})
+		start, err := firstAuditBlockSince(tx, since)
 		if err != nil || start == "" {
 			return err // no entry reaches since
 		}
-		return tx.Scan(tableAudit, start, func(k string, v []byte) (bool, error) {
-			if err := ctx.Err(); err != nil {
-				return false, err
+		return scanAudit(ctx, tx, start, func(e AuditEntry) bool {
+			if !e.Time.Before(since) {
+				out = append(out, e)
 			}
-			var block []AuditEntry
-			if err := json.Unmarshal(v, &block); err != nil {
-				return false, fmt.Errorf("decode audit block %s: %w", k, err)
-			}
-			for _, e := range block {
-				if !e.Time.Before(since) {
-					out = append(out, e)
-					if len(out) == limit {
-						return false, nil
-					}
-				}
-			}
-			return true, nil
+			return len(out) < limit
 		})
 	})
 	return out, err
@@ -189,21 +170,17 @@ func (d *DB) AuditNewest(ctx context.Context, since time.Time, limit int) ([]Aud
 	}
 	var out []AuditEntry
 	err := d.view(ctx, func(tx Tx) error {
-		out = out[:0]
 		m, err := readAuditMeta(tx)
 		if err != nil {
 			return err
 		}
-		floor := uint64(0)
-		err = tx.Scan(tableAuditTime, timeKey(since), func(k string, _ []byte) (bool, error) {
-			if len(k) != timeKeyLen+16 {
-				return false, fmt.Errorf("bad audit time index key %q", k)
-			}
-			floor, err = parseSeq(k[timeKeyLen:])
-			return false, err
-		})
-		if err != nil || floor == 0 {
+		first, err := firstAuditBlockSince(tx, since)
+		if err != nil || first == "" {
 			return err // no entry reaches since
+		}
+		floor, err := parseSeq(first)
+		if err != nil {
+			return err
 		}
 		// Read the last window entries; widen the window while entries
 		// older than since (a clock stepped back) leave fewer than limit.
@@ -217,20 +194,11 @@ func (d *DB) AuditNewest(ctx context.Context, since time.Time, limit int) ([]Aud
 				return err
 			}
 			out = out[:0]
-			err = tx.Scan(tableAudit, seqKey(from), func(k string, v []byte) (bool, error) {
-				if err := ctx.Err(); err != nil {
-					return false, err
+			err = scanAudit(ctx, tx, seqKey(from), func(e AuditEntry) bool {
+				if e.Seq >= start && !e.Time.Before(since) {
+					out = append(out, e)
 				}
-				var block []AuditEntry
-				if err := json.Unmarshal(v, &block); err != nil {
-					return false, fmt.Errorf("decode audit block %s: %w", k, err)
-				}
-				for _, e := range block {
-					if e.Seq >= start && !e.Time.Before(since) {
-						out = append(out, e)
-					}
-				}
-				return true, nil
+				return true
 			})
 			if err != nil {
 				return err
@@ -245,6 +213,40 @@ func (d *DB) AuditNewest(ctx context.Context, since time.Time, limit int) ([]Aud
 		return nil
 	})
 	return out, err
+}
+
+// firstAuditBlockSince returns the key of the first block whose running
+// maximum time reaches since, through the time index ("" when none does).
+func firstAuditBlockSince(tx Tx, since time.Time) (string, error) {
+	start := ""
+	err := tx.Scan(tableAuditTime, timeKey(since), func(k string, _ []byte) (bool, error) {
+		if len(k) != timeKeyLen+16 {
+			return false, fmt.Errorf("bad audit time index key %q", k)
+		}
+		start = k[timeKeyLen:]
+		return false, nil
+	})
+	return start, err
+}
+
+// scanAudit calls fn with every entry of the blocks from block key from
+// on, in order, until fn returns false.
+func scanAudit(ctx context.Context, tx Tx, from string, fn func(AuditEntry) bool) error {
+	return tx.Scan(tableAudit, from, func(k string, v []byte) (bool, error) {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		var block []AuditEntry
+		if err := json.Unmarshal(v, &block); err != nil {
+			return false, fmt.Errorf("decode audit block %s: %w", k, err)
+		}
+		for _, e := range block {
+			if !fn(e) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
 }
 
 // auditBlockAtOrBefore returns the key of a block starting at or before
