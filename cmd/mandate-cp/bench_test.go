@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/mandate-dev/mandate/internal/etcdtest"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -90,29 +93,130 @@ func (l *loadReplica) firstDeny(t0, acked time.Time) (time.Time, int, bool) {
 	return first, stale, !first.IsZero()
 }
 
-// BenchmarkRevocationPropagation runs mandate-cp and three mandate-authz
-// processes on loopback under steady Check load, revokes a fresh subject
-// per iteration, and reports the time from the Revoke call to the first
-// deny on every replica (p50, p99, max over replicas x iterations), and
-// the allows served for a Check sent after the replica ACKed (must be 0).
+// BenchmarkRevocationPropagation runs mandate-cp (bbolt) and three
+// mandate-authz processes on loopback under steady Check load, revokes a
+// fresh subject per iteration, and reports the time from the Revoke call
+// to the first deny on every replica (p50, p99, max over replicas x
+// iterations), and the allows served for a Check sent after the replica
+// ACKed (must be 0).
 func BenchmarkRevocationPropagation(b *testing.B) {
+	cp := startCP(b, b.TempDir(), "127.0.0.1:0", "127.0.0.1:0")
+	var replicas []*proc
+	for i := range 3 {
+		replicas = append(replicas, startAuthz(b, cp.addrs["xds"], fmt.Sprintf("authz-%d", i)))
+	}
+	runPropagation(b, []mandatev1.AdminClient{adminClient(b, cp)}, replicas)
+}
+
+// BenchmarkRevocationPropagationEtcd is BenchmarkRevocationPropagation
+// with the state in a 3-member etcd cluster on loopback: the Revoke is an
+// etcd transaction. When every instance serves (--etcd-grace), three
+// instances run and replica i follows instance i, so two of the three
+// replicas learn the revocation through their instance's etcd watch;
+// otherwise one instance serves them all (a second would only wait).
+func BenchmarkRevocationPropagationEtcd(b *testing.B) {
+	c := etcdtest.Start(b, 3)
+	args := []string{"--plaintext", "--xds-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--metrics-addr", "127.0.0.1:0", "--log-level", "warn", "--kek-file", writeKEK(b)}
+	for _, ep := range c.Endpoints() {
+		args = append(args, "--etcd-endpoint", ep)
+	}
+	n := 1
+	if everyInstanceServes(b) {
+		n = 3
+	}
+	var cps []*proc
+	var admins []mandatev1.AdminClient
+	var xds []string
+	for i := range n {
+		a := args
+		if n > 1 {
+			a = append(slices.Clone(args), "--instance-id", fmt.Sprintf("cp-%d", i))
+		}
+		cp := start(b, binCP, a...)
+		cps = append(cps, cp)
+		admins = append(admins, adminClient(b, cp))
+		xds = append(xds, cp.addrs["xds"])
+	}
+	var replicas []*proc
+	for i := range 3 {
+		list := slices.Concat(xds[i%n:], xds[:i%n]) // instance i first
+		replicas = append(replicas, startAuthz(b, strings.Join(list, ","), fmt.Sprintf("authz-%d", i)))
+	}
+	b.Logf("%d mandate-cp instance(s) on 3 etcd members", n)
+	runPropagation(b, admins, replicas)
+}
+
+// everyInstanceServes reports whether this mandate-cp serves from every
+// instance on one etcd (it has --etcd-grace).
+func everyInstanceServes(tb tb) bool {
+	out, _ := exec.Command(binCP, "-h").CombinedOutput()
+	return strings.Contains(string(out), "-etcd-grace")
+}
+
+// replicaStatus merges the instances' views of the replicas (each
+// instance knows the ones connected to it; a fleet-wide view lists each
+// everywhere): per node id, the connected entry.
+func replicaStatus(ctx context.Context, admins []mandatev1.AdminClient) (map[string]*mandatev1.ReplicaStatus, error) {
+	out := map[string]*mandatev1.ReplicaStatus{}
+	for _, a := range admins {
+		st, err := a.Status(ctx, &mandatev1.StatusRequest{})
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range st.GetReplicas() {
+			if old, ok := out[r.GetNodeId()]; !ok || !old.GetConnected() {
+				out[r.GetNodeId()] = r
+			}
+		}
+	}
+	return out, nil
+}
+
+// waitAckedEverywhere waits until every instance's replicas ACKed version
+// of typeURL and returns when each replica ACKed it.
+func waitAckedEverywhere(ctx context.Context, tb tb, admins []mandatev1.AdminClient, typeURL, version string) map[string]time.Time {
+	tb.Helper()
+	for _, a := range admins {
+		if _, err := a.WaitAcked(ctx, &mandatev1.WaitAckedRequest{TypeUrl: typeURL, Version: version,
+			Timeout: durationpb.New(10 * time.Second)}); err != nil {
+			tb.Fatalf("%s version %s not acked: %v", typeURL, version, err)
+		}
+	}
+	want := mustVersion(tb, version)
+	acked := map[string]time.Time{}
+	st, err := replicaStatus(ctx, admins)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for node, r := range st {
+		for _, ts := range r.GetTypes() {
+			if ts.GetTypeUrl() == typeURL && ts.GetAckedVersion() != "" && mustVersion(tb, ts.GetAckedVersion()) >= want {
+				acked[node] = ts.GetAckedAt().AsTime()
+			}
+		}
+	}
+	if len(acked) != 3 {
+		tb.Fatalf("%s version %s acked by %d replicas, want 3: %v", typeURL, version, len(acked), st)
+	}
+	return acked
+}
+
+// runPropagation measures revocations through admins[0] reaching the
+// replicas under load (see BenchmarkRevocationPropagation).
+func runPropagation(b *testing.B, admins []mandatev1.AdminClient, replicas []*proc) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cp := startCP(b, b.TempDir(), "127.0.0.1:0", "127.0.0.1:0")
-	c := adminClient(b, cp)
+	c := admins[0]
 	var loads []*loadReplica
-	for i := range 3 {
-		node := fmt.Sprintf("authz-%d", i)
-		loads = append(loads, &loadReplica{node: node, ch: newChecker(b, startAuthz(b, cp.addrs["xds"], node))})
+	for i, r := range replicas {
+		loads = append(loads, &loadReplica{node: fmt.Sprintf("authz-%d", i), ch: newChecker(b, r)})
 	}
 	waitFor(b, "3 replicas", func() bool {
-		st, err := c.Status(ctx, &mandatev1.StatusRequest{})
-		return err == nil && len(st.GetReplicas()) == 3
+		st, err := replicaStatus(ctx, admins)
+		return err == nil && len(st) == 3
 	})
-	pv := applyReports(ctx, b, c)
-	if w, err := c.WaitAcked(ctx, &mandatev1.WaitAckedRequest{TypeUrl: mandatev1.PolicyTypeURL, Version: pv}); err != nil || w.GetReplicas() != 3 {
-		b.Fatalf("policy not acked: %v %v", w, err)
-	}
+	waitAckedEverywhere(ctx, b, admins, mandatev1.PolicyTypeURL, applyReports(ctx, b, c))
 	var wg sync.WaitGroup
 	for _, l := range loads {
 		wg.Add(1)
@@ -146,23 +250,7 @@ func BenchmarkRevocationPropagation(b *testing.B) {
 			b.Fatal(err)
 		}
 		rpcs = append(rpcs, time.Since(t0))
-		w, err := c.WaitAcked(ctx, &mandatev1.WaitAckedRequest{TypeUrl: mandatev1.RevocationTypeURL, Version: r.GetVersion(),
-			Timeout: durationpb.New(10 * time.Second)})
-		if err != nil || w.GetReplicas() != 3 {
-			b.Fatalf("revocation not acked: %v %v", w, err)
-		}
-		st, err := c.Status(ctx, &mandatev1.StatusRequest{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		ackedAt := map[string]time.Time{}
-		for _, rs := range st.GetReplicas() {
-			for _, ts := range rs.GetTypes() {
-				if ts.GetTypeUrl() == mandatev1.RevocationTypeURL {
-					ackedAt[rs.GetNodeId()] = ts.GetAckedAt().AsTime()
-				}
-			}
-		}
+		ackedAt := waitAckedEverywhere(ctx, b, admins, mandatev1.RevocationTypeURL, r.GetVersion())
 		for _, l := range loads {
 			var first time.Time
 			var n int

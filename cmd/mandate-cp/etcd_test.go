@@ -93,7 +93,7 @@ func TestEtcdRequiresKEKAndTLS(t *testing.T) {
 	}
 }
 
-func mustVersion(t *testing.T, v string) uint64 {
+func mustVersion(t tb, v string) uint64 {
 	t.Helper()
 	n, err := strconv.ParseUint(v, 10, 64)
 	if err != nil {
@@ -128,7 +128,7 @@ func TestEtcdLeaderStopsWithoutQuorum(t *testing.T) {
 }
 
 // writeKEK writes a key-encryption key file and returns its path.
-func writeKEK(t *testing.T) string {
+func writeKEK(t tb) string {
 	t.Helper()
 	kek := filepath.Join(t.TempDir(), "kek")
 	if err := os.WriteFile(kek, []byte("kek-1 "+base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600); err != nil {
