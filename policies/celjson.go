@@ -80,24 +80,8 @@ func (o jsonObject) Find(key ref.Val) (ref.Val, bool) {
 	return found, found != nil
 }
 
-func (o jsonObject) Get(key ref.Val) ref.Val {
-	v, found := o.Find(key)
-	if !found {
-		if v != nil {
-			return v
-		}
-		return types.NewErr("no such key: %v", key)
-	}
-	return v
-}
-
-func (o jsonObject) Contains(key ref.Val) ref.Val {
-	v, found := o.Find(key)
-	if !found && v != nil {
-		return v
-	}
-	return types.Bool(found)
-}
+func (o jsonObject) Get(key ref.Val) ref.Val      { return mapGet(o, key) }
+func (o jsonObject) Contains(key ref.Val) ref.Val { return mapContains(o, key) }
 
 func (o jsonObject) Size() ref.Val {
 	n := 0

@@ -194,7 +194,28 @@ func (m strMap) Find(key ref.Val) (ref.Val, bool) {
 	return types.String(v), true
 }
 
-func (m strMap) Get(key ref.Val) ref.Val {
+func (m strMap) Get(key ref.Val) ref.Val      { return mapGet(m, key) }
+func (m strMap) Contains(key ref.Val) ref.Val { return mapContains(m, key) }
+
+func (m strMap) Size() ref.Val                    { return types.Int(len(m)) }
+func (m strMap) Iterator() traits.Iterator        { return m.full().Iterator() }
+func (m strMap) Equal(other ref.Val) ref.Val      { return m.full().Equal(other) }
+func (m strMap) Type() ref.Type                   { return types.MapType }
+func (m strMap) Value() any                       { return map[string]string(m) }
+func (m strMap) ConvertToType(t ref.Type) ref.Val { return convertMap(m, m.full(), t) }
+func (m strMap) ConvertToNative(t reflect.Type) (any, error) {
+	return m.full().ConvertToNative(t)
+}
+
+// finder is a CEL map that looks keys up one at a time (strMap,
+// jsonObject): Find returns the value and true, an error value and false
+// for a key of the wrong type, or nil and false when the key is absent.
+type finder interface {
+	Find(key ref.Val) (ref.Val, bool)
+}
+
+// mapGet is CEL's m[key] over a finder.
+func mapGet(m finder, key ref.Val) ref.Val {
 	v, found := m.Find(key)
 	if !found {
 		if v != nil {
@@ -205,22 +226,13 @@ func (m strMap) Get(key ref.Val) ref.Val {
 	return v
 }
 
-func (m strMap) Contains(key ref.Val) ref.Val {
+// mapContains is CEL's key in m over a finder.
+func mapContains(m finder, key ref.Val) ref.Val {
 	v, found := m.Find(key)
 	if !found && v != nil {
 		return v
 	}
 	return types.Bool(found)
-}
-
-func (m strMap) Size() ref.Val                    { return types.Int(len(m)) }
-func (m strMap) Iterator() traits.Iterator        { return m.full().Iterator() }
-func (m strMap) Equal(other ref.Val) ref.Val      { return m.full().Equal(other) }
-func (m strMap) Type() ref.Type                   { return types.MapType }
-func (m strMap) Value() any                       { return map[string]string(m) }
-func (m strMap) ConvertToType(t ref.Type) ref.Val { return convertMap(m, m.full(), t) }
-func (m strMap) ConvertToNative(t reflect.Type) (any, error) {
-	return m.full().ConvertToNative(t)
 }
 
 func convertMap(self ref.Val, full traits.Mapper, t ref.Type) ref.Val {
