@@ -137,7 +137,7 @@ func TestMCP(t *testing.T) {
 		}
 	})
 
-	t.Run("argument-based step-up, approved, then allowed", func(t *testing.T) {
+	t.Run("argument-based step-up, approved, then allowed once", func(t *testing.T) {
 		cs := connect(t, nil)
 		pr := map[string]any{"owner": "acme", "repo": "widgets", "base": "main", "head": "fix", "title": "Fix"}
 		_, err := call(cs, "github.create_pull_request", pr)
@@ -164,6 +164,12 @@ func TestMCP(t *testing.T) {
 		out, err := call(cs, "github.create_pull_request", pr)
 		if err != nil || !strings.Contains(out, "github.create_pull_request called") {
 			t.Fatalf("approved pull request: %q, %v", out, err)
+		}
+		// One use (approve's default, claimed from mandate-cp): the same
+		// call again needs a new approval.
+		_, err = call(cs, "github.create_pull_request", pr)
+		if _, again := rpcError(t, err); again["reason"] != "step_up_required" || again["approval_request"] != data["approval_request"] {
+			t.Fatalf("a one-use approval allowed a second call: %v", again)
 		}
 		// The approval is bound to repo and base: another repo asks again.
 		other := map[string]any{"owner": "acme", "repo": "secrets", "base": "main", "head": "fix", "title": "Fix"}
