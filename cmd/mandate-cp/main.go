@@ -235,9 +235,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := o.envoy.start(ctx, pl, logger, reg); err != nil {
 		return err
 	}
-	gcCtx, stopGC := context.WithCancel(ctx)
-	defer stopGC()
-	go pl.RunSweeper(gcCtx)
 
 	errc := make(chan error, 8)
 	addrs := map[string]string{}
@@ -279,6 +276,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	reloadable.Store(services.issuer)
+	// The singletons (key rotation, sweeps, drift counting on etcd) run
+	// on the fleet's elected leader: always this instance with bbolt.
+	sg, err := singletons(o.store, be, logger)
+	if err != nil {
+		return err
+	}
+	sgCtx, stopSingletons := context.WithCancel(ctx)
+	sgDone := make(chan struct{})
+	go func() {
+		defer close(sgDone)
+		sg.Run(sgCtx, append(services.singletons, pl.RunSweeper, func(ctx context.Context) { sweepStore(ctx, st, logger) })...)
+	}()
+	defer func() { stopSingletons(); <-sgDone }()
 	// Replicas report drift and step-up requests over the xDS connection
 	// they already hold.
 	services.replicas.Register(xg)

@@ -14,11 +14,14 @@ import (
 	"github.com/mandate-dev/mandate/cp/stepup"
 )
 
-// cpServices are the mandate, approval and replica-report services.
+// cpServices are the mandate, approval and replica-report services, and
+// the singletons they need run on the fleet's leader (key rotation, drift
+// counting and actions on etcd).
 type cpServices struct {
-	issuer   *issuer.Service
-	stepup   *stepup.Service
-	replicas *drift.Replicas
+	issuer     *issuer.Service
+	stepup     *stepup.Service
+	replicas   *drift.Replicas
+	singletons []func(context.Context)
 }
 
 func (s *cpServices) register(g *grpc.Server) {
@@ -27,14 +30,18 @@ func (s *cpServices) register(g *grpc.Server) {
 	s.replicas.Register(g)
 }
 
-// mandateServices builds issuance (with its signing keys, started and
-// rotating until ctx ends), step-up approvals and drift detection.
+// mandateServices builds issuance (with its signing keys, started; the
+// rotation is a singleton), step-up approvals and drift detection (on
+// etcd, replicas' reports go to the fleet's queue and the leader counts
+// them).
 // servicesStore is what the mandate services need of the store: signing
-// keys, audit and task owners (issuer), pending step-up requests (stepup).
+// keys, audit and task owners (issuer), pending step-up requests (stepup),
+// the fleet's drift queue (drift).
 type servicesStore interface {
 	issuer.Store
 	stepup.PendingStore
 	stepup.UseStore
+	drift.QueueStore
 }
 
 func mandateServices(ctx context.Context, o *options, files configFiles, pl *plane.Plane, st servicesStore, auth *admin.Auth, logger *slog.Logger) (*cpServices, error) {
@@ -60,11 +67,11 @@ func mandateServices(ctx context.Context, o *options, files configFiles, pl *pla
 	if err := is.Start(ctx); err != nil {
 		return nil, err
 	}
-	go func() {
+	singletons := []func(context.Context){func(ctx context.Context) {
 		if err := is.Run(ctx); err != nil && ctx.Err() == nil {
 			logger.Error("key rotation stopped", "error", err)
 		}
-	}()
+	}}
 	su, err := stepup.New(stepup.Config{Plane: pl, Operator: operator, Window: o.approvalWindow, Logger: logger, Store: st, Uses: st})
 	if err != nil {
 		return nil, err
@@ -78,12 +85,21 @@ func mandateServices(ctx context.Context, o *options, files configFiles, pl *pla
 	if err != nil {
 		return nil, err
 	}
+	var sink drift.Sink = dd
+	if len(o.store.etcd) > 0 {
+		q, err := drift.NewQueue(st, o.store.instance(), logger)
+		if err != nil {
+			return nil, err
+		}
+		sink = q
+		singletons = append(singletons, func(ctx context.Context) { q.Drain(ctx, dd, 0) })
+	}
 	rp, err := drift.NewReplicas(drift.ReplicasConfig{
 		Identify: identify, Replicas: o.replicaIDs, AllowPlaintext: o.plaintext,
-		Drift: dd, StepUps: su, Logger: logger,
+		Drift: sink, StepUps: su, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &cpServices{issuer: is, stepup: su, replicas: rp}, nil
+	return &cpServices{issuer: is, stepup: su, replicas: rp, singletons: singletons}, nil
 }

@@ -39,6 +39,11 @@ type StepUps interface {
 	Claim(ctx context.Context, name string) (used, max uint32, err error)
 }
 
+// Sink takes validated out-of-intent events (*Detector, *Queue).
+type Sink interface {
+	Observe(ctx context.Context, events []OutOfIntent) ([]Action, error)
+}
+
 // ReplicasConfig configures the Replicas service.
 type ReplicasConfig struct {
 	// Identify returns the caller's identity (rpcutil.Identify). Required.
@@ -48,8 +53,11 @@ type ReplicasConfig struct {
 	Replicas []string
 	// AllowPlaintext accepts rpcutil.PlaintextActor (dev mode on loopback).
 	AllowPlaintext bool
-	Drift          *Detector
-	StepUps        StepUps
+	// Drift counts the validated out-of-intent events: the Detector of a
+	// single instance, or the Queue that carries them to the fleet
+	// leader's Detector.
+	Drift   Sink
+	StepUps StepUps
 	// EventsPerSecond and Burst bound the events each replica identity
 	// may report (defaults DefaultReportRate, DefaultReportBurst): a
 	// report past them is refused (ResourceExhausted) and counted, so one

@@ -67,6 +67,7 @@ func Run(t *testing.T, nb NewBackend) {
 		{"ApprovalUses", testApprovalUses},
 		{"ApprovalUsesConcurrent", testApprovalUsesConcurrent},
 		{"Import", testImport},
+		{"DriftQueue", testDriftQueue},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, nb) })

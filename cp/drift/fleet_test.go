@@ -1,0 +1,138 @@
+package drift_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mandate-dev/mandate/cp/drift"
+	"github.com/mandate-dev/mandate/cp/fleet"
+	"github.com/mandate-dev/mandate/cp/plane"
+	"github.com/mandate-dev/mandate/cp/stepup"
+	"github.com/mandate-dev/mandate/cp/store"
+	"github.com/mandate-dev/mandate/cp/store/etcdstore"
+	"github.com/mandate-dev/mandate/internal/etcdtest"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+	xdsserver "github.com/mandate-dev/mandate/xds/server"
+)
+
+var fleetPrefixes atomic.Int64
+
+// cpInstance is the drift part of one mandate-cp on etcd: its plane, its
+// Replicas service reporting into the fleet's queue, and its detector,
+// which counts only while the instance leads.
+type cpInstance struct {
+	name string
+	db   *store.DB
+	rp   *drift.Replicas
+}
+
+func startCP(t *testing.T, c *etcdtest.Cluster, member int, prefix, name string) *cpInstance {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	be, err := etcdstore.OpenBackend(ctx, etcdstore.Config{Endpoints: []string{c.Members[member].ClientURL}, Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := store.New(be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xopts, err := plane.ServerOptions(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs, err := xdsserver.New(logger, xopts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := plane.New(ctx, db, xs, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	su, err := stepup.New(stepup.Config{Plane: pl, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := drift.FlagRules(5, time.Minute, drift.ActionRevoke, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	det, err := drift.New(drift.Config{Plane: pl, Rules: rules, Actor: "spiffe://example.org/mandate/cp", Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := drift.NewQueue(db, name, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, err := drift.NewReplicas(drift.ReplicasConfig{Identify: func(context.Context) (string, error) { return replicaID, nil },
+		Replicas: []string{replicaID}, Drift: q, StepUps: su, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	el, err := fleet.NewElection(be.Client(), prefix, name, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sg, err := fleet.NewSingletons(el, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sg.Run(ctx, func(ctx context.Context) { q.Drain(ctx, det, 20*time.Millisecond) })
+	}()
+	t.Cleanup(func() { cancel(); <-done; xs.Close(); _ = db.Close() })
+	return &cpInstance{name: name, db: db, rp: rp}
+}
+
+func outOfIntent(subject string) *mandatev1.ReplicaReportRequest {
+	return &mandatev1.ReplicaReportRequest{Events: []*mandatev1.ReplicaEvent{{Event: &mandatev1.ReplicaEvent_OutOfIntent{
+		OutOfIntent: &mandatev1.OutOfIntentEvent{Subject: subject, Intent: "read", Reason: "no_matching_rule", Time: timestamppb.Now()}}}}}
+}
+
+// TestDriftCountsAcrossInstances: two instances on one etcd, threshold 5
+// (the 6th denial within the window acts). Three denials of one subject
+// reach each instance: each instance alone saw three, the fleet six, and
+// the subject is revoked exactly once, by the leader. Before, every
+// instance counted what reached it, and the subject was never revoked.
+func TestDriftCountsAcrossInstances(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	prefix := fmt.Sprintf("/drift-fleet-%d/", fleetPrefixes.Add(1))
+	a := startCP(t, c, 0, prefix, "cp-a")
+	b := startCP(t, c, 1, prefix, "cp-b")
+	ctx := context.Background()
+	const subject = "spiffe://example.org/agent/split"
+	for i := range 6 {
+		in := a
+		if i%2 == 1 {
+			in = b
+		}
+		if _, err := in.rp.Report(ctx, outOfIntent(subject)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		items, _, err := a.db.List(ctx, mandatev1.RevocationTypeURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(items) == 1 {
+			break
+		}
+		if len(items) > 1 || time.Now().After(deadline) {
+			t.Fatalf("%d revocation records after 6 denials split over two instances, want 1", len(items))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
