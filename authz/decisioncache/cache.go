@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"sync/atomic"
 	"time"
 
@@ -61,9 +62,35 @@ type Config struct {
 
 // Cache is a bounded, TTL-limited decision cache. A nil *Cache is valid
 // and caches nothing.
+//
+// In front of ristretto sits a small direct-mapped table of recent
+// entries (the exact key and the entry, eviction by collision), filled
+// when a decision is stored and when a ristretto hit finds its slot free
+// or stale: a hot decision is then served with one hash and one compare,
+// without ristretto's two hashes, shard lock and access bookkeeping. It
+// applies the same epoch and expiry checks.
 type Cache struct {
-	c   *ristretto.Cache[[]byte, *Entry]
-	ttl time.Duration
+	c     *ristretto.Cache[[]byte, *Entry]
+	ttl   time.Duration
+	seed  maphash.Seed
+	front [frontSlots]atomic.Pointer[frontEntry]
+	hits  [hitShards]paddedCount // served by the front table
+}
+
+const (
+	frontSlots = 2048
+	hitShards  = 8
+)
+
+type frontEntry struct {
+	key string
+	e   *Entry
+}
+
+// paddedCount keeps each shard of a counter on its own cache line.
+type paddedCount struct {
+	n atomic.Uint64
+	_ [56]byte
 }
 
 // New returns a Cache.
@@ -84,7 +111,7 @@ func New(cfg Config) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decisioncache: %w", err)
 	}
-	return &Cache{c: c, ttl: cfg.TTL}, nil
+	return &Cache{c: c, ttl: cfg.TTL, seed: maphash.MakeSeed()}, nil
 }
 
 // Get returns the decision stored under key, if it was computed under
@@ -93,11 +120,26 @@ func (c *Cache) Get(key []byte, epoch uint64, now time.Time) (*Entry, bool) {
 	if c == nil {
 		return nil, false
 	}
+	h := maphash.Bytes(c.seed, key)
+	slot := &c.front[h%frontSlots]
+	f := slot.Load()
+	if f != nil && f.key == string(key) && f.e.valid(epoch, now) {
+		c.hits[h%hitShards].n.Add(1)
+		return f.e, true
+	}
 	e, ok := c.c.Get(key)
-	if !ok || e.Epoch != epoch || !now.Before(e.Expires) {
+	if !ok || !e.valid(epoch, now) {
 		return nil, false
 	}
+	if f == nil || !f.e.valid(epoch, now) {
+		slot.Store(&frontEntry{key: string(key), e: e})
+	}
 	return e, true
+}
+
+// valid reports whether e may be served under epoch at now.
+func (e *Entry) valid(epoch uint64, now time.Time) bool {
+	return e.Epoch == epoch && now.Before(e.Expires)
 }
 
 // Set stores e under key. The entry expires after the cache's TTL or at
@@ -119,6 +161,7 @@ func (c *Cache) Set(key []byte, e *Entry, notAfter, now time.Time) {
 	// Get checks Expires itself, so ristretto's own TTL bookkeeping (an
 	// expiration map updated on every Set) is not needed.
 	c.c.Set(key, e, 1)
+	c.front[maphash.Bytes(c.seed, key)%frontSlots].Store(&frontEntry{key: string(key), e: e})
 }
 
 // Wait blocks until buffered writes are applied (tests and benchmarks).
@@ -135,13 +178,18 @@ func (c *Cache) Close() {
 	}
 }
 
-// Stats returns hits, misses and dropped sets as counted by ristretto.
+// Stats returns hits (of the front table and ristretto), misses and
+// dropped sets (as counted by ristretto).
 func (c *Cache) Stats() (hits, misses, dropped uint64) {
 	if c == nil {
 		return 0, 0, 0
 	}
 	m := c.c.Metrics
-	return m.Hits(), m.Misses(), m.SetsDropped()
+	hits = m.Hits()
+	for i := range c.hits {
+		hits += c.hits[i].n.Load()
+	}
+	return hits, m.Misses(), m.SetsDropped()
 }
 
 // MaxRawKey is the longest key kept as built; a longer one (a policy that
@@ -166,12 +214,16 @@ func (k *Key) Len() int { return len(k.b) }
 
 // String appends a string field.
 func (k *Key) String(s string) {
-	k.b = binary.AppendUvarint(k.b, uint64(len(s)))
+	k.Uint(uint64(len(s)))
 	k.b = append(k.b, s...)
 }
 
 // Uint appends an integer field.
 func (k *Key) Uint(v uint64) {
+	if v < 0x80 { // the uvarint of a small value is that byte
+		k.b = append(k.b, byte(v))
+		return
+	}
 	k.b = binary.AppendUvarint(k.b, v)
 }
 

@@ -2,6 +2,7 @@ package decisioncache
 
 import (
 	"bytes"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -111,5 +112,56 @@ func TestNewValidates(t *testing.T) {
 	}
 	if _, err := New(Config{MaxEntries: 1, TTL: 0}); err == nil {
 		t.Error("accepted TTL 0")
+	}
+}
+
+// TestFrontTableIsExact: with more keys than the front table has slots
+// (so slots collide and evict each other), every lookup returns the entry
+// stored under its own key or misses, never another key's; an entry
+// stored under an older epoch or past its expiry is never served from
+// the front either; Stats counts the front's hits.
+func TestFrontTableIsExact(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c, err := New(Config{MaxEntries: 4 * frontSlots, TTL: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	const n = 3 * frontSlots
+	keys := make([][]byte, n)
+	for i := range keys {
+		keys[i] = key("spiffe://example.org/a", strconv.Itoa(i))
+		c.Set(keys[i], &Entry{Rule: strconv.Itoa(i), Epoch: 1}, time.Time{}, now)
+	}
+	c.Wait()
+	served := 0
+	for round := 0; round < 2; round++ {
+		for i, k := range keys {
+			e, ok := c.Get(k, 1, now)
+			if !ok {
+				continue // dropped by ristretto's admission and evicted from the front
+			}
+			served++
+			if e.Rule != strconv.Itoa(i) {
+				t.Fatalf("key %d served the entry of key %s", i, e.Rule)
+			}
+		}
+	}
+	if served < n {
+		t.Fatalf("only %d of %d lookups hit", served, 2*n)
+	}
+	if hits, _, _ := c.Stats(); hits != uint64(served) {
+		t.Fatalf("Stats counts %d hits, %d were served", hits, served)
+	}
+	hot := keys[0]
+	c.Set(hot, &Entry{Rule: "hot", Epoch: 1}, time.Time{}, now)
+	if e, ok := c.Get(hot, 1, now); !ok || e.Rule != "hot" {
+		t.Fatalf("freshly stored entry: %+v %v", e, ok)
+	}
+	if _, ok := c.Get(hot, 2, now); ok {
+		t.Fatal("front table served an entry of an older epoch")
+	}
+	if _, ok := c.Get(hot, 1, now.Add(5*time.Second)); ok {
+		t.Fatal("front table served an expired entry")
 	}
 }
