@@ -43,10 +43,14 @@ const (
 	ReasonMethodOverride  = "method_override"
 )
 
-// methodOverrideHeaders make some frameworks (Rails, Express's
+// The method-override headers make some frameworks (Rails, Express's
 // method-override, Spring's HiddenHttpMethodFilter variants, Google APIs)
 // serve a request as another method than the one decided on.
-var methodOverrideHeaders = [...]string{"x-http-method-override", "x-http-method", "x-method-override"}
+const (
+	headerHTTPMethodOverride = "x-http-method-override"
+	headerHTTPMethod         = "x-http-method"
+	headerMethodOverride     = "x-method-override"
+)
 
 // Error is the error type of this package.
 type Error struct {
@@ -181,12 +185,13 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 		// Envoy with encode_raw_headers sends header_map instead.
 		hdrs = flattenHeaderMap(httpReq.GetHeaderMap().GetHeaders())
 	}
-	if n := headerBytes(hdrs); n > x.maxHeader {
-		return wrap(ReasonHeadersTooLarge, fmt.Errorf("headers are %d bytes, max %d", n, x.maxHeader))
+	hs := scanHeaders(hdrs)
+	if hs.bytes > x.maxHeader {
+		return wrap(ReasonHeadersTooLarge, fmt.Errorf("headers are %d bytes, max %d", hs.bytes, x.maxHeader))
 	}
 	r.Headers = hdrs
 	a.RequestID = truncate(httpReq.GetId(), 128)
-	a.TraceID = TraceID(hdrs["traceparent"])
+	a.TraceID = TraceID(hs.traceparent)
 
 	caller, err := x.id.Caller(attrs.GetSource(), hdrs)
 	if err != nil {
@@ -208,10 +213,8 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 	if r.Method, err = validMethod(httpReq.GetMethod()); err != nil {
 		return wrap(ReasonBadMethod, err)
 	}
-	for _, h := range methodOverrideHeaders {
-		if _, ok := hdrs[h]; ok {
-			return wrap(ReasonMethodOverride, fmt.Errorf("request carries %s", h))
-		}
+	if hs.override != "" {
+		return wrap(ReasonMethodOverride, fmt.Errorf("request carries %s", hs.override))
 	}
 	a.RawPath = truncate(httpReq.GetPath(), 256)
 	if r.Path, _, err = reqpath.NormalizeWith(httpReq.GetPath(), pathOptions(r.Labels)); err != nil {
@@ -220,7 +223,7 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 	if r.Host, err = Host(httpReq.GetHost()); err != nil {
 		return wrap(ReasonBadHost, err)
 	}
-	if svc, m, ok := reqpath.GRPC(r.Path, hdrs["content-type"]); ok {
+	if svc, m, ok := reqpath.GRPC(r.Path, hs.contentType); ok {
 		r.GRPCService, r.GRPCMethod = svc, m
 	}
 	if IsMCPRoute(r.Labels) {
@@ -228,13 +231,13 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 			return err
 		}
 	}
-	if r.Intent, err = headers.Intent(hdrs); err != nil {
+	if r.Intent, err = headers.IntentValue(hs.intent, hs.hasIntent); err != nil {
 		return err
 	}
-	if r.Task, err = headers.Task(hdrs); err != nil {
+	if r.Task, err = headers.TaskValue(hs.task, hs.hasTask); err != nil {
 		return err
 	}
-	if a.Token, err = headers.Mandate(hdrs); err != nil {
+	if a.Token, err = headers.MandateValue(hs.mandate, hs.hasMandate); err != nil {
 		return err
 	}
 	return nil
@@ -272,12 +275,37 @@ func BindMandate(r *policies.Request, m *policies.Mandate) error {
 	return nil
 }
 
-func headerBytes(h map[string]string) int {
-	n := 0
+// scanned is what Extract reads from the request headers, found in the
+// one pass over them that also sums their size (a lookup per header
+// would hash each name again).
+type scanned struct {
+	bytes                          int
+	traceparent, contentType       string
+	override                       string // the name of a method-override header sent, or ""
+	intent, task, mandate          string
+	hasIntent, hasTask, hasMandate bool
+}
+
+func scanHeaders(h map[string]string) scanned {
+	var s scanned
 	for k, v := range h {
-		n += len(k) + len(v)
+		s.bytes += len(k) + len(v)
+		switch k {
+		case "traceparent":
+			s.traceparent = v
+		case "content-type":
+			s.contentType = v
+		case headerHTTPMethodOverride, headerHTTPMethod, headerMethodOverride:
+			s.override = k
+		case headers.IntentHeader:
+			s.intent, s.hasIntent = v, true
+		case headers.TaskHeader:
+			s.task, s.hasTask = v, true
+		case headers.MandateHeader:
+			s.mandate, s.hasMandate = v, true
+		}
 	}
-	return n
+	return s
 }
 
 var errBadMethod = errors.New("method is not an HTTP token")

@@ -74,6 +74,13 @@ func (e *Error) Unwrap() error { return e.Err }
 // headers whose values never contain ','.
 func Single(headers map[string]string, name string) (string, bool, error) {
 	v, ok := headers[name]
+	return SingleValue(name, v, ok)
+}
+
+// SingleValue is Single for a value already read from the headers (ok:
+// the header is present), for callers that read several headers in one
+// pass over the map.
+func SingleValue(name, v string, ok bool) (string, bool, error) {
 	if !ok {
 		return "", false, nil
 	}
@@ -86,17 +93,31 @@ func Single(headers map[string]string, name string) (string, bool, error) {
 // Intent returns the declared intent from x-mandate-intent: 1..128 bytes
 // of [A-Za-z0-9._:/-], one value. Missing returns "", nil.
 func Intent(headers map[string]string) (string, error) {
-	return token(headers, IntentHeader, MaxIntentLength, ReasonBadIntent)
+	v, ok := headers[IntentHeader]
+	return IntentValue(v, ok)
+}
+
+// IntentValue is Intent for the value of x-mandate-intent already read
+// (ok: present).
+func IntentValue(v string, ok bool) (string, error) {
+	return token(IntentHeader, v, ok, MaxIntentLength, ReasonBadIntent)
 }
 
 // Task returns the declared task id from x-mandate-task: 1..256 bytes of
 // [A-Za-z0-9._:/-], one value. Missing returns "", nil.
 func Task(headers map[string]string) (string, error) {
-	return token(headers, TaskHeader, MaxTaskLength, ReasonBadTask)
+	v, ok := headers[TaskHeader]
+	return TaskValue(v, ok)
 }
 
-func token(headers map[string]string, name string, maxLen int, bad Reason) (string, error) {
-	v, ok, err := Single(headers, name)
+// TaskValue is Task for the value of x-mandate-task already read (ok:
+// present).
+func TaskValue(v string, ok bool) (string, error) {
+	return token(TaskHeader, v, ok, MaxTaskLength, ReasonBadTask)
+}
+
+func token(name, v string, ok bool, maxLen int, bad Reason) (string, error) {
+	v, ok, err := SingleValue(name, v, ok)
 	if err != nil || !ok {
 		return "", err
 	}
@@ -124,7 +145,14 @@ func isTokenChar(c byte) bool {
 // separated by exactly two dots. It checks the shape only; the signature
 // is verified elsewhere. Missing returns "", nil.
 func Mandate(headers map[string]string) (string, error) {
-	v, ok, err := Single(headers, MandateHeader)
+	v, ok := headers[MandateHeader]
+	return MandateValue(v, ok)
+}
+
+// MandateValue is Mandate for the value of x-mandate already read (ok:
+// present).
+func MandateValue(v string, ok bool) (string, error) {
+	v, ok, err := SingleValue(MandateHeader, v, ok)
 	if err != nil || !ok {
 		return "", err
 	}
