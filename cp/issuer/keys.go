@@ -101,36 +101,51 @@ func NewKeyring(cfg KeyringConfig) (*Keyring, error) {
 // clock says, creates a key when none is active, and publishes the
 // verification keys (always, so replicas match the store after a restart).
 func (k *Keyring) Load(ctx context.Context) error {
-	sks, err := k.cfg.Store.SigningKeys(ctx)
-	if err != nil {
-		return fmt.Errorf("issuer: load signing keys: %w", err)
-	}
-	slices.SortFunc(sks, func(a, b store.SigningKey) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.keys = k.keys[:0]
-	for i, sk := range sks {
-		if sk.Algorithm != string(mandateAlg) || len(sk.Private) != ed25519.PrivateKeySize {
-			return fmt.Errorf("issuer: signing key %q: unsupported algorithm or key size", sk.ID)
-		}
-		// A crash between creating a key and retiring its predecessor
-		// leaves two active keys: retire the older one now.
-		if i < len(sks)-1 && sk.NotAfter.IsZero() {
-			sk.NotAfter = sks[i+1].CreatedAt.Add(k.cfg.Overlap)
-			if err := k.cfg.Store.PutSigningKey(ctx, sk, k.auditEntry("signing-key.retire", sk.ID, "superseded")); err != nil {
-				return fmt.Errorf("issuer: retire signing key %q: %w", sk.ID, err)
-			}
-		}
-		rk, err := newRingKey(sk, k.cfg.Issuer)
-		if err != nil {
-			return err
-		}
-		k.keys = append(k.keys, rk)
+	if _, err := k.readLocked(ctx); err != nil {
+		return err
 	}
 	if _, err := k.tickLocked(ctx, true); err != nil {
 		return err
 	}
 	return nil
+}
+
+// readLocked makes the ring the store's signing keys: another instance
+// of the fleet may have rotated, retired or deleted one since. A key
+// superseded without being retired (a crash between creating a key and
+// retiring its predecessor, or two instances rotating at once) is retired
+// now. It reports whether the ring changed.
+func (k *Keyring) readLocked(ctx context.Context) (bool, error) {
+	sks, err := k.cfg.Store.SigningKeys(ctx)
+	if err != nil {
+		return false, fmt.Errorf("issuer: load signing keys: %w", err)
+	}
+	slices.SortFunc(sks, func(a, b store.SigningKey) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	keys := make([]*ringKey, 0, len(sks))
+	for i, sk := range sks {
+		if sk.Algorithm != string(mandateAlg) || len(sk.Private) != ed25519.PrivateKeySize {
+			return false, fmt.Errorf("issuer: signing key %q: unsupported algorithm or key size", sk.ID)
+		}
+		if i < len(sks)-1 && sk.NotAfter.IsZero() {
+			sk.NotAfter = sks[i+1].CreatedAt.Add(k.cfg.Overlap)
+			if err := k.cfg.Store.PutSigningKey(ctx, sk, k.auditEntry("signing-key.retire", sk.ID, "superseded")); err != nil {
+				return false, fmt.Errorf("issuer: retire signing key %q: %w", sk.ID, err)
+			}
+		}
+		rk, err := newRingKey(sk, k.cfg.Issuer)
+		if err != nil {
+			return false, err
+		}
+		keys = append(keys, rk)
+	}
+	changed := len(keys) != len(k.keys)
+	for i := 0; !changed && i < len(keys); i++ {
+		changed = keys[i].sk.ID != k.keys[i].sk.ID || !keys[i].sk.NotAfter.Equal(k.keys[i].sk.NotAfter)
+	}
+	k.keys = keys
+	return changed, nil
 }
 
 const mandateAlg = "EdDSA"
@@ -152,13 +167,19 @@ func newRingKey(sk store.SigningKey, issuer string) (*ringKey, error) {
 	return &ringKey{sk: sk, pub: pub, signer: s}, nil
 }
 
-// Tick rotates the active key when its time is up and deletes retired keys
-// whose overlap has ended, publishing the verification keys when the set
-// changed. It reports whether it did.
+// Tick reads the keys from the store (another instance may have rotated
+// them), then rotates the active key when its time is up and deletes
+// retired keys whose overlap has ended, publishing the verification keys
+// when the set changed. It reports whether it did.
 func (k *Keyring) Tick(ctx context.Context) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.tickLocked(ctx, false)
+	read, err := k.readLocked(ctx)
+	if err != nil {
+		return false, err
+	}
+	changed, err := k.tickLocked(ctx, read)
+	return changed || read, err
 }
 
 func (k *Keyring) tickLocked(ctx context.Context, publish bool) (bool, error) {
@@ -196,6 +217,9 @@ func (k *Keyring) tickLocked(ctx context.Context, publish bool) (bool, error) {
 func (k *Keyring) Rotate(ctx context.Context) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if _, err := k.readLocked(ctx); err != nil {
+		return err
+	}
 	if err := k.rotateLocked(ctx, k.cfg.Now()); err != nil {
 		return err
 	}

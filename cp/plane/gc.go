@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
@@ -91,9 +93,11 @@ type SweepResult struct {
 // SweepRevocations deletes, from the store and from xDS, every record that
 // expired more than the retention ago, in one transaction with one audit
 // entry (actor GCActor) and one new Revocation version. Deleting an
-// expired record lifts nothing: it had already stopped applying. It runs
-// at most once per sweep interval (by the plane's clock); a call sooner
-// than that returns Skipped.
+// expired record lifts nothing: it had already stopped applying. Step-up
+// approvals that expired more than the retention ago go the same way (an
+// expired approval allows nothing), in their own transaction. It runs at
+// most once per sweep interval (by the plane's clock); a call sooner than
+// that returns Skipped.
 func (p *Plane) SweepRevocations(ctx context.Context) (SweepResult, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -104,25 +108,44 @@ func (p *Plane) SweepRevocations(ctx context.Context) (SweepResult, error) {
 	}
 	p.lastSweep = now
 	cutoff := now.Add(-p.retention)
+	if n, v, err := p.sweepExpiredLocked(ctx, mandatev1.ApprovalTypeURL, cutoff, "approval.gc", "approvals"); err != nil {
+		return SweepResult{}, err
+	} else if n > 0 {
+		p.log.Info("expired approvals removed", "approvals", n, "cutoff", cutoff, "version", v)
+	}
+	n, v, err := p.sweepExpiredLocked(ctx, mandatev1.RevocationTypeURL, cutoff, "revocation.gc", "revocations")
+	if err != nil {
+		return SweepResult{}, err
+	}
+	if n == 0 {
+		return SweepResult{Version: version()}, nil
+	}
+	p.log.Info("expired revocations removed", "records", n, "cutoff", cutoff, "version", v)
+	return SweepResult{Removed: n, Version: v}, nil
+}
+
+// sweepExpiredLocked deletes the resources of typeURL (revocations,
+// approvals: kinds with an expiry) that expired before cutoff, in one
+// commit with one audit entry, and returns how many and the new version.
+func (p *Plane) sweepExpiredLocked(ctx context.Context, typeURL string, cutoff time.Time, action, object string) (int, string, error) {
 	var names []string
-	for name, r := range p.res[mandatev1.RevocationTypeURL] {
-		if r.(*mandatev1.Revocation).GetExpires().AsTime().Before(cutoff) {
+	for name, r := range p.res[typeURL] {
+		if e, ok := r.(interface{ GetExpires() *timestamppb.Timestamp }); ok && e.GetExpires().AsTime().Before(cutoff) {
 			names = append(names, name)
 		}
 	}
 	if len(names) == 0 {
-		return SweepResult{Version: version()}, nil
+		return 0, "", nil
 	}
 	slices.Sort(names)
 	detail := fmt.Sprintf("removed %d records expired before %s (retention %s)",
 		len(names), cutoff.UTC().Format(time.RFC3339), p.retention)
-	v, err := p.commit(ctx, write{typeURL: mandatev1.RevocationTypeURL, del: names,
-		audit: []store.AuditEntry{p.audit(GCActor, "revocation.gc", "revocations", detail)}})
+	v, err := p.commit(ctx, write{typeURL: typeURL, del: names,
+		audit: []store.AuditEntry{p.audit(GCActor, action, object, detail)}})
 	if err != nil {
-		return SweepResult{}, fmt.Errorf("plane: revocation gc: %w", err)
+		return 0, "", fmt.Errorf("plane: %s: %w", action, err)
 	}
-	p.log.Info("expired revocations removed", "records", len(names), "cutoff", cutoff, "version", v)
-	return SweepResult{Removed: len(names), Version: v}, nil
+	return len(names), v, nil
 }
 
 // RunSweeper calls SweepRevocations and SweepAudit every sweep interval
