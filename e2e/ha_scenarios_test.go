@@ -9,22 +9,12 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/e2e/internal/proc"
-	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
-// What a scenario needs that its build may not have yet (issue 11).
-const (
-	missingServe = "needs HA-serve (issue 11 items 3 and 7): every mandate-cp instance serving xDS and the admin API on one etcd " +
-		"(--instance-id, --etcd-grace closing the streams of an instance without etcd) and mandate-authz failing over along a --xds-server list"
-	missingFleet = "needs HA-fleet (issue 11 item 4): ACKs published to etcd under lease, so that revoke --wait counts every replica " +
-		"fleet-wide (ReplicaStatus.instance) and not those of a dead instance"
-)
-
-// fleetWide reports whether the admin API reports replicas fleet-wide
-// with the instance each is connected to (HA-fleet).
-func fleetWide() bool {
-	return (&mandatev1.ReplicaStatus{}).ProtoReflect().Descriptor().Fields().ByName("instance") != nil
-}
+// missingServe names what a scenario needs that its build may not have
+// yet (issue 11).
+const missingServe = "needs HA-serve (issue 11 items 3 and 7): every mandate-cp instance serving xDS and the admin API on one etcd " +
+	"(--etcd-grace closing the streams of an instance without etcd) and mandate-authz failing over along a --xds-server list"
 
 func haContext(t *testing.T) context.Context {
 	t.Helper()
@@ -157,12 +147,10 @@ func TestHAInstanceKill(t *testing.T) {
 	if !detectHA(t).serve {
 		t.Skip(missingServe)
 	}
-	if !fleetWide() {
-		t.Skip(missingFleet)
-	}
 	ctx := haContext(t)
 	d := deployHA(ctx, t, haOptions{})
 	victim, r0 := d.instances[0], d.replicas[0] // authz-0 lists cp-0 first
+	d.waitPlacement(ctx, d.instances[1], r0, victim.name)
 	var k atomic.Int64
 	rv := startRevoker(ctx, d, "kill", func() *haInstance { return d.instances[1+int(k.Add(1))%(len(d.instances)-1)] })
 	rv.waitCount(ctx, t, 2)
@@ -180,6 +168,7 @@ func TestHAInstanceKill(t *testing.T) {
 			t.Errorf("%s failed over in %v, want <= 2s", r0.name, up.Sub(t0))
 		}
 	}
+	d.waitPlacement(ctx, d.instances[1], r0, "!"+victim.name)
 	rv.waitCount(ctx, t, 3)
 	revs := rv.stop()
 	requireSucceeded(t, revs, "revocations through the surviving instances")
@@ -254,6 +243,7 @@ func TestHAInstanceCutOff(t *testing.T) {
 		return m[:2]
 	}})
 	cut, moved := d.instances[2], d.replicas[2] // authz-2 lists cp-2 first
+	d.waitPlacement(ctx, d.instances[0], moved, cut.name)
 	t0 := time.Now()
 	d.etcd.Kill(2)
 	if out := d.ctl(ctx, cut, "revoke", "--subject", "spiffe://example.org/agent/cut", "--for", "1h"); out.code == 0 ||
@@ -269,14 +259,10 @@ func TestHAInstanceCutOff(t *testing.T) {
 	if up.Sub(t0) > grace+2*time.Second {
 		t.Errorf("%s moved %v after the cut, want <= grace + 2s", moved.name, up.Sub(t0))
 	}
+	d.waitPlacement(ctx, d.instances[0], moved, "!"+cut.name)
 	r := d.revoke(ctx, d.instances[0], d.subject(ctx, "after-cut"))
 	requireSucceeded(t, []revocation{r}, "through a healthy instance")
-	if fleetWide() {
-		d.checkRevoked(ctx, []revocation{r})
-	} else {
-		t.Logf("%s; checking only that every replica denies %s eventually", missingFleet, r.subject)
-		d.load.waitDenied(ctx, t, r.subject, r.start, "revoked")
-	}
+	d.checkRevoked(ctx, []revocation{r})
 	d.checkControlServed(t0, time.Now())
 }
 
@@ -287,9 +273,6 @@ func TestHAInstanceCutOff(t *testing.T) {
 func TestHARollingRestart(t *testing.T) {
 	if !detectHA(t).serve {
 		t.Skip(missingServe)
-	}
-	if !fleetWide() {
-		t.Skip(missingFleet)
 	}
 	ctx := haContext(t)
 	d := deployHA(ctx, t, haOptions{})

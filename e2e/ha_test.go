@@ -26,6 +26,7 @@ import (
 	"github.com/mandate-dev/mandate/e2e/internal/proc"
 	"github.com/mandate-dev/mandate/internal/envoyreq"
 	"github.com/mandate-dev/mandate/internal/etcdtest"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
 // The high-availability harness (issue 11): a 3-member etcd cluster on
@@ -417,6 +418,41 @@ func (d *haDeployment) checkRevoked(ctx context.Context, revs []revocation) {
 		}
 		since := time.Now()
 		d.load.waitDenied(ctx, d.t, r.subject, since, "revoked")
+	}
+}
+
+// waitPlacement waits until the fleet-wide status, read through in, shows
+// replica r connected to instance want ("!name": to any instance but
+// name).
+func (d *haDeployment) waitPlacement(ctx context.Context, in *haInstance, r *haReplica, want string) {
+	d.t.Helper()
+	cc, err := grpc.NewClient(in.admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer cc.Close()
+	admin := mandatev1.NewAdminClient(cc)
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	err = proc.Poll(wctx, 20*time.Millisecond, func(ctx context.Context) error {
+		st, err := admin.Status(ctx, &mandatev1.StatusRequest{})
+		if err != nil {
+			return err
+		}
+		var on []string
+		for _, rs := range st.GetReplicas() {
+			if rs.GetNodeId() == r.node && rs.GetConnected() {
+				on = append(on, rs.GetInstance())
+			}
+		}
+		not, neg := strings.CutPrefix(want, "!")
+		if len(on) == 1 && (neg && on[0] != not || !neg && on[0] == want) {
+			return nil
+		}
+		return fmt.Errorf("%s connected to %v", r.node, on)
+	})
+	if err != nil {
+		d.t.Fatalf("%s not on instance %s (status through %s): %v", r.name, want, in.name, err)
 	}
 }
 
