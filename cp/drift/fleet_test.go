@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-dev/mandate/cp/drift"
@@ -30,6 +33,7 @@ var fleetPrefixes atomic.Int64
 type cpInstance struct {
 	name string
 	db   *store.DB
+	pl   *plane.Plane
 	rp   *drift.Replicas
 }
 
@@ -57,7 +61,7 @@ func startCP(t *testing.T, c *etcdtest.Cluster, member int, prefix, name string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	su, err := stepup.New(stepup.Config{Plane: pl, Logger: logger})
+	su, err := stepup.New(stepup.Config{Plane: pl, Logger: logger, Uses: db})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +96,7 @@ func startCP(t *testing.T, c *etcdtest.Cluster, member int, prefix, name string)
 		sg.Run(ctx, func(ctx context.Context) { q.Drain(ctx, det, 20*time.Millisecond) })
 	}()
 	t.Cleanup(func() { cancel(); <-done; xs.Close(); _ = db.Close() })
-	return &cpInstance{name: name, db: db, rp: rp}
+	return &cpInstance{name: name, db: db, pl: pl, rp: rp}
 }
 
 func outOfIntent(subject string) *mandatev1.ReplicaReportRequest {
@@ -134,5 +138,52 @@ func TestDriftCountsAcrossInstances(t *testing.T) {
 			t.Fatalf("%d revocation records after 6 denials split over two instances, want 1", len(items))
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestOneUseApprovalClaimedOnceAcrossInstances: replicas on two
+// instances claim the one use of an approval at the same moment, through
+// each instance's Replicas.ClaimApprovalUse: exactly one claim wins
+// fleet-wide, every other one is refused as exhausted (the replica then
+// denies).
+func TestOneUseApprovalClaimedOnceAcrossInstances(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	prefix := fmt.Sprintf("/claim-fleet-%d/", fleetPrefixes.Add(1))
+	ctx := context.Background()
+	a := startCP(t, c, 0, prefix, "cp-a")
+	const rounds = 5
+	for i := range rounds {
+		ap := &mandatev1.Approval{Name: fmt.Sprintf("ar-%020x", i), Subject: "spiffe://example.org/agent/p1", Method: "POST",
+			Path: "/refunds", ApprovedBy: "op", Uses: 1, Expires: timestamppb.New(time.Now().Add(time.Hour))}
+		if _, err := a.pl.PutApproval(ctx, ap, "op"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := startCP(t, c, 1, prefix, "cp-b") // loads the approvals from etcd
+	for i := range rounds {
+		name := fmt.Sprintf("ar-%020x", i)
+		var won, exhausted atomic.Int32
+		var wg sync.WaitGroup
+		startLine := make(chan struct{})
+		for j := range 16 {
+			in := []*cpInstance{a, b}[j%2]
+			wg.Go(func() {
+				<-startLine
+				_, err := in.rp.ClaimApprovalUse(ctx, &mandatev1.ClaimApprovalUseRequest{Name: name})
+				switch status.Code(err) {
+				case codes.OK:
+					won.Add(1)
+				case codes.ResourceExhausted:
+					exhausted.Add(1)
+				default:
+					t.Errorf("claim through %s: %v", in.name, err)
+				}
+			})
+		}
+		close(startLine)
+		wg.Wait()
+		if won.Load() != 1 || exhausted.Load() != 15 {
+			t.Fatalf("%s: %d claims won, %d refused; want 1 and 15", name, won.Load(), exhausted.Load())
+		}
 	}
 }
