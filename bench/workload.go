@@ -68,7 +68,7 @@ func mcpBody(id int64, repo string) string {
 
 func mcpParams(body string) envoyreq.Params {
 	return envoyreq.Params{
-		Principal: "spiffe://example.org/coder/c1", Method: "POST", Path: "/mcp", Host: benchHost, Body: body,
+		Principal: "spiffe://example.org/coder/c1", Method: "POST", Path: "/mcp", Host: benchHost, Body: body, RawBody: true,
 		Headers:           [][2]string{{"content-type", "application/json"}, {"mcp-method", "tools/call"}, {"mcp-name", "github.list_issues"}},
 		ContextExtensions: map[string]string{"protocol": "mcp"},
 	}

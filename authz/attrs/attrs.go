@@ -170,7 +170,8 @@ type Attributes struct {
 
 // Extract fills a from req, with now as the decision time. It stops at the
 // first problem and returns it; a is then partly filled (what was read
-// before the problem), for the decision record.
+// before the problem), for the decision record. a refers to req's
+// strings and raw_body (not copied): leave req unchanged while a is used.
 func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attributes) error {
 	r := &a.Request
 	r.Now = now

@@ -2,6 +2,7 @@ package attrs
 
 import (
 	"hash/maphash"
+	"unsafe"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
@@ -34,7 +35,7 @@ func mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]s
 		if body != "" {
 			return nil, mcp.Request{}, &mcp.Error{Reason: mcp.ReasonMismatch}
 		}
-		body = string(raw)
+		body = rawBodyString(raw)
 	}
 	switch method {
 	case "POST":
@@ -55,6 +56,18 @@ func mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]s
 		return nil, mcp.Request{}, err
 	}
 	return &policies.MCPCall{Method: req.Method, Tool: req.Tool(), ResourceURI: req.URI, Arguments: req.Arguments}, req, nil
+}
+
+// rawBodyString returns raw_body (how Envoy sends the body with
+// pack_as_bytes, which MCP routes require) as a string without copying
+// it: a copy would more than double what an MCP decision allocates. The
+// bytes are the CheckRequest's own (the proto decoder copies bytes fields
+// out of gRPC's receive buffers) and nothing writes to a decoded request;
+// in-process callers of Extract must likewise leave raw_body unchanged
+// afterwards, since the parsed request and the decision record keep
+// substrings of it.
+func rawBodyString(raw []byte) string {
+	return unsafe.String(unsafe.SliceData(raw), len(raw))
 }
 
 // writeMCP writes the MCP inputs a decision can read: method, tool and

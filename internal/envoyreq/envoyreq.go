@@ -31,8 +31,12 @@ type Params struct {
 	// Body is the request body, sent whole as with_request_body does
 	// (allow_partial_message false) when non-empty.
 	Body string
-	ID   string
-	Time time.Time
+	// RawBody sends Body as raw_body (bytes), as Envoy does with
+	// with_request_body.pack_as_bytes (which Mandate's MCP routes require),
+	// instead of the body string.
+	RawBody bool
+	ID      string
+	Time    time.Time
 }
 
 // Build returns the CheckRequest.
@@ -88,7 +92,12 @@ func Build(p Params) *authv3.CheckRequest {
 		req.Attributes.Request.Time = timestamppb.New(p.Time)
 	}
 	if p.Body != "" {
-		req.Attributes.Request.Http.Body = p.Body
+		if p.RawBody {
+			req.Attributes.Request.Http.Body = ""
+			req.Attributes.Request.Http.RawBody = []byte(p.Body)
+		} else {
+			req.Attributes.Request.Http.Body = p.Body
+		}
 		req.Attributes.Request.Http.Size = int64(len(p.Body))
 	}
 	return req

@@ -20,3 +20,17 @@ func TestBuildMergesAndLowercases(t *testing.T) {
 		t.Fatal("principal or context extensions lost")
 	}
 }
+
+func TestBuildRawBody(t *testing.T) {
+	const body = `{"jsonrpc":"2.0"}`
+	for _, raw := range []bool{false, true} {
+		h := Build(Params{Method: "POST", Body: body, RawBody: raw}).GetAttributes().GetRequest().GetHttp()
+		gotRaw, gotStr := string(h.GetRawBody()), h.GetBody()
+		if raw && (gotRaw != body || gotStr != "") || !raw && (gotStr != body || gotRaw != "") {
+			t.Fatalf("RawBody %v: body %q, raw_body %q", raw, gotStr, gotRaw)
+		}
+		if h.GetSize() != int64(len(body)) {
+			t.Fatalf("size %d", h.GetSize())
+		}
+	}
+}
