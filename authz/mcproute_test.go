@@ -171,6 +171,17 @@ func TestMCPDecisions(t *testing.T) {
 			r.Attributes.Request.Http.RawBody = []byte(toolCall("11", "github.get_file", `{"owner":"acme"}`))
 			return r
 		}(), 0, "", ""},
+		// raw_body is parsed in place (not copied): it decides as body does.
+		{"raw_body: other org", func() *authv3.CheckRequest {
+			r := mcpReq("")
+			r.Attributes.Request.Http.RawBody = []byte(toolCall("12", "github.list_issues", `{"owner":"evil"}`))
+			return r
+		}(), 403, "denied_by_rule", "12"},
+		{"raw_body: duplicate argument", func() *authv3.CheckRequest {
+			r := mcpReq("")
+			r.Attributes.Request.Http.RawBody = []byte(toolCall("13", "github.list_issues", `{"owner":"acme","owner":"evil"}`))
+			return r
+		}(), 403, "mcp_duplicate_key", "null"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
