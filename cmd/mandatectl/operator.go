@@ -134,12 +134,7 @@ func waitAcked(ctx context.Context, c mandatev1.AdminClient, w *waitFlags, typeU
 	}
 	connected := int(resp.GetReplicas())
 	if st, err := c.Status(ctx, &mandatev1.StatusRequest{}); err == nil {
-		n := 0
-		for _, r := range st.GetReplicas() {
-			if r.GetConnected() {
-				n++
-			}
-		}
+		_, n := countReplicas(st.GetReplicas(), typeURL, 0)
 		connected = max(n, connected)
 	}
 	if int(resp.GetReplicas()) < connected {

@@ -59,18 +59,7 @@ func watchAcks(ctx context.Context, c mandatev1.AdminClient, typeURL, version st
 	last := ""
 	for {
 		if st, err := c.Status(ctx, &mandatev1.StatusRequest{}); err == nil {
-			acked, connected := 0, 0
-			for _, r := range st.GetReplicas() {
-				if !r.GetConnected() {
-					continue
-				}
-				connected++
-				for _, ts := range r.GetTypes() {
-					if v, err := parseVersion(ts.GetAckedVersion()); ts.GetTypeUrl() == typeURL && err == nil && v >= want {
-						acked++
-					}
-				}
-			}
+			acked, connected := countReplicas(st.GetReplicas(), typeURL, want)
 			line := fmt.Sprintf("ACKed by %d/%d connected replicas", acked, connected)
 			if line != last && ctx.Err() == nil {
 				fmt.Fprintf(w, "[%6s] %s\n", fmtDur(time.Since(start).Round(time.Millisecond)), line)
@@ -83,6 +72,31 @@ func watchAcks(ctx context.Context, c mandatev1.AdminClient, typeURL, version st
 		case <-tick.C:
 		}
 	}
+}
+
+// countReplicas counts the connected replicas, and those that ACKed
+// typeURL at want or later. A node id connected to several instances of a
+// fleet (one row each) is one replica, ACKed when every row says so.
+func countReplicas(rows []*mandatev1.ReplicaStatus, typeURL string, want uint64) (acked, connected int) {
+	lag := map[string]bool{}
+	for _, r := range rows {
+		if !r.GetConnected() {
+			continue
+		}
+		ok := false
+		for _, ts := range r.GetTypes() {
+			if v, err := parseVersion(ts.GetAckedVersion()); ts.GetTypeUrl() == typeURL && err == nil && v >= want {
+				ok = true
+			}
+		}
+		lag[r.GetNodeId()] = lag[r.GetNodeId()] || !ok
+	}
+	for _, l := range lag {
+		if !l {
+			acked++
+		}
+	}
+	return acked, len(lag)
 }
 
 func parseVersion(v string) (uint64, error) { return strconv.ParseUint(v, 10, 64) }

@@ -156,3 +156,33 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestCountReplicasFleetWide: status rows of a fleet (one per node id
+// and instance) count each replica once; a node id on two instances is
+// ACKed only when both rows say so. Counting rows made a --wait during a
+// fail-over report "enforced by 1 of 2" for one replica.
+func TestCountReplicasFleetWide(t *testing.T) {
+	row := func(node, instance string, connected bool, acked string) *mandatev1.ReplicaStatus {
+		return &mandatev1.ReplicaStatus{NodeId: node, Instance: instance, Connected: connected,
+			Types: []*mandatev1.ReplicaTypeStatus{{TypeUrl: mandatev1.RevocationTypeURL, AckedVersion: acked}}}
+	}
+	tests := []struct {
+		name                 string
+		rows                 []*mandatev1.ReplicaStatus
+		wantAcked, wantConns int
+	}{
+		{"one per instance", []*mandatev1.ReplicaStatus{row("a", "cp-0", true, "7"), row("b", "cp-1", true, "6")}, 1, 2},
+		{"one node on two instances, both acked", []*mandatev1.ReplicaStatus{row("a", "cp-0", true, "7"), row("a", "cp-1", true, "8")}, 1, 1},
+		{"one node on two instances, one lags", []*mandatev1.ReplicaStatus{row("a", "cp-0", true, "7"), row("a", "cp-1", true, "3")}, 0, 1},
+		{"disconnected rows do not count", []*mandatev1.ReplicaStatus{row("a", "cp-0", false, "3"), row("a", "cp-1", true, "7")}, 1, 1},
+		{"no ack yet", []*mandatev1.ReplicaStatus{row("a", "", true, "")}, 0, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			acked, conns := countReplicas(tt.rows, mandatev1.RevocationTypeURL, 7)
+			if acked != tt.wantAcked || conns != tt.wantConns {
+				t.Fatalf("acked %d of %d, want %d of %d", acked, conns, tt.wantAcked, tt.wantConns)
+			}
+		})
+	}
+}

@@ -167,7 +167,16 @@ type record struct {
 }
 
 func (p *Presence) publish(ctx context.Context) error {
-	b, err := json.Marshal(record{Instance: p.cfg.Instance, Nodes: nodesOf(p.cfg.Instance, p.cfg.Source)})
+	// Only connected replicas: the others count nowhere, and a churn of
+	// node ids would otherwise fill the record for the retention period
+	// (this instance's own status still shows them).
+	var nodes []Node
+	for _, n := range nodesOf(p.cfg.Instance, p.cfg.Source) {
+		if n.Connected {
+			nodes = append(nodes, n)
+		}
+	}
+	b, err := json.Marshal(record{Instance: p.cfg.Instance, Nodes: nodes})
 	if err != nil {
 		return fmt.Errorf("fleet: encode presence: %w", err)
 	}
