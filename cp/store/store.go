@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -52,6 +53,10 @@ type DB struct {
 	be  Backend
 	now func() time.Time
 	kek *kek
+	// feed and wmu: a backend that is not a Watcher has this DB as its
+	// only writer; wmu orders its commits and feed keeps them for Follow.
+	feed *feed
+	wmu  sync.Mutex
 }
 
 // Option configures New.
@@ -81,6 +86,14 @@ func New(be Backend, opts ...Option) (*DB, error) {
 			return nil, err
 		}
 	}
+	if _, ok := be.(Watcher); !ok {
+		rev, err := be.Update(context.Background(), func(Tx) error { return nil })
+		if err != nil {
+			_ = be.Close()
+			return nil, fmt.Errorf("store: read the revision: %w", err)
+		}
+		d.feed = newFeed(rev)
+	}
 	return d, nil
 }
 
@@ -102,16 +115,35 @@ func (d *DB) update(ctx context.Context, audit []AuditEntry, fn func(tx Tx) erro
 			return 0, errors.New("store: audit entry without an action")
 		}
 	}
-	rev, err := d.be.Update(ctx, func(tx Tx) error {
+	body := func(tx Tx) error {
 		if fn != nil {
 			if err := fn(tx); err != nil {
 				return err
 			}
 		}
 		return d.appendAudit(tx, audit)
+	}
+	if d.feed == nil {
+		rev, err := d.be.Update(ctx, body)
+		if err != nil {
+			return 0, wrap(err)
+		}
+		return rev, nil
+	}
+	// The only writer: record what the commit writes to resources and
+	// hand it to the followers in commit order.
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	var rec *recorder
+	rev, err := d.be.Update(ctx, func(tx Tx) error {
+		rec = &recorder{Tx: tx}
+		return body(rec)
 	})
 	if err != nil {
 		return 0, wrap(err)
+	}
+	if rec != nil && len(rec.tables) > 0 {
+		d.feed.publish(Commit{Rev: rev, Tables: rec.tables, Writes: rec.writes})
 	}
 	return rev, nil
 }

@@ -27,7 +27,6 @@ import (
 	"net/url"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -53,6 +52,16 @@ type Config struct {
 	TLS *tls.Config
 	// Username and Password, when etcd authentication is on.
 	Username, Password string
+	// ProbeEvery and ProbeTimeout: how often the backend checks that
+	// etcd answers (a linearizable read, which needs a quorum), and how
+	// long it waits for the answer (defaults DefaultProbeEvery and
+	// DefaultProbeTimeout). While the last probe failed, writes fail at
+	// once with store.ErrUnavailable; Health reports the state.
+	ProbeEvery, ProbeTimeout time.Duration
+	// OpTimeout bounds every etcd call of a transaction (default
+	// DefaultOpTimeout): past it the write fails with
+	// store.ErrUnavailable instead of waiting for etcd to come back.
+	OpTimeout time.Duration
 }
 
 // Open connects to etcd and returns a DB over it.
@@ -66,12 +75,12 @@ func Open(ctx context.Context, cfg Config, opts ...store.Option) (*store.DB, err
 
 // Backend is an etcd cluster as a store.Backend.
 type Backend struct {
-	c      *clientv3.Client
-	prefix string
-	owned  bool
-
-	mu    sync.Mutex
-	guard []clientv3.Cmp // conditions of every commit (Lead)
+	c         *clientv3.Client
+	prefix    string
+	owned     bool
+	opTimeout time.Duration
+	h         health
+	stopProbe context.CancelFunc
 }
 
 // OpenBackend connects to etcd (Open wraps the backend in a DB).
@@ -88,6 +97,15 @@ func OpenBackend(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
+	if cfg.ProbeEvery <= 0 {
+		cfg.ProbeEvery = DefaultProbeEvery
+	}
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = DefaultProbeTimeout
+	}
+	if cfg.OpTimeout <= 0 {
+		cfg.OpTimeout = DefaultOpTimeout
+	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, TLS: cfg.TLS,
 		Username: cfg.Username, Password: cfg.Password, Context: ctx,
@@ -103,7 +121,17 @@ func OpenBackend(ctx context.Context, cfg Config) (*Backend, error) {
 		_ = c.Close()
 		return nil, fmt.Errorf("etcdstore: reach %v: %w", cfg.Endpoints, err)
 	}
-	return &Backend{c: c, prefix: cfg.Prefix, owned: true}, nil
+	b := newBackend(c, cfg.Prefix, cfg.OpTimeout)
+	b.owned = true
+	pctx, stop := context.WithCancel(context.Background())
+	b.stopProbe = stop
+	go b.probe(pctx, cfg.ProbeEvery, cfg.ProbeTimeout)
+	return b, nil
+}
+
+func newBackend(c *clientv3.Client, prefix string, opTimeout time.Duration) *Backend {
+	return &Backend{c: c, prefix: prefix, opTimeout: opTimeout,
+		h: health{since: time.Now(), changed: make(chan struct{})}}
 }
 
 // NewBackend wraps an existing client (not closed by Close).
@@ -111,7 +139,7 @@ func NewBackend(c *clientv3.Client, prefix string) (*Backend, error) {
 	if c == nil || !strings.HasSuffix(prefix, "/") {
 		return nil, errors.New("etcdstore: a client and a prefix ending in / are required")
 	}
-	return &Backend{c: c, prefix: prefix}, nil
+	return newBackend(c, prefix, DefaultOpTimeout), nil
 }
 
 // Client returns the etcd client (for leases, watches and elections).
@@ -122,6 +150,9 @@ func (b *Backend) Prefix() string { return b.prefix }
 
 // Close closes the client when the backend opened it.
 func (b *Backend) Close() error {
+	if b.stopProbe != nil {
+		b.stopProbe()
+	}
 	if b.owned {
 		return b.c.Close()
 	}
@@ -136,25 +167,15 @@ func (b *Backend) marker(table string) string      { return b.tablePrefix(table)
 // concurrent commits.
 const maxAttempts = 200
 
-// ErrNotLeader is returned by a commit of an instance that no longer
-// leads (see Lead).
-var ErrNotLeader = errors.New("etcdstore: this instance is no longer the leader; write refused")
-
-// leads reports whether the leadership condition still holds.
-func (b *Backend) leads(ctx context.Context) bool {
-	b.mu.Lock()
-	g := b.guard
-	b.mu.Unlock()
-	resp, err := b.c.Txn(ctx).If(g...).Commit()
-	return err == nil && resp.Succeeded
-}
-
 // ErrContention is returned when a transaction lost to concurrent
 // commits maxAttempts times.
 var ErrContention = errors.New("etcdstore: too much contention, transaction not committed")
 
 // Update implements store.Backend.
 func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, error) {
+	if err := b.checkHealth(); err != nil {
+		return 0, err
+	}
 	for attempt := range maxAttempts {
 		if err := ctx.Err(); err != nil {
 			return 0, err
@@ -174,10 +195,7 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 			}
 			return uint64(t.rev), nil
 		}
-		b.mu.Lock()
-		cmps := append(make([]clientv3.Cmp, 0, len(t.reads)+len(b.guard)), b.guard...)
-		guarded := len(b.guard) > 0
-		b.mu.Unlock()
+		cmps := make([]clientv3.Cmp, 0, len(t.reads))
 		for k, mr := range t.reads {
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mr))
 		}
@@ -197,15 +215,14 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 				ops = append(ops, clientv3.OpPut(k, string(*v)))
 			}
 		}
-		resp, err := b.c.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		cctx, cancel := b.opCtx(ctx)
+		resp, err := b.c.Txn(cctx).If(cmps...).Then(ops...).Commit()
+		cancel()
 		if err != nil {
-			return 0, fmt.Errorf("etcdstore: commit: %w", err)
+			return 0, b.callErr(ctx, "commit", err)
 		}
 		if resp.Succeeded {
 			return uint64(resp.Header.Revision), nil
-		}
-		if guarded && !b.leads(ctx) {
-			return 0, ErrNotLeader
 		}
 		// Lost to a concurrent commit: back off a little and redo.
 		d := time.Duration(rand.N(1+min(attempt, 20))) * time.Millisecond
@@ -241,9 +258,11 @@ func (t *tx) opts(extra ...clientv3.OpOption) []clientv3.OpOption {
 }
 
 func (t *tx) get(key string, extra ...clientv3.OpOption) (*clientv3.GetResponse, error) {
-	resp, err := t.b.c.Get(t.ctx, key, t.opts(extra...)...)
+	ctx, cancel := t.b.opCtx(t.ctx)
+	resp, err := t.b.c.Get(ctx, key, t.opts(extra...)...)
+	cancel()
 	if err != nil {
-		return nil, fmt.Errorf("etcdstore: read: %w", err)
+		return nil, t.b.callErr(t.ctx, "read", err)
 	}
 	if t.rev == 0 {
 		t.rev = resp.Header.Revision

@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
-// Leadership is this instance's turn as the elected writer.
+// Leadership is this instance's turn as the elected leader, for work one
+// instance at a time must do (singletons). Every instance writes to the
+// store whether it leads or not.
 type Leadership struct {
 	sess *concurrency.Session
 	el   *concurrency.Election
@@ -21,8 +22,7 @@ type Leadership struct {
 // the backend's prefix, and returns once this instance leads (ctx ends
 // the wait). The leadership lives on an etcd lease of ttl: when this
 // process dies or loses etcd for longer than ttl, another candidate takes
-// over. From then on every commit of the backend carries the condition
-// that this instance still leads: a deposed leader never writes.
+// over.
 func (b *Backend) Lead(ctx context.Context, id string, ttl time.Duration) (*Leadership, error) {
 	secs := int(ttl / time.Second)
 	if secs < 1 {
@@ -40,9 +40,6 @@ func (b *Backend) Lead(ctx context.Context, id string, ttl time.Duration) (*Lead
 		_ = sess.Close()
 		return nil, fmt.Errorf("etcdstore: campaign: %w", err)
 	}
-	b.mu.Lock()
-	b.guard = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())}
-	b.mu.Unlock()
 	l := &Leadership{sess: sess, el: el, lost: make(chan struct{})}
 	go func() {
 		<-sess.Done()
@@ -55,7 +52,7 @@ func (b *Backend) Lead(ctx context.Context, id string, ttl time.Duration) (*Lead
 // reach longer than the TTL, or Resign).
 func (l *Leadership) Lost() <-chan struct{} { return l.lost }
 
-// Resign gives the leadership up now, so a standby takes over without
+// Resign gives the leadership up now, so another candidate takes over without
 // waiting for the lease to expire.
 func (l *Leadership) Resign(ctx context.Context) error {
 	err := l.el.Resign(ctx)

@@ -68,6 +68,7 @@ func Run(t *testing.T, nb NewBackend) {
 		{"ApprovalUsesConcurrent", testApprovalUsesConcurrent},
 		{"Import", testImport},
 		{"DriftQueue", testDriftQueue},
+		{"Follow", testFollow},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, nb) })
