@@ -85,7 +85,12 @@ func actor(ctx context.Context) string {
 func (s *Service) rpcError(ctx context.Context, method string, err error) error {
 	var inv *plane.InvalidError
 	var nack *plane.NackError
+	var down *store.UnavailableError
 	switch {
+	case errors.As(err, &down):
+		// etcd out of reach or without quorum: nothing was written; the
+		// caller may retry here later or on another instance.
+		return status.Error(codes.Unavailable, down.Error())
 	case errors.As(err, &inv):
 		return status.Error(codes.InvalidArgument, inv.Error())
 	case errors.Is(err, plane.ErrNotFound):

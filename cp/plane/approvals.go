@@ -22,8 +22,8 @@ func (p *Plane) PutApproval(ctx context.Context, a *mandatev1.Approval, actor st
 		return "", err
 	}
 	a = proto.Clone(a).(*mandatev1.Approval)
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.lockWrite()
+	defer p.unlockWrite()
 	if old, ok := p.res[mandatev1.ApprovalTypeURL][a.GetName()]; ok && proto.Equal(old, a) {
 		return p.xds.Versions()[mandatev1.ApprovalTypeURL], nil
 	}
@@ -34,8 +34,8 @@ func (p *Plane) PutApproval(ctx context.Context, a *mandatev1.Approval, actor st
 
 // DeleteApproval removes an approval.
 func (p *Plane) DeleteApproval(ctx context.Context, name, actor string) (string, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.lockWrite()
+	defer p.unlockWrite()
 	if _, ok := p.res[mandatev1.ApprovalTypeURL][name]; !ok {
 		return "", fmt.Errorf("approval %q: %w", name, ErrNotFound)
 	}
@@ -69,8 +69,8 @@ func (p *Plane) SetVerificationKeys(ctx context.Context, keys []*mandatev1.Verif
 		}
 		next[k.GetName()] = proto.Clone(k).(*mandatev1.VerificationKey)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.lockWrite()
+	defer p.unlockWrite()
 	cur := p.res[mandatev1.VerificationKeyTypeURL]
 	w := write{typeURL: mandatev1.VerificationKeyTypeURL}
 	for _, name := range slices.Sorted(maps.Keys(next)) {

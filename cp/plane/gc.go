@@ -99,8 +99,8 @@ type SweepResult struct {
 // most once per sweep interval (by the plane's clock); a call sooner than
 // that returns Skipped.
 func (p *Plane) SweepRevocations(ctx context.Context) (SweepResult, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.lockWrite()
+	defer p.unlockWrite()
 	now := p.now()
 	version := func() string { return p.xds.Versions()[mandatev1.RevocationTypeURL] }
 	if p.retention == 0 || (!p.lastSweep.IsZero() && now.Before(p.lastSweep.Add(p.sweepEvery))) {

@@ -103,18 +103,22 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 
 // Store is what the plane needs of the durable store (cp/store.DB over
 // bbolt or etcd, or its in-memory fake): resources by type URL, each
-// write returning the type's version, and the audit trail.
+// write returning the type's version, the feed of committed changes, and
+// the audit trail.
 type Store interface {
 	Update(ctx context.Context, typeURL string, put []store.Item, del []string, audit ...store.AuditEntry) (uint64, error)
 	Replace(ctx context.Context, typeURL string, items []store.Item, audit ...store.AuditEntry) (uint64, error)
 	List(ctx context.Context, typeURL string) ([]store.Item, uint64, error)
+	Revision(ctx context.Context) (uint64, error)
+	Follow(ctx context.Context, after uint64, fn func(rev uint64, changes []store.Change) error) error
 	AppendAudit(ctx context.Context, entries ...store.AuditEntry) error
 	AuditLog(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error)
 	AuditNewest(ctx context.Context, since time.Time, limit int) ([]store.AuditEntry, error)
 	PruneAudit(ctx context.Context, r store.AuditRetention) (int, error)
 }
 
-// Plane validates, stores and publishes. Create it with New.
+// Plane validates, stores and publishes. Create it with New; Close stops
+// it.
 type Plane struct {
 	st  Store
 	xds *xdsserver.Server
@@ -125,8 +129,18 @@ type Plane struct {
 	now   func() time.Time
 	reg   prometheus.Registerer
 
-	mu  sync.Mutex                           // serializes writes: store order = publish order
-	res map[string]map[string]resource.Named // type URL -> name -> resource, as stored
+	// wmu serializes this instance's writes (plan, commit, wait until
+	// served), so that each plans on the state the previous one left.
+	wmu sync.Mutex
+	// mu guards what the feed changes: the plane's copy of the store,
+	// the revision served, and the sweeper's last run.
+	mu       sync.Mutex
+	res      map[string]map[string]resource.Named // type URL -> name -> resource, as committed
+	typeRev  map[string]uint64                    // type URL -> revision of the last change served
+	rev      uint64                               // every commit up to rev is served
+	progress chan struct{}                        // closed and replaced when rev moves
+	stop     context.CancelFunc
+	stopped  chan struct{}
 
 	cmu     sync.Mutex
 	commits map[string]map[uint64]time.Time // type URL -> version -> commit time
@@ -141,35 +155,17 @@ type Plane struct {
 	newTicker  func(time.Duration) (<-chan time.Time, func())
 }
 
-// ServerOptions returns the xdsserver options that make a server built
-// over st start each type where the store left it: an empty type at its
-// stored version, a type with resources just below it (New publishes
-// them at the stored version).
-func ServerOptions(ctx context.Context, st Store) ([]xdsserver.Option, error) {
-	if st == nil {
-		return nil, errors.New("plane: nil store")
-	}
-	var opts []xdsserver.Option
-	for _, k := range resource.Kinds() {
-		items, v, err := st.List(ctx, k.TypeURL)
-		if err != nil {
-			return nil, fmt.Errorf("plane: load %s: %w", k.Short, err)
-		}
-		if v > 0 && len(items) > 0 {
-			v--
-		}
-		opts = append(opts, xdsserver.WithInitialVersion(k.TypeURL, v))
-	}
-	return opts, nil
-}
-
-// New loads everything the store holds, checks it as a replica would, and
-// publishes it (restart recovery). Build xds with ServerOptions(st).
+// New loads everything the store holds, checks it as a replica would,
+// publishes it (restart recovery), and follows the store from there:
+// every change committed to it, by this instance or (on etcd) any other,
+// is applied to the plane's copy and published over xDS at its version.
+// Build xds with ServerOptions(st).
 func New(ctx context.Context, st Store, xds *xdsserver.Server, logger *slog.Logger, opts ...Option) (*Plane, error) {
 	if st == nil || xds == nil || logger == nil {
 		return nil, errors.New("plane: store, xDS server and logger are required")
 	}
 	p := &Plane{st: st, xds: xds, log: logger, now: time.Now, res: map[string]map[string]resource.Named{},
+		typeRev: map[string]uint64{}, progress: make(chan struct{}), stopped: make(chan struct{}),
 		commits:   map[string]map[uint64]time.Time{},
 		retention: DefaultRevocationRetention, sweepEvery: DefaultSweepInterval, newTicker: realTicker}
 	for _, o := range opts {
@@ -196,22 +192,11 @@ func New(ctx context.Context, st Store, xds *xdsserver.Server, logger *slog.Logg
 			}
 		}
 	}
-	stored := map[string]uint64{}
-	for _, k := range resource.Kinds() {
-		items, v, err := st.List(ctx, k.TypeURL)
-		if err != nil {
-			return nil, fmt.Errorf("plane: load %s: %w", k.Short, err)
-		}
-		m := make(map[string]resource.Named, len(items))
-		for _, it := range items {
-			r, err := resource.Unmarshal(k.TypeURL, it.Name, it.Value)
-			if err != nil {
-				return nil, fmt.Errorf("plane: stored %w", err)
-			}
-			m[it.Name] = r
-		}
-		p.res[k.TypeURL], stored[k.TypeURL] = m, v
+	rev, loaded, stored, err := p.load(ctx)
+	if err != nil {
+		return nil, err
 	}
+	p.res, p.rev = loaded, rev
 	// A store written by an older or buggy control plane must not push a
 	// set replicas reject: refuse to start instead.
 	if err := p.checkStored(); err != nil {
@@ -222,6 +207,7 @@ func New(ctx context.Context, st Store, xds *xdsserver.Server, logger *slog.Logg
 		if _, err := p.published(k.TypeURL, v, err); err != nil {
 			return nil, err
 		}
+		p.typeRev[k.TypeURL] = stored[k.TypeURL]
 		if sv := stored[k.TypeURL]; v != strconv.FormatUint(sv, 10) {
 			logger.Warn("xds version differs from the stored version (build the xDS server with plane.ServerOptions)",
 				"type", k.Short, "xds", v, "store", sv)
@@ -229,8 +215,17 @@ func New(ctx context.Context, st Store, xds *xdsserver.Server, logger *slog.Logg
 	}
 	logger.Info("control plane state loaded", "policies", len(p.res[mandatev1.PolicyTypeURL]),
 		"revocations", len(p.res[mandatev1.RevocationTypeURL]), "approvals", len(p.res[mandatev1.ApprovalTypeURL]),
-		"keys", len(p.res[mandatev1.VerificationKeyTypeURL]), "versions", xds.Versions())
+		"keys", len(p.res[mandatev1.VerificationKeyTypeURL]), "versions", xds.Versions(), "revision", rev)
+	fctx, stop := context.WithCancel(context.Background())
+	p.stop = stop
+	go p.follow(fctx)
 	return p, nil
+}
+
+// Close stops following the store. The plane serves no write after it.
+func (p *Plane) Close() {
+	p.stop()
+	<-p.stopped
 }
 
 // checkStored runs the replicas' checks over what the store holds.
@@ -268,9 +263,11 @@ type write struct {
 }
 
 // commit is the one write path of every kind: the store commits w with
-// its audit entries in one transaction, then the plane's copy takes it
-// and xDS publishes it at the store's version. Callers hold p.mu and have
-// validated w.
+// its audit entries in one transaction; the feed then applies it to the
+// plane's copy and publishes it over xDS at the store's version, as it
+// does every other instance's commits, and commit returns once that is
+// done, with the type's version. Callers hold the write lock (lockWrite)
+// and have validated w; commit releases mu while it waits.
 func (p *Plane) commit(ctx context.Context, w write) (string, error) {
 	items := make([]store.Item, len(w.put))
 	for i, r := range w.put {
@@ -281,6 +278,8 @@ func (p *Plane) commit(ctx context.Context, w write) (string, error) {
 		}
 		items[i] = store.Item{Name: r.GetName(), Value: b}
 	}
+	p.mu.Unlock()
+	defer p.mu.Lock()
 	var (
 		sv  uint64
 		err error
@@ -294,28 +293,24 @@ func (p *Plane) commit(ctx context.Context, w write) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("plane: store %s: %w", resource.Short(w.typeURL), err)
 	}
-	// The plane's copy is read only under p.mu and the xDS server copies
-	// what it is given, so it changes in place: a write costs O(change).
-	cur := p.res[w.typeURL]
-	put := make(map[string]proto.Message, len(w.put))
-	if w.replace {
-		cur = make(map[string]resource.Named, len(w.put))
-		p.res[w.typeURL] = cur
+	if err := p.waitServed(ctx, sv); err != nil {
+		return "", fmt.Errorf("plane: %s committed at %d, not yet served: %w", resource.Short(w.typeURL), sv, err)
 	}
-	for _, r := range w.put {
-		cur[r.GetName()] = r
-		put[r.GetName()] = r
-	}
-	for _, name := range w.del {
-		delete(cur, name)
-	}
-	var v string
-	if w.replace {
-		v, err = p.xds.SetAt(w.typeURL, sv, put)
-	} else {
-		v, err = p.xds.UpdateAt(w.typeURL, sv, put, w.del)
-	}
-	return p.published(w.typeURL, v, err)
+	p.mu.Lock()
+	v := p.xds.Versions()[w.typeURL]
+	p.mu.Unlock()
+	return v, nil
+}
+
+// lockWrite takes the write lock and mu (planning reads the copy).
+func (p *Plane) lockWrite() {
+	p.wmu.Lock()
+	p.mu.Lock()
+}
+
+func (p *Plane) unlockWrite() {
+	p.mu.Unlock()
+	p.wmu.Unlock()
 }
 
 func messages(m map[string]resource.Named) map[string]proto.Message {

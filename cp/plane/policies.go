@@ -79,8 +79,8 @@ func (p *Plane) ApplyPolicies(ctx context.Context, ps []*mandatev1.Policy, actor
 // deleted; with dryRun nothing is stored and the result says what an
 // apply would change.
 func (p *Plane) ApplyPolicySet(ctx context.Context, ps []*mandatev1.Policy, prune, dryRun bool, actor string) (ApplyResult, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.lockWrite()
+	defer p.unlockWrite()
 	res, next, err := p.planPolicies(ps, prune)
 	if err != nil {
 		if !dryRun {
@@ -112,7 +112,7 @@ func (p *Plane) ApplyPolicySet(ctx context.Context, ps []*mandatev1.Policy, prun
 }
 
 // planPolicies validates ps against the current set and returns the
-// changes and the resulting set. Callers hold p.mu.
+// changes and the resulting set. Callers hold the write lock.
 func (p *Plane) planPolicies(ps []*mandatev1.Policy, prune bool) (ApplyResult, map[string]*mandatev1.Policy, error) {
 	if len(ps) > MaxPolicies {
 		return ApplyResult{}, nil, invalid("%d policy files exceed the limit of %d", len(ps), MaxPolicies)
@@ -179,8 +179,8 @@ func (p *Plane) planPolicies(ps []*mandatev1.Policy, prune bool) (ApplyResult, m
 
 // DeletePolicy removes one policy; the remaining set must still compile.
 func (p *Plane) DeletePolicy(ctx context.Context, name, actor string) (string, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.lockWrite()
+	defer p.unlockWrite()
 	cur := p.res[mandatev1.PolicyTypeURL]
 	if _, ok := cur[name]; !ok {
 		return "", fmt.Errorf("policy %q: %w", name, ErrNotFound)

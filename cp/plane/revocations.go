@@ -84,8 +84,8 @@ func (p *Plane) RevokeMany(ctx context.Context, rs []revocation.Record, actor st
 		recs[i] = rec
 		audit[i] = p.audit(actor, recordAction(r), "revocation/"+r.ID, recordDetail(r))
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.lockWrite()
+	defer p.unlockWrite()
 	held := p.res[mandatev1.RevocationTypeURL]
 	if n := len(held) + len(recs); n > MaxRevocations {
 		err := invalid("%d revocation records would exceed the limit of %d", n, MaxRevocations)

@@ -15,9 +15,22 @@ import (
 // from the revision it was loaded at.
 var ErrCompacted = errors.New("store: changes since that revision are no longer kept")
 
-// ErrUnavailable: the backend cannot be reached or has no quorum (etcd);
-// nothing was written. The error names the cause.
+// ErrUnavailable: the backend cannot be reached or has no quorum (etcd).
+// Errors wrapping it are *UnavailableError, which names the cause.
 var ErrUnavailable = errors.New("store unavailable")
+
+// UnavailableError is a call the backend could not answer; a write that
+// fails with it was not committed (or, when the backend went away in the
+// middle of a commit, may be committed and then reaches every follower).
+type UnavailableError struct {
+	// Backend names the backend ("etcd").
+	Backend string
+	Err     error
+}
+
+func (e *UnavailableError) Error() string        { return e.Backend + " unavailable: " + e.Err.Error() }
+func (e *UnavailableError) Unwrap() error        { return e.Err }
+func (e *UnavailableError) Is(target error) bool { return target == ErrUnavailable }
 
 // Commit is what one committed transaction wrote to the tables a watch
 // follows.

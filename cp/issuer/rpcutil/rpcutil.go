@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/mandate-dev/mandate/authz/identity"
+	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/internal/transport"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -86,7 +87,10 @@ func Code(c codes.Code, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	var down *store.UnavailableError
 	switch {
+	case errors.As(err, &down):
+		return status.Error(codes.Unavailable, down.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):

@@ -49,9 +49,14 @@ func (b *Backend) Health() Health {
 	return Health{Err: b.h.err, Since: b.h.since, Changed: b.h.changed}
 }
 
-// unavailable wraps err as store.ErrUnavailable ("etcd unavailable: ...").
+// unavailable wraps err as a *store.UnavailableError ("etcd unavailable:
+// ...").
 func unavailable(err error) error {
-	return fmt.Errorf("etcd unavailable: %w", errors.Join(store.ErrUnavailable, err))
+	var ue *store.UnavailableError
+	if errors.As(err, &ue) {
+		return ue
+	}
+	return &store.UnavailableError{Backend: "etcd", Err: err}
 }
 
 func (b *Backend) setHealth(err error) {
@@ -118,7 +123,7 @@ func (b *Backend) callErr(ctx context.Context, what string, err error) error {
 		return fmt.Errorf("etcdstore: %s: %w", what, err)
 	}
 	b.setHealth(err)
-	return fmt.Errorf("etcdstore: %s: %w", what, unavailable(err))
+	return unavailable(fmt.Errorf("%s: %w", what, err))
 }
 
 // isUnavailable reports whether err says etcd could not answer (rather
