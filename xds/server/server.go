@@ -286,6 +286,8 @@ type Server struct {
 	nodes   map[string]*nodeState
 	changed chan struct{} // closed and replaced on every status change
 
+	gate gate // Suspend, Resume
+
 	m metrics
 }
 
@@ -385,7 +387,7 @@ func New(logger *slog.Logger, opts ...Option) (*Server, error) {
 
 // Register adds the aggregated discovery service (delta and SotW ADS) to g.
 func (s *Server) Register(g *grpc.Server) {
-	discovery.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, gated{s: s, inner: s.xds})
 }
 
 // Close ends every open stream. The Server cannot be used after Close.
