@@ -150,7 +150,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	var reloadable atomic.Pointer[issuer.Service]
-	// ctx is a parameter: run replaces its ctx below (etcd leadership).
 	go func(ctx context.Context) {
 		for {
 			select {
@@ -174,33 +173,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	o.registerer = reg
 
-	st, lead, be, err := openStore(ctx, o.dataDir, o.store, logger)
+	st, be, err := openStore(ctx, o.dataDir, o.store, logger)
 	if err != nil {
 		return err
-	}
-	var lostLead atomic.Bool
-	if lead != nil {
-		// On etcd this instance serves only while it leads: losing the
-		// leadership (lease expired, etcd out of reach) stops it, closing
-		// its xDS streams so replicas move on, and its writes are refused
-		// by etcd from that moment.
-		var stop context.CancelFunc
-		ctx, stop = context.WithCancel(ctx)
-		defer stop()
-		go func() {
-			select {
-			case <-lead.Lost():
-				lostLead.Store(true)
-				logger.Error("lost the control-plane leadership on etcd: stopping")
-				stop()
-			case <-ctx.Done():
-			}
-		}()
-		defer func() {
-			rctx, c := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = lead.Resign(rctx)
-			c()
-		}()
 	}
 	defer func() {
 		if err := st.Close(); err != nil {
@@ -229,6 +204,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		plane.WithAuditRetention(store.AuditRetention{MaxAge: o.auditMaxAge, MaxEntries: o.auditMaxEntries}))
 	if err != nil {
 		return err
+	}
+	defer pl.Close()
+	if be != nil {
+		// Losing etcd: writes fail at once (the backend's probe); after
+		// --etcd-grace the xDS streams close so replicas move on.
+		go guardEtcd(ctx, be, xs, o.store.etcdGrace, logger)
 	}
 	// Envoy listeners and clusters go through the plane, which records
 	// when each version was committed (the lag `mandatectl status` shows).
@@ -345,7 +326,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("metrics listen: %w", err)
 		}
-		hsrv = &http.Server{Handler: opshttp.Handler(reg, func() error { return nil }, false), ReadHeaderTimeout: 5 * time.Second}
+		ready := func() error {
+			if reason := xs.Suspended(); reason != "" {
+				return errors.New(reason)
+			}
+			return nil
+		}
+		hsrv = &http.Server{Handler: opshttp.Handler(reg, ready, false), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := hsrv.Serve(mlis); !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("metrics: %w", err)
@@ -386,9 +373,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if o.adminSocket != "" {
 		_ = os.Remove(o.adminSocket)
-	}
-	if err == nil && lostLead.Load() {
-		err = errors.New("lost the control-plane leadership on etcd")
 	}
 	return err
 }

@@ -103,10 +103,27 @@ func (b *Backend) checkHealth() error {
 	return b.h.err
 }
 
-// opCtx bounds one etcd call and makes it fail at once on a member that
-// lost its leader, instead of waiting for one.
+// opCtx bounds one etcd call, makes it fail at once on a member that
+// lost its leader instead of waiting for one, and ends it when the probe
+// finds etcd out of reach meanwhile.
 func (b *Backend) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(clientv3.WithRequireLeader(ctx), b.opTimeout)
+	octx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), b.opTimeout)
+	b.h.mu.Lock()
+	ok, changed := b.h.err == nil, b.h.changed
+	b.h.mu.Unlock()
+	if ok {
+		stop := make(chan struct{})
+		go func() {
+			select {
+			case <-changed:
+				cancel()
+			case <-octx.Done():
+			case <-stop:
+			}
+		}()
+		return octx, func() { close(stop); cancel() }
+	}
+	return octx, cancel
 }
 
 // callErr turns the error of an etcd call into store.ErrUnavailable when
@@ -118,6 +135,9 @@ func (b *Backend) callErr(ctx context.Context, what string, err error) error {
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("etcdstore: %s: %w", what, ctx.Err())
+	}
+	if herr := b.checkHealth(); herr != nil {
+		return unavailable(fmt.Errorf("%s: %w", what, herr.(*store.UnavailableError).Err))
 	}
 	if !isUnavailable(err) {
 		return fmt.Errorf("etcdstore: %s: %w", what, err)
