@@ -52,20 +52,21 @@ func main() {
 }
 
 type options struct {
-	listen, metricsAddr, policyDir, xdsServer, workloadAPI, nodeID string
-	addrFile, mandateIssuer, mandateAudience, mandateKeys          string
-	trustDomains, allowedCallers, trustedProxies, cpIDs            cmdutil.List
-	plaintext, pprof                                               bool
-	cacheTTL, staleBudget, svidTimeout                             time.Duration
-	cacheSize                                                      int64
-	maxRules                                                       int
-	staleMode, decisionLog, logLevel                               string
-	mcpMaxBody, mcpMaxDepth                                        int
-	logMCPArguments                                                bool
-	logRedact                                                      cmdutil.List
-	maxHeaderBytes, maxRequestBytes                                int
-	maxStreams                                                     uint
-	requirePeerCert, requireXFCCBy                                 bool
+	listen, metricsAddr, policyDir, workloadAPI, nodeID   string
+	xdsServers                                            cmdutil.List
+	addrFile, mandateIssuer, mandateAudience, mandateKeys string
+	trustDomains, allowedCallers, trustedProxies, cpIDs   cmdutil.List
+	plaintext, pprof                                      bool
+	cacheTTL, staleBudget, svidTimeout                    time.Duration
+	cacheSize                                             int64
+	maxRules                                              int
+	staleMode, decisionLog, logLevel                      string
+	mcpMaxBody, mcpMaxDepth                               int
+	logMCPArguments                                       bool
+	logRedact                                             cmdutil.List
+	maxHeaderBytes, maxRequestBytes                       int
+	maxStreams                                            uint
+	requirePeerCert, requireXFCCBy                        bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -75,7 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:9191", "address of the ext_authz gRPC server")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9090", "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&o.policyDir, "policy-dir", "", "standalone mode: load and watch this policy directory (neither this nor --xds-server: the embedded example policies)")
-	fs.StringVar(&o.xdsServer, "xds-server", "", "control plane mode: mandate-cp's xDS address")
+	fs.Var(&o.xdsServers, "xds-server", "control plane mode: mandate-cp's xDS address; several instances (on one etcd) as a comma-separated list or repeated: one stream at a time, moving to the next address when the stream breaks or the instance refuses it, resuming without a full resend")
 	fs.StringVar(&o.nodeID, "node-id", "", "xDS node id (default: hostname-pid)")
 	fs.Var(&o.cpIDs, "cp-id", "SPIFFE ID pattern of the control plane to accept (repeatable; default spiffe://<trust-domain>/mandate/cp)")
 	fs.StringVar(&o.workloadAPI, "workload-api", "", "SPIFFE Workload API socket (default: $SPIFFE_ENDPOINT_SOCKET)")
@@ -111,7 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if o.policyDir != "" && o.xdsServer != "" {
+	if o.policyDir != "" && len(o.xdsServers) > 0 {
 		return nil, errors.New("at most one of --policy-dir (standalone) and --xds-server (control plane)")
 	}
 	if len(o.trustDomains) == 0 {
@@ -123,7 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.mandateIssuer == "" {
 		o.mandateIssuer = "spiffe://" + o.trustDomains[0] + "/mandate/cp"
 	}
-	if o.mandateKeys != "" && o.xdsServer != "" {
+	if o.mandateKeys != "" && len(o.xdsServers) > 0 {
 		return nil, errors.New("--mandate-keys is for standalone mode; with --xds-server keys come from the control plane")
 	}
 	if o.mcpMaxBody <= 0 || o.mcpMaxDepth <= 0 {
@@ -284,7 +285,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	mode := "standalone"
 	switch {
-	case o.xdsServer == "" && o.policyDir == "":
+	case len(o.xdsServers) == 0 && o.policyDir == "":
 		// The embedded default for a first run: the example policies
 		// compiled into the binary.
 		mode = "embedded-examples"

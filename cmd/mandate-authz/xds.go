@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/mandate-dev/mandate/authz"
 	"github.com/mandate-dev/mandate/authz/mandate"
@@ -30,28 +32,43 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 		cpIDs = []string{"spiffe://" + o.trustDomains[0] + "/mandate/cp"}
 	}
 	sctx, scancel := svidCtx(ctx, o, logger)
-	dialOpt, src, err := transport.DialOption(sctx, o.xdsServer, transport.Config{
+	dialOpt, src, err := transport.DialOption(sctx, o.xdsServers[0], transport.Config{
 		WorkloadAPI: o.workloadAPI, Allowed: cpIDs, Insecure: o.plaintext,
 	})
 	scancel()
 	if err != nil {
 		return err
 	}
+	for _, addr := range o.xdsServers[1:] {
+		if o.plaintext {
+			if err := transport.CheckLoopback(addr); err != nil {
+				return fmt.Errorf("--xds-server: %w", err)
+			}
+		}
+	}
 	nodeID := o.nodeID
 	if nodeID == "" {
 		host, _ := os.Hostname()
 		nodeID = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	conn, err := grpc.NewClient(o.xdsServer, dialOpt)
+	conns, conn, err := dialControlPlane(o.xdsServers, dialOpt)
 	if err != nil {
 		_ = src.Close()
 		return fmt.Errorf("--xds-server: %w", err)
 	}
-	// Drift and step-up events go to the control plane over the same
-	// connection, batched off the request path.
+	closeConns := func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		if len(conns) > 1 {
+			_ = conn.Close()
+		}
+	}
+	// Drift and step-up events go to the control plane batched off the
+	// request path (with one instance, over the xDS connection).
 	rep, err := report.New(report.Config{Conn: conn, Registerer: reg, Logger: logger})
 	if err != nil {
-		_ = conn.Close()
+		closeConns()
 		_ = src.Close()
 		return err
 	}
@@ -65,8 +82,13 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 	}()
 
 	var synced atomic.Bool
+	xconns := make([]grpc.ClientConnInterface, len(conns))
+	for i, c := range conns {
+		xconns[i] = c
+	}
 	c, err := xdsclient.New(xdsclient.Config{
-		Conn:       conn,
+		Conns:      xconns,
+		ConnNames:  o.xdsServers,
 		NodeID:     nodeID,
 		Logger:     logger,
 		Registerer: reg,
@@ -98,7 +120,7 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 		},
 	})
 	if err != nil {
-		_ = conn.Close()
+		closeConns()
 		_ = src.Close()
 		return err
 	}
@@ -108,7 +130,7 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 	go func() {
 		err := c.Run(ctx)
 		_ = c.Close()
-		_ = conn.Close()
+		closeConns()
 		_ = src.Close()
 		if ctx.Err() != nil {
 			err = nil
@@ -116,6 +138,42 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 		errc <- err
 	}()
 	return nil
+}
+
+// dialControlPlane returns one connection per control-plane instance
+// (the xDS client holds one stream at a time and moves between them) and
+// the connection the reporter uses: the only one with one instance, else
+// one over every address that connects to the first instance that
+// answers (gRPC pick_first).
+func dialControlPlane(addrs []string, dialOpt grpc.DialOption) ([]*grpc.ClientConn, *grpc.ClientConn, error) {
+	var conns []*grpc.ClientConn
+	fail := func(err error) ([]*grpc.ClientConn, *grpc.ClientConn, error) {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		return nil, nil, err
+	}
+	for _, a := range addrs {
+		cc, err := grpc.NewClient(a, dialOpt)
+		if err != nil {
+			return fail(err)
+		}
+		conns = append(conns, cc)
+	}
+	if len(conns) == 1 {
+		return conns, conns[0], nil
+	}
+	r := manual.NewBuilderWithScheme("mandate-cp")
+	state := resolver.State{}
+	for _, a := range addrs {
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+	}
+	r.InitialState(state)
+	rc, err := grpc.NewClient(r.Scheme()+":///control-plane", dialOpt, grpc.WithResolvers(r))
+	if err != nil {
+		return fail(err)
+	}
+	return conns, rc, nil
 }
 
 // staleness reports a replica cut off from the control plane for longer

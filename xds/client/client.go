@@ -63,6 +63,17 @@ type Config struct {
 	Conn        grpc.ClientConnInterface
 	Target      string
 	DialOptions []grpc.DialOption
+	// Conns and Targets list several control-plane instances (mandate-cp
+	// on one etcd) instead of Conn or Target: the client holds one stream
+	// at a time and moves to the next instance when its stream breaks or
+	// the instance refuses it, resuming with the versions it holds
+	// (initial_resource_versions), so it gets only what changed while it
+	// was away, deletions included. Connections made from Targets use
+	// DialOptions and are closed by Close.
+	Conns   []grpc.ClientConnInterface
+	Targets []string
+	// ConnNames name the Conns in logs (default #1, #2, ...).
+	ConnNames []string
 	// NodeID identifies this replica to the control plane (node.id).
 	NodeID string
 	Logger *slog.Logger
@@ -108,8 +119,9 @@ type Client struct {
 	cfg     Config
 	log     *slog.Logger
 	clock   Clock
-	ads     discovery.AggregatedDiscoveryServiceClient
-	owned   *grpc.ClientConn
+	servers []server // the control-plane instances, tried in turn
+	cur     int      // the instance of the current (or next) stream; owned by Run
+	owned   []*grpc.ClientConn
 	min     time.Duration
 	max     time.Duration
 	hb      time.Duration
@@ -216,31 +228,69 @@ func New(cfg Config) (*Client, error) {
 	if c.m, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
 	}
-	conn := cfg.Conn
-	if conn == nil {
-		if cfg.Target == "" {
-			return nil, errors.New("xdsclient: neither Conn nor Target set")
-		}
-		if len(cfg.DialOptions) == 0 {
-			return nil, errors.New("xdsclient: Target needs DialOptions (at least transport credentials)")
-		}
-		cc, err := grpc.NewClient(cfg.Target, cfg.DialOptions...)
-		if err != nil {
-			return nil, fmt.Errorf("xdsclient: dial %s: %w", cfg.Target, err)
-		}
-		c.owned, conn = cc, cc
+	if err := c.connect(cfg); err != nil {
+		_ = c.Close()
+		return nil, err
 	}
-	c.ads = discovery.NewAggregatedDiscoveryServiceClient(conn)
 	return c, nil
 }
 
-// Close closes the connection New created from Target; it does nothing
-// when the caller passed Conn.
-func (c *Client) Close() error {
-	if c.owned != nil {
-		return c.owned.Close()
+// server is one control-plane instance.
+type server struct {
+	name string
+	ads  discovery.AggregatedDiscoveryServiceClient
+}
+
+// connect sets the instances from Conn, Target, Conns or Targets.
+func (c *Client) connect(cfg Config) error {
+	conns, targets := cfg.Conns, cfg.Targets
+	if cfg.Conn != nil {
+		conns = append([]grpc.ClientConnInterface{cfg.Conn}, conns...)
+	}
+	if cfg.Target != "" {
+		targets = append([]string{cfg.Target}, targets...)
+	}
+	if len(conns) > 0 && len(targets) > 0 {
+		return errors.New("xdsclient: give connections or targets, not both")
+	}
+	for i, conn := range conns {
+		if conn == nil {
+			return fmt.Errorf("xdsclient: connection %d is nil", i)
+		}
+		name := fmt.Sprintf("#%d", i+1)
+		if i < len(cfg.ConnNames) && cfg.Conn == nil {
+			name = cfg.ConnNames[i]
+		}
+		c.servers = append(c.servers, server{name: name, ads: discovery.NewAggregatedDiscoveryServiceClient(conn)})
+	}
+	if len(targets) > 0 && len(cfg.DialOptions) == 0 {
+		return errors.New("xdsclient: Target needs DialOptions (at least transport credentials)")
+	}
+	for _, t := range targets {
+		if t == "" {
+			return errors.New("xdsclient: empty target")
+		}
+		cc, err := grpc.NewClient(t, cfg.DialOptions...)
+		if err != nil {
+			return fmt.Errorf("xdsclient: dial %s: %w", t, err)
+		}
+		c.owned = append(c.owned, cc)
+		c.servers = append(c.servers, server{name: t, ads: discovery.NewAggregatedDiscoveryServiceClient(cc)})
+	}
+	if len(c.servers) == 0 {
+		return errors.New("xdsclient: neither Conn nor Target set")
 	}
 	return nil
+}
+
+// Close closes the connections New created from targets; it does not
+// close connections the caller passed.
+func (c *Client) Close() error {
+	var errs []error
+	for _, cc := range c.owned {
+		errs = append(errs, cc.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // Synced reports whether the first response of every resource type has
@@ -263,45 +313,61 @@ func (c *Client) LastContact() time.Time {
 }
 
 // Run follows the control plane until ctx ends, reconnecting with
-// jittered exponential backoff. It returns ctx's error. Run must not be
-// called twice at once.
+// jittered exponential backoff. With several instances, a stream that
+// ends (or is refused) moves the client to the next instance, with the
+// shortest backoff when the stream had worked or another instance is
+// still untried since; the backoff grows only once every instance failed
+// in a row. It returns ctx's error. Run must not be called twice at
+// once.
 func (c *Client) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return errors.New("xdsclient: Run already running")
 	}
 	defer c.running.Store(false)
 	backoff := c.min
+	failed := 0 // streams in a row that got nothing
 	for {
-		got, err := c.runStream(ctx)
+		srv := c.servers[c.cur]
+		got, err := c.runStream(ctx, srv)
 		c.m.connected.Set(0)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if got {
-			backoff = c.min
+			backoff, failed = c.min, 0
+		} else {
+			failed++
 		}
-		// Equal jitter: somewhere in [backoff/2, backoff].
-		wait := backoff/2 + time.Duration(c.rng.Int64N(int64(backoff/2)+1))
-		c.log.Warn("xds stream to control plane ended; reconnecting", "error", err, "in", wait)
+		c.cur = (c.cur + 1) % len(c.servers)
+		step := backoff
+		if failed > 0 && failed < len(c.servers) {
+			step = c.min // another instance is still untried
+		}
+		// Equal jitter: somewhere in [step/2, step].
+		wait := step/2 + time.Duration(c.rng.Int64N(int64(step/2)+1))
+		c.log.Warn("xds stream to control plane ended; reconnecting", "server", srv.name, "error", err,
+			"next", c.servers[c.cur].name, "in", wait)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-c.clock.After(wait):
 		}
-		backoff = min(backoff*2, c.max)
+		if step == backoff {
+			backoff = min(backoff*2, c.max)
+		}
 	}
 }
 
-// runStream runs one delta ADS stream; got reports whether any response
-// arrived on it.
-func (c *Client) runStream(ctx context.Context) (got bool, err error) {
+// runStream runs one delta ADS stream to srv; got reports whether any
+// response arrived on it.
+func (c *Client) runStream(ctx context.Context, srv server) (got bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
 		cancel()
 		wg.Wait()
 	}()
-	stream, err := c.ads.DeltaAggregatedResources(sctx, grpc.MaxCallRecvMsgSize(c.cfg.MaxRecvBytes))
+	stream, err := srv.ads.DeltaAggregatedResources(sctx, grpc.MaxCallRecvMsgSize(c.cfg.MaxRecvBytes))
 	if err != nil {
 		return false, fmt.Errorf("xdsclient: open stream: %w", err)
 	}
@@ -355,7 +421,7 @@ func (c *Client) runStream(ctx context.Context) (got bool, err error) {
 			if !got {
 				got = true
 				c.m.connected.Set(1)
-				c.log.Info("xds stream to control plane established")
+				c.log.Info("xds stream to control plane established", "server", srv.name)
 			}
 			reply := c.handle(r)
 			if err := stream.Send(reply); err != nil {
