@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -282,31 +281,6 @@ func (d *haDeployment) startReplica(ctx context.Context, i int) {
 	d.replicas = append(d.replicas, r)
 }
 
-// metric reads one unlabelled gauge or counter from a /metrics page.
-func metric(ctx context.Context, addr, name string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, name+" "); ok {
-			var v float64
-			_, err := fmt.Sscan(rest, &v)
-			return v, err
-		}
-	}
-	return 0, fmt.Errorf("%s: no metric %s", addr, name)
-}
-
 func httpStatus(ctx context.Context, url string) int {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -421,39 +395,72 @@ func (d *haDeployment) checkRevoked(ctx context.Context, revs []revocation) {
 	}
 }
 
-// waitPlacement waits until the fleet-wide status, read through in, shows
-// replica r connected to instance want ("!name": to any instance but
-// name).
-func (d *haDeployment) waitPlacement(ctx context.Context, in *haInstance, r *haReplica, want string) {
-	d.t.Helper()
+// placement returns the instances the fleet-wide status, read through in,
+// shows replica r connected to.
+func (d *haDeployment) placement(ctx context.Context, in *haInstance, r *haReplica) ([]string, error) {
 	cc, err := grpc.NewClient(in.admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		d.t.Fatal(err)
+		return nil, err
 	}
 	defer cc.Close()
-	admin := mandatev1.NewAdminClient(cc)
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := mandatev1.NewAdminClient(cc).Status(cctx, &mandatev1.StatusRequest{})
+	if err != nil {
+		return nil, err
+	}
+	var on []string
+	for _, rs := range st.GetReplicas() {
+		if rs.GetNodeId() == r.node && rs.GetConnected() {
+			on = append(on, rs.GetInstance())
+		}
+	}
+	return on, nil
+}
+
+// waitPlacement waits until the fleet-wide status, read through in, shows
+// replica r connected to instance want, and only there.
+func (d *haDeployment) waitPlacement(ctx context.Context, in *haInstance, r *haReplica, want string) {
+	d.t.Helper()
 	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	err = proc.Poll(wctx, 20*time.Millisecond, func(ctx context.Context) error {
-		st, err := admin.Status(ctx, &mandatev1.StatusRequest{})
+	err := proc.Poll(wctx, 20*time.Millisecond, func(ctx context.Context) error {
+		on, err := d.placement(ctx, in, r)
 		if err != nil {
 			return err
 		}
-		var on []string
-		for _, rs := range st.GetReplicas() {
-			if rs.GetNodeId() == r.node && rs.GetConnected() {
-				on = append(on, rs.GetInstance())
-			}
+		if !slices.Equal(on, []string{want}) {
+			return fmt.Errorf("%s connected to %v", r.node, on)
 		}
-		not, neg := strings.CutPrefix(want, "!")
-		if len(on) == 1 && (neg && on[0] != not || !neg && on[0] == want) {
-			return nil
-		}
-		return fmt.Errorf("%s connected to %v", r.node, on)
+		return nil
 	})
 	if err != nil {
 		d.t.Fatalf("%s not on instance %s (status through %s): %v", r.name, want, in.name, err)
 	}
+}
+
+// waitMoved waits until the fleet-wide status, read through one of via,
+// shows replica r connected to one of via, and returns when it first did
+// (zero when not within limit).
+func (d *haDeployment) waitMoved(ctx context.Context, r *haReplica, via []*haInstance, limit time.Duration) (time.Time, string) {
+	d.t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for wctx.Err() == nil {
+		for _, in := range via {
+			on, err := d.placement(wctx, in, r)
+			if err != nil {
+				continue
+			}
+			for _, name := range on {
+				if slices.ContainsFunc(via, func(v *haInstance) bool { return v.name == name }) {
+					return time.Now(), name
+				}
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Time{}, ""
 }
 
 // checkRec is the outcome of one Check.
