@@ -232,8 +232,10 @@ func TestHAInstanceCutOff(t *testing.T) {
 		t.Fatalf("%s did not move off %s within %v", moved.name, cut.name, grace+10*time.Second)
 	}
 	t.Logf("%s on %s %v after the cut (grace %v)", moved.name, to, up.Sub(t0).Round(time.Millisecond), grace)
-	if up.Sub(t0) > grace+2*time.Second {
-		t.Errorf("%s moved %v after the cut, want <= grace + 2s", moved.name, up.Sub(t0))
+	// The instance notices within a probe or two (500 ms each), waits
+	// out the grace, closes; the replica reconnects after its backoff.
+	if up.Sub(t0) > grace+4*time.Second {
+		t.Errorf("%s moved %v after the cut, want <= grace + 4s", moved.name, up.Sub(t0))
 	}
 	r := d.revoke(ctx, d.instances[0], d.subject(ctx, "after-cut"))
 	requireSucceeded(t, []revocation{r}, "through a healthy instance")
