@@ -114,6 +114,12 @@ func TestHeartbeatRefreshesLastContact(t *testing.T) {
 	if w.d != time.Minute {
 		t.Fatalf("first timer %v, want the heartbeat", w.d)
 	}
+	// Contact is recorded once the ACK of the last type is sent, after
+	// Apply returned: wait for it rather than race it.
+	deadline := time.Now().Add(10 * time.Second)
+	for c.LastContact().IsZero() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	first := c.LastContact()
 	if !first.Equal(time.Unix(1000, 0)) {
 		t.Fatalf("LastContact %v, want fake now", first)
@@ -123,7 +129,7 @@ func TestHeartbeatRefreshesLastContact(t *testing.T) {
 	rec.mu.Unlock()
 	now := clock.advance(time.Minute)
 	w.ch <- now
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for !c.LastContact().Equal(now) {
 		if time.Now().After(deadline) {
 			t.Fatalf("LastContact %v after heartbeat, want %v", c.LastContact(), now)
