@@ -136,6 +136,12 @@ func TestNormalize(t *testing.T) {
 		"in 59m59s  plaintext:loopback":             "in <dur> plaintext:loopback",
 		"drift-df74ab76126afff9-1796165606  task":   "drift-<id>-<n> task",
 		"until 2026-12-01T23:09:51Z: task complete": "until <time>: task complete",
+		// Random ids whose head looks like a duration, or that hold a
+		// run of hex or digits between dashes.
+		"kid=4s-ROIxhuX4hY7mOnSuKSClIQirH1fcHW-Ml1fE500c typ=mandate+jwt": "kid=<id> typ=mandate+jwt",
+		"(key 1TZ69fFZYB9u2zCsi8a4nOFBu5YUplWS294Ch-l1RTU)":               "(key <id>)",
+		"id:        9m-0123456789abcdefAb":                                "id: <id>",
+		"id:        Xy-123456789012-abcd":                                 "id: <id>",
 	} {
 		if got := Normalize(in); got != want {
 			t.Errorf("Normalize(%q) = %q, want %q", in, got, want)

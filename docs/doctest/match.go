@@ -28,16 +28,20 @@ var randomToken = regexp.MustCompile(`[A-Za-z0-9_-]{16,}`)
 // Normalize rewrites one output line so that runs compare equal: times,
 // durations, ids are replaced, runs of blanks collapse (tables realign
 // with other id widths), trailing blanks go.
+//
+// Random tokens go first: a key id such as 4s-ROIx... must not have its
+// head read as a duration (or a run of hex or digits inside it as an id)
+// and become "<dur><id>" in one run and "<id>" in another.
 func Normalize(line string) string {
-	for _, n := range normalizers {
-		line = n.re.ReplaceAllString(line, n.repl)
-	}
 	line = randomToken.ReplaceAllStringFunc(line, func(s string) string {
 		if strings.ToLower(s) != s && strings.ToUpper(s) != s {
 			return "<id>"
 		}
 		return s
 	})
+	for _, n := range normalizers {
+		line = n.re.ReplaceAllString(line, n.repl)
+	}
 	return strings.Join(strings.Fields(line), " ")
 }
 
