@@ -47,6 +47,11 @@ func (m approvalsServer) List(ctx context.Context, in *mandatev1.ListApprovalReq
 	if _, err := s.operator(ctx); err != nil {
 		return nil, err
 	}
+	// Requests reported to another instance of the fleet are in the
+	// store only.
+	if err := s.Load(ctx); err != nil {
+		s.log.Warn("pending requests of the fleet not read", "error", err)
+	}
 	out := &mandatev1.ListApprovalRequestsResponse{}
 	for _, r := range s.List(in.GetAll()) {
 		out.Requests = append(out.Requests, ToProto(r))

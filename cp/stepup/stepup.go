@@ -192,6 +192,18 @@ func (s *Service) Load(ctx context.Context) error {
 	return nil
 }
 
+// loadUnknown reads the store's pending requests when id is not known
+// here: a replica may have reported it to another instance of the fleet.
+func (s *Service) loadUnknown(ctx context.Context, id string) error {
+	s.mu.Lock()
+	_, known := s.reqs[id]
+	s.mu.Unlock()
+	if known {
+		return nil
+	}
+	return s.Load(ctx)
+}
+
 // Dropped returns how many new requests the quotas dropped.
 func (s *Service) Dropped() uint64 {
 	s.mu.Lock()
@@ -333,6 +345,9 @@ func (s *Service) Approve(ctx context.Context, operator, id string, window time.
 	if window < time.Second || window > s.cfg.MaxWindow {
 		return Request{}, "", fmt.Errorf("stepup: window %v outside [1s, %v]", window, s.cfg.MaxWindow)
 	}
+	if err := s.loadUnknown(ctx, id); err != nil {
+		return Request{}, "", err
+	}
 	now := s.cfg.Now()
 	s.mu.Lock()
 	s.expireLocked(now)
@@ -417,6 +432,9 @@ func (s *Service) Claim(ctx context.Context, name string) (used, limit uint32, e
 func (s *Service) Deny(ctx context.Context, operator, id, reason string) (Request, string, error) {
 	if len(reason) > 512 {
 		return Request{}, "", errors.New("stepup: reason over 512 bytes")
+	}
+	if err := s.loadUnknown(ctx, id); err != nil {
+		return Request{}, "", err
 	}
 	now := s.cfg.Now()
 	s.mu.Lock()

@@ -279,3 +279,23 @@ func TestClaimCountsUses(t *testing.T) {
 		t.Fatal("claimed without a use store")
 	}
 }
+
+// TestApproveOnAnotherInstance: a replica reports a step-up request to one
+// instance of a fleet; an operator approves it through another (both on
+// one store). Before, the other instance knew only the requests reported
+// to it since it started, and refused the approval as unknown.
+func TestApproveOnAnotherInstance(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory()
+	t.Cleanup(func() { _ = st.Close() })
+	a, _, clock := newSvc(t, func(c *Config) { c.Store = st })
+	b, planeB, _ := newSvc(t, func(c *Config) { c.Store = st; c.Now = clock.Now })
+	a.Observe([]Event{event("ar-1", clock.Now())})
+	r, _, err := b.Approve(ctx, op, "ar-1", 0, 0)
+	if err != nil || r.State != StateApproved || planeB.approvals["ar-1"] == nil {
+		t.Fatalf("approval through the other instance: %+v, %v", r, err)
+	}
+	if _, _, err := b.Approve(ctx, op, "ar-unknown", 0, 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("approve of an id no instance saw: %v", err)
+	}
+}
