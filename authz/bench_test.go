@@ -98,12 +98,14 @@ func BenchmarkCheck(b *testing.B) {
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := processCPU()
 			for i := 0; i < b.N; i++ {
 				if _, err := h.srv.Check(ctx, req); err != nil {
 					b.Fatal(err)
 				}
 			}
 			b.StopTimer()
+			reportCPU(b, cpu)
 			hits, _, _ := h.cache.Stats()
 			if hits < uint64(b.N)/2 {
 				b.Fatalf("only %d cache hits in %d iterations", hits, b.N)
@@ -122,11 +124,14 @@ func BenchmarkCheck(b *testing.B) {
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := processCPU()
 			for i := 0; i < b.N; i++ {
 				if _, err := h.srv.Check(ctx, req); err != nil {
 					b.Fatal(err)
 				}
 			}
+			b.StopTimer()
+			reportCPU(b, cpu)
 		})
 		b.Run(fmt.Sprintf("miss/rules=%d", rules), func(b *testing.B) {
 			h := benchHarness(b, rules)
@@ -145,6 +150,7 @@ func BenchmarkCheck(b *testing.B) {
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := processCPU()
 			for i := 0; i < b.N; i++ {
 				if i%len(reqs) == 0 {
 					h.clock.Add(2 * time.Minute)
@@ -154,6 +160,7 @@ func BenchmarkCheck(b *testing.B) {
 				}
 			}
 			b.StopTimer()
+			reportCPU(b, cpu)
 			if hits := testutil.ToFloat64(h.srv.cfg.Metrics.cacheHits); hits > 0 {
 				b.Fatalf("%v cache hits in a benchmark of misses", hits)
 			}

@@ -32,6 +32,14 @@ type allowParts struct {
 	idHV   corev3.HeaderValue
 }
 
+// allowTaskParts adds the task header, for an allow that cannot share
+// one (a miss, or a hit without its memo).
+type allowTaskParts struct {
+	allowParts
+	task   corev3.HeaderValueOption
+	taskHV corev3.HeaderValue
+}
+
 // allowShared is what every allow response shares; never modified (gRPC
 // only reads a response, and concurrent marshalling of one message is
 // safe). The upstream never sees the mandate: it is a credential for
@@ -47,8 +55,17 @@ func newAllowShared() allowShared {
 
 // overwrite is a response header that replaces whatever the client sent.
 func overwrite(key, value string) *corev3.HeaderValueOption {
-	return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: key, Value: value},
-		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
+	o := &corev3.HeaderValueOption{}
+	setOverwrite(o, &corev3.HeaderValue{}, key, value)
+	return o
+}
+
+// setOverwrite makes o (with its header hv) a header that replaces
+// whatever the client sent.
+func setOverwrite(o *corev3.HeaderValueOption, hv *corev3.HeaderValue, key, value string) {
+	hv.Key, hv.Value = key, value
+	o.Header = hv
+	o.AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
 }
 
 // allowResponse lets the request through with the decision id and, when
@@ -57,16 +74,18 @@ func overwrite(key, value string) *corev3.HeaderValueOption {
 // the hits of one cached decision, or nil to build it); both overwrite
 // whatever the client sent.
 func (s *Server) allowResponse(decisionID, task string, taskHdr *corev3.HeaderValueOption) *authv3.CheckResponse {
-	p := &allowParts{}
-	p.idHV.Key, p.idHV.Value = HeaderDecisionID, decisionID
-	p.id.Header = &p.idHV
-	p.id.AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	var p *allowParts
+	if task != "" && taskHdr == nil {
+		tp := &allowTaskParts{}
+		setOverwrite(&tp.task, &tp.taskHV, HeaderTask, task)
+		p, taskHdr = &tp.allowParts, &tp.task
+	} else {
+		p = &allowParts{}
+	}
+	setOverwrite(&p.id, &p.idHV, HeaderDecisionID, decisionID)
 	p.opts[0] = &p.id
 	n := 1
 	if task != "" {
-		if taskHdr == nil {
-			taskHdr = overwrite(HeaderTask, task)
-		}
 		p.opts[1] = taskHdr
 		n++
 	}

@@ -63,12 +63,12 @@ type Config struct {
 // Cache is a bounded, TTL-limited decision cache. A nil *Cache is valid
 // and caches nothing.
 //
-// In front of ristretto sits a small direct-mapped table of recent
-// entries (the exact key and the entry, eviction by collision), filled
-// when a decision is stored and when a ristretto hit finds its slot free
-// or stale: a hot decision is then served with one hash and one compare,
-// without ristretto's two hashes, shard lock and access bookkeeping. It
-// applies the same epoch and expiry checks.
+// In front of ristretto sits a small direct-mapped table of hit entries
+// (the exact key and the entry, eviction by collision), filled when a
+// ristretto hit finds its slot free or stale (so a decision that is never
+// asked for again costs it nothing): a hot decision is then served with
+// one hash and one compare, without ristretto's two hashes, shard lock
+// and access bookkeeping. It applies the same epoch and expiry checks.
 type Cache struct {
 	c     *ristretto.Cache[[]byte, *Entry]
 	ttl   time.Duration
@@ -161,7 +161,11 @@ func (c *Cache) Set(key []byte, e *Entry, notAfter, now time.Time) {
 	// Get checks Expires itself, so ristretto's own TTL bookkeeping (an
 	// expiration map updated on every Set) is not needed.
 	c.c.Set(key, e, 1)
-	c.front[maphash.Bytes(c.seed, key)%frontSlots].Store(&frontEntry{key: string(key), e: e})
+	// The front table keeps no older entry of this key than ristretto.
+	slot := &c.front[maphash.Bytes(c.seed, key)%frontSlots]
+	if f := slot.Load(); f != nil && f.key == string(key) {
+		slot.Store(&frontEntry{key: f.key, e: e})
+	}
 }
 
 // Wait blocks until buffered writes are applied (tests and benchmarks).
