@@ -36,6 +36,7 @@ import (
 	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/authz/policydir"
 	"github.com/mandate-dev/mandate/internal/cmdutil"
+	"github.com/mandate-dev/mandate/internal/lifecycle"
 	"github.com/mandate-dev/mandate/internal/opshttp"
 	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/policies"
@@ -279,9 +280,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, st)
 	}
 
-	errc := make(chan error, 4)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// Every long-lived part runs in one group: the first to fail stops
+	// the replica; on shutdown the Check server drains first. Nothing
+	// outlives run, also when it returns early.
+	gctx, endGroup := context.WithCancel(ctx)
+	grp := lifecycle.New(gctx)
+	defer func() { endGroup(); _ = grp.Wait() }()
+	ctx = grp.Context()
 
 	mode := "standalone"
 	switch {
@@ -318,10 +323,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				logger.Error("policy directory not reloaded: keeping the last good set", "dir", o.policyDir, "error", err)
 			}
 		}
-		go func() { errc <- w.Run(ctx) }()
+		grp.Go("policy directory", w.Run)
 	default:
 		mode = "control-plane"
-		if err := startXDS(ctx, o, store, verifier, &cfg, reg, logger, refreshHealth, errc); err != nil {
+		if err := startXDS(ctx, o, store, verifier, &cfg, reg, logger, refreshHealth, grp); err != nil {
 			return err
 		}
 	}
@@ -352,7 +357,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	refreshHealth()
-	go func() { errc <- gs.Serve(lis) }()
+	grp.Serve("check server", func() error { return gs.Serve(lis) }, func() {
+		logger.Info("shutting down")
+		stopped := make(chan struct{})
+		go func() { gs.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			gs.Stop()
+		}
+	})
 	addrs := map[string]string{"grpc": lis.Addr().String()}
 	logger.Info("mandate-authz serving", "addr", lis.Addr().String(), "mtls", !o.plaintext,
 		"mode", mode)
@@ -367,11 +381,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			ReadTimeout: 10 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute,
 			MaxHeaderBytes: 64 << 10}
 		defer hsrv.Close()
-		go func() {
-			if err := hsrv.Serve(mlis); !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
-			}
-		}()
+		grp.Serve("metrics", func() error { return hsrv.Serve(mlis) }, func() {
+			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = hsrv.Shutdown(sctx)
+			c()
+		})
 		logger.Info("metrics serving", "addr", mlis.Addr().String())
 		addrs["metrics"] = mlis.Addr().String()
 	}
@@ -387,24 +401,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for {
 		select {
 		case <-ctx.Done():
-			logger.Info("shutting down")
-			stopped := make(chan struct{})
-			go func() { gs.GracefulStop(); close(stopped) }()
-			select {
-			case <-stopped:
-			case <-time.After(5 * time.Second):
-				gs.Stop()
-			}
-			if hsrv != nil {
-				sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
-				_ = hsrv.Shutdown(sctx)
-				c()
-			}
-			return nil
-		case err := <-errc:
-			if err != nil {
-				return err
-			}
+			return grp.Wait()
 		case <-hup:
 			reload()
 		case <-tick.C:

@@ -16,6 +16,7 @@ import (
 	"github.com/mandate-dev/mandate/authz"
 	"github.com/mandate-dev/mandate/authz/mandate"
 	"github.com/mandate-dev/mandate/authz/report"
+	"github.com/mandate-dev/mandate/internal/lifecycle"
 	"github.com/mandate-dev/mandate/internal/transport"
 	xdsclient "github.com/mandate-dev/mandate/xds/client"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
@@ -26,7 +27,7 @@ import (
 // type has synced once, so a replica never allows on a partial view (it
 // is not ready and denies until then).
 func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier *mandate.Verifier, cfg *authz.Config,
-	reg prometheus.Registerer, logger *slog.Logger, onApply func(), errc chan<- error) error {
+	reg prometheus.Registerer, logger *slog.Logger, onApply func(), grp *lifecycle.Group) error {
 	cpIDs := []string(o.cpIDs)
 	if len(cpIDs) == 0 {
 		cpIDs = []string{"spiffe://" + o.trustDomains[0] + "/mandate/cp"}
@@ -127,16 +128,13 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 	// Set before the client runs: its Apply callback reads cfg (through
 	// the readiness check) from the client's goroutine.
 	cfg.Staleness = &staleness{c: c, budget: o.staleBudget, now: time.Now}
-	go func() {
+	grp.Go("xds client", func(ctx context.Context) error {
 		err := c.Run(ctx)
 		_ = c.Close()
 		closeConns()
 		_ = src.Close()
-		if ctx.Err() != nil {
-			err = nil
-		}
-		errc <- err
-	}()
+		return err
+	})
 	return nil
 }
 

@@ -35,6 +35,7 @@ import (
 	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/internal/cmdutil"
 	"github.com/mandate-dev/mandate/internal/grpcrecover"
+	"github.com/mandate-dev/mandate/internal/lifecycle"
 	"github.com/mandate-dev/mandate/internal/opshttp"
 	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
@@ -206,10 +207,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer pl.Close()
+	// Every long-lived part runs in one group: the first to fail stops
+	// the process; on shutdown they stop in the order they started (also
+	// when run returns early: nothing outlives it).
+	gctx, endGroup := context.WithCancel(ctx)
+	grp := lifecycle.New(gctx)
+	defer func() { endGroup(); _ = grp.Wait() }()
 	if be != nil {
 		// Losing etcd: writes fail at once (the backend's probe); after
 		// --etcd-grace the xDS streams close so replicas move on.
-		go guardEtcd(ctx, be, xs, o.store.etcdGrace, logger)
+		grp.Go("etcd guard", func(ctx context.Context) error {
+			guardEtcd(ctx, be, xs, o.store.etcdGrace, logger)
+			return nil
+		})
 	}
 	// Envoy listeners and clusters go through the plane, which records
 	// when each version was committed (the lag `mandatectl status` shows).
@@ -217,9 +227,18 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
-	errc := make(chan error, 8)
 	addrs := map[string]string{}
-	var servers []*grpc.Server
+	graceful := func(g *grpc.Server) func() {
+		return func() {
+			stopped := make(chan struct{})
+			go func() { g.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(o.shutdownGrace):
+				g.Stop()
+			}
+		}
+	}
 
 	// xDS: replicas, and Envoys (--envoy-id) for listeners and clusters.
 	xcred, xsrc, err := transport.ServerOption(ctx, o.xdsListen, transport.Config{
@@ -263,13 +282,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	sgCtx, stopSingletons := context.WithCancel(ctx)
-	sgDone := make(chan struct{})
-	go func() {
-		defer close(sgDone)
-		sg.Run(sgCtx, append(services.singletons, pl.RunSweeper, func(ctx context.Context) { sweepStore(ctx, st, logger) })...)
-	}()
-	defer func() { stopSingletons(); <-sgDone }()
+	grp.Go("singletons", func(ctx context.Context) error {
+		sg.Run(ctx, append(services.singletons, pl.RunSweeper, func(ctx context.Context) { sweepStore(ctx, st, logger) })...)
+		return nil
+	})
 	// Replicas report drift and step-up requests over the xDS connection
 	// they already hold.
 	services.replicas.Register(xg)
@@ -277,8 +293,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("xds listen: %w", err)
 	}
-	servers = append(servers, xg)
-	go func() { errc <- serveErr("xds", xg.Serve(xlis)) }()
+	// Streams to replicas are long-lived: end them first, then drain.
+	grp.Serve("xds", func() error { return xg.Serve(xlis) }, func() { hs.Shutdown(); xs.Close(); graceful(xg)() })
 	addrs["xds"] = xlis.Addr().String()
 
 	register := func(g *grpc.Server) {
@@ -303,8 +319,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("admin listen: %w", err)
 		}
-		servers = append(servers, ag)
-		go func() { errc <- serveErr("admin", ag.Serve(alis)) }()
+		grp.Serve("admin", func() error { return ag.Serve(alis) }, graceful(ag))
 		addrs["admin"] = alis.Addr().String()
 	}
 	if o.adminSocket != "" {
@@ -315,12 +330,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		sg := grpc.NewServer(grpc.Creds(admin.UnixCredentials{}), grpc.ChainUnaryInterceptor(rec.Unary(), auth.Unary()),
 			grpc.MaxRecvMsgSize(16<<20))
 		register(sg)
-		servers = append(servers, sg)
-		go func() { errc <- serveErr("admin socket", sg.Serve(slis)) }()
+		grp.Serve("admin socket", func() error { return sg.Serve(slis) }, func() { graceful(sg)(); _ = os.Remove(o.adminSocket) })
 		addrs["socket"] = o.adminSocket
 	}
 
-	var hsrv *http.Server
 	if o.metricsAddr != "" {
 		mlis, err := net.Listen("tcp", o.metricsAddr)
 		if err != nil {
@@ -332,12 +345,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 			return nil
 		}
-		hsrv = &http.Server{Handler: opshttp.Handler(reg, ready, false), ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := hsrv.Serve(mlis); !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("metrics: %w", err)
-			}
-		}()
+		hsrv := &http.Server{Handler: opshttp.Handler(reg, ready, false), ReadHeaderTimeout: 5 * time.Second}
+		grp.Serve("metrics", func() error { return hsrv.Serve(mlis) }, func() {
+			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = hsrv.Shutdown(sctx)
+			c()
+		})
 		addrs["metrics"] = mlis.Addr().String()
 	}
 	if o.addrFile != "" {
@@ -348,40 +361,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	logger.Info("mandate-cp serving", "addrs", addrs, "mtls", !o.plaintext, "data_dir", o.dataDir,
 		"operators", []string(o.operators), "replicas", []string(o.replicaIDs))
 
-	select {
-	case <-ctx.Done():
+	go func() {
+		<-grp.Context().Done()
 		logger.Info("shutting down")
-	case err = <-errc:
+	}()
+	if err := grp.Wait(); err != nil {
 		logger.Error("server failed", "error", err)
+		return err
 	}
-	hs.Shutdown()
-	// Streams to replicas are long-lived: end them, then drain admin calls.
-	xs.Close()
-	for _, g := range servers {
-		stopped := make(chan struct{})
-		go func() { g.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-time.After(o.shutdownGrace):
-			g.Stop()
-		}
-	}
-	if hsrv != nil {
-		sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = hsrv.Shutdown(sctx)
-		c()
-	}
-	if o.adminSocket != "" {
-		_ = os.Remove(o.adminSocket)
-	}
-	return err
-}
-
-func serveErr(what string, err error) error {
-	if err == nil || errors.Is(err, grpc.ErrServerStopped) {
-		return nil
-	}
-	return fmt.Errorf("%s: %w", what, err)
+	return nil
 }
 
 // listenUnix listens on path, replacing a stale socket left by a crash,
