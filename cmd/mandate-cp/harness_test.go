@@ -72,8 +72,8 @@ func start(t tb, bin string, args ...string) *proc {
 	return p
 }
 
-// startNoWait starts bin without waiting for its address file (a standby
-// control plane writes it only once it leads).
+// startNoWait starts bin without waiting for its address file (written
+// once the process serves).
 func startNoWait(t tb, bin string, args ...string) *proc {
 	t.Helper()
 	dir := t.TempDir()
