@@ -36,7 +36,7 @@ func freshPrefix() string { return fmt.Sprintf("/fleet-test-%d/", prefixes.Add(1
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func etcdClient(t *testing.T, c *etcdtest.Cluster) *clientv3.Client {
+func etcdClient(t testing.TB, c *etcdtest.Cluster) *clientv3.Client {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -55,7 +55,7 @@ type instance struct {
 	pr   *Presence
 }
 
-func startInstance(t *testing.T, c *etcdtest.Cluster, ca *testcert.CA, prefix, name string) *instance {
+func startInstance(t testing.TB, c *etcdtest.Cluster, ca *testcert.CA, prefix, name string) *instance {
 	t.Helper()
 	xs, err := xdsserver.New(quiet())
 	if err != nil {
@@ -90,7 +90,7 @@ func (in *instance) kill() {
 
 // replica runs a real xDS client (a mandate-authz replica's) against in
 // as the SPIFFE ID id with node id node.
-func replica(t *testing.T, ca *testcert.CA, in *instance, id, node string) {
+func replica(t testing.TB, ca *testcert.CA, in *instance, id, node string) {
 	t.Helper()
 	creds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{ca.Leaf(t, id)}, InsecureSkipVerify: true}) //nolint:gosec // test: identity is checked server-side
 	cl, err := xdsclient.New(xdsclient.Config{Target: in.addr, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds)},
@@ -104,7 +104,7 @@ func replica(t *testing.T, ca *testcert.CA, in *instance, id, node string) {
 	t.Cleanup(func() { cancel(); <-done; _ = cl.Close() })
 }
 
-func setRevocations(t *testing.T, in *instance, version uint64, names ...string) {
+func setRevocations(t testing.TB, in *instance, version uint64, names ...string) {
 	t.Helper()
 	res := map[string]proto.Message{}
 	for _, n := range names {
@@ -125,7 +125,7 @@ func wait(t *testing.T, v View, version uint64, d time.Duration) (int, error) {
 const authz = "spiffe://example.org/mandate/authz/"
 
 // connected waits until v sees n connected node rows.
-func connected(t *testing.T, v View, n int) {
+func connected(t testing.TB, v View, n int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
