@@ -31,6 +31,16 @@ func etcdArgs(t *testing.T, endpoints []string, extra ...string) []string {
 	return append(args, extra...)
 }
 
+// twoInstances starts a 3-member etcd cluster and two mandate-cp on it,
+// with their admin clients.
+func twoInstances(t *testing.T) (a, b *proc, ac, bc mandatev1.AdminClient) {
+	t.Helper()
+	c := etcdtest.Start(t, 3)
+	a = start(t, binCP, etcdArgs(t, c.Endpoints())...)
+	b = start(t, binCP, etcdArgs(t, c.Endpoints())...)
+	return a, b, adminClient(t, a), adminClient(t, b)
+}
+
 // TestEtcdInstancesServeTogether: two mandate-cp on one 3-member etcd
 // cluster both serve xDS and the admin API at once. A write through A
 // reaches a replica connected to B (B follows etcd), at the same global
@@ -38,10 +48,7 @@ func etcdArgs(t *testing.T, endpoints []string, extra ...string) []string {
 // -9 A: B goes on serving and writing, above A's versions.
 func TestEtcdInstancesServeTogether(t *testing.T) {
 	ctx := context.Background()
-	c := etcdtest.Start(t, 3)
-	a := start(t, binCP, etcdArgs(t, c.Endpoints())...)
-	b := start(t, binCP, etcdArgs(t, c.Endpoints())...)
-	ac, bc := adminClient(t, a), adminClient(t, b)
+	a, b, ac, bc := twoInstances(t)
 	onB := newChecker(t, startAuthz(t, b.addrs["xds"], "authz-on-b"))
 	waitFor(t, "the replica on B", func() bool {
 		st, err := bc.Status(ctx, &mandatev1.StatusRequest{})

@@ -13,7 +13,6 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/mandate-dev/mandate/internal/etcdtest"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -62,13 +61,8 @@ spec:
 // new subject, and B's WaitAcked counts it.
 func TestEtcdReplicaFailsOver(t *testing.T) {
 	ctx := context.Background()
-	c := etcdtest.Start(t, 3)
-	a := start(t, binCP, etcdArgs(t, c.Endpoints())...)
-	b := start(t, binCP, etcdArgs(t, c.Endpoints())...)
-	ac, bc := adminClient(t, a), adminClient(t, b)
-	r := start(t, binAuthz, "--xds-server", a.addrs["xds"]+","+b.addrs["xds"], "--plaintext", "--listen", "127.0.0.1:0",
-		"--metrics-addr", "127.0.0.1:0", "--node-id", "authz-1", "--stale-budget", "30s", "--decision-log", "off",
-		"--log-level", "warn")
+	a, b, ac, bc := twoInstances(t)
+	r := startAuthz(t, a.addrs["xds"]+","+b.addrs["xds"], "authz-1")
 	check := newChecker(t, r)
 	waitFor(t, "the replica on A", func() bool {
 		st, err := ac.Status(ctx, &mandatev1.StatusRequest{})
@@ -115,13 +109,17 @@ func TestEtcdReplicaFailsOver(t *testing.T) {
 	if err := r.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the replica on B", func() bool {
+	// The new revocation reaches the replica only from B.
+	waitFor(t, "the replica's stream to B", func() bool { return decoded("Revocation") > revBefore })
+	t.Logf("replica got B's changes %v after it was thawed", time.Since(thawed).Round(time.Millisecond))
+	// B's status and WaitAcked count it once the dead A's presence lapses
+	// (--etcd-lease-ttl 2s).
+	waitFor(t, "the replica counted on B", func() bool {
 		st, err := bc.Status(ctx, &mandatev1.StatusRequest{})
 		return err == nil && len(st.GetReplicas()) == 1 && st.GetReplicas()[0].GetConnected()
 	})
 	waitAcked(ctx, t, bc, mandatev1.RevocationTypeURL, rv.GetVersion(), 1)
 	waitAcked(ctx, t, bc, mandatev1.PolicyTypeURL, del.GetVersion(), 1)
-	t.Logf("replica ACKed on B %v after it was thawed", time.Since(thawed).Round(time.Millisecond))
 	mustAllowed(ctx, t, check, fresh, false)
 	mustAllowed(ctx, t, check, "spiffe://example.org/agent/bob", true)
 	if got := decoded("Revocation") - revBefore; got != 1 {
