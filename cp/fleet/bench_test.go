@@ -42,7 +42,8 @@ func BenchmarkFleetWait(b *testing.B) {
 		}
 		localD = append(localD, time.Since(start))
 		if n, err := WaitAcked(ctx, x.pr, mandatev1.RevocationTypeURL, v); err != nil || n != 2 {
-			b.Fatalf("fleet wait: %d %v", n, err)
+			_, acks := y.xs.Snapshot()
+			b.Fatalf("fleet wait: %d %v (cp-b's own ACK state: %+v)", n, err, acks)
 		}
 		fleetD = append(fleetD, time.Since(start))
 		cancel()

@@ -199,7 +199,12 @@ func (p *Presence) runPublish(ctx context.Context) {
 	retry := time.NewTimer(0)
 	<-retry.C
 	var ka <-chan *clientv3.LeaseKeepAliveResponse
-	leaseOK, dirty := true, false
+	// ch is replaced only when a publication is about to read the source:
+	// a change that comes while this loop wakes for something else (the
+	// lease) leaves it closed, so it is published at the next turn. The
+	// first turn publishes what changed since StartPresence did.
+	ch := p.cfg.Source.Changed()
+	leaseOK, dirty := true, true
 	for ctx.Err() == nil {
 		if !leaseOK {
 			if err := p.grant(ctx); err != nil {
@@ -224,11 +229,10 @@ func (p *Presence) runPublish(ctx context.Context) {
 				continue
 			}
 		}
-		ch := p.cfg.Source.Changed()
 		var wait <-chan time.Time
 		if dirty {
-			// Changes that came while coalescing or publishing woke
-			// nobody yet.
+			ch = p.cfg.Source.Changed()
+			// Changes that came while coalescing woke nobody yet.
 			p.notify()
 			if err := p.publish(ctx); err != nil {
 				if ctx.Err() != nil {

@@ -254,3 +254,27 @@ func TestNodeIDOnTwoInstancesIsOneReplica(t *testing.T) {
 		t.Fatalf("status rows %+v: want the node on each instance with its own peer", nodes)
 	}
 }
+
+// TestWaitNeverMissesAnAck: many versions in a row, each waited for
+// through the other instance. Before, an ACK that came while the
+// publisher woke for its lease's keep-alive was never published, and the
+// wait hung until its deadline (within a few hundred rounds).
+func TestWaitNeverMissesAnAck(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	ca := testcert.NewCA(t, "example.org")
+	prefix := freshPrefix()
+	a := startInstance(t, c, ca, prefix, "cp-a")
+	b := startInstance(t, c, ca, prefix, "cp-b")
+	replica(t, ca, b, authz+"r2", "r2")
+	connected(t, a.pr, 1)
+	deadline := time.Now().Add(8 * time.Second)
+	v := uint64(10)
+	for time.Now().Before(deadline) {
+		v++
+		setRevocations(t, b, v, "x")
+		if n, err := wait(t, a.pr, v, 5*time.Second); err != nil || n != 1 {
+			t.Fatalf("round %d: %d %v", v-10, n, err)
+		}
+	}
+	t.Logf("%d versions, each seen ACKed through the other instance", v-10)
+}
