@@ -536,7 +536,7 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 				td.good, td.version = prev, prevVersion
 				err = fmt.Errorf("apply: %w", aerr)
 			} else {
-				td.commit(t, staged)
+				td.commit(staged)
 			}
 		}
 	}
@@ -551,14 +551,18 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 
 // commit records that good now holds every dirty resource: staged is
 // the decoded form of those still received.
-func (td *typeData) commit(typeURL string, staged map[string]any) {
-	if typeURL != mandatev1.RevocationTypeURL {
-		for name := range td.dirty {
-			if v, ok := staged[name]; ok {
-				td.dec[name] = v
-			} else {
-				delete(td.dec, name)
-			}
+// The raw form of those resources is dropped (only their version is
+// kept, for resuming): what good holds is never decoded again.
+func (td *typeData) commit(staged map[string]any) {
+	for name := range td.dirty {
+		if v, ok := staged[name]; ok {
+			td.dec[name] = v
+		} else {
+			delete(td.dec, name)
+		}
+		if e, ok := td.received[name]; ok {
+			e.res = nil
+			td.received[name] = e
 		}
 	}
 	clear(td.dirty)

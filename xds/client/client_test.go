@@ -464,8 +464,8 @@ func TestReconnectAfterRestartWithDeletions(t *testing.T) {
 	if p := got[mandatev1.PolicyTypeURL]; len(p) != 2 || p["p1"] == "" || p["p2"] == "" {
 		t.Fatalf("initial_resource_versions for policies %v, want p1 and p2", p)
 	}
-	if r := got[mandatev1.RevocationTypeURL]; len(r) != 2 || r["r1"] == "" || r["r2"] == "" {
-		t.Fatalf("initial_resource_versions for revocations %v, want r1 and r2", r)
+	if r := got[mandatev1.RevocationTypeURL]; len(r) != 2 || r[shardName("r1")] == "" || r[shardName("r2")] == "" {
+		t.Fatalf("initial_resource_versions for revocations %v, want the shards of r1 and r2", r)
 	}
 }
 

@@ -67,11 +67,12 @@ func revocationsIn(s State) []string {
 func TestDeltaDecodesOnlyChanged(t *testing.T) {
 	const n = 50
 	u := newUnitClient(t)
-	var all []proto.Message
+	var all []*mandatev1.Revocation
 	for i := range n {
 		all = append(all, taskRev(fmt.Sprintf("r%02d", i), fmt.Sprintf("t%02d", i)))
 	}
-	if reply := u.c.handle(response(t, mandatev1.RevocationTypeURL, "1", all)); reply.GetErrorDetail() != nil {
+	w := wire{}
+	if reply := u.c.handle(w.delta(t, "1", all)); reply.GetErrorDetail() != nil {
 		t.Fatal(reply.GetErrorDetail())
 	}
 	if got := u.decoded(t, mandatev1.RevocationTypeURL); got != n {
@@ -79,15 +80,15 @@ func TestDeltaDecodesOnlyChanged(t *testing.T) {
 	}
 	first := u.last().Revocations
 
-	// One record changed, one removed, one added: three decodes at most,
-	// two of them (the removal decodes nothing).
-	reply := u.c.handle(response(t, mandatev1.RevocationTypeURL, "2",
-		[]proto.Message{taskRev("r07", "t-changed"), taskRev("r99", "t99")}, "r03"))
+	// One record changed, one removed, one added: only the records of
+	// the shards they are in are decoded (at 50 records, mostly their own).
+	delta := w.delta(t, "2", []*mandatev1.Revocation{taskRev("r07", "t-changed"), taskRev("r99", "t99")}, "r03")
+	reply := u.c.handle(delta)
 	if reply.GetErrorDetail() != nil {
 		t.Fatal(reply.GetErrorDetail())
 	}
-	if got := u.decoded(t, mandatev1.RevocationTypeURL); got != n+2 {
-		t.Fatalf("delta decoded %v resources, want 2", got-n)
+	if got, want := u.decoded(t, mandatev1.RevocationTypeURL)-n, recordsIn(t, delta); got != float64(want) || want > 4 {
+		t.Fatalf("delta decoded %v records, want the %d of its shards", got, want)
 	}
 	st := u.last()
 	now := time.Now()
@@ -137,15 +138,16 @@ func TestDeltaDecodesOnlyChanged(t *testing.T) {
 // with everything received since.
 func TestBadRecordInDeltaNACKed(t *testing.T) {
 	u := newUnitClient(t)
-	if reply := u.c.handle(response(t, mandatev1.RevocationTypeURL, "1",
-		[]proto.Message{taskRev("a", "ta"), taskRev("b", "tb")})); reply.GetErrorDetail() != nil {
+	w := wire{}
+	if reply := u.c.handle(w.delta(t, "1",
+		[]*mandatev1.Revocation{taskRev("a", "ta"), taskRev("b", "tb")})); reply.GetErrorDetail() != nil {
 		t.Fatal(reply.GetErrorDetail())
 	}
 	good := u.last()
 	calls := len(u.applied)
 
 	bad := &mandatev1.Revocation{Name: "bad", Kind: "subject", Value: "spiffe://e.org/x/**/y", Expires: timestamppb.New(farFuture)}
-	reply := u.c.handle(response(t, mandatev1.RevocationTypeURL, "2", []proto.Message{taskRev("c", "tc"), bad}, "a"))
+	reply := u.c.handle(w.delta(t, "2", []*mandatev1.Revocation{taskRev("c", "tc"), bad}, "a"))
 	if reply.GetErrorDetail() == nil || !strings.Contains(reply.GetErrorDetail().GetMessage(), `Revocation "bad"`) {
 		t.Fatalf("bad delta answered %v, want a NACK naming the record", reply.GetErrorDetail())
 	}
@@ -162,7 +164,7 @@ func TestBadRecordInDeltaNACKed(t *testing.T) {
 	// The fix: "bad" replaced by a valid record; "c" and the removal of
 	// "a" from the NACKed delta are applied with it.
 	fixed := &mandatev1.Revocation{Name: "bad", Kind: "subject", Value: "spiffe://e.org/x/y", Expires: timestamppb.New(farFuture)}
-	if reply := u.c.handle(response(t, mandatev1.RevocationTypeURL, "3", []proto.Message{fixed})); reply.GetErrorDetail() != nil {
+	if reply := u.c.handle(w.delta(t, "3", []*mandatev1.Revocation{fixed})); reply.GetErrorDetail() != nil {
 		t.Fatalf("fixed delta NACKed: %v", reply.GetErrorDetail())
 	}
 	if got := revocationsIn(u.last()); !slices.Equal(got, []string{"b=tb", "bad=spiffe://e.org/x/y", "c=tc"}) ||
@@ -171,9 +173,10 @@ func TestBadRecordInDeltaNACKed(t *testing.T) {
 	}
 	// Once applied, the next delta decodes only its own resources.
 	before := u.decoded(t, mandatev1.RevocationTypeURL)
-	u.c.handle(response(t, mandatev1.RevocationTypeURL, "4", []proto.Message{taskRev("d", "td")}))
-	if got := u.decoded(t, mandatev1.RevocationTypeURL) - before; got != 1 {
-		t.Fatalf("delta after recovery decoded %v, want 1", got)
+	delta := w.delta(t, "4", []*mandatev1.Revocation{taskRev("d", "td")})
+	u.c.handle(delta)
+	if got := u.decoded(t, mandatev1.RevocationTypeURL) - before; got != float64(recordsIn(t, delta)) {
+		t.Fatalf("delta after recovery decoded %v, want the %d of its shard", got, recordsIn(t, delta))
 	}
 }
 
@@ -183,8 +186,8 @@ func TestBadRecordInDeltaNACKed(t *testing.T) {
 func BenchmarkHandleRevocationDelta(b *testing.B) {
 	u := newUnitClient(b)
 	exp := timestamppb.New(time.Now().Add(time.Hour))
-	mk := func(prefix string, n int) []proto.Message {
-		out := make([]proto.Message, n)
+	mk := func(prefix string, n int) []*mandatev1.Revocation {
+		out := make([]*mandatev1.Revocation, n)
 		for i := range out {
 			name := fmt.Sprintf("%s-%d", prefix, i)
 			out[i] = &mandatev1.Revocation{Name: name, Kind: "subject", Value: "spiffe://example.org/fleet/" + name,
@@ -192,7 +195,8 @@ func BenchmarkHandleRevocationDelta(b *testing.B) {
 		}
 		return out
 	}
-	if reply := u.c.handle(response(b, mandatev1.RevocationTypeURL, "1", mk("base", 50_000))); reply.GetErrorDetail() != nil {
+	w := wire{}
+	if reply := u.c.handle(w.delta(b, "1", mk("base", 50_000))); reply.GetErrorDetail() != nil {
 		b.Fatal(reply.GetErrorDetail())
 	}
 	pushes := make([]*discovery.DeltaDiscoveryResponse, 0, 64)
@@ -200,7 +204,7 @@ func BenchmarkHandleRevocationDelta(b *testing.B) {
 		b.StopTimer()
 		if len(pushes) == 0 {
 			for j := range 64 {
-				pushes = append(pushes, response(b, mandatev1.RevocationTypeURL, fmt.Sprint(i+j+2), mk(fmt.Sprintf("p%d-%d", i, j), 1000)))
+				pushes = append(pushes, w.delta(b, fmt.Sprint(i+j+2), mk(fmt.Sprintf("p%d-%d", i, j), 1000)))
 			}
 		}
 		r := pushes[0]

@@ -216,6 +216,10 @@ func TestValidate(t *testing.T) {
 			entries := map[string]entry{}
 			for n, m := range tt.res {
 				entries[n] = entry{version: "v", res: anyOf(t, m)}
+				if r, ok := m.(*mandatev1.Revocation); ok { // records travel in shards
+					delete(entries, n)
+					entries[shardName(n)] = entry{version: "v", res: shardOf(t, shardName(n), r)}
+				}
 			}
 			_, err := validate(tt.typeURL, entries)
 			if tt.wantErr == "" {
@@ -236,7 +240,8 @@ func TestValidate(t *testing.T) {
 // NACK must leave the applied state untouched.
 func FuzzHandle(f *testing.F) {
 	good, _ := proto.Marshal(&discovery.DeltaDiscoveryResponse{TypeUrl: mandatev1.RevocationTypeURL, Nonce: "1", SystemVersionInfo: "1",
-		Resources: []*discovery.Resource{{Name: "r1", Version: "a", Resource: anyOf(f, &mandatev1.Revocation{Name: "r1", Kind: "task", Value: "t", Expires: timestamppb.New(farFuture)})}}})
+		Resources: []*discovery.Resource{{Name: shardName("r1"), Version: "a", Resource: shardOf(f, shardName("r1"),
+			&mandatev1.Revocation{Name: "r1", Kind: "task", Value: "t", Expires: timestamppb.New(farFuture)})}}})
 	badPol, _ := proto.Marshal(&discovery.DeltaDiscoveryResponse{TypeUrl: mandatev1.PolicyTypeURL, Nonce: "2", SystemVersionInfo: "2",
 		Resources: []*discovery.Resource{{Name: "p", Resource: anyOf(f, pol("p", "{{"))}}})
 	f.Add(good)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/mandate-dev/mandate/authz/revocation"
@@ -38,17 +39,14 @@ func emptyCompiled(typeURL string) compiled {
 
 // decodeOne unmarshals one resource and checks it on its own
 // (resource.Decode and the kind's checks): a *mandatev1.Policy (compiled
-// with the whole set), an *Approval or *VerificationKey validated, or a
-// revocation.Record whose fields are validated when it joins a
-// revocation.Set.
+// with the whole set), or an *Approval or *VerificationKey validated.
+// Revocations come in shards: see decodeShard.
 func decodeOne(typeURL, name string, e entry) (any, error) {
 	m, err := resource.Decode(typeURL, name, e.res)
 	if err != nil {
 		return nil, err
 	}
 	switch m := m.(type) {
-	case *mandatev1.Revocation:
-		return resource.RecordOf(m)
 	case *mandatev1.Approval:
 		return m, resource.ValidateApproval(m)
 	case *mandatev1.VerificationKey:
@@ -68,14 +66,17 @@ func validate(typeURL string, entries map[string]entry) (compiled, error) {
 }
 
 // build validates and compiles a type's next set: good and dec (the
-// decoded form of each resource in good; unused for Revocations, whose
-// Set is the state) are what was last applied, received is what the
+// decoded form of each resource in good; for Revocations, the record ids
+// of each shard in good, whose Set is the state) are what was last applied, received is what the
 // server says we hold, and dirty names the resources that differ between
 // the two. Only the dirty ones are decoded and validated; decoded counts
 // them. It returns the decoded form of the dirty names still received
 // (for commit), and leaves its arguments unchanged.
 func build(typeURL string, good compiled, dec map[string]any, received map[string]entry,
 	dirty map[string]struct{}, decoded *int) (compiled, map[string]any, error) {
+	if typeURL == mandatev1.RevocationTypeURL {
+		return buildRevocations(good, dec, received, dirty, decoded)
+	}
 	staged := make(map[string]any, len(dirty))
 	var gone []string
 	for name := range dirty {
@@ -92,21 +93,6 @@ func build(typeURL string, good compiled, dec map[string]any, received map[strin
 			return compiled{}, nil, err
 		}
 		staged[name] = v
-	}
-	if typeURL == mandatev1.RevocationTypeURL {
-		put := make([]revocation.Record, 0, len(staged))
-		for _, v := range staged {
-			put = append(put, v.(revocation.Record))
-		}
-		set, err := good.revocations.With(put, gone)
-		if err != nil {
-			var re *revocation.RecordError
-			if errors.As(err, &re) {
-				return compiled{}, nil, fmt.Errorf("Revocation %q: %w", re.ID, err)
-			}
-			return compiled{}, nil, fmt.Errorf("revocation set: %w", err)
-		}
-		return compiled{revocations: set}, staged, nil
 	}
 	// The other types are small: assemble the whole set, in name order.
 	names := make([]string, 0, len(dec)+len(staged))
@@ -150,3 +136,99 @@ func build(typeURL string, good compiled, dec map[string]any, received map[strin
 }
 
 func short(typeURL string) string { return resource.Short(typeURL) }
+
+// buildRevocations is build for the Revocation type, whose resources are
+// shards of records (mandatev1.RevocationShard): each dirty shard is
+// decoded and its records validated; the records it no longer holds
+// leave the set and those it holds are put (a record of the same id is
+// replaced). decoded counts records. staged maps each dirty shard still
+// received to its record ids, sorted.
+func buildRevocations(good compiled, dec map[string]any, received map[string]entry,
+	dirty map[string]struct{}, decoded *int) (compiled, map[string]any, error) {
+	staged := make(map[string]any, len(dirty))
+	var put []revocation.Record
+	var gone []string
+	for name := range dirty {
+		old, _ := dec[name].([]string)
+		e, ok := received[name]
+		if !ok {
+			gone = append(gone, old...)
+			continue
+		}
+		first := len(put)
+		var err error
+		if put, err = decodeShard(name, e, put); err != nil {
+			return compiled{}, nil, err
+		}
+		ids := make([]string, len(put)-first)
+		for i := range ids {
+			ids[i] = put[first+i].ID
+		}
+		if decoded != nil {
+			*decoded += len(ids)
+		}
+		for _, id := range old {
+			if _, held := slices.BinarySearch(ids, id); !held {
+				gone = append(gone, id)
+			}
+		}
+		staged[name] = ids
+	}
+	set, err := good.revocations.With(put, gone)
+	if err != nil {
+		var re *revocation.RecordError
+		if errors.As(err, &re) {
+			return compiled{}, nil, fmt.Errorf("Revocation %q: %w", re.ID, err)
+		}
+		return compiled{}, nil, fmt.Errorf("revocation set: %w", err)
+	}
+	return compiled{revocations: set}, staged, nil
+}
+
+// decodeShard decodes the shard a replica received under name and
+// appends its records to put. A shard must name itself name, hold at
+// least one record, each in this shard (mandatev1.RevocationShardOf) and
+// in strictly increasing name order (so no record is held twice); each
+// record's fields are checked when it joins the revocation set.
+func decodeShard(name string, e entry, put []revocation.Record) ([]revocation.Record, error) {
+	idx, ok := mandatev1.ParseRevocationShardName(name)
+	if !ok {
+		return put, fmt.Errorf("Revocation shard %q: not a shard name", name)
+	}
+	if e.res == nil {
+		return put, fmt.Errorf("Revocation shard %q: no resource body", name)
+	}
+	if t := e.res.GetTypeUrl(); t != mandatev1.RevocationShardTypeURL {
+		return put, fmt.Errorf("Revocation shard %q: resource has type %q", name, t)
+	}
+	var shard mandatev1.RevocationShard
+	if err := proto.Unmarshal(e.res.GetValue(), &shard); err != nil {
+		return put, fmt.Errorf("Revocation shard %q: decode: %w", name, err)
+	}
+	if shard.GetName() != name {
+		return put, fmt.Errorf("Revocation shard %q: resource names itself %q", name, shard.GetName())
+	}
+	if len(shard.GetRevocations()) == 0 {
+		return put, fmt.Errorf("Revocation shard %q: no records", name)
+	}
+	prev := ""
+	for i, r := range shard.GetRevocations() {
+		id := r.GetName()
+		if id == "" {
+			return put, fmt.Errorf("Revocation shard %q: a record with an empty name", name)
+		}
+		if mandatev1.RevocationShardOf(id) != idx {
+			return put, fmt.Errorf("Revocation %q: not in shard %q", id, name)
+		}
+		if i > 0 && id <= prev {
+			return put, fmt.Errorf("Revocation %q: out of order or repeated in shard %q", id, name)
+		}
+		prev = id
+		rec, err := resource.RecordOf(r)
+		if err != nil {
+			return put, err
+		}
+		put = append(put, rec)
+	}
+	return put, nil
+}

@@ -17,7 +17,61 @@ const (
 	RevocationTypeURL      = "type.googleapis.com/mandate.v1.Revocation"
 	ApprovalTypeURL        = "type.googleapis.com/mandate.v1.Approval"
 	VerificationKeyTypeURL = "type.googleapis.com/mandate.v1.VerificationKey"
+	// RevocationShardTypeURL is the type of the Any that carries each
+	// resource of a Revocation response: a shard of records, not one
+	// record (see RevocationShardOf). Replicas subscribe to
+	// RevocationTypeURL; versions, status and ACKs are of that type.
+	RevocationShardTypeURL = "type.googleapis.com/mandate.v1.RevocationShard"
 )
+
+// RevocationShards is how many shards the Revocation records are spread
+// over on the wire: a million records make about 15 a shard, and a set of
+// a few thousand mostly one.
+const RevocationShards = 1 << 16
+
+// RevocationShardOf returns the shard a Revocation record of this name
+// travels in: the FNV-1a hash of the name, folded to 16 bits.
+func RevocationShardOf(record string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(record); i++ {
+		h ^= uint32(record[i])
+		h *= 16777619
+	}
+	return (h >> 16) ^ (h & 0xffff)
+}
+
+const shardPrefix = "rs-"
+
+// RevocationShardName is the resource name of shard i: "rs-" and four
+// lower-case hex digits.
+func RevocationShardName(i uint32) string {
+	const hexDigits = "0123456789abcdef"
+	b := []byte(shardPrefix + "0000")
+	for j := 0; j < 4; j++ {
+		b[len(b)-1-j] = hexDigits[(i>>(4*j))&0xf]
+	}
+	return string(b)
+}
+
+// ParseRevocationShardName returns the index of a shard name, and false
+// for anything RevocationShardName does not return.
+func ParseRevocationShardName(name string) (uint32, bool) {
+	if len(name) != len(shardPrefix)+4 || name[:len(shardPrefix)] != shardPrefix {
+		return 0, false
+	}
+	var i uint32
+	for _, c := range []byte(name[len(shardPrefix):]) {
+		switch {
+		case c >= '0' && c <= '9':
+			i = i<<4 | uint32(c-'0')
+		case c >= 'a' && c <= 'f':
+			i = i<<4 | uint32(c-'a'+10)
+		default:
+			return 0, false
+		}
+	}
+	return i, true
+}
 
 // MaxResponseBytes is the most bytes one discovery response from
 // mandate-cp carries: its send limit, and the receive limit every replica

@@ -431,6 +431,70 @@ func (x *VerificationKey) GetNotAfter() *timestamppb.Timestamp {
 	return nil
 }
 
+// RevocationShard carries every Revocation record whose name falls into one
+// shard (mandatev1.RevocationShardOf): the unit in which replicas receive
+// revocations over xDS. The durable store, the control plane's API and the
+// Revocation type's versions stay per record; only the wire groups records,
+// so that a million records are tens of thousands of xDS resources, not a
+// million, and a change resends only the shards it touched.
+// A RevocationShard travels in a response of the Revocation type
+// (type_url type.googleapis.com/mandate.v1.Revocation), each in an Any of
+// type type.googleapis.com/mandate.v1.RevocationShard.
+type RevocationShard struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the shard's name (mandatev1.RevocationShardName).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// revocations are the shard's records, in name order, each named once;
+	// every record's name falls into this shard. A shard is never empty.
+	Revocations   []*Revocation `protobuf:"bytes,2,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevocationShard) Reset() {
+	*x = RevocationShard{}
+	mi := &file_mandate_v1_resources_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevocationShard) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevocationShard) ProtoMessage() {}
+
+func (x *RevocationShard) ProtoReflect() protoreflect.Message {
+	mi := &file_mandate_v1_resources_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevocationShard.ProtoReflect.Descriptor instead.
+func (*RevocationShard) Descriptor() ([]byte, []int) {
+	return file_mandate_v1_resources_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RevocationShard) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RevocationShard) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
 var File_mandate_v1_resources_proto protoreflect.FileDescriptor
 
 const file_mandate_v1_resources_proto_rawDesc = "" +
@@ -476,7 +540,10 @@ const file_mandate_v1_resources_proto_rawDesc = "" +
 	"public_key\x18\x03 \x01(\fR\tpublicKey\x129\n" +
 	"\n" +
 	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
-	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfterB8Z6github.com/mandate-dev/mandate/xds/mandatev1;mandatev1b\x06proto3"
+	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"_\n" +
+	"\x0fRevocationShard\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x128\n" +
+	"\vrevocations\x18\x02 \x03(\v2\x16.mandate.v1.RevocationR\vrevocationsB8Z6github.com/mandate-dev/mandate/xds/mandatev1;mandatev1b\x06proto3"
 
 var (
 	file_mandate_v1_resources_proto_rawDescOnce sync.Once
@@ -490,25 +557,27 @@ func file_mandate_v1_resources_proto_rawDescGZIP() []byte {
 	return file_mandate_v1_resources_proto_rawDescData
 }
 
-var file_mandate_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_mandate_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_mandate_v1_resources_proto_goTypes = []any{
 	(*Policy)(nil),                // 0: mandate.v1.Policy
 	(*Revocation)(nil),            // 1: mandate.v1.Revocation
 	(*Approval)(nil),              // 2: mandate.v1.Approval
 	(*VerificationKey)(nil),       // 3: mandate.v1.VerificationKey
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*RevocationShard)(nil),       // 4: mandate.v1.RevocationShard
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
 }
 var file_mandate_v1_resources_proto_depIdxs = []int32{
-	4, // 0: mandate.v1.Revocation.expires:type_name -> google.protobuf.Timestamp
-	4, // 1: mandate.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
-	4, // 2: mandate.v1.Approval.expires:type_name -> google.protobuf.Timestamp
-	4, // 3: mandate.v1.VerificationKey.not_before:type_name -> google.protobuf.Timestamp
-	4, // 4: mandate.v1.VerificationKey.not_after:type_name -> google.protobuf.Timestamp
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	5, // 0: mandate.v1.Revocation.expires:type_name -> google.protobuf.Timestamp
+	5, // 1: mandate.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
+	5, // 2: mandate.v1.Approval.expires:type_name -> google.protobuf.Timestamp
+	5, // 3: mandate.v1.VerificationKey.not_before:type_name -> google.protobuf.Timestamp
+	5, // 4: mandate.v1.VerificationKey.not_after:type_name -> google.protobuf.Timestamp
+	1, // 5: mandate.v1.RevocationShard.revocations:type_name -> mandate.v1.Revocation
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_mandate_v1_resources_proto_init() }
@@ -522,7 +591,7 @@ func file_mandate_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mandate_v1_resources_proto_rawDesc), len(file_mandate_v1_resources_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -46,7 +46,40 @@ func splittable(typeURL string) bool {
 type chunkingCache struct {
 	*cachev3.LinearCache
 	typeURL string
+	// anyType is the type of the Any around each resource: the typeURL,
+	// or mandatev1.RevocationShardTypeURL for the Revocation type, whose
+	// resources are shards of records.
+	anyType string
 	budget  int
+}
+
+// anyTypeOf is the type of the Any that carries each resource of typeURL.
+func anyTypeOf(typeURL string) string {
+	if typeURL == mandatev1.RevocationTypeURL {
+		return mandatev1.RevocationShardTypeURL
+	}
+	return typeURL
+}
+
+// retyped is a response of the linear cache whose resources go out in Anys
+// of another type than the response's (the cache uses the request's).
+type retyped struct {
+	*cachev3.RawDeltaResponse
+	anyType string
+}
+
+func (r retyped) GetDeltaDiscoveryResponse() (*discovery.DeltaDiscoveryResponse, error) {
+	resp, err := r.RawDeltaResponse.GetDeltaDiscoveryResponse()
+	if err != nil {
+		return nil, err
+	}
+	// The response is this watch's own (the server also sets its version).
+	for _, res := range resp.GetResources() {
+		if res.GetResource() != nil {
+			res.Resource.TypeUrl = r.anyType
+		}
+	}
+	return resp, nil
 }
 
 // CreateDeltaWatch implements cachev3.ConfigWatcher.
@@ -56,21 +89,46 @@ func (c *chunkingCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.
 	if err != nil {
 		return nil, err
 	}
+	return forward(in, out, func(r cachev3.DeltaResponse) cachev3.DeltaResponse { return c.split(r, sub) }, cancel), nil
+}
+
+// CreateWatch implements cachev3.ConfigWatcher: state-of-the-world
+// responses are not split, but their resources go out in Anys of
+// anyType.
+func (c *chunkingCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, out chan cachev3.Response) (func(), error) {
+	if c.anyType == c.typeURL {
+		return c.LinearCache.CreateWatch(req, sub, out)
+	}
+	in := make(chan cachev3.Response, 1)
+	cancel, err := c.LinearCache.CreateWatch(req, sub, in)
+	if err != nil {
+		return nil, err
+	}
+	return forward(in, out, func(r cachev3.Response) cachev3.Response {
+		if raw, ok := r.(*cachev3.RawResponse); ok {
+			return retypedSotW{RawResponse: raw, anyType: c.anyType}
+		}
+		return r
+	}, cancel), nil
+}
+
+// forward passes the watch's response from in to out through conv. The
+// server closes out after it cancels the watch: the returned cancel
+// waits for the forwarding goroutine, so nothing is sent on a closed out.
+func forward[R any](in, out chan R, conv func(R) R, cancel func()) func() {
 	select {
 	case r := <-in: // answered at once, as the linear cache does in its caller's goroutine
-		out <- c.split(r, sub)
-		return cancel, nil
+		out <- conv(r)
+		return cancel
 	default:
 	}
-	// The server closes out after it cancels the watch: cancel waits
-	// for the forwarding goroutine, so nothing is sent on a closed out.
 	done, exited := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(exited)
 		select {
 		case r := <-in:
 			select {
-			case out <- c.split(r, sub):
+			case out <- conv(r):
 			case <-done:
 			}
 		case <-done:
@@ -85,7 +143,24 @@ func (c *chunkingCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.
 			}
 			<-exited
 		})
-	}, nil
+	}
+}
+
+// retypedSotW is retyped for a state-of-the-world response.
+type retypedSotW struct {
+	*cachev3.RawResponse
+	anyType string
+}
+
+func (r retypedSotW) GetDiscoveryResponse() (*discovery.DiscoveryResponse, error) {
+	resp, err := r.RawResponse.GetDiscoveryResponse()
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range resp.GetResources() {
+		a.TypeUrl = r.anyType
+	}
+	return resp, nil
 }
 
 // split returns r when it fits the budget, else its first chunk. Its cost
@@ -116,6 +191,9 @@ func (c *chunkingCache) split(r cachev3.DeltaResponse, sub cachev3.Subscription)
 	}
 	removedCount := len(known) + added - len(next)
 	if fits == len(res) && used+removedCount*(maxNameBytes+8) <= c.budget {
+		if c.anyType != c.typeURL {
+			return retyped{RawDeltaResponse: raw, anyType: c.anyType}
+		}
 		return r
 	}
 	var removed []string
@@ -152,7 +230,7 @@ func (c *chunkingCache) split(r cachev3.DeltaResponse, sub cachev3.Subscription)
 		}
 		used += size
 		resp.Resources = append(resp.Resources, &discovery.Resource{Name: name, Version: next[name],
-			Resource: &anypb.Any{TypeUrl: c.typeURL, Value: b}})
+			Resource: &anypb.Any{TypeUrl: c.anyType, Value: b}})
 		returned[name] = next[name]
 	}
 	if len(resp.RemovedResources) < len(removed) || len(resp.Resources) < len(res) {

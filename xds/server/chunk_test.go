@@ -50,10 +50,16 @@ func TestSplitDeltaAckedWithTheLastChunk(t *testing.T) {
 			t.Fatalf("chunk %d of %d bytes exceeds the budget %d", chunks, n, budget)
 		}
 		for _, res := range r.GetResources() {
-			if got[res.GetName()] {
-				t.Fatalf("%s sent twice", res.GetName())
+			var sh mandatev1.RevocationShard
+			if err := res.GetResource().UnmarshalTo(&sh); err != nil {
+				t.Fatal(err)
 			}
-			got[res.GetName()] = true
+			for _, rec := range sh.GetRevocations() {
+				if got[rec.GetName()] {
+					t.Fatalf("%s sent twice", rec.GetName())
+				}
+				got[rec.GetName()] = true
+			}
 		}
 		partial := strings.HasSuffix(r.GetSystemVersionInfo(), mandatev1.PartialVersionSuffix)
 		if err := st.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()}); err != nil {

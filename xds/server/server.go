@@ -212,6 +212,10 @@ type typeState struct {
 	version uint64
 	current map[string]proto.Message
 	setAt   map[uint64]time.Time
+	// shards, for the Revocation type only, names the records of each
+	// non-empty shard, sorted: the cache holds one resource per shard
+	// (mandatev1.RevocationShard), not one per record.
+	shards map[uint32][]string
 }
 
 type streamKey struct {
@@ -374,9 +378,12 @@ func New(logger *slog.Logger, opts ...Option) (*Server, error) {
 		c := cachev3.NewLinearCache(t, cachev3.WithLogger(glog))
 		s.types[t] = &typeState{cache: c, ext: map[uint64]uint64{0: o.initial[t]}, version: o.initial[t],
 			current: map[string]proto.Message{}, setAt: map[uint64]time.Time{}}
+		if t == mandatev1.RevocationTypeURL {
+			s.types[t].shards = map[uint32][]string{}
+		}
 		mux.Caches[t] = c
 		if splittable(t) {
-			mux.Caches[t] = &chunkingCache{LinearCache: c, typeURL: t, budget: o.chunk}
+			mux.Caches[t] = &chunkingCache{LinearCache: c, typeURL: t, anyType: anyTypeOf(t), budget: o.chunk}
 		}
 		m.version.WithLabelValues(shortType(t)).Set(float64(o.initial[t]))
 	}
@@ -607,8 +614,6 @@ func (s *Server) apply(typeURL string, msgs map[string]proto.Message, del []stri
 	ts.setAt[next] = s.now()
 	s.mu.Unlock()
 
-	err := ts.cache.UpdateResources(update, remove)
-
 	if replace {
 		ts.current = msgs
 	} else {
@@ -619,6 +624,13 @@ func (s *Server) apply(typeURL string, msgs map[string]proto.Message, del []stri
 			delete(ts.current, name)
 		}
 	}
+	var err error
+	if ts.shards != nil {
+		err = ts.cache.UpdateResources(ts.reshard(update, remove))
+	} else {
+		err = ts.cache.UpdateResources(update, remove)
+	}
+
 	s.mu.Lock()
 	ts.version = next
 	s.mu.Unlock()

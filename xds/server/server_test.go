@@ -124,7 +124,7 @@ func TestAckNackTracking(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := recvDelta(t, st)
-	if r.GetSystemVersionInfo() != "1" || len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != "r1" {
+	if r.GetSystemVersionInfo() != "1" || len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != shardName("r1") {
 		t.Fatalf("first response: version %q resources %v", r.GetSystemVersionInfo(), r.GetResources())
 	}
 	if err := st.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: mandatev1.RevocationTypeURL, ResponseNonce: r.GetNonce()}); err != nil {
@@ -143,7 +143,7 @@ func TestAckNackTracking(t *testing.T) {
 	// NACK of version 2.
 	v2, _ := h.srv.SetRevocations(revs("r1", "r2"))
 	r = recvDelta(t, st)
-	if r.GetSystemVersionInfo() != v2 || v2 != "2" || len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != "r2" {
+	if r.GetSystemVersionInfo() != v2 || v2 != "2" || len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != shardName("r2") {
 		t.Fatalf("delta for v2: version %q resources %v", r.GetSystemVersionInfo(), r.GetResources())
 	}
 	if err := st.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: mandatev1.RevocationTypeURL, ResponseNonce: r.GetNonce(),
@@ -184,7 +184,7 @@ func TestAckNackTracking(t *testing.T) {
 	go func() { done <- h.srv.WaitAcked(wctx, mandatev1.RevocationTypeURL, "2") }()
 	v3, _ := h.srv.SetRevocations(revs("r1", "r3"))
 	r = recvDelta(t, st)
-	if r.GetSystemVersionInfo() != v3 || len(r.GetRemovedResources()) != 1 || r.GetRemovedResources()[0] != "r2" {
+	if r.GetSystemVersionInfo() != v3 || len(r.GetRemovedResources()) != 1 || r.GetRemovedResources()[0] != shardName("r2") {
 		t.Fatalf("delta for v3: version %q removed %v", r.GetSystemVersionInfo(), r.GetRemovedResources())
 	}
 	if err := st.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: mandatev1.RevocationTypeURL, ResponseNonce: r.GetNonce()}); err != nil {

@@ -16,12 +16,16 @@ import (
 )
 
 // deltaReplica is a raw delta-ADS subscriber to Revocations that keeps
-// what the server sent it, as a replica would.
+// what the server sent it, as a replica would: shards, and the records in
+// them.
 type deltaReplica struct {
-	t     *testing.T
-	st    discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
-	held  map[string]string // name -> resource version
-	value map[string]*mandatev1.Revocation
+	t      *testing.T
+	st     discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	held   map[string]string   // shard name -> resource version
+	shards map[string][]string // shard name -> its records' names
+	value  map[string]*mandatev1.Revocation
+	// resent counts the shards received in the last response.
+	resent int
 }
 
 func subscribe(t *testing.T, ctx context.Context, h *harness, node string, initial map[string]string) *deltaReplica {
@@ -34,30 +38,59 @@ func subscribe(t *testing.T, ctx context.Context, h *harness, node string, initi
 		ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: initial}); err != nil {
 		t.Fatal(err)
 	}
-	return &deltaReplica{t: t, st: st, held: maps.Clone(initial), value: map[string]*mandatev1.Revocation{}}
+	return &deltaReplica{t: t, st: st, held: maps.Clone(initial), shards: map[string][]string{},
+		value: map[string]*mandatev1.Revocation{}}
 }
 
 // next receives one response, applies and ACKs it, and returns the
-// version, the names updated and the names removed (sorted).
+// version, the records carried (by the shards received) and the records
+// removed (that left their shard, or whose shard was removed), sorted.
 func (d *deltaReplica) next() (version string, updated, removed []string) {
 	d.t.Helper()
 	r := recvDelta(d.t, d.st)
 	if d.held == nil {
 		d.held = map[string]string{}
 	}
+	d.resent = len(r.GetResources())
 	for _, res := range r.GetResources() {
-		var m mandatev1.Revocation
-		if err := res.GetResource().UnmarshalTo(&m); err != nil {
+		if got := res.GetResource().GetTypeUrl(); got != mandatev1.RevocationShardTypeURL {
+			d.t.Fatalf("shard %s sent as a %s", res.GetName(), got)
+		}
+		var sh mandatev1.RevocationShard
+		if err := res.GetResource().UnmarshalTo(&sh); err != nil {
 			d.t.Fatal(err)
 		}
+		if sh.GetName() != res.GetName() || len(sh.GetRevocations()) == 0 {
+			d.t.Fatalf("shard %s: %v", res.GetName(), &sh)
+		}
+		var names []string
+		for _, m := range sh.GetRevocations() {
+			if shardName(m.GetName()) != sh.GetName() {
+				d.t.Fatalf("record %s in shard %s", m.GetName(), sh.GetName())
+			}
+			d.value[m.GetName()] = m
+			names = append(names, m.GetName())
+		}
+		if !slices.IsSorted(names) {
+			d.t.Fatalf("shard %s records not sorted: %v", sh.GetName(), names)
+		}
+		for _, old := range d.shards[sh.GetName()] {
+			if !slices.Contains(names, old) {
+				delete(d.value, old)
+				removed = append(removed, old)
+			}
+		}
 		d.held[res.GetName()] = res.GetVersion()
-		d.value[res.GetName()] = &m
-		updated = append(updated, res.GetName())
+		d.shards[res.GetName()] = names
+		updated = append(updated, names...)
 	}
 	for _, n := range r.GetRemovedResources() {
+		for _, old := range d.shards[n] {
+			delete(d.value, old)
+			removed = append(removed, old)
+		}
 		delete(d.held, n)
-		delete(d.value, n)
-		removed = append(removed, n)
+		delete(d.shards, n)
 	}
 	if err := d.st.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: mandatev1.RevocationTypeURL, ResponseNonce: r.GetNonce()}); err != nil {
 		d.t.Fatal(err)
@@ -65,6 +98,15 @@ func (d *deltaReplica) next() (version string, updated, removed []string) {
 	slices.Sort(updated)
 	slices.Sort(removed)
 	return r.GetSystemVersionInfo(), updated, removed
+}
+
+// reconnect opens a new stream for the same node that announces the
+// shards d holds (initial_resource_versions) and keeps what d holds.
+func (d *deltaReplica) reconnect(ctx context.Context, h *harness, node string) *deltaReplica {
+	d.t.Helper()
+	back := subscribe(d.t, ctx, h, node, d.held)
+	back.shards, back.value = maps.Clone(d.shards), maps.Clone(d.value)
+	return back
 }
 
 func TestUpdateRevocationsDeltas(t *testing.T) {
@@ -184,7 +226,6 @@ func TestUpdateReconnectConverges(t *testing.T) {
 	if _, up, _ := d.next(); len(up) != 3 {
 		t.Fatalf("first response updated %v", up)
 	}
-	held := maps.Clone(d.held)
 	scancel()
 	waitFor(t, "stream closed", func() bool { return !replica(t, h.srv, "replica-a").Connected })
 
@@ -198,7 +239,7 @@ func TestUpdateReconnectConverges(t *testing.T) {
 		t.Fatalf("version %q, %v", v, err)
 	}
 
-	back := subscribe(t, ctx, h, "replica-a", held)
+	back := d.reconnect(ctx, h, "replica-a")
 	gv, up, rm := back.next()
 	if gv != "3" || !slices.Equal(up, []string{"b", "d", "e"}) || !slices.Equal(rm, []string{"a", "c"}) {
 		t.Fatalf("reconnect: version %q updated %v removed %v", gv, up, rm)
@@ -208,8 +249,8 @@ func TestUpdateReconnectConverges(t *testing.T) {
 		t.Fatalf("fresh: updated %v removed %v", up, rm)
 	}
 	for _, r := range []*deltaReplica{back, fresh} {
-		if !proto.Equal(r.value["b"], changed) || !slices.Equal(slices.Sorted(maps.Keys(r.held)), []string{"b", "d", "e"}) {
-			t.Fatalf("replica did not converge: %v", r.held)
+		if !proto.Equal(r.value["b"], changed) || !slices.Equal(slices.Sorted(maps.Keys(r.value)), []string{"b", "d", "e"}) {
+			t.Fatalf("replica did not converge: %v", slices.Sorted(maps.Keys(r.value)))
 		}
 	}
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
