@@ -209,35 +209,21 @@ func NewSet(records []Record) (*Set, error) {
 // deleting an ID s does not hold is not an error. The cost is in the
 // number of records changed, not the number held.
 func (s *Set) With(put []Record, del []string) (*Set, error) {
-	ed := &edit{}
-	next := &Set{seed: s.seed, byID: s.byID, bySubject: s.bySubject, byTask: s.byTask,
-		byMandate: s.byMandate, patterns: s.patterns}
-	patternsShared := true
+	e := s.Edit()
 	var gone map[string]struct{}
 	if len(del) > 0 {
 		gone = make(map[string]struct{}, len(del))
 	}
 	for _, id := range del {
 		gone[id] = struct{}{}
-		old := next.byID.get(next.seed, id)
-		if old == nil {
-			continue
-		}
-		next.byID.put(ed, next.seed, id, nil)
-		if next.unindex(ed, old[0], patternsShared) {
-			patternsShared = false
-		}
+		e.Delete(id)
 	}
 	var seen map[string]struct{}
 	if len(put) > 1 {
 		seen = make(map[string]struct{}, len(put))
 	}
 	for i := range put {
-		c, err := compile(put[i])
-		if err != nil {
-			return nil, &RecordError{ID: put[i].ID, Err: err}
-		}
-		id := c.rec.ID
+		id := put[i].ID
 		if _, dup := gone[id]; dup {
 			return nil, fmt.Errorf("revocation: record %s both put and deleted", id)
 		}
@@ -247,17 +233,70 @@ func (s *Set) With(put []Record, del []string) (*Set, error) {
 			}
 			seen[id] = struct{}{}
 		}
-		if old := next.byID.get(next.seed, id); old != nil {
-			if next.unindex(ed, old[0], patternsShared) {
-				patternsShared = false
-			}
-		}
-		next.byID.put(ed, next.seed, id, []*compiled{c})
-		if next.index(ed, c, patternsShared) {
-			patternsShared = false
+		if err := e.Put(put[i]); err != nil {
+			return nil, err
 		}
 	}
-	return next, nil
+	return e.Set(), nil
+}
+
+// Editor derives a Set from another one change at a time, without
+// gathering the changes first: Put and Delete apply in the order called
+// (a Put replaces the record of its ID, even one put earlier in the same
+// edit). The Set it came from never changes; an Editor whose Put failed
+// may be dropped, or used on. An Editor is not safe for concurrent use.
+type Editor struct {
+	next           *Set
+	ed             *edit
+	patternsShared bool
+}
+
+// Edit starts deriving a Set from s.
+func (s *Set) Edit() *Editor {
+	return &Editor{ed: &edit{}, patternsShared: true, next: &Set{seed: s.seed, byID: s.byID,
+		bySubject: s.bySubject, byTask: s.byTask, byMandate: s.byMandate, patterns: s.patterns}}
+}
+
+// Put validates r and adds it, replacing the record of its ID; a record
+// that does not validate is a *RecordError and changes nothing.
+func (e *Editor) Put(r Record) error {
+	c, err := compile(r)
+	if err != nil {
+		return &RecordError{ID: r.ID, Err: err}
+	}
+	next, id := e.next, c.rec.ID
+	h := maphash.String(next.seed, id)
+	if old := next.byID.getH(h, id); old != nil {
+		if next.unindex(e.ed, old[0], e.patternsShared) {
+			e.patternsShared = false
+		}
+	}
+	next.byID.putH(e.ed, h, id, []*compiled{c})
+	if next.index(e.ed, c, e.patternsShared) {
+		e.patternsShared = false
+	}
+	return nil
+}
+
+// Delete removes the record of id, if held.
+func (e *Editor) Delete(id string) {
+	next := e.next
+	h := maphash.String(next.seed, id)
+	old := next.byID.getH(h, id)
+	if old == nil {
+		return
+	}
+	next.byID.putH(e.ed, h, id, nil)
+	if next.unindex(e.ed, old[0], e.patternsShared) {
+		e.patternsShared = false
+	}
+}
+
+// Set returns the Set the edits made. The Editor may not be used after.
+func (e *Editor) Set() *Set {
+	s := e.next
+	e.next, e.ed = nil, nil
+	return s
 }
 
 // index files c; it reports whether it copied s.patterns.

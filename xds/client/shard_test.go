@@ -3,16 +3,20 @@ package xdsclient
 import (
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mandate-dev/mandate/authz/revocation"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
+	"github.com/mandate-dev/mandate/xds/resource"
 )
 
 // shardName is the shard a record named record travels in.
@@ -108,12 +112,12 @@ func TestMalformedShardNACKed(t *testing.T) {
 			&mandatev1.Revocation{Name: b, Kind: "subject", Value: "bob", Expires: timestamppb.New(farFuture)})}, fmt.Sprintf("Revocation %q", b)},
 		{"record without expiry", &discovery.Resource{Name: s, Resource: shardOf(t, s, good(a),
 			&mandatev1.Revocation{Name: b, Kind: "task", Value: "t"})}, "no expiry"},
-		{"record in the wrong shard", &discovery.Resource{Name: s, Resource: shardOf(t, s, good(a), good(other))}, "not in shard"},
+		{"record in the wrong shard", &discovery.Resource{Name: s, Resource: shardOf(t, s, good(a), good(other))}, "not in this shard"},
 		{"records out of order", &discovery.Resource{Name: s, Resource: shardOf(t, s, good(b), good(a))}, "out of order"},
 		{"record repeated", &discovery.Resource{Name: s, Resource: shardOf(t, s, good(a), good(a))}, "out of order or repeated"},
 		{"record without a name", &discovery.Resource{Name: s, Resource: shardOf(t, s, good(a), taskRev("", "t"))}, "empty name"},
 		{"empty shard", &discovery.Resource{Name: s, Resource: shardOf(t, s)}, "no records"},
-		{"shard names itself otherwise", &discovery.Resource{Name: s, Resource: shardOf(t, shardName(other), good(other))}, "names itself"},
+		{"shard names itself otherwise", &discovery.Resource{Name: s, Resource: shardOf(t, shardName(other), good(a))}, "names itself"},
 		{"not a shard name", &discovery.Resource{Name: a, Resource: shardOf(t, a, good(a))}, "not a shard name"},
 		{"a record, not a shard", &discovery.Resource{Name: s, Resource: anyOf(t, good(a))}, "has type"},
 		{"no body", &discovery.Resource{Name: s}, "no resource body"},
@@ -173,4 +177,50 @@ func TestShardUpdateReplacesItsRecords(t *testing.T) {
 	if got := revocationsIn(u.last()); !slices.Equal(got, []string{"z=tz"}) {
 		t.Fatalf("after the shard's removal: %v", got)
 	}
+}
+
+// FuzzShardDecoder: the replica's direct shard decoder accepts only what
+// proto.Unmarshal and resource.RecordOf accept, and gives the same
+// records; every shard the control plane marshals is accepted.
+func FuzzShardDecoder(f *testing.F) {
+	for _, sh := range []*mandatev1.RevocationShard{
+		{Name: "rs-0001", Revocations: []*mandatev1.Revocation{taskRev("a", "t")}},
+		{Name: "rs-ffff", Revocations: []*mandatev1.Revocation{
+			{Name: "b", Kind: "subject", Value: "spiffe://e.org/*", Intents: []string{"read", "list"},
+				Expires: timestamppb.New(farFuture), CreatedAt: timestamppb.New(farFuture.Add(-time.Hour)), Reason: "r", CreatedBy: "op"},
+			{Name: "c", Kind: "mandate", Value: "m-1", Expires: &timestamppb.Timestamp{Seconds: 1, Nanos: 5}},
+		}},
+		{Name: "x", Revocations: []*mandatev1.Revocation{{Name: "d", Kind: "bogus", Expires: &timestamppb.Timestamp{Nanos: -1}}}},
+	} {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(sh)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var got []revocation.Record
+		d := shardDecoder{raw: data, str: string(data)}
+		name, err := d.decode(func(r revocation.Record) error { got = append(got, r); return nil })
+		var sh mandatev1.RevocationShard
+		perr := proto.Unmarshal(data, &sh)
+		if err != nil {
+			return // refusing more than proto does is allowed
+		}
+		if perr != nil {
+			t.Fatalf("decoder accepted what proto.Unmarshal refuses: %v", perr)
+		}
+		if name != sh.GetName() || len(got) != len(sh.GetRevocations()) {
+			t.Fatalf("decoded %q with %d records, proto %q with %d", name, len(got), sh.GetName(), len(sh.GetRevocations()))
+		}
+		for i, r := range sh.GetRevocations() {
+			want, err := resource.RecordOf(r)
+			if err != nil {
+				t.Fatalf("decoder accepted record %d that RecordOf refuses: %v", i, err)
+			}
+			if !reflect.DeepEqual(got[i], want) {
+				t.Fatalf("record %d: decoder %+v, proto %+v", i, got[i], want)
+			}
+		}
+	})
 }

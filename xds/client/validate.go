@@ -1,11 +1,9 @@
 package xdsclient
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/mandate-dev/mandate/authz/revocation"
@@ -139,96 +137,37 @@ func short(typeURL string) string { return resource.Short(typeURL) }
 
 // buildRevocations is build for the Revocation type, whose resources are
 // shards of records (mandatev1.RevocationShard): each dirty shard is
-// decoded and its records validated; the records it no longer holds
-// leave the set and those it holds are put (a record of the same id is
-// replaced). decoded counts records. staged maps each dirty shard still
-// received to its record ids, sorted.
+// decoded straight into the next set (its records validated and put, a
+// record of the same id replaced), and the records it no longer holds
+// leave the set. decoded counts records. staged maps each dirty shard
+// still received to its record ids, sorted.
 func buildRevocations(good compiled, dec map[string]any, received map[string]entry,
 	dirty map[string]struct{}, decoded *int) (compiled, map[string]any, error) {
 	staged := make(map[string]any, len(dirty))
-	var put []revocation.Record
-	var gone []string
+	ed := good.revocations.Edit()
 	for name := range dirty {
 		old, _ := dec[name].([]string)
 		e, ok := received[name]
 		if !ok {
-			gone = append(gone, old...)
+			for _, id := range old {
+				ed.Delete(id)
+			}
 			continue
 		}
-		first := len(put)
-		var err error
-		if put, err = decodeShard(name, e, put); err != nil {
+		ids, err := decodeShard(name, e, ed)
+		if err != nil {
 			return compiled{}, nil, err
-		}
-		ids := make([]string, len(put)-first)
-		for i := range ids {
-			ids[i] = put[first+i].ID
 		}
 		if decoded != nil {
 			*decoded += len(ids)
 		}
+		// A record belongs to one shard only: what left this one is gone.
 		for _, id := range old {
 			if _, held := slices.BinarySearch(ids, id); !held {
-				gone = append(gone, id)
+				ed.Delete(id)
 			}
 		}
 		staged[name] = ids
 	}
-	set, err := good.revocations.With(put, gone)
-	if err != nil {
-		var re *revocation.RecordError
-		if errors.As(err, &re) {
-			return compiled{}, nil, fmt.Errorf("Revocation %q: %w", re.ID, err)
-		}
-		return compiled{}, nil, fmt.Errorf("revocation set: %w", err)
-	}
-	return compiled{revocations: set}, staged, nil
-}
-
-// decodeShard decodes the shard a replica received under name and
-// appends its records to put. A shard must name itself name, hold at
-// least one record, each in this shard (mandatev1.RevocationShardOf) and
-// in strictly increasing name order (so no record is held twice); each
-// record's fields are checked when it joins the revocation set.
-func decodeShard(name string, e entry, put []revocation.Record) ([]revocation.Record, error) {
-	idx, ok := mandatev1.ParseRevocationShardName(name)
-	if !ok {
-		return put, fmt.Errorf("Revocation shard %q: not a shard name", name)
-	}
-	if e.res == nil {
-		return put, fmt.Errorf("Revocation shard %q: no resource body", name)
-	}
-	if t := e.res.GetTypeUrl(); t != mandatev1.RevocationShardTypeURL {
-		return put, fmt.Errorf("Revocation shard %q: resource has type %q", name, t)
-	}
-	var shard mandatev1.RevocationShard
-	if err := proto.Unmarshal(e.res.GetValue(), &shard); err != nil {
-		return put, fmt.Errorf("Revocation shard %q: decode: %w", name, err)
-	}
-	if shard.GetName() != name {
-		return put, fmt.Errorf("Revocation shard %q: resource names itself %q", name, shard.GetName())
-	}
-	if len(shard.GetRevocations()) == 0 {
-		return put, fmt.Errorf("Revocation shard %q: no records", name)
-	}
-	prev := ""
-	for i, r := range shard.GetRevocations() {
-		id := r.GetName()
-		if id == "" {
-			return put, fmt.Errorf("Revocation shard %q: a record with an empty name", name)
-		}
-		if mandatev1.RevocationShardOf(id) != idx {
-			return put, fmt.Errorf("Revocation %q: not in shard %q", id, name)
-		}
-		if i > 0 && id <= prev {
-			return put, fmt.Errorf("Revocation %q: out of order or repeated in shard %q", id, name)
-		}
-		prev = id
-		rec, err := resource.RecordOf(r)
-		if err != nil {
-			return put, err
-		}
-		put = append(put, rec)
-	}
-	return put, nil
+	return compiled{revocations: ed.Set()}, staged, nil
 }

@@ -8,8 +8,6 @@ import (
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
@@ -59,27 +57,6 @@ func anyTypeOf(typeURL string) string {
 		return mandatev1.RevocationShardTypeURL
 	}
 	return typeURL
-}
-
-// retyped is a response of the linear cache whose resources go out in Anys
-// of another type than the response's (the cache uses the request's).
-type retyped struct {
-	*cachev3.RawDeltaResponse
-	anyType string
-}
-
-func (r retyped) GetDeltaDiscoveryResponse() (*discovery.DeltaDiscoveryResponse, error) {
-	resp, err := r.RawDeltaResponse.GetDeltaDiscoveryResponse()
-	if err != nil {
-		return nil, err
-	}
-	// The response is this watch's own (the server also sets its version).
-	for _, res := range resp.GetResources() {
-		if res.GetResource() != nil {
-			res.Resource.TypeUrl = r.anyType
-		}
-	}
-	return resp, nil
 }
 
 // CreateDeltaWatch implements cachev3.ConfigWatcher.
@@ -163,37 +140,48 @@ func (r retypedSotW) GetDiscoveryResponse() (*discovery.DiscoveryResponse, error
 	return resp, nil
 }
 
-// split returns r when it fits the budget, else its first chunk. Its cost
-// is in the size of the delta, plus one pass over what the replica holds
-// when the delta is split or removes names.
+// split returns r when it fits the budget, else its first chunk. It
+// measures the resources the cache marshaled (once per resource, for
+// every stream): its cost is in the number of resources of the delta,
+// plus one pass over what the replica holds when the delta is split or
+// removes names.
 func (c *chunkingCache) split(r cachev3.DeltaResponse, sub cachev3.Subscription) cachev3.DeltaResponse {
 	raw, ok := r.(*cachev3.RawDeltaResponse)
 	if !ok {
 		return r
 	}
+	full, err := raw.GetDeltaDiscoveryResponse()
+	if err != nil {
+		return &chunk{req: raw.GetDeltaRequest(), version: raw.GetResponseVersion(), returned: raw.GetReturnedResources(),
+			ctx: raw.GetContext(), err: fmt.Errorf("xdsserver: marshal %s: %w", shortType(c.typeURL), err)}
+	}
+	for _, res := range full.GetResources() {
+		if res.GetResource() != nil {
+			res.Resource.TypeUrl = c.anyType
+		}
+	}
 	next := raw.GetReturnedResources()
 	known := sub.ReturnedResources()
-	res := raw.GetRawResources()
-	over := resourceOverhead(c.typeURL)
+	res := full.GetResources()
+	over := resourceOverhead(c.anyType)
+	size := func(r *discovery.Resource) int {
+		return len(r.GetResource().GetValue()) + len(r.GetName()) + len(r.GetVersion()) + over
+	}
 	// How many names the delta removes: what the replica knew, plus what
 	// is new to it, less what it will know.
 	used, fits, added := 0, len(res), 0
-	for i, rt := range res {
-		name := cachev3.GetResourceName(rt.Resource)
-		if _, ok := known[name]; !ok {
+	for i, rs := range res {
+		if _, ok := known[rs.GetName()]; !ok {
 			added++
 		}
-		size := proto.Size(rt.Resource) + len(name) + len(next[name]) + over
-		if used+size > c.budget && fits == len(res) {
+		n := size(rs)
+		if used+n > c.budget && fits == len(res) {
 			fits = i
 		}
-		used += size
+		used += n
 	}
 	removedCount := len(known) + added - len(next)
 	if fits == len(res) && used+removedCount*(maxNameBytes+8) <= c.budget {
-		if c.anyType != c.typeURL {
-			return retyped{RawDeltaResponse: raw, anyType: c.anyType}
-		}
 		return r
 	}
 	var removed []string
@@ -216,28 +204,20 @@ func (c *chunkingCache) split(r cachev3.DeltaResponse, sub cachev3.Subscription)
 		resp.RemovedResources = append(resp.RemovedResources, name)
 		delete(returned, name)
 	}
-	var marshalErr error
-	for _, rt := range res {
-		name := cachev3.GetResourceName(rt.Resource)
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(rt.Resource)
-		if err != nil {
-			marshalErr = fmt.Errorf("xdsserver: marshal %s: %w", name, err)
+	for _, rs := range res {
+		n := size(rs)
+		if used+n > c.budget && (len(resp.Resources) > 0 || len(resp.RemovedResources) > 0) {
 			break
 		}
-		size := len(b) + len(name) + len(next[name]) + over
-		if used+size > c.budget && (len(resp.Resources) > 0 || len(resp.RemovedResources) > 0) {
-			break
-		}
-		used += size
-		resp.Resources = append(resp.Resources, &discovery.Resource{Name: name, Version: next[name],
-			Resource: &anypb.Any{TypeUrl: c.anyType, Value: b}})
-		returned[name] = next[name]
+		used += n
+		resp.Resources = append(resp.Resources, rs)
+		returned[rs.GetName()] = rs.GetVersion()
 	}
 	if len(resp.RemovedResources) < len(removed) || len(resp.Resources) < len(res) {
 		resp.SystemVersionInfo += mandatev1.PartialVersionSuffix
 	}
 	return &chunk{req: raw.GetDeltaRequest(), resp: resp, returned: returned, version: resp.GetSystemVersionInfo(),
-		ctx: raw.GetContext(), err: marshalErr}
+		ctx: raw.GetContext()}
 }
 
 // chunk is one response of a split delta.
