@@ -84,9 +84,9 @@ const MaxResponseBytes = 64 << 20
 
 // MaxRequestBytes is the largest request mandate-cp's xDS listener
 // accepts. A replica that reconnects lists every resource it holds with
-// its version (initial_resource_versions, about 110 bytes a revocation
-// record), so the limit follows the most records the control plane holds
-// (2,000,000).
+// its version (initial_resource_versions): revocations are at most
+// RevocationShards shards (about 80 bytes each), approvals one resource a
+// record.
 const MaxRequestBytes = 256 << 20
 
 // PartialVersionSuffix ends the system_version_info of a delta response
