@@ -127,8 +127,9 @@ func (b *Backend) opCtx(ctx context.Context) (context.Context, context.CancelFun
 }
 
 // callErr turns the error of an etcd call into store.ErrUnavailable when
-// etcd could not answer (no leader, out of reach, timed out) and the
-// caller's context is still live.
+// etcd could not answer (no leader, out of reach, timed out, or the
+// probe found it out of reach meanwhile) and the caller's context is
+// still live.
 func (b *Backend) callErr(ctx context.Context, what string, err error) error {
 	if err == nil {
 		return nil
@@ -142,7 +143,9 @@ func (b *Backend) callErr(ctx context.Context, what string, err error) error {
 	if !isUnavailable(err) {
 		return fmt.Errorf("etcdstore: %s: %w", what, err)
 	}
-	b.setHealth(err)
+	// One slow or failed call (its member just died, a new raft leader
+	// is being elected) does not turn the next writes away: the probe
+	// decides whether etcd is out of reach.
 	return unavailable(fmt.Errorf("%s: %w", what, err))
 }
 
