@@ -10,7 +10,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/mandate-dev/mandate/policies/internal/yamldoc"
+	"github.com/mandate-dev/mandate/internal/yamldoc"
 )
 
 // Parse decodes the Policy documents of one YAML stream (documents

@@ -6,7 +6,7 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/mandate-dev/mandate/policies/internal/yamldoc"
+	"github.com/mandate-dev/mandate/internal/yamldoc"
 	"github.com/mandate-dev/mandate/policies/pattern"
 )
 

@@ -40,6 +40,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/internal/yamldoc"
 	"github.com/mandate-dev/mandate/policies/pattern"
 )
 
@@ -104,13 +105,13 @@ func ParsePolicy(name string, data []byte) ([]Rule, error) {
 	}
 	var doc document
 	if err := yaml.UnmarshalStrict(data, &doc); err != nil {
-		return nil, fmt.Errorf("drift: %s: %w", name, err)
+		return nil, fmt.Errorf("drift: %w", yamldoc.Located(name, data, err))
 	}
 	if doc.APIVersion != "mandate.dev/v1" || doc.Kind != "DriftPolicy" {
 		return nil, fmt.Errorf("drift: %s: want apiVersion mandate.dev/v1, kind DriftPolicy", name)
 	}
 	if _, err := compileRules(doc.Rules); err != nil {
-		return nil, fmt.Errorf("drift: %s: %w", name, err)
+		return nil, fmt.Errorf("drift: %w", yamldoc.Located(name, data, err))
 	}
 	return doc.Rules, nil
 }

@@ -32,6 +32,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/mandate-dev/mandate/authz/mandate"
+	"github.com/mandate-dev/mandate/internal/yamldoc"
 	"github.com/mandate-dev/mandate/policies/pattern"
 )
 
@@ -135,7 +136,7 @@ func Parse(name string, data []byte) (*Policy, error) {
 	}
 	var doc document
 	if err := yaml.UnmarshalStrict(data, &doc); err != nil {
-		return nil, fmt.Errorf("issuance: %s: %w", name, err)
+		return nil, fmt.Errorf("issuance: %w", yamldoc.Located(name, data, err))
 	}
 	if doc.APIVersion != "mandate.dev/v1" {
 		return nil, fmt.Errorf("issuance: %s: apiVersion must be \"mandate.dev/v1\", got %q", name, doc.APIVersion)

@@ -61,7 +61,7 @@ import (
 	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/internal/envoyreq"
 	"github.com/mandate-dev/mandate/policies"
-	"github.com/mandate-dev/mandate/policies/internal/yamldoc"
+	"github.com/mandate-dev/mandate/internal/yamldoc"
 )
 
 // KindPolicyTest is the kind of a policy test document.

@@ -123,3 +123,27 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestLocate(t *testing.T) {
+	data := []byte("a: 1\nrules:\n  - name: x\n    calers: []\n")
+	for _, tt := range []struct {
+		err       string
+		line, col int
+	}{
+		{`error unmarshaling JSON: while decoding JSON: json: unknown field "calers"`, 4, 5},
+		{`error unmarshaling JSON: while decoding JSON: json: cannot unmarshal array into Go struct field Rule.rules.name of type int`, 3, 5},
+		{"error converting YAML to JSON: yaml: line 2: mapping values are not allowed in this context", 2, 1},
+		{"something else entirely", 0, 0},
+		{`json: unknown field "nowhere"`, 0, 0},
+	} {
+		in := errors.New(tt.err)
+		got := Locate(data, in)
+		var e *Error
+		switch {
+		case tt.line == 0 && got != in:
+			t.Errorf("%q: placed at %v, want unchanged", tt.err, got)
+		case tt.line != 0 && (!errors.As(got, &e) || e.Line != tt.line || e.Column != tt.col):
+			t.Errorf("%q: %v, want %d:%d", tt.err, got, tt.line, tt.col)
+		}
+	}
+}

@@ -259,3 +259,79 @@ func newError(d Doc, line, col int, msg string) *Error {
 	fmt.Fprintf(&b, "  %*s | %s^", width, "", pad)
 	return &Error{Line: abs, Column: col, Msg: msg, Snippet: b.String()}
 }
+
+// Locate places the error of a decoder that reports no position, or only
+// a line, in the YAML data it read (sigs.k8s.io/yaml's strict decoding
+// goes through JSON and names fields, not places): it returns an *Error
+// at the line given, or at the key an unknown field or a mistyped field
+// names, with the snippet; other errors come back unchanged.
+func Locate(data []byte, err error) error {
+	msg := err.Error()
+	for changed := true; changed; {
+		changed = false
+		for _, p := range []string{"error converting YAML to JSON: ", "error unmarshaling JSON: ",
+			"while decoding JSON: ", "json: ", "yaml: unmarshal errors:", "yaml: "} {
+			if rest, ok := strings.CutPrefix(msg, p); ok {
+				msg, changed = strings.TrimSpace(rest), true
+			}
+		}
+	}
+	first, _, _ := strings.Cut(msg, "\n")
+	d := Doc{Line: 1, Data: data}
+	if m := lineRe.FindStringSubmatch(first); m != nil {
+		if line, convErr := strconv.Atoi(m[1]); convErr == nil {
+			return newError(d, line, column(data, line, m[2]), m[2])
+		}
+	}
+	var name string
+	if m := unknownFieldRe.FindStringSubmatch(first); m != nil {
+		name = m[1]
+	} else if m := structFieldRe.FindStringSubmatch(first); m != nil {
+		name = m[1]
+	}
+	var root yaml.Node
+	if name != "" && yaml.Unmarshal(data, &root) == nil {
+		if n := findKeyAnywhere(&root, name); n != nil {
+			return newError(d, n.Line, n.Column, first)
+		}
+	}
+	return err
+}
+
+var (
+	unknownFieldRe = regexp.MustCompile(`unknown field "([^"]+)"`)
+	// "Go struct field Rule.rules.maxTTL of type string": the JSON name
+	// is the last element.
+	structFieldRe = regexp.MustCompile(`Go struct field (?:\S+\.)?([^.\s]+) of type`)
+)
+
+// findKeyAnywhere returns the first mapping key named name, in document
+// order.
+func findKeyAnywhere(n *yaml.Node, name string) *yaml.Node {
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == name {
+				return n.Content[i]
+			}
+			if f := findKeyAnywhere(n.Content[i+1], name); f != nil {
+				return f
+			}
+		}
+		return nil
+	}
+	for _, c := range n.Content {
+		if f := findKeyAnywhere(c, name); f != nil {
+			return f
+		}
+	}
+	return nil
+}
+
+// Located is err placed in the file name holds: "name:LINE:COL: message"
+// and the snippet when Locate finds where, else "name: err".
+func Located(name string, data []byte, err error) error {
+	if e, ok := Locate(data, err).(*Error); ok {
+		return fmt.Errorf("%s:%w", name, e)
+	}
+	return fmt.Errorf("%s: %w", name, err)
+}
