@@ -60,8 +60,8 @@ import (
 	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/internal/envoyreq"
-	"github.com/mandate-dev/mandate/policies"
 	"github.com/mandate-dev/mandate/internal/yamldoc"
+	"github.com/mandate-dev/mandate/policies"
 )
 
 // KindPolicyTest is the kind of a policy test document.
