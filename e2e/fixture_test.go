@@ -253,16 +253,23 @@ func install(src, dst string) error {
 // at the end of the test it is stopped and its log checked for data races.
 func (d *deployment) startProc(ctx context.Context, spec proc.Spec) *proc.Process {
 	d.t.Helper()
-	spec.LogDir = d.logDir
+	return startLogged(d.t, d.logDir, spec)
+}
+
+// startLogged starts a process logging into logDir; at the end of the test
+// it is stopped and its log checked for data races.
+func startLogged(t *testing.T, logDir string, spec proc.Spec) *proc.Process {
+	t.Helper()
+	spec.LogDir = logDir
 	spec.Env = append(spec.Env, raceEnv...)
-	p, err := proc.Start(d.t, spec)
+	p, err := proc.Start(t, spec)
 	if err != nil {
-		d.t.Fatal(err)
+		t.Fatal(err)
 	}
-	d.t.Cleanup(func() {
+	t.Cleanup(func() {
 		_ = p.Stop()
 		if b, err := os.ReadFile(p.LogPath()); err == nil && bytes.Contains(b, []byte("WARNING: DATA RACE")) {
-			d.t.Errorf("data race reported by %s (log %s)", spec.Name, p.LogPath())
+			t.Errorf("data race reported by %s (log %s)", spec.Name, p.LogPath())
 		}
 	})
 	return p

@@ -228,19 +228,7 @@ func (d *haDeployment) restartInstance(ctx context.Context, in *haInstance) {
 
 func (d *haDeployment) startProc(spec proc.Spec) *proc.Process {
 	d.t.Helper()
-	spec.LogDir = d.logDir
-	spec.Env = append(spec.Env, raceEnv...)
-	p, err := proc.Start(d.t, spec)
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	d.t.Cleanup(func() {
-		_ = p.Stop()
-		if b, err := os.ReadFile(p.LogPath()); err == nil && bytes.Contains(b, []byte("WARNING: DATA RACE")) {
-			d.t.Errorf("data race reported by %s (log %s)", spec.Name, p.LogPath())
-		}
-	})
-	return p
+	return startLogged(d.t, d.logDir, spec)
 }
 
 // xdsList is replica i's --xds-server: every instance, starting with
