@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -141,6 +142,7 @@ type metrics struct {
 	applied   *prometheus.CounterVec
 	decoded   *prometheus.CounterVec
 	nacks     *prometheus.CounterVec
+	behind    prometheus.Counter
 	connected prometheus.Gauge
 	lastSync  prometheus.Gauge
 }
@@ -159,6 +161,10 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Namespace: "mandate", Subsystem: "xds_client", Name: "nacks_total",
 			Help: "Resource updates rejected (NACKed), by type.",
 		}, []string{"type"}),
+		behind: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "mandate", Subsystem: "xds_client", Name: "behind_responses_total",
+			Help: "Responses refused because their version is older than the one applied (an instance that had not caught up with the store); the stream is ended.",
+		}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "mandate", Subsystem: "xds_client", Name: "connected",
 			Help: "1 while an ADS stream to the control plane is delivering responses.",
@@ -169,7 +175,7 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.applied, m.decoded, m.nacks, m.connected, m.lastSync} {
+		for _, c := range []prometheus.Collector{m.applied, m.decoded, m.nacks, m.behind, m.connected, m.lastSync} {
 			if err := reg.Register(c); err != nil {
 				return metrics{}, fmt.Errorf("xdsclient: register metrics: %w", err)
 			}
@@ -418,6 +424,11 @@ func (c *Client) runStream(ctx context.Context, srv server) (got bool, err error
 		case err := <-errCh:
 			return got, fmt.Errorf("xdsclient: receive: %w", err)
 		case r := <-respCh:
+			if err := c.notBehind(r); err != nil {
+				// Not ACKed or NACKed: this instance has not caught up
+				// with what the replica enforces; another may have.
+				return got, err
+			}
 			if !got {
 				got = true
 				c.m.connected.Set(1)
@@ -454,6 +465,35 @@ func (c *Client) inContact(answered map[string]bool) bool {
 		}
 	}
 	return true
+}
+
+// notBehind refuses a response whose version is below the one the
+// replica applied for its type. Versions are the store's (global across
+// mandate-cp instances), so a lower one comes from an instance whose
+// store feed has not caught up yet, for example one that just failed
+// over or came back from losing etcd: taking it would bring back what
+// was revoked since, or remove what was added since (its resources are
+// the older ones, and what it lacks is sent as removed). The replica
+// keeps its state and moves on; the stream ends.
+func (c *Client) notBehind(r *discovery.DeltaDiscoveryResponse) error {
+	td := c.types[r.GetTypeUrl()]
+	if td == nil || td.version == "" {
+		return nil
+	}
+	have, err := strconv.ParseUint(td.version, 10, 64)
+	if err != nil {
+		return nil // not a store version (a test server): nothing to compare
+	}
+	v := strings.TrimSuffix(r.GetSystemVersionInfo(), mandatev1.PartialVersionSuffix)
+	got, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return fmt.Errorf("xdsclient: %s response version %q is not a version, after version %d", short(r.GetTypeUrl()), v, have)
+	}
+	if got < have {
+		c.m.behind.Inc()
+		return fmt.Errorf("xdsclient: control plane is behind: %s version %d is older than the applied %d; keeping the applied state", short(r.GetTypeUrl()), got, have)
+	}
+	return nil
 }
 
 func isPartial(r *discovery.DeltaDiscoveryResponse) bool {

@@ -2,7 +2,9 @@ package xdsclient
 
 import (
 	"slices"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -97,4 +99,64 @@ func dialConnTo(t *testing.T, addr string) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	return conn
+}
+
+// TestFailoverNeverTakesAnOlderState: the client enforces revocations up
+// to version 9 from instance A; A dies and B has not caught up with the
+// store yet (it is at version 6, without r4). B's answer would remove r4
+// (what B lacks is sent as removed): the client refuses it, keeps r4, and
+// takes B only once B has caught up.
+func TestFailoverNeverTakesAnOlderState(t *testing.T) {
+	a, b := startCP(t), startCP(t)
+	for _, cp := range []*controlPlane{a, b} {
+		feedAt(t, cp.srv, mandatev1.PolicyTypeURL, 5, pols(goodPolicy("p1")))
+		feedAt(t, cp.srv, mandatev1.RevocationTypeURL, 6, revs("r1", "r2", "r3"))
+		feedAt(t, cp.srv, mandatev1.ApprovalTypeURL, 7, map[string]*mandatev1.Approval{"a1": approval("a1")})
+		feedAt(t, cp.srv, mandatev1.VerificationKeyTypeURL, 8, map[string]*mandatev1.VerificationKey{"k1": key("k1")})
+	}
+	feedAt(t, a.srv, mandatev1.RevocationTypeURL, 9, revs("r4"))
+
+	rec := newRecorder()
+	var lost atomic.Int32 // applied states without r4 once it was enforced
+	var hadR4 atomic.Bool
+	rec.fail = func(s State) error {
+		has := slices.Contains(revIDs(s.Revocations), "r4")
+		if hadR4.Load() && !has {
+			lost.Add(1)
+		}
+		if has {
+			hadR4.Store(true)
+		}
+		return nil
+	}
+	c, stop := runClient(t, Config{Conns: []grpcConn{dialConnTo(t, a.addr), dialConnTo(t, b.addr)},
+		NodeID: "replica-1", Apply: rec.apply, Registerer: prometheus.NewRegistry()})
+	defer stop()
+	rec.wait(t, "synced on A with r4", func(s State) bool {
+		return len(s.Versions) == 4 && slices.Contains(revIDs(s.Revocations), "r4")
+	})
+	a.stop()
+
+	// B answers at version 6: refused, again on every reconnect.
+	deadline := time.Now().Add(15 * time.Second)
+	for metricValue(t, c.m.behind) < 2 && lost.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the client never refused B's older state")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := lost.Load(); n != 0 {
+		t.Fatalf("r4 was dropped %d times after failing over to an instance that was behind", n)
+	}
+
+	// B catches up: the client resumes on it, r4 still enforced.
+	feedAt(t, b.srv, mandatev1.RevocationTypeURL, 9, revs("r4"))
+	waitAcked(t, b.srv, mandatev1.RevocationTypeURL, "9")
+	s := rec.wait(t, "on B at version 9", func(s State) bool { return s.Versions[mandatev1.RevocationTypeURL] == "9" })
+	if got := revIDs(s.Revocations); !slices.Equal(got, []string{"r1", "r2", "r3", "r4"}) {
+		t.Fatalf("revocations on B: %v", got)
+	}
+	if n := lost.Load(); n != 0 {
+		t.Fatalf("r4 was dropped %d times", n)
+	}
 }
