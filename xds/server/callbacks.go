@@ -110,6 +110,7 @@ func (s *Server) closeStream(k streamKey) {
 		}
 	}
 	s.updateConnectedLocked()
+	s.streamsChangedLocked()
 	s.notifyLocked()
 }
 
@@ -190,6 +191,7 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 		}
 		n.streams++
 		s.updateConnectedLocked()
+		s.streamsChangedLocked()
 		s.notifyLocked()
 	}
 	n := s.nodes[st.node]
@@ -220,6 +222,7 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 	if detail == nil {
 		if v, ok := st.acked[typeURL]; !ok || sn.version > v {
 			st.acked[typeURL] = sn.version
+			st.ackedLocked(typeURL, sn.version)
 		}
 		if nk, ok := st.nacked[typeURL]; ok && nk.version <= st.acked[typeURL] {
 			delete(st.nacked, typeURL)
@@ -240,6 +243,7 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 		}
 		nt.nacked, nt.hasNack, nt.nackedAt, nt.nackErr = sn.version, true, now, msg
 		st.nacked[typeURL] = streamNack{version: sn.version, msg: msg}
+		st.nackedLocked(typeURL)
 		s.m.nacks.WithLabelValues(shortType(typeURL)).Inc()
 		s.log.Warn("xds node rejected resources", "node", st.node, "kind", n.kind, "type", shortType(typeURL),
 			"version", sn.version, "error", msg)

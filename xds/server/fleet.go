@@ -68,5 +68,6 @@ func (s *Server) Snapshot() ([]ReplicaStatus, map[string]NodeAcks) {
 func (s *Server) Changed() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.changedTaken = true
 	return s.changed
 }

@@ -244,6 +244,8 @@ type streamState struct {
 	// a second stream carrying the node id cannot answer for it.
 	acked  map[string]uint64
 	nacked map[string]streamNack
+	// waiters are the WaitAcked calls waiting for this stream's ACK.
+	waiters []*ackWaiter
 }
 
 type streamNack struct {
@@ -289,6 +291,10 @@ type Server struct {
 	streams map[streamKey]*streamState
 	nodes   map[string]*nodeState
 	changed chan struct{} // closed and replaced on every status change
+	// changedTaken: Changed handed out changed since it was last closed.
+	changedTaken bool
+	// waiters are the WaitAcked calls waiting (see ackWaiter).
+	waiters map[*ackWaiter]struct{}
 
 	gate gate // Suspend, Resume
 
@@ -755,6 +761,7 @@ func (s *Server) wait(ctx context.Context, typeURL, version string, stopOnNack b
 		// node id ACKed: one stream cannot vouch for another.
 		lag := map[string]bool{}
 		var rejected *RejectedError
+		var behind []*streamState
 		for _, st := range s.streams {
 			if st.node == "" || st.kind != kind {
 				continue
@@ -766,6 +773,7 @@ func (s *Server) wait(ctx context.Context, typeURL, version string, stopOnNack b
 				continue
 			}
 			lag[st.node] = true
+			behind = append(behind, st)
 			if nk, ok := st.nacked[typeURL]; stopOnNack && ok && nk.version >= want &&
 				(rejected == nil || st.node < rejected.Node) {
 				rejected = &RejectedError{Node: st.node, Version: format(nk.version), Message: nk.msg}
@@ -780,27 +788,41 @@ func (s *Server) wait(ctx context.Context, typeURL, version string, stopOnNack b
 				acked++
 			}
 		}
-		ch := s.changed
-		s.mu.Unlock()
 		if rejected != nil {
+			s.mu.Unlock()
 			return 0, rejected
 		}
 		if len(lagging) == 0 {
+			s.mu.Unlock()
 			return acked, nil
 		}
+		w := &ackWaiter{typeURL: typeURL, want: want, stopOnNack: stopOnNack, ch: make(chan struct{})}
+		s.addWaiterLocked(w, behind)
+		s.mu.Unlock()
 		select {
 		case <-ctx.Done():
+			s.mu.Lock()
+			s.dropWaiterLocked(w, behind)
+			s.mu.Unlock()
 			slices.Sort(lagging)
 			return 0, fmt.Errorf("xdsserver: waiting for %s version %s: replicas not acked: %v: %w",
 				shortType(typeURL), version, lagging, ctx.Err())
-		case <-ch:
+		case <-w.ch:
+			s.mu.Lock()
+			s.dropWaiterLocked(w, behind)
+			s.mu.Unlock()
 		}
 	}
 }
 
+// notifyLocked closes the channel Changed handed out, if it handed one
+// out since the last change: an ACK nobody listens to allocates nothing.
 func (s *Server) notifyLocked() {
-	close(s.changed)
-	s.changed = make(chan struct{})
+	if s.changedTaken {
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.changedTaken = false
+	}
 }
 
 func (s *Server) pruneLocked() {
