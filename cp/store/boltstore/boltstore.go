@@ -3,10 +3,11 @@
 //
 // Every table is a bucket; bucket "_revs" holds the global revision
 // counter and each table's revision. Every write is one bbolt
-// transaction, synced to disk before it returns (bbolt's default): a
-// write that returned nil survives a crash. A file written by an earlier
-// mandate-cp (one bucket per record kind, a version counter per type) is
-// converted in place when opened.
+// transaction, synced to disk before it returns (bbolt's default: the
+// pages, then the meta page, two fdatasyncs): a write that returned nil
+// survives a crash. An update that writes nothing commits nothing. A file
+// written by an earlier mandate-cp (one bucket per record kind, a version
+// counter per type) is converted in place when opened.
 package boltstore
 
 import (
@@ -58,7 +59,7 @@ func OpenBackend(ctx context.Context, dataDir string) (*Backend, error) {
 		return nil, fmt.Errorf("boltstore: create data directory: %w", err)
 	}
 	path := filepath.Join(dataDir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bolt.Open(path, 0o600, boltOptions())
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("boltstore: %s is locked by another process (another mandate-cp on the same --data-dir?): %w", path, err)
 	}
@@ -79,6 +80,25 @@ func OpenBackend(ctx context.Context, dataDir string) (*Backend, error) {
 	return &Backend{db: db}, nil
 }
 
+// InitialMmapSize is the address space mapped for the file when it is
+// opened. A write that needs the file past the mapping remaps it (waiting
+// for every reader) and, while the mapping is below bbolt's 16 MiB
+// allocation step, grows the file by doubling, each growth a truncate and
+// a full fsync: a fresh file took five of them in its first few hundred
+// writes, each a latency spike of the write that hit it. Mapped large,
+// the file grows in 16 MiB steps and is remapped only past 1 GiB (about
+// a million revocation records with their audit entries). Address space
+// only: memory is used as the file fills.
+const InitialMmapSize = 1 << 30
+
+// boltOptions are the options of the file: the mapping above, and
+// bbolt's hash-map freelist (allocation does not scan a list of free
+// pages, which grows with a fragmented file). Neither changes what is
+// synced: every commit still syncs its pages, then its meta page.
+func boltOptions() *bolt.Options {
+	return &bolt.Options{Timeout: time.Second, InitialMmapSize: InitialMmapSize, FreelistType: bolt.FreelistMapType}
+}
+
 // Close closes the file.
 func (b *Backend) Close() error { return b.db.Close() }
 
@@ -87,22 +107,32 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	var rev uint64
-	err := b.db.Update(func(btx *bolt.Tx) error {
-		var err error
-		rev, err = runUpdate(btx, fn)
-		return err
-	})
-	return rev, err
+	btx, err := b.db.Begin(true)
+	if err != nil {
+		return 0, err
+	}
+	// Rolled back unless committed, also when fn panics (a no-op after
+	// Commit).
+	defer func() { _ = btx.Rollback() }()
+	t := &tx{tx: btx, written: map[string]bool{}}
+	rev, err := runUpdate(t, fn)
+	if err != nil || len(t.written) == 0 {
+		// fn failed, or wrote nothing: no commit (bbolt would still
+		// write and sync a meta page and the freelist).
+		return rev, err
+	}
+	if err := btx.Commit(); err != nil {
+		return 0, err
+	}
+	return rev, nil
 }
 
-// runUpdate runs fn in btx and raises the revisions of what it wrote.
-func runUpdate(btx *bolt.Tx, fn func(store.Tx) error) (uint64, error) {
-	t := &tx{tx: btx, written: map[string]bool{}}
+// runUpdate runs fn in t and raises the revisions of what it wrote.
+func runUpdate(t *tx, fn func(store.Tx) error) (uint64, error) {
 	if err := fn(t); err != nil {
 		return 0, err
 	}
-	revs := btx.Bucket(bucketRevs)
+	revs := t.tx.Bucket(bucketRevs)
 	rev := getU64(revs.Get(keyGlobal))
 	if len(t.written) == 0 {
 		return rev, nil

@@ -109,7 +109,7 @@ func migrate(btx *bolt.Tx) error {
 type txBackend struct{ btx *bolt.Tx }
 
 func (b txBackend) Update(_ context.Context, fn func(store.Tx) error) (uint64, error) {
-	return runUpdate(b.btx, fn)
+	return runUpdate(&tx{tx: b.btx, written: map[string]bool{}}, fn)
 }
 
 func (b txBackend) View(_ context.Context, fn func(store.Tx) error) error {
