@@ -237,6 +237,30 @@ func BenchmarkCheckMCP(b *testing.B) {
 		}
 		reportCPU(b, cpu)
 	})
+	b.Run("hit-new-ids", func(b *testing.B) {
+		// As MCP clients send them: the same call under a new JSON-RPC
+		// id each time (the id is no decision input).
+		reqs := make([]*authv3.CheckRequest, 1<<12)
+		for i := range reqs {
+			reqs[i] = mcpReq(mcpBody4K(i, "widgets"), hdr("mcp-method", "tools/call"), hdr("mcp-name", "github.list_issues"))
+			asRawBody(reqs[i])
+		}
+		for _, r := range reqs[:2] {
+			if res := h.checkMCP(b, r); !res.allowed {
+				b.Fatalf("denied: %s", res.body)
+			}
+		}
+		b.SetBytes(int64(len(reqs[0].Attributes.Request.Http.RawBody)))
+		b.ReportAllocs()
+		b.ResetTimer()
+		cpu := processCPU()
+		for i := 0; i < b.N; i++ {
+			if _, err := h.srv.Check(ctx, reqs[i%len(reqs)]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportCPU(b, cpu)
+	})
 	b.Run("miss", func(b *testing.B) {
 		reqs := make([]*authv3.CheckRequest, 1<<12)
 		for i := range reqs {

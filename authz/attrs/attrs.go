@@ -125,7 +125,7 @@ type Config struct {
 type Extractor struct {
 	id        *identity.Resolver
 	maxHeader int
-	mcpLimits mcp.Limits
+	mcpMemo   *mcp.Memo
 	needCert  bool
 	certs     *certCache
 }
@@ -138,7 +138,7 @@ func New(cfg Config) (*Extractor, error) {
 	if cfg.MaxHeaderBytes < 0 {
 		return nil, fmt.Errorf("attrs: MaxHeaderBytes %d is negative", cfg.MaxHeaderBytes)
 	}
-	x := &Extractor{id: cfg.Identity, maxHeader: cfg.MaxHeaderBytes, mcpLimits: cfg.MCPLimits,
+	x := &Extractor{id: cfg.Identity, maxHeader: cfg.MaxHeaderBytes, mcpMemo: mcp.NewMemo(cfg.MCPLimits),
 		needCert: cfg.RequirePeerCertificate, certs: newCertCache()}
 	if x.maxHeader == 0 {
 		x.maxHeader = DefaultMaxHeaderBytes
@@ -228,7 +228,7 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 		r.GRPCService, r.GRPCMethod = svc, m
 	}
 	if IsMCPRoute(r.Labels) {
-		if r.MCP, a.MCP, err = mcpRequest(attrs, r.Method, hdrs, x.mcpLimits); err != nil {
+		if r.MCP, a.MCP, err = mcpRequest(attrs, r.Method, hdrs, x.mcpMemo); err != nil {
 			return err
 		}
 	}

@@ -28,7 +28,7 @@ func IsMCPRoute(labels map[string]string) bool {
 // MCP filter's metadata and the Mcp-* headers; GET (the server's event
 // stream) and DELETE (ending the session) carry none and get a nil call,
 // which no MCP action matches. Anything else is refused.
-func mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]string, limits mcp.Limits) (*policies.MCPCall, mcp.Request, error) {
+func mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]string, memo *mcp.Memo) (*policies.MCPCall, mcp.Request, error) {
 	httpReq := attrs.GetRequest().GetHttp()
 	body := httpReq.GetBody()
 	if raw := httpReq.GetRawBody(); len(raw) > 0 {
@@ -47,11 +47,11 @@ func mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]s
 	default:
 		return nil, mcp.Request{}, &mcp.Error{Reason: mcp.ReasonNotRequest}
 	}
-	req, err := mcp.FromEnvoy(mcp.Sources{
+	req, err := memo.FromEnvoy(mcp.Sources{
 		Body:     body,
 		Headers:  hdrs,
 		Metadata: attrs.GetMetadataContext().GetFilterMetadata()[mcp.MetadataNamespace],
-	}, limits)
+	})
 	if err != nil {
 		return nil, mcp.Request{}, err
 	}

@@ -36,6 +36,19 @@ type Sources struct {
 // the body's is refused (ReasonMismatch). A name is compared only for the
 // methods whose target Parse reads (Request.Target).
 func FromEnvoy(src Sources, lim Limits) (Request, error) {
+	return fromEnvoy(src, nil, lim)
+}
+
+// FromEnvoy is FromEnvoy with the body parsed through the memo (and its
+// limits).
+func (m *Memo) FromEnvoy(src Sources) (Request, error) {
+	if m == nil {
+		return fromEnvoy(src, nil, Limits{})
+	}
+	return fromEnvoy(src, m, m.lim)
+}
+
+func fromEnvoy(src Sources, m *Memo, lim Limits) (Request, error) {
 	if v, ok := src.Headers[HeaderPartialBody]; ok && v != "false" {
 		return Request{}, &Error{Reason: ReasonPartialBody}
 	}
@@ -47,7 +60,13 @@ func FromEnvoy(src Sources, lim Limits) (Request, error) {
 			return Request{}, &Error{Reason: ReasonNotRequest}
 		}
 	}
-	r, err := Parse(src.Body, lim)
+	var r Request
+	var err error
+	if m != nil {
+		r, err = m.Parse(src.Body)
+	} else {
+		r, err = Parse(src.Body, lim)
+	}
 	if err != nil {
 		return Request{}, err
 	}

@@ -119,38 +119,51 @@ func (r *Request) Target() string {
 // Parse reads body as one MCP JSON-RPC request. It never panics; every
 // refusal is an *Error.
 func Parse(body string, lim Limits) (Request, error) {
+	r, _, err := parse(body, lim.withDefaults())
+	return r, err
+}
+
+// withDefaults returns lim with its zero fields set to the defaults.
+func (lim Limits) withDefaults() Limits {
 	if lim.MaxBytes <= 0 {
 		lim.MaxBytes = DefaultMaxBytes
 	}
 	if lim.MaxDepth <= 0 {
 		lim.MaxDepth = DefaultMaxDepth
 	}
+	return lim
+}
+
+// parse is Parse with lim's defaults set; it also returns the offset in
+// body of the id member's value (meaningful when Request.ID is set).
+func parse(body string, lim Limits) (Request, int, error) {
 	if len(body) > lim.MaxBytes {
-		return Request{}, &Error{Reason: ReasonTooLarge}
+		return Request{}, 0, &Error{Reason: ReasonTooLarge}
 	}
 	sc := scanner{s: body, maxDepth: lim.MaxDepth}
 	sc.ws()
 	if sc.i >= len(body) {
-		return Request{}, &Error{Reason: ReasonNoBody}
+		return Request{}, 0, &Error{Reason: ReasonNoBody}
 	}
 	switch body[sc.i] {
 	case '{':
 	case '[':
-		return Request{}, sc.fail(ReasonBatch)
+		return Request{}, 0, sc.fail(ReasonBatch)
 	default:
 		if err := sc.value(0); err != nil {
-			return Request{}, err
+			return Request{}, 0, err
 		}
-		return Request{}, &Error{Reason: ReasonNotRequest}
+		return Request{}, 0, &Error{Reason: ReasonNotRequest}
 	}
 	if err := sc.members(1, memberTop); err != nil {
-		return Request{}, err
+		return Request{}, 0, err
 	}
 	sc.ws()
 	if sc.i != len(body) {
-		return Request{}, sc.fail(ReasonMalformed) // trailing data, e.g. a second object
+		return Request{}, 0, sc.fail(ReasonMalformed) // trailing data, e.g. a second object
 	}
-	return sc.p.request()
+	r, err := sc.p.request()
+	return r, sc.p.idAt, err
 }
 
 // field is a member value seen in the body.
@@ -164,6 +177,7 @@ type field struct {
 // parsed collects the members Parse reads.
 type parsed struct {
 	jsonrpc, id, method, params, name, uri, args field
+	idAt                                         int // offset of id's value
 }
 
 // topMember scans a member of the request object.
@@ -173,6 +187,7 @@ func (sc *scanner) topMember(name string, depth int) error {
 	case "jsonrpc":
 		return sc.field(&p.jsonrpc, depth)
 	case "id":
+		p.idAt = sc.i
 		return sc.field(&p.id, depth)
 	case "method":
 		return sc.field(&p.method, depth)
