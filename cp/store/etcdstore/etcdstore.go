@@ -27,6 +27,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -75,7 +76,11 @@ func Open(ctx context.Context, cfg Config, opts ...store.Option) (*store.DB, err
 
 // Backend is an etcd cluster as a store.Backend.
 type Backend struct {
-	c         *clientv3.Client
+	c *clientv3.Client
+	// seen is the highest revision this backend committed or read
+	// linearizably or got from its watch: a serializable read from a
+	// member behind it is not used.
+	seen      atomic.Int64
 	prefix    string
 	owned     bool
 	opTimeout time.Duration
@@ -159,6 +164,16 @@ func (b *Backend) Close() error {
 	return nil
 }
 
+// saw raises seen to rev.
+func (b *Backend) saw(rev int64) {
+	for {
+		cur := b.seen.Load()
+		if rev <= cur || b.seen.CompareAndSwap(cur, rev) {
+			return
+		}
+	}
+}
+
 func (b *Backend) tablePrefix(table string) string { return b.prefix + url.PathEscape(table) + "/" }
 func (b *Backend) key(table, key string) string    { return b.tablePrefix(table) + "k/" + key }
 func (b *Backend) marker(table string) string      { return b.tablePrefix(table) + "m" }
@@ -172,6 +187,15 @@ const maxAttempts = 200
 var ErrContention = errors.New("etcdstore: too much contention, transaction not committed")
 
 // Update implements store.Backend.
+//
+// The first attempt reads the state of the member the client reaches
+// (serializable reads: no round of the quorum, as a linearizable read
+// needs), as long as that member has applied every commit this backend
+// made or saw. Those reads may still miss a commit of another instance;
+// the commit's comparisons catch it, and every later attempt, as well as
+// an attempt whose outcome is not a commit (fn failed, or wrote nothing),
+// reads linearizably: a write is committed only over what it read, and
+// nothing else is ever answered from a serializable read.
 func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, error) {
 	if err := b.checkHealth(); err != nil {
 		return 0, err
@@ -180,14 +204,21 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		t := &tx{b: b, ctx: ctx, write: true, reads: map[string]int64{}, writes: map[string]*[]byte{}, tables: map[string]bool{}}
+		t := &tx{b: b, ctx: ctx, write: true, serializable: attempt == 0,
+			reads: map[string]int64{}, writes: map[string]*[]byte{}, tables: map[string]bool{}}
 		if err := fn(t); err != nil {
-			if errors.Is(err, rpctypes.ErrCompacted) {
-				continue // the snapshot was compacted away: start again
+			if errors.Is(err, rpctypes.ErrCompacted) || errors.Is(err, errBehind) {
+				continue // the snapshot was compacted away, or is behind: start again
+			}
+			if t.serializable && t.rev != 0 && !errors.Is(err, store.ErrUnavailable) && ctx.Err() == nil {
+				continue // decided on a serializable read: decide again on a linearizable one
 			}
 			return 0, err
 		}
 		if len(t.tables) == 0 {
+			if t.serializable && t.rev != 0 {
+				continue // as above: answer only from linearizable reads
+			}
 			if t.rev == 0 {
 				if err := t.start(); err != nil {
 					return 0, err
@@ -222,6 +253,7 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 			return 0, b.callErr(ctx, "commit", err)
 		}
 		if resp.Succeeded {
+			b.saw(resp.Header.Revision)
 			return uint64(resp.Header.Revision), nil
 		}
 		// Lost to a concurrent commit: back off a little and redo.
@@ -241,13 +273,16 @@ func (b *Backend) View(ctx context.Context, fn func(store.Tx) error) error {
 }
 
 type tx struct {
-	b      *Backend
-	ctx    context.Context
-	write  bool
-	rev    int64            // the snapshot revision, set by the first read
-	reads  map[string]int64 // key -> mod revision seen (0: absent)
-	writes map[string]*[]byte
-	tables map[string]bool
+	b     *Backend
+	ctx   context.Context
+	write bool
+	// serializable: reads are served by the member reached, from its
+	// own state (see Update).
+	serializable bool
+	rev          int64            // the snapshot revision, set by the first read
+	reads        map[string]int64 // key -> mod revision seen (0: absent)
+	writes       map[string]*[]byte
+	tables       map[string]bool
 }
 
 func (t *tx) opts(extra ...clientv3.OpOption) []clientv3.OpOption {
@@ -257,15 +292,30 @@ func (t *tx) opts(extra ...clientv3.OpOption) []clientv3.OpOption {
 	return extra
 }
 
+// errBehind: the member a serializable read reached has not applied a
+// commit this backend made or saw; the attempt starts again.
+var errBehind = errors.New("etcdstore: member behind")
+
 func (t *tx) get(key string, extra ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	if t.serializable {
+		extra = append(extra, clientv3.WithSerializable())
+	}
 	ctx, cancel := t.b.opCtx(t.ctx)
 	resp, err := t.b.c.Get(ctx, key, t.opts(extra...)...)
 	cancel()
+	if t.serializable && (errors.Is(err, rpctypes.ErrFutureRev) || err == nil && resp.Header.Revision < t.b.seen.Load()) {
+		// A member behind the snapshot (a later read of the attempt
+		// reached another member) or behind what this backend knows.
+		return nil, errBehind
+	}
 	if err != nil {
 		return nil, t.b.callErr(t.ctx, "read", err)
 	}
 	if t.rev == 0 {
 		t.rev = resp.Header.Revision
+		if !t.serializable {
+			t.b.saw(t.rev)
+		}
 	}
 	return resp, nil
 }

@@ -34,6 +34,7 @@ func (b *Backend) Watch(ctx context.Context, after uint64, tablePrefix string, f
 			}
 			return fmt.Errorf("etcdstore: watch: %w", err)
 		}
+		b.saw(resp.Header.Revision)
 		if resp.IsProgressNotify() {
 			if err := fn(store.Commit{Rev: uint64(resp.Header.Revision)}); err != nil {
 				return err
