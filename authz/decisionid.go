@@ -23,11 +23,13 @@ func newIDGen() (*idGen, error) {
 	return g, nil
 }
 
-func (g *idGen) next() string {
+// decisionID is a decision id in hex.
+type decisionID [32]byte
+
+// next writes the next id into id.
+func (g *idGen) next(id *decisionID) {
 	var raw [16]byte
 	copy(raw[:8], g.prefix[:])
 	binary.BigEndian.PutUint64(raw[8:], g.n.Add(1))
-	var out [32]byte
-	hex.Encode(out[:], raw[:])
-	return string(out[:])
+	hex.Encode(id[:], raw[:])
 }

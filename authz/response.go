@@ -3,6 +3,7 @@ package authz
 import (
 	"strconv"
 	"strings"
+	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -24,12 +25,14 @@ const (
 // allowParts holds the messages an allow response does not share with
 // others, in one allocation.
 type allowParts struct {
-	resp   authv3.CheckResponse
-	ok     authv3.CheckResponse_OkResponse
-	okResp authv3.OkHttpResponse
-	opts   [2]*corev3.HeaderValueOption
-	id     corev3.HeaderValueOption
-	idHV   corev3.HeaderValue
+	// decisionID holds the bytes of the decision id string.
+	decisionID decisionID
+	resp       authv3.CheckResponse
+	ok         authv3.CheckResponse_OkResponse
+	okResp     authv3.OkHttpResponse
+	opts       [2]*corev3.HeaderValueOption
+	id         corev3.HeaderValueOption
+	idHV       corev3.HeaderValue
 }
 
 // allowTaskParts adds the task header, for an allow that cannot share
@@ -72,8 +75,9 @@ func setOverwrite(o *corev3.HeaderValueOption, hv *corev3.HeaderValue, key, valu
 // the request has a task (declared or from its mandate), the task the
 // decision was made for (taskHdr: the x-mandate-task header, shared by
 // the hits of one cached decision, or nil to build it); both overwrite
-// whatever the client sent.
-func (s *Server) allowResponse(decisionID, task string, taskHdr *corev3.HeaderValueOption) *authv3.CheckResponse {
+// whatever the client sent. It returns the decision id as a string too,
+// whose bytes the response's allocation holds (never modified).
+func (s *Server) allowResponse(id *decisionID, task string, taskHdr *corev3.HeaderValueOption) (*authv3.CheckResponse, string) {
 	var p *allowParts
 	if task != "" && taskHdr == nil {
 		tp := &allowTaskParts{}
@@ -82,6 +86,8 @@ func (s *Server) allowResponse(decisionID, task string, taskHdr *corev3.HeaderVa
 	} else {
 		p = &allowParts{}
 	}
+	p.decisionID = *id
+	decisionID := unsafe.String(&p.decisionID[0], len(p.decisionID))
 	setOverwrite(&p.id, &p.idHV, HeaderDecisionID, decisionID)
 	p.opts[0] = &p.id
 	n := 1
@@ -94,7 +100,7 @@ func (s *Server) allowResponse(decisionID, task string, taskHdr *corev3.HeaderVa
 	p.ok.OkResponse = &p.okResp
 	p.resp.Status = s.allow.status
 	p.resp.HttpResponse = &p.ok
-	return &p.resp
+	return &p.resp, decisionID
 }
 
 // denyResponse is RPC OK with PERMISSION_DENIED and a small JSON body that

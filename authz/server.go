@@ -209,9 +209,16 @@ type outcome struct {
 // can never turn a refusal into a pass.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
 	start := time.Now()
-	rec := decisionlog.Record{DecisionID: s.ids.next()}
+	// The decision id is made here and becomes a string once the
+	// response is known: an allow's holds it (one allocation for both).
+	var id decisionID
+	s.ids.next(&id)
+	var rec decisionlog.Record
 	defer func() {
 		if p := recover(); p != nil {
+			if rec.DecisionID == "" {
+				rec.DecisionID = string(id[:])
+			}
 			if m := s.cfg.Metrics; m != nil {
 				m.panics.Inc()
 			}
@@ -231,10 +238,12 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 		if memo != nil {
 			taskHdr = memo.taskHdr
 		}
-		resp = s.allowResponse(rec.DecisionID, rec.Task, taskHdr)
+		resp, rec.DecisionID = s.allowResponse(&id, rec.Task, taskHdr)
 	case attrs.IsMCPRoute(req.GetAttributes().GetContextExtensions()):
+		rec.DecisionID = string(id[:])
 		resp = mcpDenyResponse(rec.DecisionID, rec.MCPRequestID, &out)
 	default:
+		rec.DecisionID = string(id[:])
 		resp = denyResponse(rec.DecisionID, &out)
 	}
 	s.finish(&rec, &out, memo, start)
