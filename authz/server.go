@@ -430,7 +430,7 @@ func (s *Server) decide(ctx context.Context, req *authv3.CheckRequest, rec *deci
 		return deny(reasonRevoked)
 	}
 
-	out := s.evaluate(st, r, notAfter, now)
+	out := s.evaluate(st, &a, notAfter, now)
 	if out.effect == policies.EffectStepUp {
 		d := policies.Decision{Policy: out.policy, Rule: out.rule}
 		// An approval lifts the step-up only where an allow rule matches
@@ -482,14 +482,16 @@ func (s *Server) claimUse(ctx context.Context, name string) bool {
 	return true
 }
 
-// evaluate returns the policy decision for r, from the cache when it can.
-func (s *Server) evaluate(st *State, r *policies.Request, notAfter, now time.Time) outcome {
+// evaluate returns the policy decision for a's request, from the cache
+// when it can.
+func (s *Server) evaluate(st *State, a *attrs.Attributes, notAfter, now time.Time) outcome {
+	r := &a.Request
 	cache := s.cfg.Cache
 	var key *decisioncache.Key
 	if cache != nil {
 		key = s.keyPool.Get().(*decisioncache.Key)
 		defer s.putKey(key)
-		attrs.WriteKey(key, st.PolicyEpoch, r, &st.keySel)
+		a.WriteKey(key, st.PolicyEpoch, &st.keySel)
 		if e, ok := cache.Get(key.Bytes(), st.PolicyEpoch, now); ok {
 			return outcome{effect: policies.Effect(e.Effect), reason: e.Reason, policy: e.Policy,
 				rule: e.Rule, dryRun: e.DryRun, cacheHit: true, approvable: e.AllowedIfApproved,

@@ -166,6 +166,9 @@ type Attributes struct {
 	// MCP is the parsed MCP request of an MCP route (Request.MCP holds
 	// what policies read of it), for the decision record.
 	MCP mcp.Request
+	// mcpShared is set when Request.MCP is the shared call of a body the
+	// MCP memo remembered (see WriteKey).
+	mcpShared *mcpShared
 }
 
 // Extract fills a from req, with now as the decision time. It stops at the
@@ -228,7 +231,7 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 		r.GRPCService, r.GRPCMethod = svc, m
 	}
 	if IsMCPRoute(r.Labels) {
-		if r.MCP, a.MCP, err = mcpRequest(attrs, r.Method, hdrs, x.mcpMemo); err != nil {
+		if r.MCP, a.MCP, a.mcpShared, err = mcpRequest(attrs, r.Method, hdrs, x.mcpMemo); err != nil {
 			return err
 		}
 	}

@@ -40,6 +40,17 @@ func NewKeySelection(set *policies.Set) KeySelection {
 // A new input group of policies.Request gets a section of its own here;
 // TestKeyCoversRequest fails until it does.
 func WriteKey(k *decisioncache.Key, epoch uint64, r *policies.Request, sel *KeySelection) {
+	writeKey(k, epoch, r, sel, nil)
+}
+
+// WriteKey writes the cache key of a.Request (see WriteKey): the same
+// bytes, with what the MCP memo shares between requests (the arguments'
+// part of the key) computed once.
+func (a *Attributes) WriteKey(k *decisioncache.Key, epoch uint64, sel *KeySelection) {
+	writeKey(k, epoch, &a.Request, sel, a.mcpShared)
+}
+
+func writeKey(k *decisioncache.Key, epoch uint64, r *policies.Request, sel *KeySelection, ms *mcpShared) {
 	k.Reset()
 	k.Uint(epoch)
 	k.String(r.Subject)
@@ -52,7 +63,7 @@ func WriteKey(k *decisioncache.Key, epoch uint64, r *policies.Request, sel *KeyS
 	k.String(r.Intent)
 	k.String(r.Task)
 	writeMandate(k, r.Mandate)
-	writeMCP(k, r.MCP, sel)
+	writeMCP(k, r.MCP, sel, ms)
 	writeSorted(k, r.Labels)
 	if sel.AllHeaders {
 		writeSorted(k, r.Headers)

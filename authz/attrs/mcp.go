@@ -2,6 +2,8 @@ package attrs
 
 import (
 	"hash/maphash"
+	"slices"
+	"sync/atomic"
 	"unsafe"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -28,12 +30,12 @@ func IsMCPRoute(labels map[string]string) bool {
 // MCP filter's metadata and the Mcp-* headers; GET (the server's event
 // stream) and DELETE (ending the session) carry none and get a nil call,
 // which no MCP action matches. Anything else is refused.
-func mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]string, memo *mcp.Memo) (*policies.MCPCall, mcp.Request, error) {
+func mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]string, memo *mcp.Memo) (*policies.MCPCall, mcp.Request, *mcpShared, error) {
 	httpReq := attrs.GetRequest().GetHttp()
 	body := httpReq.GetBody()
 	if raw := httpReq.GetRawBody(); len(raw) > 0 {
 		if body != "" {
-			return nil, mcp.Request{}, &mcp.Error{Reason: mcp.ReasonMismatch}
+			return nil, mcp.Request{}, nil, &mcp.Error{Reason: mcp.ReasonMismatch}
 		}
 		body = rawBodyString(raw)
 	}
@@ -41,11 +43,11 @@ func mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]s
 	case "POST":
 	case "GET", "DELETE":
 		if body != "" || hdrs[mcp.HeaderMethod] != "" || hdrs[mcp.HeaderName] != "" {
-			return nil, mcp.Request{}, &mcp.Error{Reason: mcp.ReasonNotRequest}
+			return nil, mcp.Request{}, nil, &mcp.Error{Reason: mcp.ReasonNotRequest}
 		}
-		return nil, mcp.Request{}, nil
+		return nil, mcp.Request{}, nil, nil
 	default:
-		return nil, mcp.Request{}, &mcp.Error{Reason: mcp.ReasonNotRequest}
+		return nil, mcp.Request{}, nil, &mcp.Error{Reason: mcp.ReasonNotRequest}
 	}
 	req, err := memo.FromEnvoy(mcp.Sources{
 		Body:     body,
@@ -53,9 +55,58 @@ func mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]s
 		Metadata: attrs.GetMetadataContext().GetFilterMetadata()[mcp.MetadataNamespace],
 	})
 	if err != nil {
-		return nil, mcp.Request{}, err
+		return nil, mcp.Request{}, nil, err
 	}
-	return &policies.MCPCall{Method: req.Method, Tool: req.Tool(), ResourceURI: req.URI, Arguments: req.Arguments}, req, nil
+	if sh := req.Shared(); sh != nil {
+		ms, _ := sh.Load().(*mcpShared)
+		if ms == nil {
+			ms = &mcpShared{call: mcpCall(&req)}
+			sh.Store(ms) // a concurrent first answer may store its own, equal one
+		}
+		return &ms.call, req, ms, nil
+	}
+	c := mcpCall(&req)
+	return &c, req, nil, nil
+}
+
+func mcpCall(r *mcp.Request) policies.MCPCall {
+	return policies.MCPCall{Method: r.Method, Tool: r.Tool(), ResourceURI: r.URI, Arguments: r.Arguments}
+}
+
+// mcpShared is what the requests the MCP memo answered from one
+// remembered body share (mcp.Shared): their MCP call, which holds no
+// request id, and what the cache key holds of its arguments under the
+// current key selection. Its call is never modified.
+type mcpShared struct {
+	call policies.MCPCall
+	args atomic.Pointer[argKey]
+}
+
+// argKey is what writeMCP writes of a call's arguments under one key
+// selection: the values of keys, or the two hashes under seeds when all.
+type argKey struct {
+	all   bool
+	seeds [2]maphash.Seed
+	keys  []string
+	vals  []string
+	sums  [2]uint64
+}
+
+// argKeyOf returns what writeMCP writes of c's arguments under sel, from
+// ms when it holds it for the same selection.
+func (ms *mcpShared) argKeyOf(c *policies.MCPCall, sel *KeySelection) *argKey {
+	if ak := ms.args.Load(); ak != nil && ak.all == sel.AllArguments && ak.seeds == sel.ArgSeeds && slices.Equal(ak.keys, sel.Arguments) {
+		return ak
+	}
+	ak := &argKey{all: sel.AllArguments, seeds: sel.ArgSeeds, keys: sel.Arguments}
+	if ak.all {
+		ak.sums = [2]uint64{maphash.String(sel.ArgSeeds[0], c.Arguments), maphash.String(sel.ArgSeeds[1], c.Arguments)}
+	} else {
+		ak.vals = make([]string, len(sel.Arguments))
+		argValues(sel.Arguments, c.Arguments, ak.vals)
+	}
+	ms.args.Store(ak)
+	return ak
 }
 
 // rawBodyString returns raw_body (how Envoy sends the body with
@@ -74,7 +125,10 @@ func rawBodyString(raw []byte) string {
 // resource, and of the arguments only what conditions read: the values of
 // the names they read by constant name, or a 128-bit keyed hash of all of
 // them when some condition reads them otherwise.
-func writeMCP(k *decisioncache.Key, c *policies.MCPCall, sel *KeySelection) {
+//
+// ms, when the call is the shared one of a remembered body, holds what
+// the arguments write as (computed once per key selection).
+func writeMCP(k *decisioncache.Key, c *policies.MCPCall, sel *KeySelection, ms *mcpShared) {
 	if c == nil {
 		k.Uint(0)
 		return
@@ -83,6 +137,16 @@ func writeMCP(k *decisioncache.Key, c *policies.MCPCall, sel *KeySelection) {
 	k.String(c.Method)
 	k.String(c.Tool)
 	k.String(c.ResourceURI)
+	if ms != nil && c == &ms.call {
+		ak := ms.argKeyOf(c, sel)
+		if ak.all {
+			k.Uint(ak.sums[0])
+			k.Uint(ak.sums[1])
+			return
+		}
+		writeArgValues(k, ak.vals)
+		return
+	}
 	if sel.AllArguments {
 		k.Uint(maphash.String(sel.ArgSeeds[0], c.Arguments))
 		k.Uint(maphash.String(sel.ArgSeeds[1], c.Arguments))
@@ -109,6 +173,16 @@ func appendArgValues(k keyWriter, keys []string, args string) {
 		vals = make([]string, 0, len(keys))
 	}
 	vals = vals[:len(keys)]
+	argValues(keys, args, vals)
+	writeArgValues(k, vals)
+}
+
+// argValues sets vals[i] to the raw JSON value of keys[i] in args, ""
+// when args has none.
+func argValues(keys []string, args string, vals []string) {
+	if len(keys) == 0 {
+		return
+	}
 	found := 0
 	mcp.Members(args, func(name, value string) bool {
 		for i, key := range keys {
@@ -119,6 +193,10 @@ func appendArgValues(k keyWriter, keys []string, args string) {
 		}
 		return found < len(keys)
 	})
+}
+
+// writeArgValues writes argument values (argValues) to k.
+func writeArgValues(k keyWriter, vals []string) {
 	for _, v := range vals {
 		if v == "" {
 			k.Uint(0)

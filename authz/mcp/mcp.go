@@ -11,6 +11,7 @@ package mcp
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 )
 
 // Reason is a client-safe code for a refused MCP request.
@@ -97,7 +98,27 @@ type Request struct {
 	// Arguments is params.arguments of tools/call and prompts/get as
 	// written: a JSON object, validated. "" when absent.
 	Arguments string
+
+	// shared is the slot of the memo entry that answered, nil for a
+	// request parsed afresh.
+	shared *Shared
 }
+
+// Shared returns the slot shared by the requests a Memo answered from
+// one remembered body (all of them have the same Method, Name, URI and
+// Arguments, immutable), or nil when the request was parsed afresh.
+func (r *Request) Shared() *Shared { return r.shared }
+
+// Shared keeps what a caller derives from a remembered body's Method,
+// Name, URI and Arguments (never from its ID), for the next requests the
+// memo answers from that body. Safe for concurrent use.
+type Shared struct{ v atomic.Value }
+
+// Load returns what Store last stored, or nil.
+func (s *Shared) Load() any { return s.v.Load() }
+
+// Store keeps v; concurrent stores must store equivalent values.
+func (s *Shared) Store(v any) { s.v.Store(v) }
 
 // Tool returns the tool a tools/call names, else "".
 func (r *Request) Tool() string {

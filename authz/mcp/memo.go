@@ -57,7 +57,8 @@ const (
 // the id. Immutable once stored.
 type memoEntry struct {
 	pre, post string
-	req       Request
+	req       Request // its shared is the entry's own
+	shared    Shared
 }
 
 // NewMemo returns an empty Memo parsing with lim.
@@ -96,7 +97,9 @@ func (m *Memo) Parse(body string) (Request, error) {
 		return r, nil // cannot happen: the same bytes parse the same
 	}
 	mr.ID = ""
-	m.slots[slot].Store(&memoEntry{pre: own[:idAt], post: own[idAt+len(r.ID):], req: mr})
+	e := &memoEntry{pre: own[:idAt], post: own[idAt+len(r.ID):], req: mr}
+	e.req.shared = &e.shared
+	m.slots[slot].Store(e)
 	return r, nil
 }
 
