@@ -10,7 +10,8 @@
 // it read (single keys, and the markers of the tables it scanned) and
 // retries from the start when another commit got there first: optimistic
 // serializable transactions, so a use count or a quota check holds across
-// instances.
+// instances. The first attempt of a write guesses what it reads (see
+// Backend.Update): a Revoke is then one etcd call, its Txn.
 //
 // etcd's defaults limit a transaction to 128 operations and a request to
 // 1.5 MiB: a batch of revocations is one transaction, so run etcd with
@@ -80,7 +81,9 @@ type Backend struct {
 	// seen is the highest revision this backend committed or read
 	// linearizably or got from its watch: a serializable read from a
 	// member behind it is not used.
-	seen      atomic.Int64
+	seen atomic.Int64
+	// known: the keys this backend's commits read and wrote.
+	known     known
 	prefix    string
 	owned     bool
 	opTimeout time.Duration
@@ -188,14 +191,18 @@ var ErrContention = errors.New("etcdstore: too much contention, transaction not 
 
 // Update implements store.Backend.
 //
-// The first attempt reads the state of the member the client reaches
-// (serializable reads: no round of the quorum, as a linearizable read
-// needs), as long as that member has applied every commit this backend
-// made or saw. Those reads may still miss a commit of another instance;
-// the commit's comparisons catch it, and every later attempt, as well as
-// an attempt whose outcome is not a commit (fn failed, or wrote nothing),
-// reads linearizably: a write is committed only over what it read, and
-// nothing else is ever answered from a serializable read.
+// The first attempt guesses what it reads: a key that an earlier commit
+// of this backend read and wrote (a counter, such as the audit trail's)
+// is taken as that commit left it, without asking etcd; any other key is
+// read from the state of the member the client reaches (a serializable
+// read: no round of the quorum, as a linearizable read needs), as long as
+// that member has applied every commit this backend made or saw. A guess
+// may miss a commit of another instance; the commit's comparisons catch
+// it, and every later attempt, as well as an attempt whose outcome is not
+// a commit (fn failed, or wrote nothing), reads linearizably: a write is
+// committed only over what it read, and nothing else is ever answered
+// from a guess. A Revoke's write thus reads nothing from etcd before its
+// Txn.
 func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, error) {
 	if err := b.checkHealth(); err != nil {
 		return 0, err
@@ -210,13 +217,13 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 			if errors.Is(err, rpctypes.ErrCompacted) || errors.Is(err, errBehind) {
 				continue // the snapshot was compacted away, or is behind: start again
 			}
-			if t.serializable && t.rev != 0 && !errors.Is(err, store.ErrUnavailable) && ctx.Err() == nil {
-				continue // decided on a serializable read: decide again on a linearizable one
+			if t.guessed && !errors.Is(err, store.ErrUnavailable) && ctx.Err() == nil {
+				continue // decided on a guess: decide again on linearizable reads
 			}
 			return 0, err
 		}
 		if len(t.tables) == 0 {
-			if t.serializable && t.rev != 0 {
+			if t.guessed {
 				continue // as above: answer only from linearizable reads
 			}
 			if t.rev == 0 {
@@ -254,8 +261,10 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 		}
 		if resp.Succeeded {
 			b.saw(resp.Header.Revision)
+			b.known.committed(t, resp.Header.Revision)
 			return uint64(resp.Header.Revision), nil
 		}
+		b.known.forget(t.reads)
 		// Lost to a concurrent commit: back off a little and redo.
 		d := time.Duration(rand.N(1+min(attempt, 20))) * time.Millisecond
 		select {
@@ -277,12 +286,13 @@ type tx struct {
 	ctx   context.Context
 	write bool
 	// serializable: reads are served by the member reached, from its
-	// own state (see Update).
-	serializable bool
-	rev          int64            // the snapshot revision, set by the first read
-	reads        map[string]int64 // key -> mod revision seen (0: absent)
-	writes       map[string]*[]byte
-	tables       map[string]bool
+	// own state, or from what this backend knows (see Update); guessed:
+	// a read was.
+	serializable, guessed bool
+	rev                   int64            // the snapshot revision, set by the first read
+	reads                 map[string]int64 // key -> mod revision seen (0: absent)
+	writes                map[string]*[]byte
+	tables                map[string]bool
 }
 
 func (t *tx) opts(extra ...clientv3.OpOption) []clientv3.OpOption {
@@ -317,6 +327,7 @@ func (t *tx) get(key string, extra ...clientv3.OpOption) (*clientv3.GetResponse,
 			t.b.saw(t.rev)
 		}
 	}
+	t.guessed = t.guessed || t.serializable
 	return resp, nil
 }
 
@@ -334,6 +345,13 @@ func (t *tx) Get(table, key string) ([]byte, bool, error) {
 				return nil, false, nil
 			}
 			return append([]byte{}, *v...), true, nil
+		}
+	}
+	if t.serializable {
+		if v, mr, ok := t.b.known.get(k); ok {
+			t.noteRead(k, mr)
+			t.guessed = true
+			return v, true, nil
 		}
 	}
 	resp, err := t.get(k)

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
 	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/cp/store/storetest"
 	"github.com/mandate-dev/mandate/internal/etcdtest"
@@ -152,15 +155,18 @@ func TestWritesSurviveOneMemberDown(t *testing.T) {
 	}
 }
 
-// TestSerializableReadsNeverDecide: a write's first attempt reads the
-// member's own state, which may miss another instance's commit. Two
-// instances on different members append to the audit trail and revoke
-// at once (every append reads and raises the trail's counter): no entry
-// is lost or numbered twice, and every record is stored. A backend that
-// knows of a revision its member has not applied (seen ahead of the
-// store) still writes, through linearizable reads, and answers a read
-// that found nothing with the state it found linearizably.
-func TestSerializableReadsNeverDecide(t *testing.T) {
+// TestGuessedReadsNeverDecide: a write's first attempt takes the audit
+// trail's counter as this backend's last commit left it, and reads other
+// keys from the member's own state; both may miss another instance's
+// commit. A write from one instance reads nothing from etcd before its
+// Txn once it has written. Two instances on different members append to
+// the audit trail and revoke at once (every append raises the counter):
+// no entry is lost or numbered twice, and every record is stored. A
+// backend that knows of a revision its member has not applied (seen
+// ahead of the store) still writes, through linearizable reads, and
+// answers a read that found nothing with the state it found
+// linearizably.
+func TestGuessedReadsNeverDecide(t *testing.T) {
 	ctx := context.Background()
 	c := etcdtest.Start(t, 3)
 	prefix := freshPrefix()
@@ -175,14 +181,24 @@ func TestSerializableReadsNeverDecide(t *testing.T) {
 		t.Cleanup(func() { _ = d.Close() })
 		bes, dbs = append(bes, be), append(dbs, d)
 	}
+	revoke := func(i int, name string) (uint64, error) {
+		return dbs[i].Put(ctx, mandatev1.RevocationTypeURL, []store.Item{{Name: name, Value: []byte(name)}},
+			store.AuditEntry{Actor: "a", Action: "revocation.create", Object: name})
+	}
+	first, err := revoke(0, "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta := bes[0].key("meta", "audit")
+	if _, rev, ok := bes[0].known.get(meta); !ok || rev != int64(first) {
+		t.Fatalf("after a write at %d, the audit counter is known at %d (%v)", first, rev, ok)
+	}
 	const n = 60
 	var wg sync.WaitGroup
 	for i := range 2 {
 		wg.Go(func() {
 			for j := range n {
-				name := fmt.Sprintf("r-%d-%d", i, j)
-				if _, err := dbs[i].Put(ctx, mandatev1.RevocationTypeURL, []store.Item{{Name: name, Value: []byte(name)}},
-					store.AuditEntry{Actor: "a", Action: "revocation.create", Object: name}); err != nil {
+				if _, err := revoke(i, fmt.Sprintf("r-%d-%d", i, j)); err != nil {
 					t.Error(err)
 					return
 				}
@@ -205,17 +221,81 @@ func TestSerializableReadsNeverDecide(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(log) != 2*n || len(objects) != 2*n || len(items) != 2*n {
-		t.Fatalf("%d audit entries (%d distinct), %d records after %d writes", len(log), len(objects), len(items), 2*n)
+	if len(log) != 2*n+1 || len(objects) != 2*n+1 || len(items) != 2*n+1 {
+		t.Fatalf("%d audit entries (%d distinct), %d records after %d writes", len(log), len(objects), len(items), 2*n+1)
 	}
 
 	bes[0].seen.Store(1 << 40) // no member has applied this
-	v, err := dbs[0].Put(ctx, mandatev1.RevocationTypeURL, []store.Item{{Name: "ahead", Value: []byte("x")}},
-		store.AuditEntry{Actor: "a", Action: "revocation.create", Object: "ahead"})
+	bes[0].known.forget(map[string]int64{meta: 0})
+	v, err := revoke(0, "ahead")
 	if err != nil || v == 0 {
 		t.Fatalf("write from a backend ahead of its member: %d, %v", v, err)
 	}
 	if _, err := dbs[0].Delete(ctx, mandatev1.RevocationTypeURL, []string{"absent"}); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("delete of an absent record: %v, want ErrNotFound", err)
+	}
+}
+
+// TestRevokeReadsNothingBeforeItsTxn: once an instance has written, a
+// revocation with its audit entry is one etcd call, the Txn (the audit
+// counter is known from the previous commit); another instance's write
+// in between costs one failed Txn and a linearizable retry, not a wrong
+// sequence number.
+func TestRevokeReadsNothingBeforeItsTxn(t *testing.T) {
+	ctx := context.Background()
+	c := etcdtest.Start(t, 3)
+	var ranges, txns atomic.Int32
+	count := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		switch method {
+		case "/etcdserverpb.KV/Range":
+			ranges.Add(1)
+		case "/etcdserverpb.KV/Txn":
+			txns.Add(1)
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	cl, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(count)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+	prefix := freshPrefix()
+	be, err := NewBackend(cl, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := store.New(be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := store.New(backend(t, c, c.Endpoints(), prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoke := func(d *store.DB, name string) {
+		t.Helper()
+		if _, err := d.Put(ctx, mandatev1.RevocationTypeURL, []store.Item{{Name: name, Value: []byte(name)}},
+			store.AuditEntry{Actor: "a", Action: "revocation.create", Object: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	revoke(d, "r0")
+	for i := 1; i <= 5; i++ {
+		r0, t0 := ranges.Load(), txns.Load()
+		revoke(d, fmt.Sprint("r", i))
+		if r, tx := ranges.Load()-r0, txns.Load()-t0; r != 0 || tx != 1 {
+			t.Fatalf("revocation %d: %d reads and %d Txns, want 0 and 1", i, r, tx)
+		}
+	}
+	revoke(other, "from-the-other")
+	t0 := txns.Load()
+	revoke(d, "after-the-other")
+	if tx := txns.Load() - t0; tx != 2 {
+		t.Fatalf("%d Txns after another instance's write, want 2 (the guess fails, the retry commits)", tx)
+	}
+	log, err := d.AuditLog(ctx, time.Time{}, 100)
+	if err != nil || len(log) != 8 || log[7].Seq != 8 || log[7].Object != "after-the-other" || log[6].Object != "from-the-other" {
+		t.Fatalf("audit trail: %+v, %v", log, err)
 	}
 }
