@@ -39,7 +39,7 @@ type fanout struct {
 	applied []chan string // per client: the revocation version it applied
 }
 
-func startFanout(tb testing.TB, n int) *fanout {
+func startFanout(tb testing.TB, n, records int) *fanout {
 	tb.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv, err := xdsserver.New(logger, xdsserver.WithRegisterer(prometheus.NewRegistry()))
@@ -67,7 +67,7 @@ func startFanout(tb testing.TB, n int) *fanout {
 	// of them before the measured pushes.
 	for _, set := range []func() (string, error){
 		func() (string, error) { return srv.SetPolicies(map[string]*mandatev1.Policy{}) },
-		func() (string, error) { return srv.SetRevocations(map[string]*mandatev1.Revocation{}) },
+		func() (string, error) { return srv.SetRevocations(held(records)) },
 		func() (string, error) { return srv.SetApprovals(map[string]*mandatev1.Approval{}) },
 		func() (string, error) { return srv.SetKeys(map[string]*mandatev1.VerificationKey{}) },
 	} {
@@ -101,6 +101,18 @@ func startFanout(tb testing.TB, n int) *fanout {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return f
+}
+
+// held returns n revocation records for the replicas to hold before the
+// measured pushes (they spread over min(n, ~65,536) shards).
+func held(n int) map[string]*mandatev1.Revocation {
+	out := make(map[string]*mandatev1.Revocation, n)
+	exp := timestamppb.New(time.Now().Add(24 * time.Hour))
+	for i := range n {
+		name := "held-" + strconv.Itoa(i)
+		out[name] = &mandatev1.Revocation{Name: name, Kind: "subject", Value: "spiffe://example.org/held/" + strconv.Itoa(i), Expires: exp}
+	}
+	return out
 }
 
 func (f *fanout) connected() int {
@@ -146,7 +158,10 @@ func (f *fanout) push(tb testing.TB, ctx context.Context, i int) []time.Duration
 // BenchmarkRevocationFanout: one instance pushes a revocation to 1,000
 // replica streams (real delta clients in this process, one gRPC
 // connection each); per iteration, the time from the commit to each
-// replica's ACK reaching the server. Reports p50/p99/max over every
+// replica's ACK reaching the server. MANDATE_FANOUT_STREAMS sets the
+// number of streams, MANDATE_FANOUT_RECORDS a number of records every
+// replica holds before (0 by default; the cost of a push should not
+// depend on it). Reports p50/p99/max over every
 // replica and iteration (goal: p99 <= 200 ms), last-ms: the p50 of the
 // time until the last ACK of a push, and cpu-ms/push: the process CPU time
 // per push (server and the 1,000 clients).
@@ -158,7 +173,14 @@ func BenchmarkRevocationFanout(b *testing.B) {
 			b.Fatalf("MANDATE_FANOUT_STREAMS=%q", s)
 		}
 	}
-	f := startFanout(b, n)
+	records := 0
+	if s := os.Getenv("MANDATE_FANOUT_RECORDS"); s != "" {
+		var err error
+		if records, err = strconv.Atoi(s); err != nil || records < 0 {
+			b.Fatalf("MANDATE_FANOUT_RECORDS=%q", s)
+		}
+	}
+	f := startFanout(b, n, records)
 	ctx := context.Background()
 	f.push(b, ctx, -1) // warm every stream once
 	var all, last []time.Duration
@@ -188,6 +210,7 @@ func BenchmarkRevocationFanout(b *testing.B) {
 	b.ReportMetric(ms(all, 1), "max-ms")
 	b.ReportMetric(ms(last, 0.50), "last-ms")
 	b.ReportMetric(float64(n), "streams")
+	b.ReportMetric(float64(records), "records")
 }
 
 // cpuTime is the CPU time (user and system) this process used so far: on
@@ -225,7 +248,7 @@ func sysIO(tb testing.TB) (reads, writes int64) {
 // TestRevocationFanoutSmall runs the fan-out with a few streams, so the
 // benchmark's harness is exercised by the ordinary test run.
 func TestRevocationFanoutSmall(t *testing.T) {
-	f := startFanout(t, 20)
+	f := startFanout(t, 20, 100)
 	for i := range 3 {
 		lat := f.push(t, context.Background(), i)
 		if len(lat) != 20 {

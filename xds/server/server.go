@@ -204,6 +204,10 @@ const extHistory = 1025
 
 type typeState struct {
 	cache *cachev3.LinearCache
+	// delta serves the delta watches of a mandate.v1 type (and keeps
+	// cache, which serves its SotW watches, in step); nil for the Envoy
+	// types, served by cache alone.
+	delta *deltaCache
 	// ext maps a cache version to the version served for it: the
 	// previous version plus one, or the version the caller gave (SetAt,
 	// UpdateAt: the store's revision). The last extHistory are kept.
@@ -388,8 +392,13 @@ func New(logger *slog.Logger, opts ...Option) (*Server, error) {
 			s.types[t].shards = map[uint32][]string{}
 		}
 		mux.Caches[t] = c
-		if splittable(t) {
-			mux.Caches[t] = &chunkingCache{LinearCache: c, typeURL: t, anyType: anyTypeOf(t), budget: o.chunk}
+		if KindOf(t) == NodeReplica {
+			budget := 0
+			if splittable(t) {
+				budget = o.chunk
+			}
+			s.types[t].delta = newDeltaCache(c, t, budget)
+			mux.Caches[t] = s.types[t].delta
 		}
 		m.version.WithLabelValues(shortType(t)).Set(float64(o.initial[t]))
 	}
@@ -630,9 +639,12 @@ func (s *Server) apply(typeURL string, msgs map[string]proto.Message, del []stri
 			delete(ts.current, name)
 		}
 	}
-	var err error
 	if ts.shards != nil {
-		err = ts.cache.UpdateResources(ts.reshard(update, remove))
+		update, remove = ts.reshard(update, remove)
+	}
+	var err error
+	if ts.delta != nil {
+		err = ts.delta.update(update, remove)
 	} else {
 		err = ts.cache.UpdateResources(update, remove)
 	}
