@@ -94,7 +94,8 @@ type Config struct {
 	// MCPLimits bound the MCP request bodies read on routes labelled
 	// protocol: mcp (zero values: package mcp's defaults).
 	MCPLimits mcp.Limits
-	// Now is the decision clock; defaults to time.Now.
+	// Now is the decision clock; defaults to the system clock (read as
+	// time.Now would, see clock).
 	Now func() time.Time
 	// Logger receives operational events (recovered panics). Defaults to
 	// slog.Default().
@@ -143,6 +144,7 @@ type Server struct {
 	ids     *idGen
 	keyPool sync.Pool
 	allow   allowShared
+	clock   *clock
 }
 
 // NewServer validates cfg and returns a Server.
@@ -162,7 +164,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, attrs: x, logger: cfg.Logger, ids: ids, allow: newAllowShared()}
+	s := &Server{cfg: cfg, attrs: x, logger: cfg.Logger, ids: ids, allow: newAllowShared(), clock: newClock()}
 	if s.logger == nil {
 		s.logger = slog.Default()
 	}
@@ -208,7 +210,7 @@ type outcome struct {
 // a deny (RPC OK, status PERMISSION_DENIED), so Envoy's failure_mode_allow
 // can never turn a refusal into a pass.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
-	start := time.Now()
+	start := s.clock.now()
 	// The decision id is made here and becomes a string once the
 	// response is known: an allow's holds it (one allocation for both).
 	var id decisionID

@@ -128,6 +128,7 @@ type Extractor struct {
 	mcpMemo   *mcp.Memo
 	needCert  bool
 	certs     *certCache
+	lines     *lineMemo
 }
 
 // New validates cfg and returns an Extractor.
@@ -139,7 +140,7 @@ func New(cfg Config) (*Extractor, error) {
 		return nil, fmt.Errorf("attrs: MaxHeaderBytes %d is negative", cfg.MaxHeaderBytes)
 	}
 	x := &Extractor{id: cfg.Identity, maxHeader: cfg.MaxHeaderBytes, mcpMemo: mcp.NewMemo(cfg.MCPLimits),
-		needCert: cfg.RequirePeerCertificate, certs: newCertCache()}
+		needCert: cfg.RequirePeerCertificate, certs: newCertCache(), lines: newLineMemo()}
 	if x.maxHeader == 0 {
 		x.maxHeader = DefaultMaxHeaderBytes
 	}
@@ -221,11 +222,8 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 		return wrap(ReasonMethodOverride, fmt.Errorf("request carries %s", hs.override))
 	}
 	a.RawPath = truncate(httpReq.GetPath(), 256)
-	if r.Path, _, err = reqpath.NormalizeWith(httpReq.GetPath(), pathOptions(r.Labels)); err != nil {
+	if r.Path, r.Host, err = normalizeLine(x.lines, httpReq.GetPath(), httpReq.GetHost(), pathOptions(r.Labels)); err != nil {
 		return err
-	}
-	if r.Host, err = Host(httpReq.GetHost()); err != nil {
-		return wrap(ReasonBadHost, err)
 	}
 	if svc, m, ok := reqpath.GRPC(r.Path, hs.contentType); ok {
 		r.GRPCService, r.GRPCMethod = svc, m

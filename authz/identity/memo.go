@@ -1,11 +1,11 @@
 package identity
 
 import (
-	"hash/maphash"
 	"strings"
-	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/mandate-dev/mandate/internal/slotcache"
 )
 
 // memo remembers the principals a Resolver has recently validated, so a
@@ -13,10 +13,7 @@ import (
 // mapped (a fixed array of slots, eviction by collision) and holds only
 // IDs that parsed: a hit returns exactly what ParseID and the Resolver's
 // immutable configuration said about that exact string.
-type memo struct {
-	seed  maphash.Seed
-	slots [memoSlots]atomic.Pointer[memoEntry]
-}
+type memo = slotcache.Cache[memoEntry]
 
 const memoSlots = 512
 
@@ -30,7 +27,7 @@ type memoEntry struct {
 // lookup returns what is known about principal s, parsing it (ParseID)
 // on a miss. Errors are ParseID's and are not remembered.
 func (r *Resolver) lookup(s string) (*memoEntry, error) {
-	slot := &r.memo.slots[maphash.String(r.memo.seed, s)%memoSlots]
+	slot := r.memo.Slot(s, 0)
 	if e := slot.Load(); e != nil && e.s == s {
 		return e, nil
 	}

@@ -3,10 +3,11 @@ package identity
 import (
 	"errors"
 	"fmt"
-	"hash/maphash"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/mandate-dev/mandate/internal/slotcache"
 )
 
 // Config says whom to believe.
@@ -42,7 +43,7 @@ func New(cfg Config) (*Resolver, error) {
 		domains:       make(map[spiffeid.TrustDomain]struct{}, len(cfg.TrustDomains)),
 		proxies:       make(map[string]struct{}, len(cfg.TrustedProxies)),
 		requireXFCCBy: cfg.RequireXFCCBy,
-		memo:          &memo{seed: maphash.MakeSeed()},
+		memo:          slotcache.New[memoEntry](memoSlots),
 	}
 	for _, td := range cfg.TrustDomains {
 		if _, err := ParseTrustDomain(td.Name()); err != nil {

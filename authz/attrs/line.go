@@ -1,0 +1,52 @@
+package attrs
+
+import (
+	"strings"
+	"sync/atomic"
+
+	"github.com/mandate-dev/mandate/authz/reqpath"
+	"github.com/mandate-dev/mandate/internal/slotcache"
+)
+
+// lineMemo remembers the normalized path and host of recent requests, so
+// a busy route's path and authority are checked once, not on every
+// request. Both are pure functions of the raw :path, the route's path
+// options and the raw authority, which an entry holds and a hit compares
+// exactly. Direct mapped (eviction by collision); only inputs that passed
+// are kept, so a refused path or host is checked again every time.
+type lineMemo = slotcache.Cache[lineEntry]
+
+const lineSlots = 1024
+
+type lineEntry struct {
+	rawPath, rawHost string
+	opts             reqpath.Options
+	path, host       string
+}
+
+func newLineMemo() *lineMemo { return slotcache.New[lineEntry](lineSlots) }
+
+// lineSlot is the slot of a path and host.
+func lineSlot(m *lineMemo, rawPath, rawHost string) *atomic.Pointer[lineEntry] {
+	return m.Slot(rawPath, uint64(len(rawHost)))
+}
+
+// normalize returns the normalized path (reqpath.NormalizeWith, without
+// its query) and host (Host) of a request, or the first error of the
+// two, path first.
+func normalizeLine(m *lineMemo, rawPath, rawHost string, o reqpath.Options) (path, host string, err error) {
+	slot := lineSlot(m, rawPath, rawHost)
+	if e := slot.Load(); e != nil && e.rawPath == rawPath && e.rawHost == rawHost && e.opts == o {
+		return e.path, e.host, nil
+	}
+	if path, _, err = reqpath.NormalizeWith(rawPath, o); err != nil {
+		return "", "", err
+	}
+	if host, err = Host(rawHost); err != nil {
+		return "", "", wrap(ReasonBadHost, err)
+	}
+	// The entry outlives the request: its strings are copies.
+	slot.Store(&lineEntry{rawPath: strings.Clone(rawPath), rawHost: strings.Clone(rawHost), opts: o,
+		path: strings.Clone(path), host: strings.Clone(host)})
+	return path, host, nil
+}
