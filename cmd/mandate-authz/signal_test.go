@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,11 +26,16 @@ func TestSIGHUPReloadsPolicyDir(t *testing.T) {
 	addrFile := filepath.Join(dir, "addrs.json")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr lockedBuf
+	logFile, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	logged := func() string { b, _ := os.ReadFile(logFile.Name()); return string(b) }
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"--plaintext", "--policy-dir", pdir, "--listen", "127.0.0.1:0", "--metrics-addr", "",
-			"--addr-file", addrFile, "--decision-log", "off"}, &stdout, &stderr)
+			"--addr-file", addrFile, "--decision-log", "off"}, io.Discard, logFile)
 	}()
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
@@ -37,11 +43,11 @@ func TestSIGHUPReloadsPolicyDir(t *testing.T) {
 		for !cond() {
 			select {
 			case err := <-done:
-				t.Fatalf("run exited while waiting for %s: %v\n%s", what, err, stderr.String())
+				t.Fatalf("run exited while waiting for %s: %v\n%s", what, err, logged())
 			case <-time.After(20 * time.Millisecond):
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("no %s; stderr:\n%s", what, stderr.String())
+				t.Fatalf("no %s; stderr:\n%s", what, logged())
 			}
 		}
 	}
@@ -50,7 +56,7 @@ func TestSIGHUPReloadsPolicyDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor("SIGHUP reload", func() bool {
-		s := stderr.String()
+		s := logged()
 		return strings.Contains(s, "SIGHUP: reloading the policy directory") && strings.Count(s, `"msg":"policies loaded"`) >= 2
 	})
 	select {

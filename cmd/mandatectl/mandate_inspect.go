@@ -67,8 +67,8 @@ func inspectCmd(fs *pflag.FlagSet) runFunc {
 		}
 		var keys []mandate.Key
 		if keysFile != "" {
-			if keys, err = readKeyFile(keysFile); err != nil {
-				return err
+			if keys, err = mandate.ReadKeyFile(keysFile); err != nil {
+				return fmt.Errorf("--keys: %w", err)
 			}
 			if issuer == "" {
 				issuer = defCPID
@@ -199,23 +199,4 @@ func printClaims(w io.Writer, header map[string]any, c *mandate.Claims, now time
 		fmt.Fprintf(w, "  %d. %s  held by %s\n", i, l.ID, l.Subject)
 	}
 	fmt.Fprintf(w, "  %d. %s  held by %s (this mandate)\n", len(c.Chain), c.ID, c.Subject)
-}
-
-func readKeyFile(path string) ([]mandate.Key, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("--keys: %w", err)
-	}
-	var raw []struct {
-		KID       string `json:"kid"`
-		PublicKey []byte `json:"public_key"`
-	}
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return nil, fmt.Errorf("--keys %s: %w", path, err)
-	}
-	keys := make([]mandate.Key, 0, len(raw))
-	for _, k := range raw {
-		keys = append(keys, mandate.Key{ID: k.KID, Public: k.PublicKey})
-	}
-	return keys, nil
 }

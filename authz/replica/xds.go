@@ -1,10 +1,8 @@
-package main
+package replica
 
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -16,93 +14,77 @@ import (
 	"github.com/mandate-dev/mandate/authz"
 	"github.com/mandate-dev/mandate/authz/mandate"
 	"github.com/mandate-dev/mandate/authz/report"
-	"github.com/mandate-dev/mandate/internal/lifecycle"
 	"github.com/mandate-dev/mandate/internal/transport"
 	xdsclient "github.com/mandate-dev/mandate/xds/client"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
-// startXDS follows the control plane: every validated push is installed
-// in store before it is ACKed. Nothing is installed until every resource
-// type has synced once, so a replica never allows on a partial view (it
-// is not ready and denies until then).
-func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier *mandate.Verifier, cfg *authz.Config,
-	reg prometheus.Registerer, logger *slog.Logger, onApply func(), grp *lifecycle.Group) error {
-	cpIDs := []string(o.cpIDs)
-	if len(cpIDs) == 0 {
-		cpIDs = []string{"spiffe://" + o.trustDomains[0] + "/mandate/cp"}
-	}
-	sctx, scancel := svidCtx(ctx, o, logger)
-	dialOpt, src, err := transport.DialOption(sctx, o.xdsServers[0], transport.Config{
-		WorkloadAPI: o.workloadAPI, Allowed: cpIDs, Insecure: o.plaintext,
+// followControlPlane prepares the replica to follow the control plane:
+// every validated push is installed before it is ACKed. Nothing is
+// installed until every resource type has synced once, so a replica
+// never allows on a partial view (it is not ready and denies until
+// then). The client and the reporter run in Run's group.
+func (r *Replica) followControlPlane(ctx context.Context, acfg *authz.Config, reg prometheus.Registerer) error {
+	c := &r.cfg
+	sctx, scancel := r.svidCtx(ctx)
+	dialOpt, src, err := transport.DialOption(sctx, c.XDSServers[0], transport.Config{
+		WorkloadAPI: c.WorkloadAPI, Allowed: c.ControlPlaneIDs, Insecure: c.Plaintext,
 	})
 	scancel()
 	if err != nil {
 		return err
 	}
-	for _, addr := range o.xdsServers[1:] {
-		if o.plaintext {
+	r.closers = append(r.closers, func() { _ = src.Close() })
+	for _, addr := range c.XDSServers[1:] {
+		if c.Plaintext {
 			if err := transport.CheckLoopback(addr); err != nil {
-				return fmt.Errorf("--xds-server: %w", err)
+				return fmt.Errorf("xds server: %w", err)
 			}
 		}
 	}
-	nodeID := o.nodeID
-	if nodeID == "" {
-		host, _ := os.Hostname()
-		nodeID = fmt.Sprintf("%s-%d", host, os.Getpid())
-	}
-	conns, conn, err := dialControlPlane(o.xdsServers, dialOpt)
+	conns, conn, err := dialControlPlane(c.XDSServers, dialOpt)
 	if err != nil {
-		_ = src.Close()
-		return fmt.Errorf("--xds-server: %w", err)
+		return fmt.Errorf("xds server: %w", err)
 	}
-	closeConns := func() {
+	r.closers = append(r.closers, func() {
 		for _, c := range conns {
 			_ = c.Close()
 		}
 		if len(conns) > 1 {
 			_ = conn.Close()
 		}
-	}
+	})
 	// Drift and step-up events go to the control plane batched off the
 	// request path (with one instance, over the xDS connection).
-	rep, err := report.New(report.Config{Conn: conn, Registerer: reg, Logger: logger})
+	rep, err := report.New(report.Config{Conn: conn, Registerer: reg, Logger: r.log})
 	if err != nil {
-		closeConns()
-		_ = src.Close()
 		return err
 	}
-	cfg.OnOutOfIntent = rep.OnOutOfIntent
-	cfg.OnStepUp = rep.OnStepUp
-	cfg.ClaimApproval = rep.ClaimApproval
-	go func() {
-		if err := rep.Run(ctx); err != nil && ctx.Err() == nil {
-			logger.Error("reporter stopped", "error", err)
-		}
-	}()
+	acfg.OnOutOfIntent = rep.OnOutOfIntent
+	acfg.OnStepUp = rep.OnStepUp
+	acfg.ClaimApproval = rep.ClaimApproval
 
 	var synced atomic.Bool
 	xconns := make([]grpc.ClientConnInterface, len(conns))
-	for i, c := range conns {
-		xconns[i] = c
+	for i, cc := range conns {
+		xconns[i] = cc
 	}
-	c, err := xdsclient.New(xdsclient.Config{
+	client, err := xdsclient.New(xdsclient.Config{
 		Conns:      xconns,
-		ConnNames:  o.xdsServers,
-		NodeID:     nodeID,
-		Logger:     logger,
+		ConnNames:  c.XDSServers,
+		NodeID:     c.NodeID,
+		Logger:     r.log,
 		Registerer: reg,
-		Heartbeat:  o.staleBudget / 3,
+		Heartbeat:  c.StaleBudget / 3,
 		Apply: func(s xdsclient.State) error {
-			if n := s.Policies.Len(); o.maxRules > 0 && n > o.maxRules {
-				return fmt.Errorf("policy set has %d rules, this replica accepts at most %d (--max-rules)", n, o.maxRules)
+			if n := s.Policies.Len(); c.MaxRules > 0 && n > c.MaxRules {
+				return fmt.Errorf("policy set has %d rules, this replica accepts at most %d (--max-rules)", n, c.MaxRules)
 			}
 			keys, err := verificationKeys(s.Keys)
 			if err != nil {
 				return err
 			}
-			if err := verifier.SetKeys(keys); err != nil {
+			if err := r.verifier.SetKeys(keys); err != nil {
 				return err
 			}
 			if len(s.Versions) < len(mandatev1.TypeURLs()) {
@@ -110,31 +92,28 @@ func startXDS(ctx context.Context, o *options, store *authz.StateStore, verifier
 				return nil
 			}
 			approvals := authz.NewApprovalSet(approvalsOf(s.Approvals))
-			store.Update(func(st *authz.State) {
+			r.state.Update(func(st *authz.State) {
 				st.Policies, st.Revocations, st.Approvals = s.Policies, s.Revocations, approvals
 			})
 			if !synced.Swap(true) {
-				logger.Info("synced with the control plane", "node_id", nodeID, "versions", s.Versions)
+				r.log.Info("synced with the control plane", "node_id", c.NodeID, "versions", s.Versions)
 			}
-			onApply()
+			r.refreshHealth()
 			return nil
 		},
 	})
 	if err != nil {
-		closeConns()
-		_ = src.Close()
 		return err
 	}
-	// Set before the client runs: its Apply callback reads cfg (through
-	// the readiness check) from the client's goroutine.
-	cfg.Staleness = &staleness{c: c, budget: o.staleBudget, now: time.Now}
-	grp.Go("xds client", func(ctx context.Context) error {
-		err := c.Run(ctx)
-		_ = c.Close()
-		closeConns()
-		_ = src.Close()
-		return err
-	})
+	r.closers = append(r.closers, func() { _ = client.Close() })
+	r.stale = &staleness{c: client, budget: c.StaleBudget, now: time.Now}
+	acfg.Staleness = r.stale
+	r.parts = append(r.parts, part{"xds client", client.Run}, part{"reporter", func(ctx context.Context) error {
+		if err := rep.Run(ctx); err != nil && ctx.Err() == nil {
+			r.log.Error("reporter stopped", "error", err)
+		}
+		return nil
+	}})
 	return nil
 }
 

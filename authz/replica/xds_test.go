@@ -1,14 +1,11 @@
-package main
+package replica
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -23,7 +20,7 @@ import (
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
 )
 
-// TestControlPlaneMode runs mandate-authz against a real xDS server: not
+// TestControlPlaneMode runs a replica against a real xDS server: not
 // ready and denying before the first sync, deciding after it, and a
 // revocation denies from the moment the server sees it ACKed.
 func TestControlPlaneMode(t *testing.T) {
@@ -41,21 +38,11 @@ func TestControlPlaneMode(t *testing.T) {
 	go func() { _ = gs.Serve(lis) }()
 	defer gs.Stop()
 
-	dir := t.TempDir()
-	addrFile := filepath.Join(dir, "addrs.json")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--xds-server", lis.Addr().String(), "--plaintext", "--node-id", "replica-1",
-			"--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--addr-file", addrFile, "--decision-log", "off"},
-			io.Discard, io.Discard)
-	}()
-	var addrs map[string]string
-	poll(t, func() bool {
-		b, err := os.ReadFile(addrFile)
-		return err == nil && json.Unmarshal(b, &addrs) == nil
-	})
+	cfg := testConfig()
+	cfg.XDSServers, cfg.NodeID = []string{lis.Addr().String()}, "replica-1"
+	r := startReplica(t, cfg, quiet())
+	addrs := r.addrs
+	ctx := context.Background()
 	conn, err := grpc.NewClient(addrs["grpc"], grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -117,9 +104,8 @@ func TestControlPlaneMode(t *testing.T) {
 	if check() != codes.PermissionDenied {
 		t.Fatal("allowed after the replica ACKed a revocation")
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("run: %v", err)
+	if err := r.stop(t); err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 }
 
