@@ -42,6 +42,7 @@ type servicesStore interface {
 	stepup.PendingStore
 	stepup.UseStore
 	drift.QueueStore
+	drift.Counts
 }
 
 func mandateServices(ctx context.Context, o *options, files configFiles, pl *plane.Plane, st servicesStore, auth *admin.Auth, logger *slog.Logger) (*cpServices, error) {
@@ -80,8 +81,10 @@ func mandateServices(ctx context.Context, o *options, files configFiles, pl *pla
 	if err := su.Load(ctx); err != nil {
 		return nil, err
 	}
+	// Counts in the store: the next leader (etcd) or the next start
+	// (bbolt) continues counting.
 	dd, err := drift.New(drift.Config{Plane: pl, Rules: files.drift, Actor: cpID, Logger: logger,
-		MaxActions: o.driftMaxActions, Registerer: o.registerer})
+		MaxActions: o.driftMaxActions, Registerer: o.registerer, Counts: st})
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/internal/yamldoc"
 	"github.com/mandate-dev/mandate/policies/pattern"
 )
@@ -213,6 +214,18 @@ type Config struct {
 	Logger     *slog.Logger
 	// Registerer receives mandate_cp_drift_actions_limited_total.
 	Registerer prometheus.Registerer
+	// Counts, when set, keeps the counts in the store (cp/store.DB), read
+	// before and written after every Observe: the instance that leads
+	// next continues counting where the last one stopped, and one action
+	// per key per window holds across a change of leader. Nil keeps them
+	// in this process only.
+	Counts Counts
+}
+
+// Counts is where a Detector keeps its per-key counts (cp/store.DB).
+type Counts interface {
+	DriftCounts(ctx context.Context, keys []string) (map[string][]byte, error)
+	PutDriftCounts(ctx context.Context, counts []store.DriftCount) error
 }
 
 // OutOfIntent is one reported denial (validated).
@@ -242,6 +255,10 @@ type Detector struct {
 	log     *slog.Logger
 	rules   []rule
 	limited prometheus.Counter
+
+	// observe serializes Observe when counts are stored: each reads the
+	// counts of its keys, counts, and writes them back.
+	observe sync.Mutex
 
 	mu      sync.Mutex
 	keys    map[string]*tracker
@@ -305,8 +322,15 @@ type pending struct {
 // joined.
 func (d *Detector) Observe(ctx context.Context, events []OutOfIntent) ([]Action, error) {
 	now := d.cfg.Now()
-	var todo []pending
-	d.mu.Lock()
+	// Each event counts against these keys (at most two), under its rule.
+	type hit struct {
+		r    *rule
+		kind revocation.Kind
+		val  string
+		t    time.Time
+		why  string
+	}
+	var hits []hit
 	for _, ev := range events {
 		r := d.match(ev.Subject)
 		if r == nil {
@@ -325,17 +349,48 @@ func (d *Detector) Observe(ctx context.Context, events []OutOfIntent) ([]Action,
 		// Against the subject always; against the task only through a
 		// verified mandate of it (a header-declared task is the caller's
 		// word, and may be anybody's task).
-		if p := d.countLocked(r, revocation.KindSubject, ev.Subject, t, now, ev.Reason); p != nil {
-			todo = append(todo, *p)
-		}
+		hits = append(hits, hit{r, revocation.KindSubject, ev.Subject, t, ev.Reason})
 		if ev.MandateID != "" && ev.Task != "" {
-			if p := d.countLocked(r, revocation.KindTask, ev.Task, t, now, ev.Reason); p != nil {
-				todo = append(todo, *p)
-			}
+			hits = append(hits, hit{r, revocation.KindTask, ev.Task, t, ev.Reason})
+		}
+	}
+	if len(hits) == 0 {
+		return nil, nil
+	}
+	touched := map[string]*rule{}
+	for _, h := range hits {
+		touched[keyOf(h.r, h.kind, h.val)] = h.r
+	}
+	if d.cfg.Counts != nil {
+		d.observe.Lock()
+		defer d.observe.Unlock()
+		if err := d.load(ctx, touched); err != nil {
+			return nil, err
+		}
+	}
+	var todo []pending
+	d.mu.Lock()
+	for _, h := range hits {
+		if p := d.countLocked(h.r, h.kind, h.val, h.t, now, h.why); p != nil {
+			todo = append(todo, *p)
 		}
 	}
 	todo = d.limitLocked(now, todo)
 	d.mu.Unlock()
+	if d.cfg.Counts != nil {
+		// Stored before acting: a leader that takes over after an
+		// action sees it taken.
+		if err := d.store(ctx, touched, now); err != nil {
+			d.mu.Lock()
+			for _, p := range todo {
+				if tr := d.keys[keyOf(p.rule, p.kind, p.value)]; tr != nil {
+					tr.actedTil = time.Time{}
+				}
+			}
+			d.mu.Unlock()
+			return nil, err
+		}
+	}
 
 	var acts []Action
 	var errs []error
@@ -345,11 +400,17 @@ func (d *Detector) Observe(ctx context.Context, events []OutOfIntent) ([]Action,
 			d.log.Error("drift action failed", "rule", p.rule.Name, "value", p.value, "err", err)
 			errs = append(errs, err)
 			// Let a later denial try again.
+			key := keyOf(p.rule, p.kind, p.value)
 			d.mu.Lock()
-			if tr := d.keys[p.rule.Name+"\x00"+p.kind.String()+"\x00"+p.value]; tr != nil {
+			if tr := d.keys[key]; tr != nil {
 				tr.actedTil = time.Time{}
 			}
 			d.mu.Unlock()
+			if d.cfg.Counts != nil {
+				if err := d.store(ctx, map[string]*rule{key: p.rule}, now); err != nil {
+					errs = append(errs, err)
+				}
+			}
 			continue
 		}
 		acts = append(acts, a)
@@ -357,10 +418,14 @@ func (d *Detector) Observe(ctx context.Context, events []OutOfIntent) ([]Action,
 	return acts, errors.Join(errs...)
 }
 
+func keyOf(r *rule, kind revocation.Kind, value string) string {
+	return r.Name + "\x00" + kind.String() + "\x00" + value
+}
+
 // countLocked counts one event against a key and returns the action due
 // when the key crossed its threshold within the window.
 func (d *Detector) countLocked(r *rule, kind revocation.Kind, value string, t, now time.Time, why string) *pending {
-	key := r.Name + "\x00" + kind.String() + "\x00" + value
+	key := keyOf(r, kind, value)
 	tr := d.keys[key]
 	if tr == nil {
 		if len(d.keys) >= d.cfg.MaxKeys {
@@ -419,7 +484,7 @@ func (d *Detector) limitLocked(now time.Time, todo []pending) []pending {
 			d.limited.Inc()
 			d.log.Warn("drift action held back by the global limit", "rule", p.rule.Name, "kind", p.kind.String(),
 				"value", p.value, "max_per_minute", d.cfg.MaxActions)
-			if tr := d.keys[p.rule.Name+"\x00"+p.kind.String()+"\x00"+p.value]; tr != nil {
+			if tr := d.keys[keyOf(p.rule, p.kind, p.value)]; tr != nil {
 				tr.actedTil = time.Time{}
 			}
 			continue

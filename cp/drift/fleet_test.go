@@ -2,6 +2,7 @@ package drift_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -35,6 +36,9 @@ type cpInstance struct {
 	db   *store.DB
 	pl   *plane.Plane
 	rp   *drift.Replicas
+	sg   *fleet.Singletons
+	// stop ends the instance's singletons (it gives up leadership).
+	stop func()
 }
 
 func startCP(t *testing.T, c *etcdtest.Cluster, member int, prefix, name string) *cpInstance {
@@ -69,7 +73,7 @@ func startCP(t *testing.T, c *etcdtest.Cluster, member int, prefix, name string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	det, err := drift.New(drift.Config{Plane: pl, Rules: rules, Actor: "spiffe://example.org/mandate/cp", Logger: logger})
+	det, err := drift.New(drift.Config{Plane: pl, Rules: rules, Actor: "spiffe://example.org/mandate/cp", Logger: logger, Counts: db})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +100,7 @@ func startCP(t *testing.T, c *etcdtest.Cluster, member int, prefix, name string)
 		sg.Run(ctx, func(ctx context.Context) { q.Drain(ctx, det, 20*time.Millisecond) })
 	}()
 	t.Cleanup(func() { cancel(); <-done; xs.Close(); _ = db.Close() })
-	return &cpInstance{name: name, db: db, pl: pl, rp: rp}
+	return &cpInstance{name: name, db: db, pl: pl, rp: rp, sg: sg, stop: func() { cancel(); <-done }}
 }
 
 func outOfIntent(subject string) *mandatev1.ReplicaReportRequest {
@@ -136,6 +140,79 @@ func TestDriftCountsAcrossInstances(t *testing.T) {
 		}
 		if len(items) > 1 || time.Now().After(deadline) {
 			t.Fatalf("%d revocation records after 6 denials split over two instances, want 1", len(items))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// revocations waits until the fleet holds want revocation records, and
+// fails on more.
+func revocations(t *testing.T, in *cpInstance, want int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		items, _, err := in.db.List(context.Background(), mandatev1.RevocationTypeURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(items) == want {
+			return
+		}
+		if len(items) > want || time.Now().After(deadline) {
+			t.Fatalf("%d revocation records, want %d", len(items), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestDriftCountsSurviveLeaderChange: threshold 5 (the 6th denial within
+// the window acts). Three denials of one subject are counted by the
+// leader, which then stops; three more reach the next leader: the
+// subject is revoked exactly once, and later denials within the window
+// act no more. Before, the counts lived in the first leader's memory and
+// the new one never reached the threshold.
+func TestDriftCountsSurviveLeaderChange(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	prefix := fmt.Sprintf("/drift-leader-%d/", fleetPrefixes.Add(1))
+	ctx := context.Background()
+	a := startCP(t, c, 0, prefix, "cp-a")
+	waitFor(t, "cp-a leads", a.sg.Leading)
+	b := startCP(t, c, 1, prefix, "cp-b")
+	const subject = "spiffe://example.org/agent/moved"
+	report := func(in *cpInstance, n int) {
+		t.Helper()
+		for range n {
+			if _, err := in.rp.Report(ctx, outOfIntent(subject)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	report(b, 3)
+	// The leader's detector keeps its counts under the key of the rule
+	// ("flags"), the kind and the subject.
+	key := "flags\x00subject\x00" + subject
+	waitFor(t, "three denials counted in the store", func() bool {
+		got, err := a.db.DriftCounts(ctx, []string{key})
+		var count struct {
+			Times []int64 `json:"t"`
+		}
+		return err == nil && json.Unmarshal(got[key], &count) == nil && len(count.Times) == 3
+	})
+	a.stop()
+	waitFor(t, "cp-b leads", b.sg.Leading)
+	report(b, 3)
+	revocations(t, b, 1)
+	report(b, 6)
+	time.Sleep(300 * time.Millisecond) // several drain turns of the leader
+	revocations(t, b, 1)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -269,11 +269,12 @@ func (d *DB) ClaimApprovalUse(ctx context.Context, name string, max uint32, expi
 
 // SweepResult counts what SweepExpired removed.
 type SweepResult struct {
-	Tasks, Pending, Uses int
+	Tasks, Pending, Uses, DriftCounts int
 }
 
-// SweepExpired removes expired task owners, pending requests and
-// approval use counts, in transactions of at most a few hundred records.
+// SweepExpired removes expired task owners, pending requests, approval
+// use counts and drift counts, in transactions of at most a few hundred
+// records.
 func (d *DB) SweepExpired(ctx context.Context) (SweepResult, error) {
 	now := d.now()
 	var res SweepResult
@@ -303,6 +304,10 @@ func (d *DB) SweepExpired(ctx context.Context) (SweepResult, error) {
 		err := json.Unmarshal(v, &u)
 		return err == nil && !now.Before(u.Expires), err
 	}, nil)
+	if err != nil {
+		return res, err
+	}
+	res.DriftCounts, err = d.sweep(ctx, tableDriftCounts, driftCountExpired(now), nil)
 	return res, err
 }
 

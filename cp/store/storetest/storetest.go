@@ -68,6 +68,7 @@ func Run(t *testing.T, nb NewBackend) {
 		{"ApprovalUsesConcurrent", testApprovalUsesConcurrent},
 		{"Import", testImport},
 		{"DriftQueue", testDriftQueue},
+		{"DriftCounts", testDriftCounts},
 		{"Follow", testFollow},
 	}
 	for _, tc := range tests {
