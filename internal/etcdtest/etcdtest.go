@@ -210,6 +210,22 @@ func (c *Cluster) Kill(i int) { c.Members[i].signal(syscall.SIGKILL) }
 // Stop sends SIGTERM to member i and waits for it to exit.
 func (c *Cluster) Stop(i int) { c.Members[i].signal(syscall.SIGTERM) }
 
+// Pause stops member i (SIGSTOP) without ending it: its connections
+// stay open and silent, as a member that hangs. Resume continues it.
+func (c *Cluster) Pause(i int) { c.Members[i].send(syscall.SIGSTOP) }
+
+// Resume continues member i after Pause.
+func (c *Cluster) Resume(i int) { c.Members[i].send(syscall.SIGCONT) }
+
+func (m *Member) send(sig syscall.Signal) {
+	m.mu.Lock()
+	cmd := m.cmd
+	m.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Signal(sig)
+	}
+}
+
 func (m *Member) signal(sig syscall.Signal) {
 	m.mu.Lock()
 	cmd, done := m.cmd, m.done

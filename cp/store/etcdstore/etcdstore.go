@@ -26,8 +26,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -89,6 +91,14 @@ type Backend struct {
 	opTimeout time.Duration
 	h         health
 	stopProbe context.CancelFunc
+
+	// members are the endpoints Watch follows one by one, with a client
+	// of their own (cfg, Endpoints aside) opened on first use.
+	members []string
+	cfg     clientv3.Config
+	mmu     sync.Mutex
+	mcs     map[string]*clientv3.Client
+	closed  bool
 }
 
 // OpenBackend connects to etcd (Open wraps the backend in a DB).
@@ -114,11 +124,14 @@ func OpenBackend(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.OpTimeout <= 0 {
 		cfg.OpTimeout = DefaultOpTimeout
 	}
-	c, err := clientv3.New(clientv3.Config{
+	ccfg := clientv3.Config{
 		Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, TLS: cfg.TLS,
-		Username: cfg.Username, Password: cfg.Password, Context: ctx,
+		Username: cfg.Username, Password: cfg.Password,
 		Logger: zap.NewNop(), MaxCallSendMsgSize: 64 << 20, MaxCallRecvMsgSize: 64 << 20,
-	})
+	}
+	dial := ccfg
+	dial.Context = ctx
+	c, err := clientv3.New(dial)
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: connect to %v: %w", cfg.Endpoints, err)
 	}
@@ -131,6 +144,7 @@ func OpenBackend(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 	b := newBackend(c, cfg.Prefix, cfg.OpTimeout)
 	b.owned = true
+	b.members, b.cfg = slices.Clone(cfg.Endpoints), ccfg
 	pctx, stop := context.WithCancel(context.Background())
 	b.stopProbe = stop
 	go b.probe(pctx, cfg.ProbeEvery, cfg.ProbeTimeout)
@@ -156,11 +170,41 @@ func (b *Backend) Client() *clientv3.Client { return b.c }
 // Prefix returns the key prefix of the store.
 func (b *Backend) Prefix() string { return b.prefix }
 
-// Close closes the client when the backend opened it.
+// memberClient returns the client of one member for Watch.
+func (b *Backend) memberClient(endpoint string) (*clientv3.Client, error) {
+	b.mmu.Lock()
+	defer b.mmu.Unlock()
+	if b.closed {
+		return nil, errors.New("closed")
+	}
+	if c, ok := b.mcs[endpoint]; ok {
+		return c, nil
+	}
+	cfg := b.cfg
+	cfg.Endpoints = []string{endpoint}
+	c, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if b.mcs == nil {
+		b.mcs = map[string]*clientv3.Client{}
+	}
+	b.mcs[endpoint] = c
+	return c, nil
+}
+
+// Close closes the clients the backend opened.
 func (b *Backend) Close() error {
 	if b.stopProbe != nil {
 		b.stopProbe()
 	}
+	b.mmu.Lock()
+	b.closed = true
+	for _, c := range b.mcs {
+		_ = c.Close()
+	}
+	b.mcs = nil
+	b.mmu.Unlock()
 	if b.owned {
 		return b.c.Close()
 	}

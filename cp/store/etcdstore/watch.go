@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -21,11 +22,82 @@ import (
 // watch responses) become one store.Commit; progress notifications become
 // progress marks. The watch requires an etcd leader, so a member cut off
 // from its quorum ends it with an error instead of keeping it silent.
+//
+// With several endpoints the backend watches through every member at once
+// (a client of its own per member) and delivers each commit the first time
+// a member sends it: a member applies a commit once it learns that it is
+// committed, the leader first, the followers a message later, and a
+// single watch would wait for whichever member it happens to be on. Each
+// member's stream is in revision order, so delivering only what is above
+// the last revision delivered keeps the merged feed in order and
+// complete. The watch goes on while any member's stream does.
 func (b *Backend) Watch(ctx context.Context, after uint64, tablePrefix string, fn func(store.Commit) error) error {
+	keyPrefix := b.prefix + url.PathEscape(tablePrefix)
+	if len(b.members) < 2 {
+		err := b.watchOne(ctx, b.c, after, keyPrefix, fn)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	type item struct {
+		c    store.Commit
+		err  error
+		done bool
+	}
+	items := make(chan item)
+	var wg sync.WaitGroup
+	wctx, cancel := context.WithCancel(ctx)
+	defer wg.Wait()
+	defer cancel()
+	for _, ep := range b.members {
+		wg.Go(func() {
+			send := func(it item) error {
+				select {
+				case items <- it:
+					return nil
+				case <-wctx.Done():
+					return wctx.Err()
+				}
+			}
+			c, err := b.memberClient(ep)
+			if err == nil {
+				err = b.watchOne(wctx, c, after, keyPrefix, func(c store.Commit) error { return send(item{c: c}) })
+			}
+			_ = send(item{err: fmt.Errorf("etcdstore: watch through %s: %w", ep, err), done: true})
+		})
+	}
+	delivered, live := after, len(b.members)
+	var first error
+	for live > 0 {
+		it := <-items
+		switch {
+		case it.done:
+			live--
+			if first == nil || errors.Is(it.err, store.ErrCompacted) {
+				first = it.err
+			}
+			if errors.Is(it.err, store.ErrCompacted) {
+				live = 0 // every member compacted the same revisions
+			}
+		case it.c.Rev > delivered:
+			if err := fn(it.c); err != nil {
+				return err
+			}
+			delivered = it.c.Rev
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return first
+}
+
+// watchOne watches through c (see Watch).
+func (b *Backend) watchOne(ctx context.Context, c *clientv3.Client, after uint64, keyPrefix string, fn func(store.Commit) error) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	keyPrefix := b.prefix + url.PathEscape(tablePrefix)
-	wch := b.c.Watch(wctx, keyPrefix, clientv3.WithPrefix(), clientv3.WithRev(int64(after)+1),
+	wch := c.Watch(wctx, keyPrefix, clientv3.WithPrefix(), clientv3.WithRev(int64(after)+1),
 		clientv3.WithProgressNotify())
 	for resp := range wch {
 		if err := resp.Err(); err != nil {

@@ -3,6 +3,7 @@ package etcdstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -141,4 +142,69 @@ func withTimeout(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// TestWatchGoesThroughEveryMember: a backend on three endpoints follows
+// the store through every member at once, so a member that hangs (paused:
+// its connections open and silent) holds no commit back, whichever
+// member it is, the leader included; a single watch on that member would
+// wait for it.
+func TestWatchGoesThroughEveryMember(t *testing.T) {
+	ctx := context.Background()
+	c := etcdtest.Start(t, 3)
+	prefix := freshPrefix()
+	d, err := store.New(backend(t, c, c.Endpoints(), prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	from, err := d.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan uint64, 64)
+	fctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		_ = d.Follow(fctx, from, func(rev uint64, cs []store.Change) error {
+			if len(cs) > 0 {
+				got <- rev
+			}
+			return nil
+		})
+	}()
+	for i := range c.Members {
+		c.Pause(i)
+		var others []string
+		for j, m := range c.Members {
+			if j != i {
+				others = append(others, m.ClientURL)
+			}
+		}
+		w, err := store.New(backend(t, c, others, prefix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v uint64
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = etcdtest.WaitHealthy(wctx, func(ctx context.Context) error {
+			v, err = w.Put(ctx, mandatev1.RevocationTypeURL, []store.Item{{Name: fmt.Sprint("r", i), Value: []byte("x")}})
+			return err
+		})
+		cancel()
+		if err != nil {
+			t.Fatalf("write with member %d paused: %v", i, err)
+		}
+		deadline := time.After(15 * time.Second)
+		for seen := false; !seen; {
+			select {
+			case rev := <-got:
+				seen = rev >= v
+			case <-deadline:
+				t.Fatalf("the commit at %d made with member %d paused was not delivered", v, i)
+			}
+		}
+		c.Resume(i)
+		_ = w.Close()
+	}
 }
