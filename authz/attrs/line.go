@@ -13,7 +13,8 @@ import (
 // request. Both are pure functions of the raw :path, the route's path
 // options and the raw authority, which an entry holds and a hit compares
 // exactly. Direct mapped (eviction by collision); only inputs that passed
-// are kept, so a refused path or host is checked again every time.
+// are kept, so a refused path or host is checked again every time, and
+// only from their second sighting in a row.
 type lineMemo = slotcache.Cache[lineEntry]
 
 const lineSlots = 1024
@@ -26,8 +27,8 @@ type lineEntry struct {
 
 func newLineMemo() *lineMemo { return slotcache.New[lineEntry](lineSlots) }
 
-// lineSlot is the slot of a path and host.
-func lineSlot(m *lineMemo, rawPath, rawHost string) *atomic.Pointer[lineEntry] {
+// lineSlot is the slot of a path and host, and the hash that chose it.
+func lineSlot(m *lineMemo, rawPath, rawHost string) (*atomic.Pointer[lineEntry], uint64) {
 	return m.Slot(rawPath, uint64(len(rawHost)))
 }
 
@@ -35,7 +36,7 @@ func lineSlot(m *lineMemo, rawPath, rawHost string) *atomic.Pointer[lineEntry] {
 // its query) and host (Host) of a request, or the first error of the
 // two, path first.
 func normalizeLine(m *lineMemo, rawPath, rawHost string, o reqpath.Options) (path, host string, err error) {
-	slot := lineSlot(m, rawPath, rawHost)
+	slot, h := lineSlot(m, rawPath, rawHost)
 	if e := slot.Load(); e != nil && e.rawPath == rawPath && e.rawHost == rawHost && e.opts == o {
 		return e.path, e.host, nil
 	}
@@ -45,8 +46,20 @@ func normalizeLine(m *lineMemo, rawPath, rawHost string, o reqpath.Options) (pat
 	if host, err = Host(rawHost); err != nil {
 		return "", "", wrap(ReasonBadHost, err)
 	}
-	// The entry outlives the request: its strings are copies.
-	slot.Store(&lineEntry{rawPath: strings.Clone(rawPath), rawHost: strings.Clone(rawHost), opts: o,
-		path: strings.Clone(path), host: strings.Clone(host)})
+	// Paths seen once (a stream of /tickets/<id>) are not stored.
+	if m.SeenTwice(h) {
+		slot.Store(newLineEntry(rawPath, rawHost, o, path, host))
+	}
 	return path, host, nil
+}
+
+// newLineEntry returns an entry holding copies of its strings (it
+// outlives the request), in one allocation.
+func newLineEntry(rawPath, rawHost string, o reqpath.Options, path, host string) *lineEntry {
+	all := strings.Clone(rawPath + rawHost + path + host)
+	e := &lineEntry{opts: o}
+	e.rawPath, all = all[:len(rawPath)], all[len(rawPath):]
+	e.rawHost, all = all[:len(rawHost)], all[len(rawHost):]
+	e.path, e.host = all[:len(path)], all[len(path):]
+	return e
 }

@@ -74,7 +74,13 @@ func TestLineMemo(t *testing.T) {
 	m := newLineMemo()
 	for _, p := range probes {
 		for _, s := range seen {
+			// Each twice: remembered from the second sighting.
 			checkLine(t, m, s.path, s.host, s.o)
+			checkLine(t, m, s.path, s.host, s.o)
+			if sl, _ := lineSlot(m, s.path, s.host); sl.Load() == nil {
+				t.Fatalf("%q %q not remembered", s.path, s.host)
+			}
+			checkLine(t, m, p.path, p.host, p.o)
 			checkLine(t, m, p.path, p.host, p.o)
 		}
 	}
@@ -89,8 +95,12 @@ func FuzzLineMemo(f *testing.F) {
 	f.Fuzz(func(t *testing.T, p1, h1, p2, h2 string, strip, fold bool) {
 		m := newLineMemo()
 		for _, o := range []reqpath.Options{{}, {StripParameters: strip, FoldCase: fold}} {
-			checkLine(t, m, p1, h1, o)
-			checkLine(t, m, p2, h2, o)
+			for range 2 {
+				checkLine(t, m, p1, h1, o)
+			}
+			for range 2 {
+				checkLine(t, m, p2, h2, o)
+			}
 			checkLine(t, m, p1, h1, reqpath.Options{StripParameters: !strip})
 			checkLine(t, m, p2, h2, reqpath.Options{FoldCase: !fold})
 		}
@@ -104,9 +114,16 @@ func TestLineMemoCollision(t *testing.T) {
 	for _, p := range pairs {
 		m := newLineMemo()
 		checkLine(t, m, p[0], "h", reqpath.Options{StripParameters: true})
-		e := lineSlot(m, p[0], "h").Load()
-		lineSlot(m, p[1], "h").Store(e)
-		lineSlot(m, p[1], "i").Store(e)
+		checkLine(t, m, p[0], "h", reqpath.Options{StripParameters: true})
+		s0, _ := lineSlot(m, p[0], "h")
+		e := s0.Load()
+		if e == nil {
+			t.Fatal("a path seen twice was not remembered")
+		}
+		s1, _ := lineSlot(m, p[1], "h")
+		s1.Store(e)
+		s2, _ := lineSlot(m, p[0], "i")
+		s2.Store(e)
 		checkLine(t, m, p[1], "h", reqpath.Options{StripParameters: true})
 		checkLine(t, m, p[0], "i", reqpath.Options{StripParameters: true})
 		checkLine(t, m, p[0], "h", reqpath.Options{})

@@ -27,7 +27,7 @@ type memoEntry struct {
 // lookup returns what is known about principal s, parsing it (ParseID)
 // on a miss. Errors are ParseID's and are not remembered.
 func (r *Resolver) lookup(s string) (*memoEntry, error) {
-	slot := r.memo.Slot(s, 0)
+	slot, _ := r.memo.Slot(s, 0)
 	if e := slot.Load(); e != nil && e.s == s {
 		return e, nil
 	}
