@@ -131,7 +131,7 @@ func dialControlPlane(addrs []string, dialOpt grpc.DialOption) ([]*grpc.ClientCo
 		return nil, nil, err
 	}
 	for _, a := range addrs {
-		cc, err := grpc.NewClient(a, dialOpt)
+		cc, err := grpc.NewClient(a, append(xdsclient.TransportOptions(), dialOpt)...)
 		if err != nil {
 			return fail(err)
 		}
@@ -146,7 +146,7 @@ func dialControlPlane(addrs []string, dialOpt grpc.DialOption) ([]*grpc.ClientCo
 		state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
 	}
 	r.InitialState(state)
-	rc, err := grpc.NewClient(r.Scheme()+":///control-plane", dialOpt, grpc.WithResolvers(r))
+	rc, err := grpc.NewClient(r.Scheme()+":///control-plane", append(xdsclient.TransportOptions(), dialOpt, grpc.WithResolvers(r))...)
 	if err != nil {
 		return fail(err)
 	}

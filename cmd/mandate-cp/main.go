@@ -252,13 +252,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	xg := grpc.NewServer(xcred, grpc.ChainUnaryInterceptor(rec.Unary()), grpc.ChainStreamInterceptor(rec.Stream()),
+	xg := grpc.NewServer(append(xdsserver.TransportOptions(), xcred, grpc.ChainUnaryInterceptor(rec.Unary()), grpc.ChainStreamInterceptor(rec.Stream()),
 		grpc.MaxConcurrentStreams(1000),
 		// No response above what a replica accepts (split deltas keep
 		// under it); a reconnecting replica's request lists what it holds.
 		grpc.MaxSendMsgSize(mandatev1.MaxResponseBytes), grpc.MaxRecvMsgSize(mandatev1.MaxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))...)
 	xs.Register(xg)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(xg, hs)

@@ -89,6 +89,15 @@ const MaxResponseBytes = 64 << 20
 // record.
 const MaxRequestBytes = 256 << 20
 
+// FlowWindowBytes is the HTTP/2 flow-control window, per stream and per
+// connection, that both ends of an xDS connection set (xdsserver and
+// xdsclient TransportOptions): gRPC's BDP estimator grows its window to
+// at most this, and sends a PING on every burst of data it receives to
+// measure, so with the estimator every response and every ACK cost a
+// PING and its answer (a write and a read at each end). A fixed window
+// of the estimator's largest turns it off.
+const FlowWindowBytes = 16 << 20
+
 // PartialVersionSuffix ends the system_version_info of a delta response
 // that is one chunk of a larger delta, not the last: mandate-cp splits a
 // Revocation or Approval delta that would exceed what one response may

@@ -50,7 +50,7 @@ func startFanout(tb testing.TB, n, records int) *fanout {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(xdsserver.TransportOptions()...)
 	srv.Register(g)
 	// pprof labels split a CPU profile of the benchmark into the server's
 	// goroutines and the clients' (goroutines inherit their creator's).
@@ -80,7 +80,8 @@ func startFanout(tb testing.TB, n, records int) *fanout {
 	pprof.SetGoroutineLabels(pprof.WithLabels(ctx, pprof.Labels("side", "client")))
 	defer pprof.SetGoroutineLabels(context.Background())
 	for i := range n {
-		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient(lis.Addr().String(), append(xdsclient.TransportOptions(),
+			grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 		if err != nil {
 			tb.Fatal(err)
 		}
