@@ -1,0 +1,135 @@
+package plane
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/cp/store"
+	"github.com/mandate-dev/mandate/cp/store/boltstore"
+	"github.com/mandate-dev/mandate/xds/mandatev1"
+	xdsserver "github.com/mandate-dev/mandate/xds/server"
+)
+
+func revokeSubject(ctx context.Context, p *Plane, who string) (*mandatev1.Revocation, string, error) {
+	return p.RevokeRecord(ctx, revocation.Record{Kind: revocation.KindSubject,
+		Value: "spiffe://example.org/agent/" + who, Expires: future()}, "op")
+}
+
+// TestRevokeIsOneCommit: a Revoke stores its record, its audit entry and
+// the type's version in one synced bbolt commit (the store's revision
+// moves by one, and the version answered is that revision), and the file
+// reopened holds the record and its entry.
+func TestRevokeIsOneCommit(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	e := open(t, dir)
+	before, err := e.st.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, v, err := revokeSubject(ctx, e.p, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := e.st.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after != before+1 || v != strconv.FormatUint(after, 10) {
+		t.Fatalf("a Revoke moved the store from revision %d to %d and answered version %s; want one commit", before, after, v)
+	}
+	e.p.Close()
+	e.close()
+	st, err := boltstore.Open(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	items, sv, err := st.List(ctx, mandatev1.RevocationTypeURL)
+	if err != nil || sv != after || len(items) != 1 || items[0].Name != rec.GetName() {
+		t.Fatalf("reopened: %d records at %d (%v), want %s at %d", len(items), sv, err, rec.GetName(), after)
+	}
+	log, err := st.AuditLog(ctx, time.Time{}, 0)
+	if err != nil || !slices.ContainsFunc(log, func(a store.AuditEntry) bool { return a.Object == "revocation/"+rec.GetName() }) {
+		t.Fatalf("reopened audit trail %+v (%v) has no entry for %s", log, err, rec.GetName())
+	}
+}
+
+// failingBackend fails every commit while fail is set: the transaction
+// runs, then is rolled back, as when the disk refuses the write.
+type failingBackend struct {
+	store.Backend
+	fail atomic.Bool
+}
+
+var errDisk = errors.New("disk refused the write")
+
+func (f *failingBackend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, error) {
+	if !f.fail.Load() {
+		return f.Backend.Update(ctx, fn)
+	}
+	_, err := f.Backend.Update(ctx, func(tx store.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		return errDisk
+	})
+	return 0, err
+}
+
+// TestFailedCommitNeverPushed: a Revoke whose commit fails answers the
+// error and is never served: the xDS version stays, and the next
+// successful write serves its own record and the earlier ones only.
+func TestFailedCommitNeverPushed(t *testing.T) {
+	ctx := context.Background()
+	be := &failingBackend{Backend: store.NewMemoryBackend()}
+	st, err := store.New(be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xopts, err := ServerOptions(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs, err := xdsserver.New(discard(), xopts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer xs.Close()
+	p, err := New(ctx, st, xs, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	first, v1, err := revokeSubject(ctx, p, "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	be.fail.Store(true)
+	if _, _, err := revokeSubject(ctx, p, "lost"); !errors.Is(err, errDisk) {
+		t.Fatalf("revoke on a failing disk: %v", err)
+	}
+	if v := xs.Versions()[mandatev1.RevocationTypeURL]; v != v1 {
+		t.Fatalf("xDS version %s after a failed commit, want %s", v, v1)
+	}
+	be.fail.Store(false)
+	second, v2, err := revokeSubject(ctx, p, "second")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, v := p.Revocations(true)
+	var names []string
+	for _, r := range rs {
+		names = append(names, r.GetValue())
+	}
+	want := []string{first.GetValue(), second.GetValue()}
+	if v != v2 || !slices.Equal(names, want) {
+		t.Fatalf("served %v at %s, want %v at %s", names, v, want, v2)
+	}
+}
