@@ -13,7 +13,6 @@ import (
 	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/cp/store/boltstore"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
-	xdsserver "github.com/mandate-dev/mandate/xds/server"
 )
 
 func revokeSubject(ctx context.Context, p *Plane, who string) (*mandatev1.Revocation, string, error) {
@@ -93,20 +92,7 @@ func TestFailedCommitNeverPushed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	xopts, err := ServerOptions(ctx, st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	xs, err := xdsserver.New(discard(), xopts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer xs.Close()
-	p, err := New(ctx, st, xs, discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, xs := newFeedPlane(t, st)
 	first, v1, err := revokeSubject(ctx, p, "first")
 	if err != nil {
 		t.Fatal(err)
