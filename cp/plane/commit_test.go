@@ -119,3 +119,37 @@ func TestFailedCommitNeverPushed(t *testing.T) {
 		t.Fatalf("served %v at %s, want %v at %s", names, v, want, v2)
 	}
 }
+
+// TestWritePhasesTimed: a Revoke's commit, publish and wait until served
+// are each observed once in mandate_cp_write_phase_seconds.
+func TestWritePhasesTimed(t *testing.T) {
+	ctx := context.Background()
+	e := open(t, t.TempDir())
+	if _, _, err := revokeSubject(ctx, e.p, "a"); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "mandate_cp_write_phase_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["type"] == "Revocation" {
+				got[labels["phase"]] = m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	for _, phase := range []string{writePhaseCommit, writePhasePublish, writePhaseServed} {
+		if got[phase] != 1 {
+			t.Fatalf("revocation write phases observed: %v, want one of each", got)
+		}
+	}
+}

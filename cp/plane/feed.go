@@ -126,7 +126,9 @@ func (p *Plane) apply(rev uint64, changes []store.Change) error {
 				}
 			}
 		}
+		began := time.Now()
 		v, err := p.xds.UpdateAt(ch.TypeURL, ch.Version, put, del)
+		p.phase(ch.TypeURL, writePhasePublish, time.Since(began))
 		if _, err := p.published(ch.TypeURL, v, err); err != nil {
 			p.log.Error("publishing a committed change failed", "type", short(ch.TypeURL), "version", ch.Version, "error", err)
 		}
