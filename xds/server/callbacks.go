@@ -26,27 +26,29 @@ const (
 	unknownNodeNote = "xdsserver: the first request of a stream must carry node.id"
 )
 
-func (s *Server) callbacks() serverv3.Callbacks {
+// callbacks are generation gen's: go-control-plane numbers the streams
+// of each of its servers from 1.
+func (s *Server) callbacks(gen uint64) serverv3.Callbacks {
 	return serverv3.CallbackFuncs{
 		StreamOpenFunc: func(ctx context.Context, id int64, _ string) error {
-			return s.openStream(ctx, streamKey{delta: false, id: id})
+			return s.openStream(ctx, streamKey{gen: gen, delta: false, id: id})
 		},
-		StreamClosedFunc: func(id int64, _ *core.Node) { s.closeStream(streamKey{delta: false, id: id}) },
+		StreamClosedFunc: func(id int64, _ *core.Node) { s.closeStream(streamKey{gen: gen, delta: false, id: id}) },
 		StreamRequestFunc: func(id int64, r *discovery.DiscoveryRequest) error {
-			return s.onRequest(streamKey{delta: false, id: id}, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail())
+			return s.onRequest(streamKey{gen: gen, delta: false, id: id}, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail())
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, r *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
-			resp.VersionInfo = s.onResponse(streamKey{delta: false, id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+			resp.VersionInfo = s.onResponse(streamKey{gen: gen, delta: false, id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
 		},
 		DeltaStreamOpenFunc: func(ctx context.Context, id int64, _ string) error {
-			return s.openStream(ctx, streamKey{delta: true, id: id})
+			return s.openStream(ctx, streamKey{gen: gen, delta: true, id: id})
 		},
-		DeltaStreamClosedFunc: func(id int64, _ *core.Node) { s.closeStream(streamKey{delta: true, id: id}) },
+		DeltaStreamClosedFunc: func(id int64, _ *core.Node) { s.closeStream(streamKey{gen: gen, delta: true, id: id}) },
 		StreamDeltaRequestFunc: func(id int64, r *discovery.DeltaDiscoveryRequest) error {
-			return s.onRequest(streamKey{delta: true, id: id}, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail())
+			return s.onRequest(streamKey{gen: gen, delta: true, id: id}, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail())
 		},
 		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
-			resp.SystemVersionInfo = s.onResponse(streamKey{delta: true, id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+			resp.SystemVersionInfo = s.onResponse(streamKey{gen: gen, delta: true, id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
 		},
 		FetchRequestFunc: func(context.Context, *discovery.DiscoveryRequest) error {
 			return status.Error(codes.Unimplemented, "xdsserver: REST fetch is not served")

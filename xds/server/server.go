@@ -38,7 +38,6 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	gcplog "github.com/envoyproxy/go-control-plane/pkg/log"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -223,6 +222,7 @@ type typeState struct {
 }
 
 type streamKey struct {
+	gen   uint64 // the generation serving the stream (see gate)
 	delta bool
 	id    int64
 }
@@ -286,7 +286,7 @@ type Server struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	xds    serverv3.Server
+	mux    *cachev3.MuxCache
 
 	setMu sync.Mutex // serializes Set* calls
 
@@ -403,13 +403,14 @@ func New(logger *slog.Logger, opts ...Option) (*Server, error) {
 		m.version.WithLabelValues(shortType(t)).Set(float64(o.initial[t]))
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.xds = serverv3.NewServer(s.ctx, mux, s.callbacks())
+	s.mux = mux
+	s.gate.gen = s.newGeneration(1)
 	return s, nil
 }
 
 // Register adds the aggregated discovery service (delta and SotW ADS) to g.
 func (s *Server) Register(g *grpc.Server) {
-	discovery.RegisterAggregatedDiscoveryServiceServer(g, gated{s: s, inner: s.xds})
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, gated{s: s})
 }
 
 // Close ends every open stream. The Server cannot be used after Close.

@@ -2,11 +2,10 @@ package xdsserver
 
 import (
 	"context"
-	"errors"
-	"io"
 	"sync"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -14,15 +13,34 @@ import (
 
 // gate lets the server end every open stream and refuse new ones
 // (Suspend), for a control plane that can no longer vouch for what it
-// serves, until Resume.
+// serves, until Resume. Streams are served by one go-control-plane server
+// per generation, whose context Suspend cancels: every stream of it
+// returns at once (go-control-plane's stream loops watch that context),
+// without a goroutine per stream to interrupt its Recv.
 type gate struct {
-	mu      sync.Mutex
-	reason  string // non-empty while suspended
-	streams map[*gateStream]struct{}
+	mu     sync.Mutex
+	reason string // non-empty while suspended
+	gen    *generation
+	open   int // streams being served
 }
 
-type gateStream struct {
+// generation is one go-control-plane server and the context that ends
+// its streams.
+type generation struct {
+	id     uint64
+	ctx    context.Context
 	cancel context.CancelFunc
+	xds    serverv3.Server
+	// reason is why Suspend ended it (read under gate.mu).
+	reason string
+}
+
+// newGeneration starts the go-control-plane server of generation id,
+// its streams keyed apart from the other generations' (stream ids start
+// at 1 in each).
+func (s *Server) newGeneration(id uint64) *generation {
+	ctx, cancel := context.WithCancel(s.ctx)
+	return &generation{id: id, ctx: ctx, cancel: cancel, xds: serverv3.NewServer(ctx, s.mux, s.callbacks(id))}
 }
 
 // Suspend ends every open ADS stream with Unavailable and reason, and
@@ -37,16 +55,14 @@ func (s *Server) Suspend(reason string) {
 	s.gate.mu.Lock()
 	was := s.gate.reason != ""
 	s.gate.reason = reason
-	open := make([]*gateStream, 0, len(s.gate.streams))
-	for g := range s.gate.streams {
-		open = append(open, g)
+	open := s.gate.open
+	if !was {
+		s.gate.gen.reason = reason
+		s.gate.gen.cancel()
 	}
 	s.gate.mu.Unlock()
-	for _, g := range open {
-		g.cancel()
-	}
 	if !was {
-		s.log.Warn("xds streams closed and refused", "reason", reason, "closed", len(open))
+		s.log.Warn("xds streams closed and refused", "reason", reason, "closed", open)
 	}
 }
 
@@ -55,6 +71,9 @@ func (s *Server) Resume() {
 	s.gate.mu.Lock()
 	was := s.gate.reason != ""
 	s.gate.reason = ""
+	if was {
+		s.gate.gen = s.newGeneration(s.gate.gen.id + 1)
+	}
 	s.gate.mu.Unlock()
 	if was {
 		s.log.Info("xds streams accepted again")
@@ -68,101 +87,53 @@ func (s *Server) Suspended() string {
 	return s.gate.reason
 }
 
-// enter registers a stream, or refuses it while suspended.
-func (s *Server) enter(parent context.Context) (context.Context, *gateStream, error) {
+// enter returns the generation a new stream is served by, or refuses it
+// while suspended.
+func (s *Server) enter() (*generation, error) {
 	s.gate.mu.Lock()
 	defer s.gate.mu.Unlock()
 	if s.gate.reason != "" {
-		return nil, nil, status.Error(codes.Unavailable, "xdsserver: "+s.gate.reason)
+		return nil, status.Error(codes.Unavailable, "xdsserver: "+s.gate.reason)
 	}
-	ctx, cancel := context.WithCancel(parent)
-	g := &gateStream{cancel: cancel}
-	if s.gate.streams == nil {
-		s.gate.streams = map[*gateStream]struct{}{}
-	}
-	s.gate.streams[g] = struct{}{}
-	return ctx, g, nil
+	s.gate.open++
+	return s.gate.gen, nil
 }
 
-func (s *Server) leave(g *gateStream) {
+// leave ends a stream of g and returns why Suspend ended g ("" when it
+// did not).
+func (s *Server) leave(g *generation) string {
 	s.gate.mu.Lock()
-	delete(s.gate.streams, g)
-	s.gate.mu.Unlock()
-	g.cancel()
+	defer s.gate.mu.Unlock()
+	s.gate.open--
+	return g.reason
 }
 
-// gated is the ADS service as registered: go-control-plane's server,
-// each stream wrapped so that Suspend can end it.
-type gated struct {
-	s     *Server
-	inner discovery.AggregatedDiscoveryServiceServer
-}
+// gated is the ADS service as registered: each stream is served by the
+// current generation's go-control-plane server.
+type gated struct{ s *Server }
 
 func (a gated) StreamAggregatedResources(st grpc.BidiStreamingServer[discovery.DiscoveryRequest, discovery.DiscoveryResponse]) error {
-	return serveGated(a.s, st, a.inner.StreamAggregatedResources)
+	return serveGated(a.s, st, func(x serverv3.Server) func(grpc.BidiStreamingServer[discovery.DiscoveryRequest, discovery.DiscoveryResponse]) error {
+		return x.StreamAggregatedResources
+	})
 }
 
 func (a gated) DeltaAggregatedResources(st grpc.BidiStreamingServer[discovery.DeltaDiscoveryRequest, discovery.DeltaDiscoveryResponse]) error {
-	return serveGated(a.s, st, a.inner.DeltaAggregatedResources)
+	return serveGated(a.s, st, func(x serverv3.Server) func(grpc.BidiStreamingServer[discovery.DeltaDiscoveryRequest, discovery.DeltaDiscoveryResponse]) error {
+		return x.DeltaAggregatedResources
+	})
 }
 
-// serveGated runs handler on a view of st whose Recv ends when the
-// gate cancels the stream, so the handler returns; the stream then ends
-// with Unavailable and the reason.
-func serveGated[Req, Res any](s *Server, st grpc.BidiStreamingServer[Req, Res], handler func(grpc.BidiStreamingServer[Req, Res]) error) error {
-	ctx, g, err := s.enter(st.Context())
+// serveGated serves st with the current generation's handler; a stream
+// its generation's end cut short ends with Unavailable and the reason.
+func serveGated[Req, Res any](s *Server, st grpc.BidiStreamingServer[Req, Res], handler func(serverv3.Server) func(grpc.BidiStreamingServer[Req, Res]) error) error {
+	g, err := s.enter()
 	if err != nil {
 		return err
 	}
-	defer s.leave(g)
-	v := &gatedStream[Req, Res]{BidiStreamingServer: st, ctx: ctx, reqs: make(chan recvd[Req])}
-	go v.pump()
-	err = handler(v)
-	if ctx.Err() != nil && st.Context().Err() == nil {
-		if reason := s.Suspended(); reason != "" {
-			return status.Error(codes.Unavailable, "xdsserver: "+reason)
-		}
+	err = handler(g.xds)(st)
+	if reason := s.leave(g); reason != "" && st.Context().Err() == nil {
+		return status.Error(codes.Unavailable, "xdsserver: "+reason)
 	}
 	return err
-}
-
-type recvd[Req any] struct {
-	req *Req
-	err error
-}
-
-type gatedStream[Req, Res any] struct {
-	grpc.BidiStreamingServer[Req, Res]
-	ctx  context.Context
-	reqs chan recvd[Req]
-}
-
-func (v *gatedStream[Req, Res]) Context() context.Context { return v.ctx }
-
-// pump reads the real stream until it ends (the handler returned and the
-// RPC finished, or the peer went away).
-func (v *gatedStream[Req, Res]) pump() {
-	for {
-		r, err := v.BidiStreamingServer.Recv()
-		select {
-		case v.reqs <- recvd[Req]{r, err}:
-		case <-v.ctx.Done():
-			return
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (v *gatedStream[Req, Res]) Recv() (*Req, error) {
-	select {
-	case r := <-v.reqs:
-		return r.req, r.err
-	case <-v.ctx.Done():
-		if errors.Is(context.Cause(v.ctx), context.Canceled) {
-			return nil, io.EOF
-		}
-		return nil, v.ctx.Err()
-	}
 }
