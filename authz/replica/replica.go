@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,16 +56,9 @@ type Replica struct {
 	gs        *grpc.Server
 	lis, mlis net.Listener
 	hsrv      *http.Server
-	parts     []part
-	closers   []func() // run last to first
+	parts     []lifecycle.Part
+	opened    lifecycle.Stack
 	started   atomic.Bool
-	closeOnce sync.Once
-}
-
-// part is a long-lived loop Run starts in its group.
-type part struct {
-	name string
-	run  func(ctx context.Context) error
 }
 
 // New builds a replica: it checks cfg, opens the Workload API source,
@@ -139,7 +131,7 @@ func (r *Replica) decider(ctx context.Context) (authz.Config, error) {
 		if cache, err = decisioncache.New(decisioncache.Config{MaxEntries: c.CacheSize, TTL: c.CacheTTL}); err != nil {
 			return authz.Config{}, err
 		}
-		r.closers = append(r.closers, cache.Close)
+		r.opened.Push(cache.Close)
 	}
 	var dlog authz.DecisionLogger
 	if c.DecisionLog != nil {
@@ -154,7 +146,7 @@ func (r *Replica) decider(ctx context.Context) (authz.Config, error) {
 		if err != nil {
 			return authz.Config{}, err
 		}
-		r.closers = append(r.closers, l.Close)
+		r.opened.Push(l.Close)
 		dlog = l
 	}
 	if r.verifier, err = mandate.NewVerifier(mandate.VerifierConfig{Issuer: c.MandateIssuer, Audience: c.MandateAudience}); err != nil {
@@ -226,7 +218,7 @@ func (r *Replica) policySource(ctx context.Context, acfg *authz.Config, reg prom
 				r.log.Error("policy directory not reloaded: keeping the last good set", "dir", c.PolicyDir, "error", err)
 			}
 		}
-		r.parts = append(r.parts, part{"policy directory", w.Run})
+		r.parts = append(r.parts, lifecycle.Part{Name: "policy directory", Run: w.Run})
 	default:
 		// The embedded default for a first run: the example policies
 		// compiled into the binary.
@@ -257,27 +249,27 @@ func (r *Replica) servers(ctx context.Context, srv *authz.Server, codec *authz.C
 	if err != nil {
 		return err
 	}
-	r.closers = append(r.closers, func() { _ = src.Close() })
+	r.opened.Push(func() { _ = src.Close() })
 	r.gs = grpc.NewServer(append(authz.ServerOptions(codec, authz.Limits{MaxConcurrentStreams: c.MaxConcurrentStreams}), credOpt)...)
 	// Whatever happens, serving stops before the decision log and the
 	// cache close (a no-op after a graceful stop).
-	r.closers = append(r.closers, r.gs.Stop)
+	r.opened.Push(r.gs.Stop)
 	authv3.RegisterAuthorizationServer(r.gs, srv)
 	healthpb.RegisterHealthServer(r.gs, r.hs)
 	reflection.Register(r.gs)
 	if r.lis, err = net.Listen("tcp", c.Listen); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	r.closers = append(r.closers, func() { _ = r.lis.Close() })
+	r.opened.Push(func() { _ = r.lis.Close() })
 	if c.MetricsAddr != "" {
 		if r.mlis, err = net.Listen("tcp", c.MetricsAddr); err != nil {
 			return fmt.Errorf("metrics listen: %w", err)
 		}
-		r.closers = append(r.closers, func() { _ = r.mlis.Close() })
+		r.opened.Push(func() { _ = r.mlis.Close() })
 		r.hsrv = &http.Server{Handler: opshttp.Handler(reg, r.ready, c.Pprof), ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout: 10 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute,
 			MaxHeaderBytes: 64 << 10}
-		r.closers = append(r.closers, func() { _ = r.hsrv.Close() })
+		r.opened.Push(func() { _ = r.hsrv.Close() })
 	}
 	return nil
 }
@@ -346,9 +338,7 @@ func (r *Replica) Run(ctx context.Context) error {
 		}
 	}
 	grp := lifecycle.New(ctx)
-	for _, p := range r.parts {
-		grp.Go(p.name, p.run)
-	}
+	grp.Start(r.parts, nil)
 	grp.Serve("check server", func() error { return r.gs.Serve(r.lis) }, func() {
 		r.log.Info("shutting down")
 		stopped := make(chan struct{})
@@ -404,10 +394,4 @@ func (r *Replica) watchHealth(ctx context.Context) error {
 // Close releases what New opened, last opened first. Run does it when it
 // returns; call Close only for a replica that never runs. It is safe to
 // call more than once.
-func (r *Replica) Close() {
-	r.closeOnce.Do(func() {
-		for i := len(r.closers) - 1; i >= 0; i-- {
-			r.closers[i]()
-		}
-	})
-}
+func (r *Replica) Close() { r.opened.Release() }

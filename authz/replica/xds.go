@@ -14,6 +14,7 @@ import (
 	"github.com/mandate-dev/mandate/authz"
 	"github.com/mandate-dev/mandate/authz/mandate"
 	"github.com/mandate-dev/mandate/authz/report"
+	"github.com/mandate-dev/mandate/internal/lifecycle"
 	"github.com/mandate-dev/mandate/internal/transport"
 	xdsclient "github.com/mandate-dev/mandate/xds/client"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
@@ -34,7 +35,7 @@ func (r *Replica) followControlPlane(ctx context.Context, acfg *authz.Config, re
 	if err != nil {
 		return err
 	}
-	r.closers = append(r.closers, func() { _ = src.Close() })
+	r.opened.Push(func() { _ = src.Close() })
 	for _, addr := range c.XDSServers[1:] {
 		if c.Plaintext {
 			if err := transport.CheckLoopback(addr); err != nil {
@@ -46,7 +47,7 @@ func (r *Replica) followControlPlane(ctx context.Context, acfg *authz.Config, re
 	if err != nil {
 		return fmt.Errorf("xds server: %w", err)
 	}
-	r.closers = append(r.closers, func() {
+	r.opened.Push(func() {
 		for _, c := range conns {
 			_ = c.Close()
 		}
@@ -105,10 +106,10 @@ func (r *Replica) followControlPlane(ctx context.Context, acfg *authz.Config, re
 	if err != nil {
 		return err
 	}
-	r.closers = append(r.closers, func() { _ = client.Close() })
+	r.opened.Push(func() { _ = client.Close() })
 	r.stale = &staleness{c: client, budget: c.StaleBudget, now: time.Now}
 	acfg.Staleness = r.stale
-	r.parts = append(r.parts, part{"xds client", client.Run}, part{"reporter", func(ctx context.Context) error {
+	r.parts = append(r.parts, lifecycle.Part{Name: "xds client", Run: client.Run}, lifecycle.Part{Name: "reporter", Run: func(ctx context.Context) error {
 		if err := rep.Run(ctx); err != nil && ctx.Err() == nil {
 			r.log.Error("reporter stopped", "error", err)
 		}

@@ -141,16 +141,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	reloads, stopReloads := context.WithCancel(ctx)
 	defer stopReloads()
-	go func() {
-		for {
-			select {
-			case <-reloads.Done():
-				return
-			case <-hup:
-				r.Reload()
-			}
-		}
-	}()
+	go cmdutil.ForwardHangups(reloads, hup, r.Reload)
 	return r.Run(ctx)
 }
 

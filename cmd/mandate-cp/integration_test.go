@@ -10,7 +10,6 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/mandate-dev/mandate/cp/admin"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -208,44 +207,14 @@ func TestFlags(t *testing.T) {
 		{[]string{"--data-dir", "x", "--xds-listen", ""}, false},
 	}
 	for _, tt := range tests {
-		o, err := parseFlags(tt.args, discardW{})
-		if (err == nil) != tt.ok {
+		if _, err := parseFlags(tt.args, discardW{}); (err == nil) != tt.ok {
 			t.Errorf("%q: %v", tt.args, err)
-		}
-		if err == nil && (o.operators[0] != "spiffe://example.org/mandate/operator" || o.replicaIDs[0] != "spiffe://example.org/mandate/authz") {
-			t.Errorf("defaults: %v %v", o.operators, o.replicaIDs)
 		}
 	}
 	// Plaintext on a non-loopback address is refused.
 	err := run(context.Background(), []string{"--data-dir", t.TempDir(), "--plaintext", "--xds-listen", "0.0.0.0:0", "--metrics-addr", ""}, discardW{})
 	if err == nil {
 		t.Fatal("plaintext on 0.0.0.0 accepted")
-	}
-}
-
-// TestDefaultOperatorIsExact: the default operator is one SPIFFE ID, not a
-// prefix: an SVID for .../mandate/operatorX (or operator-2) is no operator.
-func TestDefaultOperatorIsExact(t *testing.T) {
-	o, err := parseFlags([]string{"--data-dir", "x"}, discardW{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := admin.NewAuth(admin.AuthConfig{Operators: o.operators, UID: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for id, ok := range map[string]bool{
-		"spiffe://example.org/mandate/operator":          true,
-		"spiffe://example.org/mandate/operatorX":         false,
-		"spiffe://example.org/mandate/operator-2":        false,
-		"spiffe://example.org/mandate/operator/x":        false,
-		"spiffe://example.org/mandate/operato":           false,
-		"spiffe://example.org.evil/mandate/operator":     false,
-		"spiffe://example.org/mandate/operator/../admin": false,
-	} {
-		if err := a.Authorize(admin.Peer{Actor: id, SPIFFEID: id, UID: -1}); (err == nil) != ok {
-			t.Errorf("%s: admitted=%v, want %v", id, err == nil, ok)
-		}
 	}
 }
 

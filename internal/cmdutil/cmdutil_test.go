@@ -2,6 +2,7 @@ package cmdutil
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -115,5 +116,23 @@ func TestHangupsDoNotKill(t *testing.T) {
 	case <-hup:
 	case <-time.After(10 * time.Second):
 		t.Fatal("SIGHUP not delivered")
+	}
+}
+
+func TestForwardHangups(t *testing.T) {
+	hup := make(chan os.Signal)
+	ctx, cancel := context.WithCancel(context.Background())
+	reloads := make(chan struct{}, 2)
+	done := make(chan struct{})
+	go func() { ForwardHangups(ctx, hup, func() { reloads <- struct{}{} }); close(done) }()
+	hup <- syscall.SIGHUP
+	hup <- syscall.SIGHUP
+	if len(reloads) < 1 {
+		t.Fatal("no reload after two hangups")
+	}
+	cancel()
+	<-done
+	if n := len(reloads); n != 2 {
+		t.Fatalf("%d reloads for two hangups", n)
 	}
 }

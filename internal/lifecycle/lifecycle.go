@@ -1,8 +1,10 @@
 // Package lifecycle runs the long-lived parts of a process (servers,
 // loops) under one context: the first part that fails ends them all, and
 // the process stops its parts in the order they were started, then
-// returns that first failure. The commands use it so that a server that
-// cannot serve stops the process instead of leaving it half up.
+// returns that first failure. The assemblies of the binaries
+// (authz/replica, cp/instance) run in one, so that a server that cannot
+// serve stops the process instead of leaving it half up; a Stack releases
+// what their constructors opened.
 package lifecycle
 
 import (
@@ -101,4 +103,61 @@ func (g *Group) Wait() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.err
+}
+
+// Part is a long-lived loop of a process: Start runs it with Go.
+type Part struct {
+	Name string
+	Run  func(ctx context.Context) error
+}
+
+// Server is a blocking server of a process: Start runs it with Serve.
+type Server struct {
+	Name  string
+	Serve func() error
+	Stop  func()
+}
+
+// Start runs every part (Go) and every server (Serve, stopped in this
+// order when the group ends).
+func (g *Group) Start(parts []Part, servers []Server) {
+	for _, p := range parts {
+		g.Go(p.Name, p.Run)
+	}
+	for _, s := range servers {
+		g.Serve(s.Name, s.Serve, s.Stop)
+	}
+}
+
+// Stack holds the releases of what a constructor opened, to run them
+// last opened first, once: on the constructor's error, or when the
+// process it built stops. The zero Stack is ready to use.
+type Stack struct {
+	mu       sync.Mutex
+	releases []func()
+	done     bool
+}
+
+// Push adds the release of something just opened. Pushed after Release
+// ran, it runs at once.
+func (s *Stack) Push(release func()) {
+	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		release()
+		return
+	}
+	s.releases = append(s.releases, release)
+	s.mu.Unlock()
+}
+
+// Release runs the releases, last pushed first. Later calls do nothing.
+func (s *Stack) Release() {
+	s.mu.Lock()
+	rs := s.releases
+	s.releases, s.done = nil, true
+	s.mu.Unlock()
+	for i := len(rs) - 1; i >= 0; i-- {
+		rs[i]()
+	}
 }

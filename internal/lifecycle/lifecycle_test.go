@@ -117,3 +117,45 @@ func TestServeAfterEnd(t *testing.T) {
 		t.Fatal("a server added after the end was not stopped")
 	}
 }
+
+// TestStart: Start runs parts and servers; servers stop in their order.
+func TestStart(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	g := New(ctx)
+	a, b := newServer(), newServer()
+	var mu sync.Mutex
+	var order []string
+	stop := func(name string, s *server) func() {
+		return func() { mu.Lock(); order = append(order, name); mu.Unlock(); s.halt() }
+	}
+	ran := make(chan struct{})
+	g.Start([]Part{{"loop", func(ctx context.Context) error { close(ran); <-ctx.Done(); return nil }}},
+		[]Server{{"a", a.serve, stop("a", a)}, {"b", b.serve, stop("b", b)}})
+	<-ran
+	cancel()
+	if err := waitDone(t, g); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(order, []string{"a", "b"}) {
+		t.Fatalf("stops ran %v, want a then b", order)
+	}
+}
+
+// TestStack: releases run last pushed first, once; a push after the
+// release runs at once.
+func TestStack(t *testing.T) {
+	var s Stack
+	var got []int
+	for i := range 3 {
+		s.Push(func() { got = append(got, i) })
+	}
+	s.Release()
+	s.Release()
+	if !slices.Equal(got, []int{2, 1, 0}) {
+		t.Fatalf("releases ran %v, want 2 1 0", got)
+	}
+	s.Push(func() { got = append(got, 9) })
+	if !slices.Equal(got, []int{2, 1, 0, 9}) {
+		t.Fatalf("a push after Release: %v", got)
+	}
+}

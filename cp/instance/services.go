@@ -1,9 +1,10 @@
-package main
+package instance
 
 import (
 	"context"
 	"log/slog"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/mandate-dev/mandate/cp/admin"
@@ -30,10 +31,6 @@ func (s *cpServices) register(g *grpc.Server) {
 	s.replicas.Register(g)
 }
 
-// mandateServices builds issuance (with its signing keys, started; the
-// rotation is a singleton), step-up approvals and drift detection (on
-// etcd, replicas' reports go to the fleet's queue and the leader counts
-// them).
 // servicesStore is what the mandate services need of the store: signing
 // keys, audit and task owners (issuer), pending step-up requests (stepup),
 // the fleet's drift queue (drift).
@@ -45,9 +42,14 @@ type servicesStore interface {
 	drift.Counts
 }
 
-func mandateServices(ctx context.Context, o *options, files configFiles, pl *plane.Plane, st servicesStore, auth *admin.Auth, logger *slog.Logger) (*cpServices, error) {
-	cpID := "spiffe://" + o.trustDomain + "/mandate/cp"
-	identify := func(ctx context.Context) (string, error) { return rpcutil.Identify(ctx, o.plaintext) }
+// mandateServices builds issuance (with its signing keys, started; the
+// rotation is a singleton), step-up approvals and drift detection (on
+// etcd, replicas' reports go to the fleet's queue and the leader counts
+// them).
+func mandateServices(ctx context.Context, c *Config, files configFiles, pl *plane.Plane, st servicesStore, auth *admin.Auth,
+	logger *slog.Logger, reg prometheus.Registerer) (*cpServices, error) {
+	cpID := "spiffe://" + c.TrustDomain + "/mandate/cp"
+	identify := func(ctx context.Context) (string, error) { return rpcutil.Identify(ctx, c.Plaintext) }
 	operator := func(ctx context.Context) (string, error) {
 		p, err := admin.PeerOf(ctx)
 		if err != nil {
@@ -59,8 +61,8 @@ func mandateServices(ctx context.Context, o *options, files configFiles, pl *pla
 		return p.Actor, nil
 	}
 	is, err := issuer.New(issuer.Config{
-		Plane: pl, Store: st, Policy: files.issuance, Issuer: cpID, MaxTTL: o.maxTTL, MaxDepth: o.maxDepth,
-		Rotation: o.keyRotation, Overlap: o.keyOverlap, Identify: identify, Operator: operator, Logger: logger,
+		Plane: pl, Store: st, Policy: files.issuance, Issuer: cpID, MaxTTL: c.MandateMaxTTL, MaxDepth: c.DelegationMaxDepth,
+		Rotation: c.KeyRotation, Overlap: c.KeyOverlap, Identify: identify, Operator: operator, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
@@ -73,7 +75,7 @@ func mandateServices(ctx context.Context, o *options, files configFiles, pl *pla
 			logger.Error("key rotation stopped", "error", err)
 		}
 	}}
-	su, err := stepup.New(stepup.Config{Plane: pl, Operator: operator, Window: o.approvalWindow, Logger: logger, Store: st, Uses: st})
+	su, err := stepup.New(stepup.Config{Plane: pl, Operator: operator, Window: c.ApprovalWindow, Logger: logger, Store: st, Uses: st})
 	if err != nil {
 		return nil, err
 	}
@@ -84,13 +86,13 @@ func mandateServices(ctx context.Context, o *options, files configFiles, pl *pla
 	// Counts in the store: the next leader (etcd) or the next start
 	// (bbolt) continues counting.
 	dd, err := drift.New(drift.Config{Plane: pl, Rules: files.drift, Actor: cpID, Logger: logger,
-		MaxActions: o.driftMaxActions, Registerer: o.registerer, Counts: st})
+		MaxActions: c.DriftMaxActions, Registerer: reg, Counts: st})
 	if err != nil {
 		return nil, err
 	}
 	var sink drift.Sink = dd
-	if len(o.store.etcd) > 0 {
-		q, err := drift.NewQueue(st, o.store.instance(), logger)
+	if c.Store.etcd() {
+		q, err := drift.NewQueue(st, c.Store.InstanceID, logger)
 		if err != nil {
 			return nil, err
 		}
@@ -98,7 +100,7 @@ func mandateServices(ctx context.Context, o *options, files configFiles, pl *pla
 		singletons = append(singletons, func(ctx context.Context) { q.Drain(ctx, dd, 0) })
 	}
 	rp, err := drift.NewReplicas(drift.ReplicasConfig{
-		Identify: identify, Replicas: o.replicaIDs, AllowPlaintext: o.plaintext,
+		Identify: identify, Replicas: c.ReplicaIDs, AllowPlaintext: c.Plaintext,
 		Drift: sink, StepUps: su, Logger: logger,
 	})
 	if err != nil {

@@ -1,4 +1,4 @@
-package main
+package instance
 
 import (
 	"fmt"
@@ -18,34 +18,35 @@ type configFiles struct {
 	drift    []drift.Rule     // from --drift-policy or the --drift-* flags
 }
 
-func loadConfigFiles(o *options) (configFiles, error) {
+func loadConfigFiles(c *Config) (configFiles, error) {
 	var f configFiles
-	if o.issuancePolicy != "" {
-		p, err := readIssuancePolicy(o.issuancePolicy)
+	if c.IssuancePolicy != "" {
+		p, err := readIssuancePolicy(c.IssuancePolicy)
 		if err != nil {
 			return f, err
 		}
 		f.issuance = p
 	}
 	switch {
-	case o.driftPolicy != "":
-		b, err := os.ReadFile(o.driftPolicy)
+	case c.DriftPolicy != "":
+		b, err := os.ReadFile(c.DriftPolicy)
 		if err != nil {
-			return f, fmt.Errorf("--drift-policy: %w", err)
+			return f, fmt.Errorf("drift policy: %w", err)
 		}
-		if f.drift, err = drift.ParsePolicy(o.driftPolicy, b); err != nil {
+		if f.drift, err = drift.ParsePolicy(c.DriftPolicy, b); err != nil {
 			return f, err
 		}
-	case o.driftThreshold > 0:
-		rules, err := drift.FlagRules(o.driftThreshold, o.driftWindow, o.driftAction, o.driftIntents)
+	case c.DriftThreshold > 0:
+		rules, err := drift.FlagRules(c.DriftThreshold, c.DriftWindow, c.DriftAction, c.DriftIntents)
 		if err != nil {
 			return f, err
 		}
-		rules[0].CountDeniedByRule = &o.driftDeniedByRule
+		countDeniedByRule := c.DriftCountDeniedByRule
+		rules[0].CountDeniedByRule = &countDeniedByRule
 		f.drift = rules
 	}
-	if o.store.kekFile != "" {
-		if _, _, err := store.ReadKEKFile(o.store.kekFile); err != nil {
+	if c.Store.KEKFile != "" {
+		if _, _, err := store.ReadKEKFile(c.Store.KEKFile); err != nil {
 			return f, err
 		}
 	}
@@ -55,7 +56,7 @@ func loadConfigFiles(o *options) (configFiles, error) {
 func readIssuancePolicy(path string) (*issuance.Policy, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("--issuance-policy: %w", err)
+		return nil, fmt.Errorf("issuance policy: %w", err)
 	}
 	return issuance.Parse(path, b)
 }

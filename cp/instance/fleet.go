@@ -1,4 +1,4 @@
-package main
+package instance
 
 import (
 	"context"
@@ -14,13 +14,13 @@ import (
 // fleetView is what Status and WaitAcked see: on etcd, every instance's
 // replicas (this instance publishes its own under its lease until stop);
 // with bbolt, this instance's.
-func fleetView(ctx context.Context, so storeOptions, be *etcdstore.Backend, xs *xdsserver.Server, logger *slog.Logger) (fleet.View, func(), error) {
+func fleetView(ctx context.Context, sc StoreConfig, be *etcdstore.Backend, xs *xdsserver.Server, logger *slog.Logger) (fleet.View, func(), error) {
 	if be == nil {
 		v, err := fleet.NewLocal("", xs)
 		return v, func() {}, err
 	}
 	pr, err := fleet.StartPresence(ctx, fleet.PresenceConfig{Client: be.Client(), Prefix: be.Prefix(),
-		Instance: so.instance(), TTL: so.leaseTTL, Source: xs, Logger: logger})
+		Instance: sc.InstanceID, TTL: sc.LeaseTTL, Source: xs, Logger: logger})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -33,11 +33,11 @@ func fleetView(ctx context.Context, so storeOptions, be *etcdstore.Backend, xs *
 
 // singletons elects the instance running the fleet's singletons: on
 // etcd, by election under the store's prefix on a lease of
-// --etcd-lease-ttl; with bbolt, this instance.
-func singletons(so storeOptions, be *etcdstore.Backend, logger *slog.Logger) (*fleet.Singletons, error) {
+// LeaseTTL; with bbolt, this instance.
+func singletons(sc StoreConfig, be *etcdstore.Backend, logger *slog.Logger) (*fleet.Singletons, error) {
 	var el fleet.Elector = fleet.Always{}
 	if be != nil {
-		e, err := fleet.NewElection(be.Client(), be.Prefix(), so.instance(), so.leaseTTL)
+		e, err := fleet.NewElection(be.Client(), be.Prefix(), sc.InstanceID, sc.LeaseTTL)
 		if err != nil {
 			return nil, err
 		}
