@@ -30,10 +30,12 @@ import (
 // Instance is an assembled mandate-cp. Build it with New, then call Run
 // once; Reload is the only method safe to call while it runs.
 type Instance struct {
-	cfg    Config
-	log    *slog.Logger
-	envoy  *envoydir.Loader // nil without an Envoy directory
-	issuer *issuer.Service
+	cfg   Config
+	log   *slog.Logger
+	envoy *envoydir.Loader // nil without an Envoy directory
+	// envoyWatched is closed once the Envoy directory is watched.
+	envoyWatched chan struct{}
+	issuer       *issuer.Service
 
 	servers   []lifecycle.Server // bound, stopped in this order
 	parts     []lifecycle.Part
@@ -46,8 +48,10 @@ type Instance struct {
 // New builds an instance: it checks cfg and the configuration files it
 // names (before opening anything), opens the store, loads the state and
 // publishes it, starts the mandate services, and binds the listeners. On
-// error everything it opened is released. ctx bounds the startup; reg
-// receives the instance's metrics and is what /metrics serves.
+// error everything it opened is released. ctx bounds the startup and,
+// on etcd, is the etcd client's context (pass Run's: once it ends the
+// client stops); reg receives the instance's metrics and is what
+// /metrics serves.
 func New(ctx context.Context, cfg Config, logger *slog.Logger, reg *prometheus.Registry) (_ *Instance, err error) {
 	if logger == nil || reg == nil {
 		return nil, errors.New("instance: logger and registry are required")
@@ -157,9 +161,9 @@ func (in *Instance) envoyDir(to envoydir.Setter, reg prometheus.Registerer) erro
 		in.log.Error("--envoy-dir refused", "dir", c.EnvoyDir, "error", err)
 		return fmt.Errorf("envoy dir: %w", err)
 	}
-	in.envoy = l
+	in.envoy, in.envoyWatched = l, make(chan struct{})
 	in.parts = append(in.parts, lifecycle.Part{Name: "envoy dir", Run: func(ctx context.Context) error {
-		return l.Watch(ctx, c.EnvoyDebounce, nil)
+		return l.Watch(ctx, c.EnvoyDebounce, in.envoyWatched)
 	}})
 	return nil
 }
@@ -203,13 +207,15 @@ func (in *Instance) Run(ctx context.Context) error {
 		return errors.New("instance: Run called twice")
 	}
 	defer in.Close()
-	if in.cfg.AddrFile != "" {
-		if err := cmdutil.WriteAddrFile(in.cfg.AddrFile, in.addrs); err != nil {
-			return fmt.Errorf("instance: %w", err)
-		}
-	}
-	grp := lifecycle.New(ctx)
+	gctx, end := context.WithCancel(ctx)
+	defer end()
+	grp := lifecycle.New(gctx)
 	grp.Start(in.parts, in.servers)
+	if err := in.announce(grp.Context()); err != nil {
+		end()
+		_ = grp.Wait()
+		return fmt.Errorf("instance: %w", err)
+	}
 	in.log.Info("mandate-cp serving", "addrs", in.addrs, "mtls", !in.cfg.Plaintext, "data_dir", in.cfg.Store.DataDir,
 		"operators", in.cfg.Operators, "replicas", in.cfg.ReplicaIDs)
 	grp.Go("shutdown", func(ctx context.Context) error {
@@ -222,6 +228,23 @@ func (in *Instance) Run(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// announce writes the address file once every part serves what it
+// should (the Envoy directory is watched, so a change made after the
+// file appeared is seen), unless ctx ends first.
+func (in *Instance) announce(ctx context.Context) error {
+	if in.envoyWatched != nil {
+		select {
+		case <-in.envoyWatched:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	if in.cfg.AddrFile == "" {
+		return nil
+	}
+	return cmdutil.WriteAddrFile(in.cfg.AddrFile, in.addrs)
 }
 
 // Close releases what New opened, last opened first. Run does it when it

@@ -371,3 +371,62 @@ type syncBuf struct {
 
 func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
 func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// TestEnvoyDirWatchedWhenAnnounced: once the address file is written,
+// the Envoy directory is watched: a cluster added right then is served.
+func TestEnvoyDirWatchedWhenAnnounced(t *testing.T) {
+	dir := t.TempDir()
+	b, err := os.ReadFile("../../envoy/cp-resources/tickets-api.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tickets-api.yaml"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.EnvoyDir, cfg.EnvoyDebounce = dir, 10*time.Millisecond
+	cfg.AddrFile = filepath.Join(t.TempDir(), "addrs.json")
+	reg := prometheus.NewRegistry()
+	in, err := New(context.Background(), cfg, quiet(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- in.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(time.Millisecond) {
+		if _, err := os.Stat(cfg.AddrFile); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no address file")
+		}
+	}
+	extra := "clusters:\n- name: audit_sink\n  type: STATIC\n  connect_timeout: 1s\n  load_assignment:\n    cluster_name: audit_sink\n    endpoints:\n    - lb_endpoints:\n      - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9000}}}\n"
+	if err := os.WriteFile(filepath.Join(dir, "audit.yaml"), []byte(extra), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clusters := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "mandate_cp_envoy_resources" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				if m.GetLabel()[0].GetValue() == "Cluster" {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+		return 0
+	}
+	for deadline := time.Now().Add(15 * time.Second); clusters() != 3; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v clusters served, want 3: the change after the address file was missed", clusters())
+		}
+	}
+}
