@@ -95,8 +95,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, reg *prometheus.R
 		return nil, err
 	}
 	in.opened.Push(xs.Close)
-	// The fleet's presence lives until Close, not until ctx ends.
-	view, stopFleet, err := fleetView(context.WithoutCancel(ctx), c.Store, be, xs, logger)
+	// The fleet's presence, like the etcd client, ends with ctx or Close.
+	view, stopFleet, err := fleetView(ctx, c.Store, be, xs, logger)
 	if err != nil {
 		return nil, err
 	}
