@@ -28,6 +28,7 @@ import (
 	"github.com/mandate-dev/mandate/authz/attrs"
 	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/internal/envoyreq"
+	"github.com/mandate-dev/mandate/internal/lifecycle/lifecycletest"
 )
 
 const examplesDir = "../../policies/examples"
@@ -61,9 +62,8 @@ func (l *lockedBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l
 // running is a replica whose Run is under way.
 type running struct {
 	*Replica
-	addrs  map[string]string
-	cancel context.CancelFunc
-	done   chan error
+	*lifecycletest.Running
+	addrs map[string]string
 }
 
 // startReplica builds a replica from cfg and runs it until the test ends.
@@ -73,25 +73,7 @@ func startReplica(t *testing.T, cfg Config, logger *slog.Logger) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	rr := &running{Replica: r, addrs: r.Addrs(), cancel: cancel, done: make(chan error, 1)}
-	go func() { rr.done <- r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-rr.done })
-	return rr
-}
-
-// stop ends Run and returns what it returned.
-func (r *running) stop(t *testing.T) error {
-	t.Helper()
-	r.cancel()
-	select {
-	case err := <-r.done:
-		r.done <- err // for the cleanup
-		return err
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return 10s after its context ended")
-		return nil
-	}
+	return &running{Replica: r, Running: lifecycletest.Start(t, r.Run), addrs: r.Addrs()}
 }
 
 func dial(t *testing.T, addr string) *grpc.ClientConn {
@@ -150,7 +132,7 @@ func TestStandalone(t *testing.T) {
 			if c := check(t, conn, deny); c != codes.PermissionDenied {
 				t.Fatalf("deny case: %v", c)
 			}
-			if err := r.stop(t); err != nil {
+			if err := r.Stop(t); err != nil {
 				t.Fatalf("Run returned %v on shutdown", err)
 			}
 			// The decision log was flushed before Run returned: one record
@@ -224,10 +206,7 @@ func TestConfigIsCopied(t *testing.T) {
 	if now := fmt.Sprintf("%#v", r.cfg); now != kept {
 		t.Fatalf("the replica's configuration changed with the caller's:\n%s\n%s", kept, now)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	lifecycletest.Start(t, r.Run)
 	conn := dial(t, r.Addrs()["grpc"])
 	if c := check(t, conn, envoyreq.Params{Principal: "spiffe://example.org/a", Method: "GET", Path: "/", Host: "h"}); c != codes.OK {
 		t.Fatalf("a caller in the trust domain given to New: %v", c)
@@ -257,14 +236,8 @@ func writePolicy(t *testing.T, dir, subject string) {
 func TestPartFailureStopsAll(t *testing.T) {
 	r := startReplica(t, testConfig(), quiet())
 	_ = r.mlis.Close()
-	select {
-	case err := <-r.done:
-		r.done <- err
-		if err == nil || !strings.HasPrefix(err.Error(), "metrics: ") {
-			t.Fatalf("Run = %v, want the metrics server's failure", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run still running after the metrics server failed")
+	if err := r.Wait(t); err == nil || !strings.HasPrefix(err.Error(), "metrics: ") {
+		t.Fatalf("Run = %v, want the metrics server's failure", err)
 	}
 	assertFree(t, r.addrs["grpc"])
 }

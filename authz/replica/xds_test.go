@@ -104,7 +104,7 @@ func TestControlPlaneMode(t *testing.T) {
 	if check() != codes.PermissionDenied {
 		t.Fatal("allowed after the replica ACKed a revocation")
 	}
-	if err := r.stop(t); err != nil {
+	if err := r.Stop(t); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 }

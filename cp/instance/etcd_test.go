@@ -47,8 +47,7 @@ func TestInstancesOnEtcd(t *testing.T) {
 			t.Fatalf("B lists %v, %v; A wrote version %s", l, err, r.GetVersion())
 		}
 	}
-	a.cancel()
-	if err := a.wait(t); err != nil {
+	if err := a.Stop(t); err != nil {
 		t.Fatalf("A's Run on shutdown: %v", err)
 	}
 	if _, err := bc.Revoke(ctx, &mandatev1.RevokeRequest{Kind: "task", Value: "t-after", Ttl: durationpb.New(time.Hour)}); err != nil {

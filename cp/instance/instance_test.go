@@ -30,6 +30,7 @@ import (
 	"github.com/mandate-dev/mandate/cp/plane"
 	"github.com/mandate-dev/mandate/cp/store/boltstore"
 	"github.com/mandate-dev/mandate/internal/envoyreq"
+	"github.com/mandate-dev/mandate/internal/lifecycle/lifecycletest"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -53,9 +54,8 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 // running is an instance whose Run is under way.
 type running struct {
 	*Instance
-	addrs  map[string]string
-	cancel context.CancelFunc
-	done   chan error
+	*lifecycletest.Running
+	addrs map[string]string
 }
 
 func startInstance(t *testing.T, cfg Config) *running {
@@ -64,24 +64,7 @@ func startInstance(t *testing.T, cfg Config) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{Instance: in, addrs: in.Addrs(), cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- in.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-r.done })
-	return r
-}
-
-// wait returns what Run returned, once it did.
-func (r *running) wait(t *testing.T) error {
-	t.Helper()
-	select {
-	case err := <-r.done:
-		r.done <- err // for the cleanup
-		return err
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return")
-		return nil
-	}
+	return &running{Instance: in, Running: lifecycletest.Start(t, in.Run), addrs: in.Addrs()}
 }
 
 func dial(t *testing.T, target string) *grpc.ClientConn {
@@ -151,10 +134,7 @@ func TestServes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, rcancel := context.WithCancel(context.Background())
-	rdone := make(chan error, 1)
-	go func() { rdone <- rep.Run(rctx) }()
-	defer func() { rcancel(); <-rdone }()
+	lifecycletest.Start(t, rep.Run)
 	check := authv3.NewAuthorizationClient(dial(t, rep.Addrs()["grpc"]))
 	allowed := func(subject string) bool {
 		resp, err := check.Check(ctx, envoyreq.Build(envoyreq.Params{Principal: subject, Method: "GET", Path: "/reports/x", Host: "r"}))
@@ -198,8 +178,7 @@ func TestServes(t *testing.T) {
 		t.Fatal("the revocation is not enforced exactly")
 	}
 
-	in.cancel()
-	if err := in.wait(t); err != nil {
+	if err := in.Stop(t); err != nil {
 		t.Fatalf("Run on shutdown: %v", err)
 	}
 	released(t, in.addrs, cfg)
@@ -269,7 +248,7 @@ func TestPartFailureStopsAll(t *testing.T) {
 	cfg := testConfig(t)
 	in := startInstance(t, cfg)
 	_ = in.listeners["admin"].Close()
-	err := in.wait(t)
+	err := in.Wait(t)
 	if err == nil || !strings.HasPrefix(err.Error(), "admin: ") {
 		t.Fatalf("Run = %v, want the admin server's failure", err)
 	}
@@ -391,10 +370,7 @@ func TestEnvoyDirWatchedWhenAnnounced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- in.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	lifecycletest.Start(t, in.Run)
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(time.Millisecond) {
 		if _, err := os.Stat(cfg.AddrFile); err == nil {
 			break
