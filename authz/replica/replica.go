@@ -16,25 +16,15 @@ import (
 	"sync/atomic"
 	"time"
 
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 
 	"github.com/mandate-dev/mandate/authz"
-	"github.com/mandate-dev/mandate/authz/decisioncache"
-	"github.com/mandate-dev/mandate/authz/decisionlog"
-	"github.com/mandate-dev/mandate/authz/identity"
 	"github.com/mandate-dev/mandate/authz/mandate"
-	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/authz/policydir"
 	"github.com/mandate-dev/mandate/internal/cmdutil"
 	"github.com/mandate-dev/mandate/internal/lifecycle"
-	"github.com/mandate-dev/mandate/internal/opshttp"
-	"github.com/mandate-dev/mandate/internal/transport"
 	"github.com/mandate-dev/mandate/policies"
 	"github.com/mandate-dev/mandate/policies/examples"
 )
@@ -102,90 +92,6 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger, reg *prometheus.R
 	return r, nil
 }
 
-// decider builds what the Check server decides with: identity, cache,
-// decision log, mandate verifier, limits.
-func (r *Replica) decider(ctx context.Context) (authz.Config, error) {
-	c := &r.cfg
-	var tds []spiffeid.TrustDomain
-	for _, name := range c.TrustDomains {
-		td, err := identity.ParseTrustDomain(name)
-		if err != nil {
-			return authz.Config{}, fmt.Errorf("trust domain: %w", err)
-		}
-		tds = append(tds, td)
-	}
-	var proxies []spiffeid.ID
-	for _, p := range c.TrustedProxies {
-		id, err := identity.ParseID(p)
-		if err != nil {
-			return authz.Config{}, fmt.Errorf("trusted proxy: %w", err)
-		}
-		proxies = append(proxies, id)
-	}
-	resolver, err := identity.New(identity.Config{TrustDomains: tds, TrustedProxies: proxies, RequireXFCCBy: c.RequireXFCCBy})
-	if err != nil {
-		return authz.Config{}, err
-	}
-	var cache *decisioncache.Cache
-	if c.CacheTTL > 0 {
-		if cache, err = decisioncache.New(decisioncache.Config{MaxEntries: c.CacheSize, TTL: c.CacheTTL}); err != nil {
-			return authz.Config{}, err
-		}
-		r.opened.Push(cache.Close)
-	}
-	var dlog authz.DecisionLogger
-	if c.DecisionLog != nil {
-		// The log outlives ctx: it is closed (and flushed) after the
-		// Check server stopped.
-		l, err := decisionlog.New(context.WithoutCancel(ctx), decisionlog.Config{
-			Out:          slog.New(slog.NewJSONHandler(c.DecisionLog, nil)),
-			OnDrop:       r.metrics.LogDropped,
-			MCPArguments: c.LogMCPArguments,
-			Redact:       c.LogRedact,
-		})
-		if err != nil {
-			return authz.Config{}, err
-		}
-		r.opened.Push(l.Close)
-		dlog = l
-	}
-	if r.verifier, err = mandate.NewVerifier(mandate.VerifierConfig{Issuer: c.MandateIssuer, Audience: c.MandateAudience}); err != nil {
-		return authz.Config{}, err
-	}
-	if c.MandateKeysFile != "" {
-		keys, err := mandate.ReadKeyFile(c.MandateKeysFile)
-		if err != nil {
-			return authz.Config{}, err
-		}
-		if err := r.verifier.SetKeys(keys); err != nil {
-			return authz.Config{}, err
-		}
-	}
-	codec, err := authz.NewCodec(c.MaxRequestBytes)
-	if err != nil {
-		return authz.Config{}, err
-	}
-	staleMode := authz.StaleDenyAll
-	if c.StaleMode == StaleSensitive {
-		staleMode = authz.StaleDenySensitive
-	}
-	return authz.Config{
-		Identity:  resolver,
-		State:     r.state,
-		Cache:     cache,
-		Log:       dlog,
-		Metrics:   r.metrics,
-		Mandates:  authz.NewMandates(r.verifier),
-		StaleMode: staleMode,
-		Logger:    r.log,
-		MCPLimits: mcp.Limits{MaxBytes: c.MCPMaxBody, MaxDepth: c.MCPMaxDepth},
-
-		MaxHeaderBytes:         c.MaxHeaderBytes,
-		RequirePeerCertificate: c.RequirePeerCertificate,
-		Codec:                  codec,
-	}, nil
-}
-
 // policySource loads the first policy set (embedded examples, or the
 // policy directory, then watched), or prepares to follow the control
 // plane (acfg gains its staleness and reporting hooks).
@@ -234,57 +140,6 @@ func (r *Replica) policySource(ctx context.Context, acfg *authz.Config, reg prom
 	return nil
 }
 
-// servers builds the Check gRPC server and the ops HTTP server and binds
-// their listeners.
-func (r *Replica) servers(ctx context.Context, srv *authz.Server, codec *authz.Codec, reg *prometheus.Registry) error {
-	c := &r.cfg
-	r.hs = health.NewServer()
-	r.hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	r.hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
-	sctx, scancel := r.svidCtx(ctx)
-	credOpt, src, err := transport.ServerOption(sctx, c.Listen, transport.Config{
-		WorkloadAPI: c.WorkloadAPI, Allowed: c.AllowedCallers, Insecure: c.Plaintext,
-	})
-	scancel()
-	if err != nil {
-		return err
-	}
-	r.opened.Push(func() { _ = src.Close() })
-	r.gs = grpc.NewServer(append(authz.ServerOptions(codec, authz.Limits{MaxConcurrentStreams: c.MaxConcurrentStreams}), credOpt)...)
-	// Whatever happens, serving stops before the decision log and the
-	// cache close (a no-op after a graceful stop).
-	r.opened.Push(r.gs.Stop)
-	authv3.RegisterAuthorizationServer(r.gs, srv)
-	healthpb.RegisterHealthServer(r.gs, r.hs)
-	reflection.Register(r.gs)
-	if r.lis, err = net.Listen("tcp", c.Listen); err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	r.opened.Push(func() { _ = r.lis.Close() })
-	if c.MetricsAddr != "" {
-		if r.mlis, err = net.Listen("tcp", c.MetricsAddr); err != nil {
-			return fmt.Errorf("metrics listen: %w", err)
-		}
-		r.opened.Push(func() { _ = r.mlis.Close() })
-		r.hsrv = &http.Server{Handler: opshttp.Handler(reg, r.ready, c.Pprof), ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout: 10 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute,
-			MaxHeaderBytes: 64 << 10}
-		r.opened.Push(func() { _ = r.hsrv.Close() })
-	}
-	return nil
-}
-
-// svidCtx bounds the wait for the first SVID, so that a replica without
-// a Workload API (or without a registration entry) fails at startup with
-// a reason instead of hanging silently, never serving.
-func (r *Replica) svidCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	if r.cfg.Plaintext {
-		return ctx, func() {}
-	}
-	r.log.Info("waiting for an X.509 SVID from the Workload API", "timeout", r.cfg.SVIDTimeout)
-	return context.WithTimeout(ctx, r.cfg.SVIDTimeout)
-}
-
 // Addrs returns the bound addresses: "grpc", and "metrics" when served.
 func (r *Replica) Addrs() map[string]string {
 	addrs := map[string]string{"grpc": r.lis.Addr().String()}
@@ -298,29 +153,6 @@ func (r *Replica) Addrs() map[string]string {
 // directory in standalone mode (a set that fails to load changes
 // nothing). Safe to call at any time, from any goroutine.
 func (r *Replica) Reload() { r.reload() }
-
-// ready is the readiness check of /readyz and gRPC health.
-func (r *Replica) ready() error {
-	if r.state.Load() == nil {
-		return errors.New("no policy set loaded yet")
-	}
-	if r.stale != nil && r.stale.Stale() {
-		return errors.New("cut off from the control plane past the staleness budget")
-	}
-	return nil
-}
-
-func (r *Replica) refreshHealth() {
-	if r.hs == nil {
-		return // still in New: Run refreshes before serving
-	}
-	st := healthpb.HealthCheckResponse_NOT_SERVING
-	if r.ready() == nil {
-		st = healthpb.HealthCheckResponse_SERVING
-	}
-	r.hs.SetServingStatus("", st)
-	r.hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, st)
-}
 
 // Run serves until ctx ends (nil) or a part fails (its error): the Check
 // server, the ops endpoints, the policy source's loop and the health
@@ -360,35 +192,6 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 	grp.Go("health", r.watchHealth)
 	return grp.Wait()
-}
-
-// watchHealth refreshes readiness every second and logs the replica
-// going stale and coming back, until ctx ends.
-func (r *Replica) watchHealth(ctx context.Context) error {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	stale := false // as last logged
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		}
-		r.refreshHealth()
-		if r.stale == nil {
-			continue
-		}
-		now := r.stale.Stale()
-		r.metrics.SetStale(now)
-		switch {
-		case now && !stale:
-			r.log.Warn("cut off from the control plane past the staleness budget: failing closed",
-				"stale_budget", r.cfg.StaleBudget, "stale_mode", r.cfg.StaleMode)
-		case !now && stale:
-			r.log.Info("in touch with the control plane again: deciding normally")
-		}
-		stale = now
-	}
 }
 
 // Close releases what New opened, last opened first. Run does it when it
