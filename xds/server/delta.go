@@ -3,6 +3,7 @@ package xdsserver
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strconv"
 	"sync"
 
@@ -74,6 +75,8 @@ type deltaWatch struct {
 	req *cachev3.DeltaRequest
 	sub cachev3.Subscription
 	out chan cachev3.DeltaResponse
+	// fresh: compare everything, whatever the stream's map says.
+	fresh bool
 }
 
 // seqKey is the entry of a stream's returned-resources map that holds the
@@ -170,13 +173,11 @@ func (c *deltaCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Sub
 	if req.GetTypeUrl() != c.typeURL {
 		return nil, fmt.Errorf("xdsserver: request for %s on the %s cache", req.GetTypeUrl(), shortType(c.typeURL))
 	}
-	known := sub.ReturnedResources()
-	if req.GetResponseNonce() == "" || len(req.GetResourceNamesSubscribe()) > 0 || len(req.GetResourceNamesUnsubscribe()) > 0 {
-		// The first request (whose initial_resource_versions the client
-		// wrote) or a change of subscription: compare everything.
-		delete(known, seqKey)
-	}
-	w := &deltaWatch{req: req, sub: sub, out: out}
+	// A change of subscription, or a client that wrote the mark into its
+	// initial_resource_versions: compare everything.
+	_, forged := req.GetInitialResourceVersions()[seqKey]
+	fresh := forged || len(req.GetResourceNamesSubscribe()) > 0 || len(req.GetResourceNamesUnsubscribe()) > 0
+	w := &deltaWatch{req: req, sub: sub, out: out, fresh: fresh}
 	first := sub.IsWildcard() && req.GetResponseNonce() == ""
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -237,14 +238,25 @@ func (r *deltaResponse) carries() bool {
 }
 
 // respondLocked builds w's response from the stream's returned-resources
-// map (which it updates in place: the server makes the map it gets back
-// the stream's, and nothing else reads it) and the cache's state.
-// Called under c.mu, while w is registered or being created.
+// map and the cache's state. A map this cache marked is its own (the
+// server made the map it got back the stream's, and nothing else reads
+// it): it is updated in place. Any other (the client's
+// initial_resource_versions, in the request) is copied first, and
+// compared with everything. Called under c.mu, while w is registered or
+// being created.
 func (c *deltaCache) respondLocked(w *deltaWatch) *deltaResponse {
 	sub := w.sub
 	known := sub.ReturnedResources()
 	var updated, removed []string
 	mark, marked := markOf(known)
+	if !marked || w.fresh {
+		marked = false
+		known = maps.Clone(known)
+		if known == nil {
+			known = map[string]string{}
+		}
+		delete(known, seqKey)
+	}
 	if marked && mark == c.seq {
 		// Up to date.
 	} else if marked && mark < c.seq && len(c.log) > 0 && c.log[0].seq <= mark+1 {

@@ -10,6 +10,8 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	stream "github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -236,4 +238,42 @@ func TestForgedMarkIgnored(t *testing.T) {
 		t.Fatalf("forged mark: version %s, %d of %d records", gv, len(up), len(all))
 	}
 	checkHolds(t, "forger", d, all)
+}
+
+// TestRequestMapLeftAsItIs: the map of initial_resource_versions a
+// request carries (which go-control-plane makes the stream's map) is
+// copied before the cache writes its mark and versions: whoever holds the
+// request (an interceptor, a log) sees what the client sent.
+func TestRequestMapLeftAsItIs(t *testing.T) {
+	h := start(t)
+	if _, err := h.srv.SetRevocations(revs("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	dc := h.srv.types[mandatev1.RevocationTypeURL].delta
+	initial := map[string]string{shardName("a"): "stale", "gone": "1"}
+	sent := maps.Clone(initial)
+	req := &discovery.DeltaDiscoveryRequest{TypeUrl: mandatev1.RevocationTypeURL, ResourceNamesSubscribe: []string{"*"},
+		InitialResourceVersions: initial}
+	sub := stream.NewDeltaSubscription(req.GetResourceNamesSubscribe(), nil, req.GetInitialResourceVersions(), true)
+	out := make(chan cachev3.DeltaResponse, 1)
+	if _, err := dc.CreateDeltaWatch(req, &sub, out); err != nil {
+		t.Fatal(err)
+	}
+	r := <-out
+	if !maps.Equal(initial, sent) {
+		t.Fatalf("request's map changed to %q", initial)
+	}
+	got := r.GetReturnedResources()
+	if _, ok := got[seqKey]; !ok || len(got) != 1+len(sameShardNames("a", "b")) {
+		t.Fatalf("returned map %q", got)
+	}
+}
+
+// sameShardNames returns the distinct shards of records.
+func sameShardNames(records ...string) map[string]bool {
+	out := map[string]bool{}
+	for _, r := range records {
+		out[shardName(r)] = true
+	}
+	return out
 }
