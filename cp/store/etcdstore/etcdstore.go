@@ -229,6 +229,10 @@ func (b *Backend) marker(table string) string      { return b.tablePrefix(table)
 // concurrent commits.
 const maxAttempts = 200
 
+// outcomeUnknown names a commit whose Txn was sent and not answered: a
+// timeout or a lost connection leaves it undecided, not refused.
+const outcomeUnknown = "commit outcome unknown (it may still be applied once etcd answers again)"
+
 // ErrContention is returned when a transaction lost to concurrent
 // commits maxAttempts times.
 var ErrContention = errors.New("etcdstore: too much contention, transaction not committed")
@@ -301,7 +305,9 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 		resp, err := b.c.Txn(cctx).If(cmps...).Then(ops...).Commit()
 		cancel()
 		if err != nil {
-			return 0, b.callErr(ctx, "commit", err)
+			// The Txn was sent: etcd may have appended it to its log
+			// and commit it once a quorum answers again. Say so.
+			return 0, b.callErr(ctx, outcomeUnknown, err)
 		}
 		if resp.Succeeded {
 			b.saw(resp.Header.Revision)
