@@ -115,9 +115,13 @@ func TestCannotApplyIsNotContact(t *testing.T) {
 	defer stop()
 	rec.wait(t, "synced", func(s State) bool { return len(s.Versions) == 4 })
 	w := clock.next(t)
-	first := c.LastContact()
-	if first.IsZero() {
-		t.Fatal("no contact after sync")
+	// Contact is stored once the last type's ACK is sent, after Apply.
+	var first time.Time
+	for deadline := time.Now().Add(10 * time.Second); first.IsZero(); first = c.LastContact() {
+		if time.Now().After(deadline) {
+			t.Fatal("no contact after sync")
+		}
+		time.Sleep(time.Millisecond)
 	}
 	refuse.Store(true)
 	v, err := cp.srv.UpdateRevocations(revs("r2"), nil)
