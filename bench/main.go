@@ -38,6 +38,7 @@ type config struct {
 	warmup      time.Duration
 	concurrency uint
 	pacedRPS    uint
+	rounds      int
 	out         string
 	authzBin    string
 	noopBin     string
@@ -58,6 +59,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured load before each scenario")
 	fs.UintVar(&c.concurrency, "concurrency", 50, "ghz concurrency (in-flight requests)")
 	fs.UintVar(&c.pacedRPS, "rps", 5000, "request rate of the paced scenarios")
+	fs.IntVar(&c.rounds, "rounds", 1, "run the scenarios (baselines included) this many times in turn and report medians: each ratio is the median of the rounds' ratios")
 	fs.StringVar(&c.out, "out", "results/latest.json", "write the results as JSON here (empty: don't)")
 	fs.StringVar(&c.authzBin, "authz-bin", "", "mandate-authz binary (default: go build ../cmd/mandate-authz)")
 	fs.StringVar(&c.cpBin, "cp-bin", "", "mandate-cp binary for scenario 3 (default: go build ../cmd/mandate-cp)")
@@ -95,6 +97,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.concurrency < 1 || c.concurrency > 10_000 {
 		return nil, fmt.Errorf("-concurrency %d: want 1..10000", c.concurrency)
 	}
+	if c.rounds < 1 || c.rounds > 20 {
+		return nil, fmt.Errorf("-rounds %d: want 1..20", c.rounds)
+	}
 	if c.pacedRPS < 1 {
 		return nil, fmt.Errorf("-rps must be positive")
 	}
@@ -129,21 +134,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 		}
 	}
 	start := time.Now()
-	var results []*result
-	for _, sc := range all {
-		if cfg.only != nil && sc.id != "baseline" && sc.id != "baseline-paced" && !cfg.only[sc.id] {
-			continue
+	var rounds [][]*result
+	for i := range cfg.rounds {
+		if cfg.rounds > 1 {
+			fmt.Fprintf(stderr, "bench: round %d of %d\n", i+1, cfg.rounds)
 		}
-		if ctx.Err() != nil {
-			return 1, ctx.Err()
+		var results []*result
+		for _, sc := range all {
+			if cfg.only != nil && sc.id != "baseline" && sc.id != "baseline-paced" && !cfg.only[sc.id] {
+				continue
+			}
+			if ctx.Err() != nil {
+				return 1, ctx.Err()
+			}
+			r := h.run(ctx, sc)
+			if r.ID == "baseline" && r.RPS > 0 {
+				h.baselineRPS = r.RPS
+			}
+			results = append(results, r)
 		}
-		r := h.run(ctx, sc)
-		if r.ID == "baseline" && r.RPS > 0 {
-			h.baselineRPS = r.RPS
-		}
-		results = append(results, r)
+		applyRatios(all, results)
+		rounds = append(rounds, results)
 	}
-	applyRatios(all, results)
+	results := medianOfRounds(all, rounds)
 	rep := &report{
 		Machine:  describeMachine(),
 		Settings: settingsOf(cfg),

@@ -140,6 +140,11 @@ func applyRatios(scs []scenario, results []*result) {
 		set("allocs_per_request", r.AllocsPerReq, b.AllocsPerReq)
 	}
 	// Goals read ratios: evaluate them again now that ratios exist.
+	evaluateGoals(scs, results)
+}
+
+// evaluateGoals judges each result's goals on its current figures.
+func evaluateGoals(scs []scenario, results []*result) {
 	goals := map[string][]goal{}
 	for _, sc := range scs {
 		goals[sc.id] = sc.goals
@@ -188,6 +193,7 @@ type settings struct {
 	Concurrency uint   `json:"ghz_concurrency"`
 	Connections int    `json:"ghz_connections"`
 	PacedRPS    uint   `json:"paced_rps"`
+	Rounds      int    `json:"rounds"`
 	Server      string `json:"server_flags"`
 	Note        string `json:"note"`
 }
@@ -195,7 +201,7 @@ type settings struct {
 func settingsOf(c *config) settings {
 	return settings{
 		Smoke: c.smoke, Duration: c.duration.String(), Warmup: c.warmup.String(),
-		Concurrency: c.concurrency, Connections: 1, PacedRPS: c.pacedRPS,
+		Concurrency: c.concurrency, Connections: 1, PacedRPS: c.pacedRPS, Rounds: c.rounds,
 		Server: "mandate-authz --plaintext --policy-dir GENERATED --decision-log off (unless stated) --cache-ttl 2s --cache-size 100000 (defaults); GOMAXPROCS default (all cores)",
 		Note: "ghz runs in the harness process on the same cores as the server, as a library with a per-call data function; " +
 			"a fresh server process per scenario; server CPU from /proc/<pid>/stat, allocations from go_memstats_mallocs_total, " +

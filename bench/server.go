@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,11 @@ type server struct {
 func startServer(ctx context.Context, dir, name, bin string, args []string, timeout time.Duration) (*server, error) {
 	addrFile := filepath.Join(dir, name+".addr.json")
 	stderrPath := filepath.Join(dir, name+".stderr")
+	// A run before this one (another round) left its address file: the
+	// address is the new process's only once it writes the file again.
+	if err := os.Remove(addrFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("bench: %s: %w", name, err)
+	}
 	errf, err := os.Create(stderrPath)
 	if err != nil {
 		return nil, fmt.Errorf("bench: %s: %w", name, err)
