@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/mandate-dev/mandate/authz"
@@ -29,6 +26,7 @@ import (
 	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/internal/envoyreq"
 	"github.com/mandate-dev/mandate/internal/lifecycle/lifecycletest"
+	"github.com/mandate-dev/mandate/internal/testkit"
 )
 
 const examplesDir = "../../policies/examples"
@@ -47,18 +45,6 @@ func testConfig() Config {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *lockedBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
 // running is a replica whose Run is under way.
 type running struct {
 	*Replica
@@ -74,16 +60,6 @@ func startReplica(t *testing.T, cfg Config, logger *slog.Logger) *running {
 		t.Fatal(err)
 	}
 	return &running{Replica: r, Running: lifecycletest.Start(t, r.Run), addrs: r.Addrs()}
-}
-
-func dial(t *testing.T, addr string) *grpc.ClientConn {
-	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	return conn
 }
 
 func check(t *testing.T, conn *grpc.ClientConn, p envoyreq.Params) codes.Code {
@@ -108,13 +84,13 @@ var configRead = envoyreq.Params{
 func TestStandalone(t *testing.T) {
 	for name, dir := range map[string]string{"policy dir": examplesDir, "embedded examples": ""} {
 		t.Run(name, func(t *testing.T) {
-			var decisions lockedBuf
+			var decisions testkit.SyncBuffer
 			cfg := testConfig()
 			cfg.PolicyDir, cfg.DecisionLog = dir, &decisions
 			r := startReplica(t, cfg, quiet())
 
 			// Serving as soon as Run starts, not a refresh tick later.
-			conn := dial(t, r.addrs["grpc"])
+			conn := testkit.Dial(t, r.addrs["grpc"])
 			hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer hcancel()
 			if h, err := healthpb.NewHealthClient(conn).Check(hctx, &healthpb.HealthCheckRequest{}); err != nil ||
@@ -190,7 +166,7 @@ func TestConfigIsCopied(t *testing.T) {
 	cfg.AllowedCallers = []string{"spiffe://example.org/envoy"}
 	addrFile := filepath.Join(t.TempDir(), "addrs.json")
 	cfg.AddrFile = addrFile
-	var stderr lockedBuf
+	var stderr testkit.SyncBuffer
 	r, err := New(context.Background(), cfg, slog.New(slog.NewJSONHandler(&stderr, nil)), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -207,7 +183,7 @@ func TestConfigIsCopied(t *testing.T) {
 		t.Fatalf("the replica's configuration changed with the caller's:\n%s\n%s", kept, now)
 	}
 	lifecycletest.Start(t, r.Run)
-	conn := dial(t, r.Addrs()["grpc"])
+	conn := testkit.Dial(t, r.Addrs()["grpc"])
 	if c := check(t, conn, envoyreq.Params{Principal: "spiffe://example.org/a", Method: "GET", Path: "/", Host: "h"}); c != codes.OK {
 		t.Fatalf("a caller in the trust domain given to New: %v", c)
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/mandate-dev/mandate/internal/testkit"
 	xdsclient "github.com/mandate-dev/mandate/xds/client"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
@@ -85,8 +86,8 @@ func TestProgressWhileWaiting(t *testing.T) {
 	follow("fast", false)
 	follow("slow", true)
 	// Both replicas hold the initial (empty) state before the wait starts.
-	ac := mandatev1.NewAdminClient(dialPlain(t, addr))
-	waitUntil(t, "two replicas connected", func() bool {
+	ac := mandatev1.NewAdminClient(testkit.Dial(t, addr))
+	testkit.WaitUntil(t, "two replicas connected", func() bool {
 		st, err := ac.Status(context.Background(), &mandatev1.StatusRequest{})
 		return err == nil && len(st.GetReplicas()) == 2
 	})
@@ -133,27 +134,6 @@ func TestProgressWhileWaiting(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("revoke --wait did not return after the release")
-	}
-}
-
-func dialPlain(t *testing.T, addr string) *grpc.ClientConn {
-	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	return cc
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/mandate-dev/mandate/internal/testkit"
 )
 
 const sampleDir = "../../envoy/cp-resources"
@@ -65,17 +67,6 @@ func copySample(t *testing.T, dir string) []byte {
 	return b
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestEnvoyLoaderReload: a change on disk is served; an unsafe change is
 // refused, counted, and the last good set stays; Reload loads at once.
 func TestEnvoyLoaderReload(t *testing.T) {
@@ -106,7 +97,7 @@ func TestEnvoyLoaderReload(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "tickets-api.yaml"), []byte(unsafe), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "refused reload counted", func() bool { return testutil.ToFloat64(bad) >= 1 })
+	testkit.WaitUntil(t, "refused reload counted", func() bool { return testutil.ToFloat64(bad) >= 1 })
 	if ls, cs := fs.served(); len(ls) != 1 || len(cs) != 2 || testutil.ToFloat64(ok) != 1 {
 		t.Fatalf("after a refused reload: served %v %v, ok reloads %v", ls, cs, testutil.ToFloat64(ok))
 	}
@@ -119,13 +110,13 @@ func TestEnvoyLoaderReload(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "audit.yaml"), []byte(extra), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "reload with the new cluster", func() bool { _, cs := fs.served(); return len(cs) == 3 })
+	testkit.WaitUntil(t, "reload with the new cluster", func() bool { _, cs := fs.served(); return len(cs) == 3 })
 
 	// Removal: make before break (the union first, then the new set).
 	if err := os.Remove(filepath.Join(dir, "audit.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "reload without the cluster", func() bool { _, cs := fs.served(); return len(cs) == 2 })
+	testkit.WaitUntil(t, "reload without the cluster", func() bool { _, cs := fs.served(); return len(cs) == 2 })
 	fs.mu.Lock()
 	n := len(fs.clusters)
 	prev := fs.clusters[n-2]

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/mandate-dev/mandate/internal/etcdtest"
+	"github.com/mandate-dev/mandate/internal/testkit"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -32,8 +33,8 @@ func TestInstancesOnEtcd(t *testing.T) {
 	a, b := startInstance(t, onEtcd("a")), startInstance(t, onEtcd("b"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ac := mandatev1.NewAdminClient(dial(t, a.addrs["admin"]))
-	bc := mandatev1.NewAdminClient(dial(t, b.addrs["admin"]))
+	ac := mandatev1.NewAdminClient(testkit.Dial(t, a.addrs["admin"]))
+	bc := mandatev1.NewAdminClient(testkit.Dial(t, b.addrs["admin"]))
 	r, err := ac.Revoke(ctx, &mandatev1.RevokeRequest{Kind: "subject", Value: "spiffe://example.org/agent/m", Ttl: durationpb.New(time.Hour)})
 	if err != nil {
 		t.Fatal(err)

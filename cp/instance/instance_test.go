@@ -10,15 +10,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/mandate-dev/mandate/authz"
@@ -31,6 +28,7 @@ import (
 	"github.com/mandate-dev/mandate/cp/store/boltstore"
 	"github.com/mandate-dev/mandate/internal/envoyreq"
 	"github.com/mandate-dev/mandate/internal/lifecycle/lifecycletest"
+	"github.com/mandate-dev/mandate/internal/testkit"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
@@ -65,16 +63,6 @@ func startInstance(t *testing.T, cfg Config) *running {
 		t.Fatal(err)
 	}
 	return &running{Instance: in, Running: lifecycletest.Start(t, in.Run), addrs: in.Addrs()}
-}
-
-func dial(t *testing.T, target string) *grpc.ClientConn {
-	t.Helper()
-	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	return cc
 }
 
 // released fails unless everything the instance held is free again: its
@@ -120,11 +108,11 @@ func TestServes(t *testing.T) {
 	in := startInstance(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ac := mandatev1.NewAdminClient(dial(t, in.addrs["admin"]))
+	ac := mandatev1.NewAdminClient(testkit.Dial(t, in.addrs["admin"]))
 	if in.addrs["socket"] != cfg.AdminSocket {
 		t.Fatalf("addrs %v: no socket", in.addrs)
 	}
-	sc := mandatev1.NewAdminClient(dial(t, "unix://"+cfg.AdminSocket))
+	sc := mandatev1.NewAdminClient(testkit.Dial(t, "unix://"+cfg.AdminSocket))
 
 	rcfg := replica.Config{Listen: "127.0.0.1:0", Plaintext: true, XDSServers: []string{in.addrs["xds"]}, NodeID: "r1",
 		TrustDomains: []string{"example.org"}, StaleBudget: 30 * time.Second, StaleMode: replica.StaleAll,
@@ -135,7 +123,7 @@ func TestServes(t *testing.T) {
 		t.Fatal(err)
 	}
 	lifecycletest.Start(t, rep.Run)
-	check := authv3.NewAuthorizationClient(dial(t, rep.Addrs()["grpc"]))
+	check := authv3.NewAuthorizationClient(testkit.Dial(t, rep.Addrs()["grpc"]))
 	allowed := func(subject string) bool {
 		resp, err := check.Check(ctx, envoyreq.Build(envoyreq.Params{Principal: subject, Method: "GET", Path: "/reports/x", Host: "r"}))
 		if err != nil {
@@ -318,7 +306,7 @@ func TestNewFailsCleanly(t *testing.T) {
 // TestReloadIssuancePolicy: Reload re-reads the issuance policy file; a
 // broken one changes nothing.
 func TestReloadIssuancePolicy(t *testing.T) {
-	var logs syncBuf
+	var logs testkit.SyncBuffer
 	pol := filepath.Join(t.TempDir(), "issuance.yaml")
 	write := func(s string) {
 		t.Helper()
@@ -342,14 +330,6 @@ func TestReloadIssuancePolicy(t *testing.T) {
 		t.Fatalf("log:\n%s", s)
 	}
 }
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestEnvoyDirWatchedWhenAnnounced: once the address file is written,
 // the Envoy directory is watched: a cluster added right then is served.
