@@ -257,14 +257,7 @@ func TestNewFailsCleanly(t *testing.T) {
 		})
 	}
 	// Goroutines New started (decision log, cache, dialers) are gone.
-	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines before, %d after failed News:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.GoroutinesBackTo(t, before)
 }
 
 // TestRunOnce: of two Runs, one is refused at once instead of serving

@@ -293,14 +293,7 @@ func TestNewFailsCleanly(t *testing.T) {
 			released(t, addrs, cfg)
 		})
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines before, %d after failed News:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.GoroutinesBackTo(t, before)
 }
 
 // TestReloadIssuancePolicy: Reload re-reads the issuance policy file; a

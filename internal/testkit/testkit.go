@@ -5,6 +5,7 @@ package testkit
 
 import (
 	"bytes"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -55,4 +56,19 @@ func Dial(t testing.TB, target string) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { _ = cc.Close() })
 	return cc
+}
+
+// GoroutinesBackTo waits up to 10 s for the number of goroutines to fall
+// to before (counted by the test before it started what it checks), and
+// fails the test with every goroutine's stack if it does not.
+func GoroutinesBackTo(t testing.TB, before int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines before, %d after:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
