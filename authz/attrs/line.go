@@ -56,7 +56,13 @@ func normalizeLine(m *lineMemo, rawPath, rawHost string, o reqpath.Options) (pat
 // newLineEntry returns an entry holding copies of its strings (it
 // outlives the request), in one allocation.
 func newLineEntry(rawPath, rawHost string, o reqpath.Options, path, host string) *lineEntry {
-	all := strings.Clone(rawPath + rawHost + path + host)
+	var b strings.Builder
+	b.Grow(len(rawPath) + len(rawHost) + len(path) + len(host))
+	b.WriteString(rawPath)
+	b.WriteString(rawHost)
+	b.WriteString(path)
+	b.WriteString(host)
+	all := b.String()
 	e := &lineEntry{opts: o}
 	e.rawPath, all = all[:len(rawPath)], all[len(rawPath):]
 	e.rawHost, all = all[:len(rawHost)], all[len(rawHost):]

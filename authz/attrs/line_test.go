@@ -2,6 +2,7 @@ package attrs
 
 import (
 	"testing"
+	"unsafe"
 
 	"github.com/mandate-dev/mandate/authz/reqpath"
 )
@@ -127,5 +128,26 @@ func TestLineMemoCollision(t *testing.T) {
 		checkLine(t, m, p[1], "h", reqpath.Options{StripParameters: true})
 		checkLine(t, m, p[0], "i", reqpath.Options{StripParameters: true})
 		checkLine(t, m, p[0], "h", reqpath.Options{})
+	}
+}
+
+// TestNewLineEntryAllocs: an entry and the copy of its strings are two
+// allocations (the strings are copied once, not concatenated and then
+// cloned), and the entry holds copies, not the caller's strings.
+func TestNewLineEntryAllocs(t *testing.T) {
+	rawPath, rawHost := "/v1/Tickets/42;v=1", "API.example.com:443"
+	path, host := "/v1/tickets/42", "api.example.com"
+	if n := testing.AllocsPerRun(100, func() {
+		_ = newLineEntry(rawPath, rawHost, reqpath.Options{}, path, host)
+	}); n != 2 {
+		t.Fatalf("newLineEntry: %v allocations, want 2", n)
+	}
+	// One non-empty string, which a concatenation would return as is.
+	e := newLineEntry(rawPath, "", reqpath.Options{}, "", "")
+	if e.rawPath != rawPath || e.rawHost != "" || e.path != "" || e.host != "" {
+		t.Fatalf("entry %+v", e)
+	}
+	if unsafe.StringData(e.rawPath) == unsafe.StringData(rawPath) {
+		t.Fatal("the entry aliases the caller's path")
 	}
 }
