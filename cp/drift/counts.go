@@ -39,7 +39,7 @@ func (d *Detector) load(ctx context.Context, keys map[string]*rule) error {
 				continue
 			}
 			var st storedTracker
-			if err := json.Unmarshal(b, &st); err != nil || st.Next < 0 || (len(st.Times) > 0 && st.Next >= len(st.Times)) ||
+			if err := json.Unmarshal(b, &st); err != nil || st.Next < 0 || (st.Next > 0 && st.Next >= len(st.Times)) ||
 				len(st.Times) > keys[k].Threshold+1 {
 				d.log.Warn("drift count unreadable; counting afresh", "key", k, "error", err)
 				delete(d.keys, k)

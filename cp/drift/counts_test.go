@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mandate-dev/mandate/authz/revocation"
 	"github.com/mandate-dev/mandate/cp/store"
 )
 
@@ -120,4 +121,46 @@ func (f *failingCounts) PutDriftCounts(ctx context.Context, c []store.DriftCount
 		return store.ErrUnavailable
 	}
 	return f.Counts.PutDriftCounts(ctx, c)
+}
+
+// TestStoredCountWithStrayNextIsRefused: a stored count with no times but
+// a ring position (never written by a detector; a corrupt or foreign
+// value) is counted afresh. Before, it was taken as is and the
+// (threshold+1)-th denial of one batch indexed the ring past its end (a
+// panic, with d.mu held).
+func TestStoredCountWithStrayNextIsRefused(t *testing.T) {
+	ctx := context.Background()
+	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	db, err := store.New(store.NewMemoryBackend(), store.WithClock(clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const subject = "spiffe://example.org/agent/c"
+	key := revokeRule.Name + "\x00" + "subject" + "\x00" + subject
+	if err := db.PutDriftCounts(ctx, []store.DriftCount{{Key: key, Value: []byte(`{"n":9,"l":"2030-01-01T00:00:00Z"}`),
+		Expires: clock.Now().Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	plane := &fakePlane{}
+	d, err := New(Config{Plane: plane, Rules: []Rule{revokeRule}, Actor: cpActor, Now: clock.Now, Counts: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keyOf(&d.rules[0], revocation.KindSubject, subject); got != key {
+		t.Fatalf("key %q, want %q", got, key)
+	}
+	// One batch: the count is loaded once and counted threshold+1 times.
+	var evs []OutOfIntent
+	for range revokeRule.Threshold + 1 {
+		clock.Advance(time.Second)
+		evs = append(evs, declared(subject, "T-3", clock.Now()))
+	}
+	acts, err := d.Observe(ctx, evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(acts) != 1 {
+		t.Fatalf("%d actions after %d denials, want 1", len(acts), revokeRule.Threshold+1)
+	}
 }
