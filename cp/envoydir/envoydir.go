@@ -67,7 +67,10 @@ func New(dir string, xs Setter, logger *slog.Logger, reg prometheus.Registerer) 
 	return l, nil
 }
 
-// Load reads, checks and serves the directory. On error nothing changes.
+// Load reads, checks and serves the directory. A set that fails to load
+// or check changes nothing; one the Setter refuses after its new clusters
+// were added (make before break) leaves those clusters served beside the
+// last good set until the next successful Load removes them.
 func (l *Loader) Load() error {
 	r, err := envoyconf.LoadDir(l.dir)
 	if err != nil {
