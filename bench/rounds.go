@@ -28,8 +28,14 @@ func medianOfRounds(scs []scenario, rounds [][]*result) []*result {
 				}
 			}
 		}
-		m := *last
-		m.Notes = slices.Clone(last.Notes)
+		// The template is the last round that ran the scenario without
+		// an error: a failed last round does not hide earlier results.
+		tmpl := last
+		if len(same) > 0 {
+			tmpl = same[len(same)-1]
+		}
+		m := *tmpl
+		m.Notes = slices.Clone(tmpl.Notes)
 		if len(same) > 0 {
 			m.RPS = median(same, func(r *result) (float64, bool) { return r.RPS, true })
 			m.P50us = median(same, func(r *result) (float64, bool) { return r.P50us, true })
@@ -38,9 +44,9 @@ func medianOfRounds(scs []scenario, rounds [][]*result) []*result {
 			m.CPUPerReqUS = median(same, func(r *result) (float64, bool) { return r.CPUPerReqUS, true })
 			m.AllocsPerReq = median(same, func(r *result) (float64, bool) { return r.AllocsPerReq, true })
 		}
-		if last.Ratio != nil {
+		if tmpl.Ratio != nil {
 			m.Ratio = map[string]float64{}
-			for k := range last.Ratio {
+			for k := range tmpl.Ratio {
 				m.Ratio[k] = median(same, func(r *result) (float64, bool) { v, ok := r.Ratio[k]; return v, ok })
 			}
 			var per []string

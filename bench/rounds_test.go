@@ -57,6 +57,14 @@ func TestMedianOfRounds(t *testing.T) {
 			}
 		})
 	}
+	// A last round that failed for the scenario does not hide the others.
+	failed := round(1000, 0)
+	failed[1].Error, failed[1].Ratio = "warmup: connection refused", nil
+	for _, r := range medianOfRounds(scs, [][]*result{round(1000, 900), round(1000, 1000), failed}) {
+		if r.ID == "hit" && (r.Error != "" || r.Ratio["rps"] != 0.95 || !r.Goals[0].Met) {
+			t.Errorf("with a failed last round: error %q, ratio %v, goals %+v", r.Error, r.Ratio, r.Goals)
+		}
+	}
 	if one := [][]*result{round(1000, 900)}; medianOfRounds(scs, one)[1] != one[0][1] {
 		t.Error("a single round is reported as it is")
 	}
