@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-dev/mandate/authz/revocation"
+	"github.com/mandate-dev/mandate/internal/testkit"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 	xdsserver "github.com/mandate-dev/mandate/xds/server"
 )
@@ -455,11 +456,15 @@ func TestReconnectAfterRestartWithDeletions(t *testing.T) {
 		t.Fatal("not synced after reconnect")
 	}
 	_ = s
+	// The plane may answer the first types before it has received the
+	// last subscription, which the recorder waits for.
+	testkit.WaitUntil(t, "the new plane recorded the subscriptions", func() bool {
+		cp2.mu.Lock()
+		defer cp2.mu.Unlock()
+		return len(cp2.initial) > 0
+	})
 	cp2.mu.Lock()
 	defer cp2.mu.Unlock()
-	if len(cp2.initial) == 0 {
-		t.Fatal("no subscription recorded on the new plane")
-	}
 	got := cp2.initial[0]
 	if p := got[mandatev1.PolicyTypeURL]; len(p) != 2 || p["p1"] == "" || p["p2"] == "" {
 		t.Fatalf("initial_resource_versions for policies %v, want p1 and p2", p)
