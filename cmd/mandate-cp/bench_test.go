@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -106,6 +108,28 @@ func BenchmarkRevocationPropagation(b *testing.B) {
 		replicas = append(replicas, startAuthz(b, cp.addrs["xds"], fmt.Sprintf("authz-%d", i)))
 	}
 	runPropagation(b, []mandatev1.AdminClient{adminClient(b, cp)}, replicas)
+	tracePhases(b, cp)
+}
+
+// tracePhases logs the instance's write-phase histogram of revocations
+// (mandate_cp_write_phase_seconds) when BENCH_TRACE is set: where the
+// Revoke call's time went.
+func tracePhases(b *testing.B, cp *proc) {
+	if os.Getenv("BENCH_TRACE") == "" {
+		return
+	}
+	resp, err := http.Get("http://" + cp.addrs["metrics"] + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if l := sc.Text(); strings.HasPrefix(l, "mandate_cp_write_phase_seconds") && strings.Contains(l, `type="Revocation"`) {
+			b.Log(l)
+		}
+	}
 }
 
 // BenchmarkRevocationPropagationEtcd is BenchmarkRevocationPropagation
