@@ -105,8 +105,7 @@ func (p *Plane) apply(rev uint64, changes []store.Change) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, ch := range changes {
-		cur, ok := p.res[ch.TypeURL]
-		if !ok || ch.Version <= p.typeRev[ch.TypeURL] {
+		if _, ok := p.res[ch.TypeURL]; !ok || ch.Version <= p.typeRev[ch.TypeURL] {
 			continue
 		}
 		put := make(map[string]proto.Message, len(ch.Put))
@@ -118,30 +117,40 @@ func (p *Plane) apply(rev uint64, changes []store.Change) error {
 			}
 			put[it.Name] = r
 		}
-		var del []string
-		for _, name := range ch.Deleted {
-			if _, held := cur[name]; held {
-				if _, again := put[name]; !again {
-					del = append(del, name)
-				}
-			}
-		}
-		began := time.Now()
-		v, err := p.xds.UpdateAt(ch.TypeURL, ch.Version, put, del)
-		p.phase(ch.TypeURL, writePhasePublish, time.Since(began))
-		if _, err := p.published(ch.TypeURL, v, err); err != nil {
-			p.log.Error("publishing a committed change failed", "type", short(ch.TypeURL), "version", ch.Version, "error", err)
-		}
-		for name, r := range put {
-			cur[name] = r.(resource.Named)
-		}
-		for _, name := range del {
-			delete(cur, name)
-		}
-		p.typeRev[ch.TypeURL] = ch.Version
+		p.serveChange(ch.TypeURL, ch.Version, put, ch.Deleted)
 	}
 	p.advance(rev)
 	return nil
+}
+
+// serveChange applies one committed change of a type to the plane's copy
+// and publishes it over xDS at version: put are the resources created or
+// replaced, deleted the names removed (a name the copy does not hold, or
+// that put holds again, is left as it is). Callers hold mu and have
+// checked that version is newer than the type's.
+func (p *Plane) serveChange(typeURL string, version uint64, put map[string]proto.Message, deleted []string) {
+	cur := p.res[typeURL]
+	var del []string
+	for _, name := range deleted {
+		if _, held := cur[name]; held {
+			if _, again := put[name]; !again {
+				del = append(del, name)
+			}
+		}
+	}
+	began := time.Now()
+	v, err := p.xds.UpdateAt(typeURL, version, put, del)
+	p.phase(typeURL, writePhasePublish, time.Since(began))
+	if _, err := p.published(typeURL, v, err); err != nil {
+		p.log.Error("publishing a committed change failed", "type", short(typeURL), "version", version, "error", err)
+	}
+	for name, r := range put {
+		cur[name] = r.(resource.Named)
+	}
+	for _, name := range del {
+		delete(cur, name)
+	}
+	p.typeRev[typeURL] = version
 }
 
 // advance notes that every commit up to rev is served (callers hold mu).

@@ -2,10 +2,16 @@ package plane
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mandate-dev/mandate/cp/store"
 	"github.com/mandate-dev/mandate/xds/mandatev1"
@@ -126,4 +132,139 @@ func TestPlaneReloadsAfterCompaction(t *testing.T) {
 	// And the plane follows on from there.
 	storePolicy(t, db, "writer", policyB)
 	waitFor(t, "the next change", func() bool { return slices.Equal(policyNames(p), []string{"reader", "writer"}) })
+}
+
+// heldStore is a store whose feed delivers nothing while it is held (a
+// feed goroutine that has not been scheduled yet, or a slow watch).
+type heldStore struct {
+	*store.DB
+	mu   sync.Mutex
+	gate chan struct{} // closed while the feed flows
+}
+
+func newHeldStore(db *store.DB) *heldStore {
+	s := &heldStore{DB: db, gate: make(chan struct{})}
+	close(s.gate)
+	return s
+}
+
+func (s *heldStore) hold() {
+	s.mu.Lock()
+	s.gate = make(chan struct{})
+	s.mu.Unlock()
+}
+
+func (s *heldStore) release() {
+	s.mu.Lock()
+	close(s.gate)
+	s.mu.Unlock()
+}
+
+func (s *heldStore) Follow(ctx context.Context, after uint64, fn func(uint64, []store.Change) error) error {
+	return s.DB.Follow(ctx, after, func(rev uint64, ch []store.Change) error {
+		s.mu.Lock()
+		gate := s.gate
+		s.mu.Unlock()
+		select {
+		case <-gate:
+			return fn(rev, ch)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+}
+
+// TestOwnCommitServedWithoutTheFeed: a write whose commit directly
+// follows the last revision served is served by the writer itself, so it
+// returns while the feed delivers nothing; a write with another writer's
+// commit between them waits for the feed, so that commit is served
+// first and never skipped as older than the type's version.
+func TestOwnCommitServedWithoutTheFeed(t *testing.T) {
+	db := store.NewMemory()
+	st := newHeldStore(db)
+	p, xs := newFeedPlane(t, st)
+	st.hold()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, _, err := revokeSubject(ctx, p, "own"); err != nil {
+		t.Fatalf("own write with the feed held: %v", err)
+	}
+	if rs, _ := p.Revocations(true); len(rs) != 1 {
+		t.Fatalf("%d revocations served after the own write, want 1", len(rs))
+	}
+	other := storeRevocation(t, db, "other") // another instance's commit, not yet delivered
+	short, cancelShort := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancelShort()
+	if _, _, err := revokeSubject(short, p, "late"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("write after an undelivered commit: %v, want it waiting for the feed", err)
+	}
+	if got := mustUint(xs.Versions()[mandatev1.RevocationTypeURL]); got >= other {
+		t.Fatalf("xDS serves Revocation version %d, past the undelivered commit %d", got, other)
+	}
+	st.release()
+	waitFor(t, "all three revocations served", func() bool {
+		rs, _ := p.Revocations(true)
+		return len(rs) == 3
+	})
+}
+
+// TestApplyOnAStaleCopyKeepsOtherWrites: policies applied through this
+// instance while another instance's policy commit has not reached it yet
+// never drop that policy (the apply replaces the whole set it planned on
+// its copy): the commit is refused as stale, and the apply plans again
+// once the copy has caught up.
+func TestApplyOnAStaleCopyKeepsOtherWrites(t *testing.T) {
+	db := store.NewMemory()
+	st := newHeldStore(db)
+	p, _ := newFeedPlane(t, st)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := p.ApplyPolicies(ctx, []*mandatev1.Policy{pol("writer", policyB)}, "op"); err != nil {
+		t.Fatal(err)
+	}
+	st.hold()
+	storePolicy(t, db, "reader", policyA) // another instance's apply, not yet delivered
+	short, cancelShort := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancelShort()
+	_, err := p.ApplyPolicies(short, []*mandatev1.Policy{pol("late", policyLate)}, "op")
+	stored, _, lerr := db.List(ctx, mandatev1.PolicyTypeURL)
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	var names []string
+	for _, it := range stored {
+		names = append(names, it.Name)
+	}
+	if !slices.Contains(names, "reader") {
+		t.Fatalf("apply on a stale copy (err %v) left the store with %v: the other instance's policy was dropped", err, names)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("apply on a stale copy with the feed held: %v, want it waiting to plan again", err)
+	}
+	st.release()
+	if _, err := p.ApplyPolicies(ctx, []*mandatev1.Policy{pol("late", policyLate)}, "op"); err != nil {
+		t.Fatal(err)
+	}
+	if got := policyNames(p); !slices.Equal(got, []string{"late", "reader", "writer"}) {
+		t.Fatalf("policies %v", got)
+	}
+}
+
+// policyLate is policyA under another policy name.
+var policyLate = strings.Replace(policyA, "name: reader", "name: late", 1)
+
+func storeRevocation(t *testing.T, db *store.DB, who string) uint64 {
+	t.Helper()
+	rec := &mandatev1.Revocation{Name: "r-" + who, Kind: "subject", Value: "spiffe://example.org/agent/" + who,
+		Expires: timestamppb.New(future()), CreatedAt: timestamppb.Now(), CreatedBy: "op"}
+	b, err := resource.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := db.Put(context.Background(), mandatev1.RevocationTypeURL, []store.Item{{Name: rec.GetName(), Value: b}},
+		store.AuditEntry{Actor: "other-instance", Action: "revoke"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

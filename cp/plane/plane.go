@@ -107,7 +107,7 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 // the audit trail.
 type Store interface {
 	Update(ctx context.Context, typeURL string, put []store.Item, del []string, audit ...store.AuditEntry) (uint64, error)
-	Replace(ctx context.Context, typeURL string, items []store.Item, audit ...store.AuditEntry) (uint64, error)
+	Replace(ctx context.Context, typeURL string, base uint64, items []store.Item, audit ...store.AuditEntry) (uint64, error)
 	List(ctx context.Context, typeURL string) ([]store.Item, uint64, error)
 	Revision(ctx context.Context) (uint64, error)
 	Follow(ctx context.Context, after uint64, fn func(rev uint64, changes []store.Change) error) error
@@ -265,8 +265,11 @@ type write struct {
 	put []resource.Named
 	// del: names to remove (each must exist).
 	del []string
-	// replace: put is the whole new set; every other name goes.
+	// replace: put is the whole new set; every other name goes. It was
+	// planned on the type at version base: the commit fails with
+	// store.ErrConflict when another commit wrote the type since.
 	replace bool
+	base    uint64
 	audit   []store.AuditEntry
 }
 
@@ -294,7 +297,7 @@ func (p *Plane) commit(ctx context.Context, w write) (string, error) {
 	)
 	began := time.Now()
 	if w.replace {
-		sv, err = p.st.Replace(ctx, w.typeURL, items, w.audit...)
+		sv, err = p.st.Replace(ctx, w.typeURL, w.base, items, w.audit...)
 	} else {
 		sv, err = p.st.Update(ctx, w.typeURL, items, w.del, w.audit...)
 	}
@@ -304,6 +307,15 @@ func (p *Plane) commit(ctx context.Context, w write) (string, error) {
 	}
 	committed := time.Now()
 	p.phase(w.typeURL, writePhaseCommit, committed.Sub(began))
+	p.mu.Lock()
+	if p.rev+1 == sv {
+		// Every commit before this one is served (no revision lies
+		// between): serve this one here, as the feed would, instead of
+		// waiting for the feed's goroutine to wake up and then wake this
+		// one. The feed's copy of it is then skipped as already held.
+		p.serveOwn(sv, w)
+	}
+	p.mu.Unlock()
 	if err := p.waitServed(ctx, sv); err != nil {
 		return "", fmt.Errorf("plane: %s committed at %d, not yet served: %w", resource.Short(w.typeURL), sv, err)
 	}
@@ -312,6 +324,24 @@ func (p *Plane) commit(ctx context.Context, w write) (string, error) {
 	v := p.xds.Versions()[w.typeURL]
 	p.mu.Unlock()
 	return v, nil
+}
+
+// serveOwn serves w, committed at rev, the revision after the last one
+// served (callers hold mu).
+func (p *Plane) serveOwn(rev uint64, w write) {
+	put := make(map[string]proto.Message, len(w.put))
+	for _, r := range w.put {
+		put[r.GetName()] = r
+	}
+	deleted := w.del
+	if w.replace {
+		deleted = make([]string, 0, len(p.res[w.typeURL]))
+		for name := range p.res[w.typeURL] {
+			deleted = append(deleted, name)
+		}
+	}
+	p.serveChange(w.typeURL, rev, put, deleted)
+	p.advance(rev)
 }
 
 // lockWrite takes the write lock and mu (planning reads the copy).

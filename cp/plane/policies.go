@@ -3,6 +3,7 @@ package plane
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -81,6 +82,39 @@ func (p *Plane) ApplyPolicies(ctx context.Context, ps []*mandatev1.Policy, actor
 func (p *Plane) ApplyPolicySet(ctx context.Context, ps []*mandatev1.Policy, prune, dryRun bool, actor string) (ApplyResult, error) {
 	p.lockWrite()
 	defer p.unlockWrite()
+	for attempt := 1; ; attempt++ {
+		res, err := p.applyPolicySet(ctx, ps, prune, dryRun, actor)
+		if !errors.Is(err, store.ErrConflict) || attempt == maxPlanAttempts {
+			return res, err
+		}
+		// Another instance changed the policies after this copy was
+		// planned on: serve what the store holds now, and plan again.
+		if err := p.catchUp(ctx); err != nil {
+			return ApplyResult{}, err
+		}
+	}
+}
+
+// maxPlanAttempts bounds the plans of one write that other instances'
+// writes keep making stale.
+const maxPlanAttempts = 3
+
+// catchUp returns once the plane serves every commit the store holds
+// (callers hold the write lock; mu is released while it waits).
+func (p *Plane) catchUp(ctx context.Context) error {
+	p.mu.Unlock()
+	defer p.mu.Lock()
+	rev, err := p.st.Revision(ctx)
+	if err != nil {
+		return fmt.Errorf("plane: %w", err)
+	}
+	if err := p.waitServed(ctx, rev); err != nil {
+		return fmt.Errorf("plane: store revision %d not yet served: %w", rev, err)
+	}
+	return nil
+}
+
+func (p *Plane) applyPolicySet(ctx context.Context, ps []*mandatev1.Policy, prune, dryRun bool, actor string) (ApplyResult, error) {
 	res, next, err := p.planPolicies(ps, prune)
 	if err != nil {
 		if !dryRun {
@@ -103,6 +137,7 @@ func (p *Plane) ApplyPolicySet(ctx context.Context, ps []*mandatev1.Policy, prun
 		all = append(all, next[name])
 	}
 	res.Version, err = p.commit(ctx, write{typeURL: mandatev1.PolicyTypeURL, put: all, replace: true,
+		base:  p.typeRev[mandatev1.PolicyTypeURL],
 		audit: []store.AuditEntry{p.audit(actor, "policy.apply", "policies", strings.Join(summary, ", "))}})
 	if err != nil {
 		return ApplyResult{}, err

@@ -36,7 +36,8 @@ var (
 	ErrExhausted = errors.New("store: approval uses exhausted")
 	// ErrExpired: the record expired.
 	ErrExpired = errors.New("store: expired")
-	// ErrConflict: a record belongs to someone else.
+	// ErrConflict: a record belongs to someone else, or a type changed
+	// since the version a write was planned on.
 	ErrConflict = errors.New("store: conflict")
 )
 
@@ -258,8 +259,12 @@ func (d *DB) Update(ctx context.Context, typeURL string, put []Item, del []strin
 }
 
 // Replace makes items the whole set of a type in one transaction and
-// returns the type's new version.
-func (d *DB) Replace(ctx context.Context, typeURL string, items []Item, audit ...AuditEntry) (uint64, error) {
+// returns the type's new version. base is the version of the type the
+// new set was made from: when another commit wrote the type since (an
+// other instance's, on a shared backend), nothing is written and the
+// error wraps ErrConflict, so a set planned on a stale copy never drops
+// what that commit added.
+func (d *DB) Replace(ctx context.Context, typeURL string, base uint64, items []Item, audit ...AuditEntry) (uint64, error) {
 	if err := checkItems(typeURL, items); err != nil {
 		return 0, err
 	}
@@ -268,6 +273,11 @@ func (d *DB) Replace(ctx context.Context, typeURL string, items []Item, audit ..
 		keep[it.Name] = struct{}{}
 	}
 	return d.update(ctx, audit, func(tx Tx) error {
+		if rev, err := tx.Rev(resTable(typeURL)); err != nil {
+			return err
+		} else if rev != base {
+			return fmt.Errorf("%s changed since version %d (now %d): %w", typeURL, base, rev, ErrConflict)
+		}
 		var drop []string
 		err := tx.Scan(resTable(typeURL), "", func(k string, _ []byte) (bool, error) {
 			if _, ok := keep[k]; !ok {

@@ -58,7 +58,7 @@ func testFollow(t *testing.T, nb NewBackend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v3, err := d.Replace(ctx, typeB, items("r", "9"))
+	v3, err := d.Replace(ctx, typeB, 0, items("r", "9"))
 	if err != nil {
 		t.Fatal(err)
 	}

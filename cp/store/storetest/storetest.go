@@ -210,7 +210,16 @@ func testReplace(t *testing.T, nb NewBackend) {
 	if _, err := d.Put(ctx, typeB, items("x", "9")); err != nil {
 		t.Fatal(err)
 	}
-	v, err := d.Replace(ctx, typeA, items("b", "20", "d", "4"))
+	_, base := mustList(t, d, typeA)
+	if _, err := d.Put(ctx, typeA, items("e", "5")); err != nil { // another writer, after base
+		t.Fatal(err)
+	}
+	if _, err := d.Replace(ctx, typeA, base, items("b", "20", "d", "4")); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("replace planned on version %d after a later write: %v, want ErrConflict", base, err)
+	}
+	got, base := mustList(t, d, typeA)
+	sameItems(t, got, items("a", "1", "b", "2", "c", "3", "e", "5"))
+	v, err := d.Replace(ctx, typeA, base, items("b", "20", "d", "4"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,14 +230,14 @@ func testReplace(t *testing.T, nb NewBackend) {
 	}
 	other, _ := mustList(t, d, typeB)
 	sameItems(t, other, items("x", "9"))
-	v2, err := d.Replace(ctx, typeA, nil)
+	v2, err := d.Replace(ctx, typeA, v, nil)
 	if err != nil || v2 <= v {
 		t.Fatalf("replace with nothing: version %d after %d, %v", v2, v, err)
 	}
 	if got, _ := mustList(t, d, typeA); len(got) != 0 {
 		t.Fatalf("left %v", got)
 	}
-	v3, err := d.Replace(ctx, typeA, nil)
+	v3, err := d.Replace(ctx, typeA, v2, nil)
 	if err != nil || v3 <= v2 {
 		t.Fatalf("replace of an empty set: version %d after %d, %v (every write raises the version)", v3, v2, err)
 	}
