@@ -27,6 +27,42 @@ type scanner struct {
 type nameRef struct {
 	start, end int
 	inBuf      bool
+	key        nameKey
+}
+
+// nameKey is what tells most pairs of names apart without comparing
+// them: whether a name is all ASCII, its length and its first 8 bytes in
+// ASCII lower case. Two ASCII names fold together (strings.EqualFold)
+// only when their keys are equal; names with non-ASCII bytes can fold
+// together at different lengths, so their keys tell nothing.
+type nameKey struct {
+	ascii bool
+	n     int
+	low8  uint64
+}
+
+// keyOf returns name's nameKey.
+func keyOf(name string) nameKey {
+	k := nameKey{ascii: true, n: len(name)}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c >= 0x80 {
+			return nameKey{}
+		}
+		if i < 8 {
+			if c >= 'A' && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			k.low8 |= uint64(c) << (8 * i)
+		}
+	}
+	return k
+}
+
+// differs reports whether the names of keys k and o cannot be equal under
+// strings.EqualFold (false: they may be).
+func (k nameKey) differs(o nameKey) bool {
+	return k.ascii && o.ascii && (k.n != o.n || k.low8 != o.low8)
 }
 
 // linearNames is how many members an object may have before duplicate
@@ -143,10 +179,85 @@ const (
 
 // str scans a string starting at its opening quote and returns the span
 // of its raw contents (between the quotes) and whether it holds escapes.
-// strings.IndexByte (vectorized) finds the next quote and backslash; the
-// printable ASCII between them is checked 16 bytes at a time, and only
-// escapes and non-ASCII runes are looked at one by one.
+// Where the CPU allows, strBlocks does it in one vectorized pass, else
+// strPortable; both decide every input alike (FuzzStrEquivalent).
 func (sc *scanner) str() (start, end int, escaped bool, err error) {
+	if haveSpecialBlocks {
+		return sc.strBlocks()
+	}
+	return sc.strPortable()
+}
+
+// isSpecial reports whether a byte inside a string needs a look of its
+// own: the closing quote, an escape, a control character (refused) or
+// the first byte of a non-ASCII rune (validated).
+func isSpecial(c byte) bool {
+	return c == '"' || c == '\\' || c < 0x20 || c >= 0x80
+}
+
+// indexSpecial returns the index of the first special byte of s, or
+// len(s). The whole 32-byte blocks are scanned by indexSpecialBlocks,
+// the rest byte by byte; a special first byte (the next rune of non-ASCII
+// text) is answered without a block scan.
+func indexSpecial(s string) int {
+	if len(s) == 0 || isSpecial(s[0]) {
+		return 0
+	}
+	i := indexSpecialBlocks(s)
+	if i < len(s)&^31 {
+		return i
+	}
+	for ; i < len(s); i++ {
+		if isSpecial(s[i]) {
+			return i
+		}
+	}
+	return len(s)
+}
+
+// strBlocks is str in one pass: each step finds the next special byte
+// (indexSpecial) and looks at it alone.
+func (sc *scanner) strBlocks() (start, end int, escaped bool, err error) {
+	s := sc.s
+	i := sc.i + 1
+	start = i
+	for {
+		i += indexSpecial(s[i:])
+		if i >= len(s) {
+			sc.i = i
+			return 0, 0, false, sc.fail(ReasonMalformed)
+		}
+		switch c := s[i]; {
+		case c == '"':
+			sc.i = i + 1
+			return start, i, escaped, nil
+		case c == '\\':
+			escaped = true
+			n, r := sc.escape(i)
+			if r != "" {
+				sc.i = i
+				return 0, 0, false, sc.fail(r)
+			}
+			i += n
+		case c < 0x20:
+			sc.i = i
+			return 0, 0, false, sc.fail(ReasonMalformed)
+		default: // non-ASCII
+			r, n := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && n <= 1 {
+				sc.i = i
+				return 0, 0, false, sc.fail(ReasonBadUTF8)
+			}
+			i += n
+		}
+	}
+}
+
+// strPortable is str without block scans: strings.IndexByte (vectorized)
+// finds the next quote and backslash; the printable ASCII between them is
+// checked 32 and 8 bytes at a time (plainPrefix), and only escapes and
+// non-ASCII runes are looked at one by one.
+func (sc *scanner) strPortable() (start, end int, escaped bool, err error) {
 	s := sc.s
 	i := sc.i + 1
 	start = i
@@ -369,6 +480,7 @@ func (sc *scanner) members(depth int, mode memberMode) error {
 			ref = nameRef{start: b0, end: len(sc.buf), inBuf: true}
 		}
 		name := sc.name(ref)
+		ref.key = keyOf(name)
 		switch {
 		case many != nil:
 			f := fold(name)
@@ -379,7 +491,7 @@ func (sc *scanner) members(depth int, mode memberMode) error {
 			many[f] = struct{}{}
 		default:
 			for _, prev := range names {
-				if sameName(sc.name(prev), name) {
+				if !prev.key.differs(ref.key) && sameName(sc.name(prev), name) {
 					sc.i = at
 					return sc.fail(ReasonDuplicateKey)
 				}
