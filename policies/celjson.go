@@ -16,9 +16,11 @@ import (
 // package authz/mcp validated (MCP arguments). A lookup scans the
 // object's members and converts only the value found; nested objects are
 // views too. Iteration, equality and conversion build the full map.
-type jsonObject string
+// It points to the text (one pointer: handing it to CEL as a ref.Val
+// allocates nothing).
+type jsonObject struct{ raw *string }
 
-var _ traits.Mapper = jsonObject("")
+var _ traits.Mapper = jsonObject{}
 
 // jsonValue converts validated JSON text to a CEL value: numbers become
 // int when integral and within int64, else double.
@@ -28,7 +30,8 @@ func jsonValue(raw string) ref.Val {
 	}
 	switch raw[0] {
 	case '{':
-		return jsonObject(raw)
+		obj := raw // a copy: taking raw's address would move it to the heap on every call
+		return jsonObject{&obj}
 	case '[':
 		var elems []ref.Val
 		mcp.Elements(raw, func(v string) bool {
@@ -57,7 +60,7 @@ func jsonValue(raw string) ref.Val {
 
 func (o jsonObject) full() traits.Mapper {
 	m := map[ref.Val]ref.Val{}
-	mcp.Members(string(o), func(name, value string) bool {
+	mcp.Members(*o.raw, func(name, value string) bool {
 		m[types.String(name)] = jsonValue(value)
 		return true
 	})
@@ -70,7 +73,7 @@ func (o jsonObject) Find(key ref.Val) (ref.Val, bool) {
 		return types.MaybeNoSuchOverloadErr(key), false
 	}
 	var found ref.Val
-	mcp.Members(string(o), func(name, value string) bool {
+	mcp.Members(*o.raw, func(name, value string) bool {
 		if name == string(k) {
 			found = jsonValue(value)
 			return false
@@ -85,7 +88,7 @@ func (o jsonObject) Contains(key ref.Val) ref.Val { return mapContains(o, key) }
 
 func (o jsonObject) Size() ref.Val {
 	n := 0
-	mcp.Members(string(o), func(string, string) bool { n++; return true })
+	mcp.Members(*o.raw, func(string, string) bool { n++; return true })
 	return types.Int(n)
 }
 

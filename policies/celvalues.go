@@ -77,9 +77,10 @@ func (a activation) ResolveName(name string) (any, bool) {
 		return types.String(r.MCP.ResourceURI), true
 	case varMCPArgs:
 		if r.MCP == nil || r.MCP.Arguments == "" {
-			return jsonObject("{}"), true
+			empty := "{}"
+			return jsonObject{&empty}, true
 		}
-		return jsonObject(r.MCP.Arguments), true
+		return jsonObject{&r.MCP.Arguments}, true
 	}
 	if field, ok := strings.CutPrefix(name, "mandate."); ok {
 		if r.Mandate == nil {

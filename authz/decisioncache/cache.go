@@ -74,12 +74,17 @@ type Cache struct {
 	ttl   time.Duration
 	seed  maphash.Seed
 	front [frontSlots]atomic.Pointer[frontEntry]
-	hits  [hitShards]paddedCount // served by the front table
+	// stats counts lookups and dropped sets, sharded by key hash.
+	// Ristretto's own metrics stay off: besides its counters they time
+	// every admission and eviction (a clock read, a map of admission
+	// times and a locked histogram per miss), on the goroutine that
+	// applies sets.
+	stats [statShards]counts
 }
 
 const (
 	frontSlots = 2048
-	hitShards  = 8
+	statShards = 8
 )
 
 type frontEntry struct {
@@ -87,10 +92,10 @@ type frontEntry struct {
 	e   *Entry
 }
 
-// paddedCount keeps each shard of a counter on its own cache line.
-type paddedCount struct {
-	n atomic.Uint64
-	_ [56]byte
+// counts is one shard of Cache.stats, on its own cache line.
+type counts struct {
+	hits, misses, dropped atomic.Uint64
+	_                     [40]byte
 }
 
 // New returns a Cache.
@@ -106,7 +111,6 @@ func New(cfg Config) (*Cache, error) {
 		MaxCost:            cfg.MaxEntries,
 		BufferItems:        64,
 		IgnoreInternalCost: true,
-		Metrics:            true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("decisioncache: %w", err)
@@ -123,14 +127,17 @@ func (c *Cache) Get(key []byte, epoch uint64, now time.Time) (*Entry, bool) {
 	h := maphash.Bytes(c.seed, key)
 	slot := &c.front[h%frontSlots]
 	f := slot.Load()
+	st := &c.stats[h%statShards]
 	if f != nil && f.key == string(key) && f.e.valid(epoch, now) {
-		c.hits[h%hitShards].n.Add(1)
+		st.hits.Add(1)
 		return f.e, true
 	}
 	e, ok := c.c.Get(key)
 	if !ok || !e.valid(epoch, now) {
+		st.misses.Add(1)
 		return nil, false
 	}
+	st.hits.Add(1)
 	if f == nil || !f.e.valid(epoch, now) {
 		slot.Store(&frontEntry{key: string(key), e: e})
 	}
@@ -160,9 +167,12 @@ func (c *Cache) Set(key []byte, e *Entry, notAfter, now time.Time) {
 	e.Expires = exp
 	// Get checks Expires itself, so ristretto's own TTL bookkeeping (an
 	// expiration map updated on every Set) is not needed.
-	c.c.Set(key, e, 1)
+	h := maphash.Bytes(c.seed, key)
+	if !c.c.Set(key, e, 1) {
+		c.stats[h%statShards].dropped.Add(1)
+	}
 	// The front table keeps no older entry of this key than ristretto.
-	slot := &c.front[maphash.Bytes(c.seed, key)%frontSlots]
+	slot := &c.front[h%frontSlots]
 	if f := slot.Load(); f != nil && f.key == string(key) {
 		slot.Store(&frontEntry{key: f.key, e: e})
 	}
@@ -182,18 +192,19 @@ func (c *Cache) Close() {
 	}
 }
 
-// Stats returns hits (of the front table and ristretto), misses and
-// dropped sets (as counted by ristretto).
+// Stats returns the lookups that served an entry (hits), those that did
+// not (misses) and the sets ristretto dropped from its buffer.
 func (c *Cache) Stats() (hits, misses, dropped uint64) {
 	if c == nil {
 		return 0, 0, 0
 	}
-	m := c.c.Metrics
-	hits = m.Hits()
-	for i := range c.hits {
-		hits += c.hits[i].n.Load()
+	for i := range c.stats {
+		st := &c.stats[i]
+		hits += st.hits.Load()
+		misses += st.misses.Load()
+		dropped += st.dropped.Load()
 	}
-	return hits, m.Misses(), m.SetsDropped()
+	return hits, misses, dropped
 }
 
 // MaxRawKey is the longest key kept as built; a longer one (a policy that
