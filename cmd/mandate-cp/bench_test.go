@@ -118,7 +118,8 @@ func (l *loadReplica) firstDeny(t0, acked time.Time) (time.Time, int, bool) {
 // and the allows served for a Check sent after the replica ACKed (must be
 // 0). See propagationLoads for the two loads.
 func BenchmarkRevocationPropagation(b *testing.B) {
-	cp := startCP(b, b.TempDir(), "127.0.0.1:0", "127.0.0.1:0")
+	cp := start(b, binCP, append([]string{"--data-dir", b.TempDir(), "--plaintext", "--xds-listen", "127.0.0.1:0",
+		"--admin-listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--log-level", "warn"}, benchCPArgs()...)...)
 	var replicas []*proc
 	for i := range 3 {
 		replicas = append(replicas, startAuthz(b, cp.addrs["xds"], fmt.Sprintf("authz-%d", i)))
@@ -126,6 +127,11 @@ func BenchmarkRevocationPropagation(b *testing.B) {
 	propagationLoads(b, []mandatev1.AdminClient{adminClient(b, cp)}, replicas)
 	tracePhases(b, cp)
 }
+
+// benchCPArgs are extra mandate-cp flags of the propagation benchmarks
+// (BENCH_CP_ARGS, split on spaces), to compare settings such as
+// --sched-slice 0 in one checkout.
+func benchCPArgs() []string { return strings.Fields(os.Getenv("BENCH_CP_ARGS")) }
 
 // checkEvery is the pace of the steady load: 2,000 Checks/s per replica
 // (6,000/s on the three), half of them on the subject being revoked, so
@@ -175,6 +181,7 @@ func BenchmarkRevocationPropagationEtcd(b *testing.B) {
 	c := etcdtest.Start(b, 3)
 	args := []string{"--plaintext", "--xds-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
 		"--metrics-addr", "127.0.0.1:0", "--log-level", "warn", "--kek-file", writeKEK(b)}
+	args = append(args, benchCPArgs()...)
 	for _, ep := range c.Endpoints() {
 		args = append(args, "--etcd-endpoint", ep)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/mandate-dev/mandate/cp/plane"
 	"github.com/mandate-dev/mandate/cp/store/etcdstore"
 	"github.com/mandate-dev/mandate/internal/cmdutil"
+	"github.com/mandate-dev/mandate/internal/schedslice"
 )
 
 func main() {
@@ -40,8 +41,9 @@ func main() {
 // options are the command line: the instance's configuration, and the
 // log level.
 type options struct {
-	cfg      instance.Config
-	logLevel string
+	cfg        instance.Config
+	logLevel   string
+	schedSlice time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -64,6 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&c.WorkloadAPI, "workload-api", "", "SPIFFE Workload API socket (default: $SPIFFE_ENDPOINT_SOCKET)")
 	fs.BoolVar(&c.Plaintext, "plaintext", false, "development only: no mTLS on xDS and admin; refused unless both listen on loopback")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug | info | warn | error")
+	fs.DurationVar(&o.schedSlice, "sched-slice", schedslice.Min, "Linux 6.12+: the scheduler time slice asked for every thread, so that a write woken from fdatasync, or a push, runs at once on a node whose cores are busy (its CPU share is unchanged; 0: the kernel's default)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 5*time.Second, "how long a graceful shutdown waits for calls in flight")
 	fs.DurationVar(&c.RevocationRetention, "revocation-retention", plane.DefaultRevocationRetention, "how long a revocation record is kept after it expired before it is removed (0: kept forever)")
 	fs.DurationVar(&c.AuditMaxAge, "audit-max-age", plane.DefaultAuditMaxAge, "audit entries older than this are removed (0: no age limit)")
@@ -106,6 +109,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		err = errors.New("--data-dir (or --etcd-endpoint) is required")
 	case c.XDSListen == "":
 		err = errors.New("--xds-listen is required")
+	case o.schedSlice != 0 && (o.schedSlice < schedslice.Min || o.schedSlice > schedslice.Max):
+		err = fmt.Errorf("--sched-slice must be 0 or from %v to %v", schedslice.Min, schedslice.Max)
 	}
 	return o, err
 }
@@ -120,6 +125,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := cmdutil.NewLogger(stderr, level)
+	if o.schedSlice > 0 {
+		if n, err := schedslice.Set(o.schedSlice); err != nil {
+			logger.Info("scheduler time slice left at the kernel's default", "error", err)
+		} else {
+			logger.Debug("scheduler time slice set", "slice", o.schedSlice, "threads", n)
+		}
+	}
 	// From here on SIGHUP never kills: the Envoy directory and the
 	// issuance policy reload on it; the rest needs a restart.
 	hup, stopHup := cmdutil.Hangups()
