@@ -203,7 +203,24 @@ func TestDriftCountsSurviveLeaderChange(t *testing.T) {
 	report(b, 3)
 	revocations(t, b, 1)
 	report(b, 6)
-	time.Sleep(300 * time.Millisecond) // several drain turns of the leader
+	// Denials of another subject queued after those six, one at a time:
+	// once the leader has counted the first, it has taken the six (the
+	// queue is read oldest first); once it has counted the second, queued
+	// after that, it has also finished whatever the six made it do.
+	const sentinel = "spiffe://example.org/agent/sentinel"
+	skey := "flags\x00subject\x00" + sentinel
+	for n := 1; n <= 2; n++ {
+		if _, err := b.rp.Report(ctx, outOfIntent(sentinel)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, fmt.Sprintf("denial %d of the later subject counted", n), func() bool {
+			got, err := b.db.DriftCounts(ctx, []string{skey})
+			var count struct {
+				Times []int64 `json:"t"`
+			}
+			return err == nil && json.Unmarshal(got[skey], &count) == nil && len(count.Times) == n
+		})
+	}
 	revocations(t, b, 1)
 }
 
