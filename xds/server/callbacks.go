@@ -230,8 +230,10 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 			delete(st.nacked, typeURL)
 		}
 		if !nt.hasAck || sn.version > nt.acked {
-			if t, ok := s.types[typeURL].setAt[sn.version]; ok {
-				s.m.propagation.WithLabelValues(shortType(typeURL)).Observe(now.Sub(t).Seconds())
+			if ts := s.types[typeURL]; ts != nil {
+				if t, ok := ts.setAt[sn.version]; ok {
+					ts.propagation.Observe(now.Sub(t).Seconds())
+				}
 			}
 			nt.acked, nt.hasAck, nt.ackedAt = sn.version, true, now
 		}
@@ -246,7 +248,7 @@ func (s *Server) onRequest(k streamKey, node *core.Node, typeURL, nonce string, 
 		nt.nacked, nt.hasNack, nt.nackedAt, nt.nackErr = sn.version, true, now, msg
 		st.nacked[typeURL] = streamNack{version: sn.version, msg: msg}
 		st.nackedLocked(typeURL)
-		s.m.nacks.WithLabelValues(shortType(typeURL)).Inc()
+		s.types[typeURL].nacks.Inc()
 		s.log.Warn("xds node rejected resources", "node", st.node, "kind", n.kind, "type", shortType(typeURL),
 			"version", sn.version, "error", msg)
 	}
@@ -269,13 +271,13 @@ func (s *Server) onResponse(k streamKey, typeURL, nonce, cacheVersion string) st
 		s.log.Error("xds cache produced a non-numeric version", "type", shortType(typeURL), "version", cacheVersion)
 		return cacheVersion
 	}
-	v, ok := ts.ext[cv]
+	e, ok := ts.ext[cv]
 	if !ok {
 		s.log.Error("xds cache version out of the version history", "type", shortType(typeURL), "version", cacheVersion)
 		return cacheVersion
 	}
-	s.m.pushes.WithLabelValues(shortType(typeURL)).Inc()
-	out := format(v)
+	ts.pushes.Inc()
+	v, out := e.v, e.text
 	if partial {
 		out += mandatev1.PartialVersionSuffix
 	}

@@ -49,6 +49,7 @@ type deltaCache struct {
 
 	mu      sync.Mutex
 	seq     uint64 // cache version: one per update
+	seqText string // seq in decimal, the system_version_info of a response
 	res     map[string]cachedBytes
 	log     []logEntry // the changes of the last versions, oldest first
 	logSize int        // names in log
@@ -64,6 +65,10 @@ type deltaCache struct {
 type cachedBytes struct {
 	value   []byte
 	version string // hash of value: stable across instances, for resume
+	// res is the resource as it goes out, shared by every stream's
+	// response (nothing writes into it after update built it: gRPC
+	// marshals it for each stream, concurrently, which only reads it).
+	res *discovery.Resource
 }
 
 type logEntry struct {
@@ -95,7 +100,7 @@ const (
 
 func newDeltaCache(lc *cachev3.LinearCache, typeURL string, budget int) *deltaCache {
 	return &deltaCache{LinearCache: lc, typeURL: typeURL, anyType: anyTypeOf(typeURL), budget: budget,
-		res: map[string]cachedBytes{}, watches: map[*deltaWatch]struct{}{},
+		seqText: "0", res: map[string]cachedBytes{}, watches: map[*deltaWatch]struct{}{},
 		logVersions: maxLogVersions, logNames: maxLogNames}
 }
 
@@ -117,11 +122,14 @@ func (c *deltaCache) update(put map[string]types.Resource, remove []string) erro
 		if err != nil {
 			return fmt.Errorf("xdsserver: marshal %s %q: %w", shortType(c.typeURL), name, err)
 		}
-		marshaled[name] = cachedBytes{value: b, version: cachev3.HashResource(b)}
+		v := cachev3.HashResource(b)
+		marshaled[name] = cachedBytes{value: b, version: v,
+			res: &discovery.Resource{Name: name, Version: v, Resource: &anypb.Any{TypeUrl: c.anyType, Value: b}}}
 	}
 	names := make([]string, 0, len(put)+len(remove))
 	c.mu.Lock()
 	c.seq++
+	c.seqText = strconv.FormatUint(c.seq, 10)
 	for name, cb := range marshaled {
 		c.res[name] = cb
 		names = append(names, name)
@@ -181,9 +189,13 @@ func (c *deltaCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Sub
 	first := sub.IsWildcard() && req.GetResponseNonce() == ""
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if r := c.respondLocked(w); first || r.carries() {
-		out <- r
-		return nil, nil
+	// An ACK of the latest version (the usual request) has nothing to
+	// answer: no response is built.
+	if mark, marked := markOf(sub.ReturnedResources()); first || fresh || !marked || mark != c.seq {
+		if r := c.respondLocked(w); first || r.carries() {
+			out <- r
+			return nil, nil
+		}
 	}
 	c.watches[w] = struct{}{}
 	return func() {
@@ -227,10 +239,13 @@ func (c *deltaCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription,
 // deltaResponse is one delta response to one stream.
 type deltaResponse struct {
 	req  *discovery.DeltaDiscoveryRequest
-	resp *discovery.DeltaDiscoveryResponse
+	resp discovery.DeltaDiscoveryResponse
 	// known is the stream's returned-resources map, brought up to what
 	// resp carries.
 	known map[string]string
+	// one holds resp's resource when it carries one (the usual push):
+	// no slice of its own.
+	one [1]*discovery.Resource
 }
 
 func (r *deltaResponse) carries() bool {
@@ -260,24 +275,32 @@ func (c *deltaCache) respondLocked(w *deltaWatch) *deltaResponse {
 	if marked && mark == c.seq {
 		// Up to date.
 	} else if marked && mark < c.seq && len(c.log) > 0 && c.log[0].seq <= mark+1 {
-		seen := map[string]struct{}{}
-		for _, e := range c.log {
-			if e.seq <= mark {
-				continue
-			}
-			for _, n := range e.names {
-				if _, dup := seen[n]; dup {
-					continue
-				}
-				seen[n] = struct{}{}
+		since := c.log[len(c.log)-int(c.seq-mark):]
+		if len(since) == 1 {
+			// The common case, one version behind: the names of one
+			// update are distinct.
+			for _, n := range since[0].names {
 				updated, removed = c.diffOne(sub, known, n, updated, removed)
+			}
+		} else {
+			seen := map[string]struct{}{}
+			for _, e := range since {
+				for _, n := range e.names {
+					if _, dup := seen[n]; dup {
+						continue
+					}
+					seen[n] = struct{}{}
+					updated, removed = c.diffOne(sub, known, n, updated, removed)
+				}
 			}
 		}
 	} else {
 		c.fullDiffs++
 		updated, removed = c.diffAll(sub, known)
 	}
-	return &deltaResponse{req: w.req, resp: c.build(known, updated, removed), known: known}
+	r := &deltaResponse{req: w.req, known: known}
+	c.build(&r.resp, r.one[:0], known, updated, removed)
+	return r
 }
 
 // diffOne files name as updated or removed when the stream's version of
@@ -336,8 +359,9 @@ func (c *deltaCache) diffAll(sub cachev3.Subscription, known map[string]string) 
 // known with the cache version; a chunk leaves the mark as it was, so
 // the next response looks at the same changes again (what this chunk
 // carried is skipped then: known has it).
-func (c *deltaCache) build(known map[string]string, updated, removed []string) *discovery.DeltaDiscoveryResponse {
-	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: c.typeURL}
+// resp is filled in; its resources go into buf when they fit.
+func (c *deltaCache) build(resp *discovery.DeltaDiscoveryResponse, buf []*discovery.Resource, known map[string]string, updated, removed []string) {
+	resp.TypeUrl = c.typeURL
 	over := resourceOverhead(c.anyType)
 	used, complete := 0, true
 	for _, name := range removed {
@@ -350,8 +374,11 @@ func (c *deltaCache) build(known map[string]string, updated, removed []string) *
 		resp.RemovedResources = append(resp.RemovedResources, name)
 		delete(known, name)
 	}
-	if complete {
-		resp.Resources = make([]*discovery.Resource, 0, len(updated))
+	if complete && len(updated) > 0 {
+		resp.Resources = buf
+		if cap(buf) < len(updated) {
+			resp.Resources = make([]*discovery.Resource, 0, len(updated))
+		}
 		for _, name := range updated {
 			cb := c.res[name]
 			n := len(cb.value) + len(name) + len(cb.version) + over
@@ -360,22 +387,20 @@ func (c *deltaCache) build(known map[string]string, updated, removed []string) *
 				break
 			}
 			used += n
-			resp.Resources = append(resp.Resources, &discovery.Resource{Name: name, Version: cb.version,
-				Resource: &anypb.Any{TypeUrl: c.anyType, Value: cb.value}})
+			resp.Resources = append(resp.Resources, cb.res)
 			known[name] = cb.version
 		}
 	}
-	resp.SystemVersionInfo = strconv.FormatUint(c.seq, 10)
+	resp.SystemVersionInfo = c.seqText
 	if complete {
 		known[seqKey] = resp.SystemVersionInfo
 	} else {
 		resp.SystemVersionInfo += mandatev1.PartialVersionSuffix
 	}
-	return resp
 }
 
 func (r *deltaResponse) GetDeltaDiscoveryResponse() (*discovery.DeltaDiscoveryResponse, error) {
-	return r.resp, nil
+	return &r.resp, nil
 }
 func (r *deltaResponse) GetDeltaRequest() *discovery.DeltaDiscoveryRequest { return r.req }
 func (r *deltaResponse) GetSystemVersion() (string, error)                 { return r.resp.GetSystemVersionInfo(), nil }

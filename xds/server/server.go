@@ -210,7 +210,7 @@ type typeState struct {
 	// ext maps a cache version to the version served for it: the
 	// previous version plus one, or the version the caller gave (SetAt,
 	// UpdateAt: the store's revision). The last extHistory are kept.
-	ext     map[uint64]uint64
+	ext     map[uint64]served
 	cv      uint64 // the cache's current version
 	version uint64
 	current map[string]proto.Message
@@ -219,6 +219,18 @@ type typeState struct {
 	// non-empty shard, sorted: the cache holds one resource per shard
 	// (mandatev1.RevocationShard), not one per record.
 	shards map[uint32][]string
+	// The type's metrics, resolved once: a response and an ACK do not
+	// look their labels up.
+	pushes      prometheus.Counter
+	propagation prometheus.Observer
+	nacks       prometheus.Counter
+}
+
+// served is a version served and its decimal text (what every response
+// carrying it says).
+type served struct {
+	v    uint64
+	text string
 }
 
 type streamKey struct {
@@ -386,8 +398,11 @@ func New(logger *slog.Logger, opts ...Option) (*Server, error) {
 	}
 	for _, t := range allTypeURLs() {
 		c := cachev3.NewLinearCache(t, cachev3.WithLogger(glog))
-		s.types[t] = &typeState{cache: c, ext: map[uint64]uint64{0: o.initial[t]}, version: o.initial[t],
-			current: map[string]proto.Message{}, setAt: map[uint64]time.Time{}}
+		label := shortType(t)
+		s.types[t] = &typeState{cache: c, ext: map[uint64]served{0: {o.initial[t], format(o.initial[t])}}, version: o.initial[t],
+			current: map[string]proto.Message{}, setAt: map[uint64]time.Time{},
+			pushes: m.pushes.WithLabelValues(label), propagation: m.propagation.WithLabelValues(label),
+			nacks: m.nacks.WithLabelValues(label)}
 		if t == mandatev1.RevocationTypeURL {
 			s.types[t].shards = map[uint32][]string{}
 		}
@@ -622,10 +637,10 @@ func (s *Server) apply(typeURL string, msgs map[string]proto.Message, del []stri
 	}
 	// The linear cache raises its version by exactly one per call.
 	ts.cv++
-	ts.ext[ts.cv] = next
+	ts.ext[ts.cv] = served{next, format(next)}
 	if old, ok := ts.ext[ts.cv-extHistory]; ok && ts.cv >= extHistory {
 		delete(ts.ext, ts.cv-extHistory)
-		delete(ts.setAt, old)
+		delete(ts.setAt, old.v)
 	}
 	ts.setAt[next] = s.now()
 	s.mu.Unlock()
