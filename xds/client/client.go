@@ -113,6 +113,9 @@ type typeData struct {
 	version    string
 	applied    bool
 	pendingErr error
+	// The type's metrics, resolved once: a response does not look its
+	// labels up.
+	appliedTotal, decodedTotal, nackTotal prometheus.Counter
 }
 
 // Client follows the control plane. Create it with New and call Run.
@@ -226,14 +229,16 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xdsclient: compile empty policy set: %w", err)
 	}
-	for _, t := range mandatev1.TypeURLs() {
-		c.types[t] = &typeData{received: map[string]entry{}, good: emptyCompiled(t),
-			dec: map[string]any{}, dirty: map[string]struct{}{}}
-	}
-	c.types[mandatev1.PolicyTypeURL].good.policies = empty
 	if c.m, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
 	}
+	for _, t := range mandatev1.TypeURLs() {
+		c.types[t] = &typeData{received: map[string]entry{}, good: emptyCompiled(t),
+			dec: map[string]any{}, dirty: map[string]struct{}{},
+			appliedTotal: c.m.applied.WithLabelValues(short(t)), decodedTotal: c.m.decoded.WithLabelValues(short(t)),
+			nackTotal: c.m.nacks.WithLabelValues(short(t))}
+	}
+	c.types[mandatev1.PolicyTypeURL].good.policies = empty
 	if err := c.connect(cfg); err != nil {
 		_ = c.Close()
 		return nil, err
@@ -391,68 +396,81 @@ func (c *Client) runStream(ctx context.Context, srv server) (got bool, err error
 		}
 	}
 
-	respCh := make(chan *discovery.DeltaDiscoveryResponse)
-	errCh := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			r, err := stream.Recv()
-			if err != nil {
-				errCh <- err
-				return
-			}
-			select {
-			case respCh <- r:
-			case <-sctx.Done():
-				return
-			}
-		}
-	}()
+	// The responses are received, handled and answered here, in Run's
+	// goroutine (no hand-off per response); a heartbeat goroutine only
+	// sends, under sendMu (a gRPC stream takes one sender at a time).
+	var sendMu sync.Mutex
+	send := func(req *discovery.DeltaDiscoveryRequest) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(req)
+	}
+	hbErr := make(chan error, 1)
+	if c.hb > 0 {
+		first := c.clock.After(c.hb)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.heartbeat(sctx, first, send, hbErr, cancel)
+		}()
+	}
 
 	// answered: the types whose latest response on this stream was
 	// accepted; contact counts only once every type has been.
 	answered := map[string]bool{}
-	var hb <-chan time.Time
-	if c.hb > 0 {
-		hb = c.clock.After(c.hb)
+	for {
+		r, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return got, ctx.Err()
+			}
+			select {
+			case herr := <-hbErr:
+				return got, fmt.Errorf("xdsclient: send heartbeat: %w", herr)
+			default:
+			}
+			return got, fmt.Errorf("xdsclient: receive: %w", err)
+		}
+		if err := c.notBehind(r); err != nil {
+			// Not ACKed or NACKed: this instance has not caught up
+			// with what the replica enforces; another may have.
+			return got, err
+		}
+		if !got {
+			got = true
+			c.m.connected.Set(1)
+			c.log.Info("xds stream to control plane established", "server", srv.name)
+		}
+		reply := c.handle(r)
+		if err := send(reply); err != nil {
+			return got, fmt.Errorf("xdsclient: send ack: %w", err)
+		}
+		if _, ok := c.types[r.GetTypeUrl()]; ok && !isPartial(r) {
+			answered[r.GetTypeUrl()] = reply.GetErrorDetail() == nil
+		}
+		if c.inContact(answered) {
+			c.lastContact.Store(c.clock.Now().UnixNano())
+		}
 	}
+}
+
+// heartbeat sends a request with no nonce every c.hb until ctx ends: the
+// server answers with whatever changed (often nothing), a liveness
+// probe. A failed send ends the stream (cancel), its error in errc.
+func (c *Client) heartbeat(ctx context.Context, next <-chan time.Time, send func(*discovery.DeltaDiscoveryRequest) error,
+	errc chan<- error, cancel context.CancelFunc) {
 	for {
 		select {
 		case <-ctx.Done():
-			return got, ctx.Err()
-		case err := <-errCh:
-			return got, fmt.Errorf("xdsclient: receive: %w", err)
-		case r := <-respCh:
-			if err := c.notBehind(r); err != nil {
-				// Not ACKed or NACKed: this instance has not caught up
-				// with what the replica enforces; another may have.
-				return got, err
-			}
-			if !got {
-				got = true
-				c.m.connected.Set(1)
-				c.log.Info("xds stream to control plane established", "server", srv.name)
-			}
-			reply := c.handle(r)
-			if err := stream.Send(reply); err != nil {
-				return got, fmt.Errorf("xdsclient: send ack: %w", err)
-			}
-			if _, ok := c.types[r.GetTypeUrl()]; ok && !isPartial(r) {
-				answered[r.GetTypeUrl()] = reply.GetErrorDetail() == nil
-			}
-			if c.inContact(answered) {
-				c.lastContact.Store(c.clock.Now().UnixNano())
-			}
-		case <-hb:
-			// A request with no nonce makes the server answer with
-			// whatever changed (often nothing): a liveness probe.
-			req := &discovery.DeltaDiscoveryRequest{TypeUrl: mandatev1.RevocationTypeURL}
-			if err := stream.Send(req); err != nil {
-				return got, fmt.Errorf("xdsclient: send heartbeat: %w", err)
-			}
-			hb = c.clock.After(c.hb)
+			return
+		case <-next:
 		}
+		if err := send(&discovery.DeltaDiscoveryRequest{TypeUrl: mandatev1.RevocationTypeURL}); err != nil {
+			errc <- err
+			cancel()
+			return
+		}
+		next = c.clock.After(c.hb)
 	}
 }
 
@@ -568,7 +586,7 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 			decoded int
 		)
 		comp, staged, err = build(t, td.good, td.dec, td.received, td.dirty, &decoded)
-		c.m.decoded.WithLabelValues(short(t)).Add(float64(decoded))
+		td.decodedTotal.Add(float64(decoded))
 		if err == nil {
 			prev, prevVersion := td.good, td.version
 			td.good, td.version = comp, version
@@ -610,7 +628,7 @@ func (td *typeData) commit(staged map[string]any) {
 
 func (c *Client) reject(reply *discovery.DeltaDiscoveryRequest, t, version string, err error) *discovery.DeltaDiscoveryRequest {
 	reply.ErrorDetail = nack("%s version %s rejected: %v", short(t), version, err)
-	c.m.nacks.WithLabelValues(short(t)).Inc()
+	c.types[t].nackTotal.Inc()
 	c.log.Warn("xds update rejected; keeping the last good set", "type", short(t), "version", version, "error", err)
 	return reply
 }
@@ -621,8 +639,10 @@ func (c *Client) accepted(t string, td *typeData, version string, changed bool) 
 	now := c.clock.Now()
 	c.m.lastSync.Set(float64(now.UnixNano()) / 1e9)
 	if changed || first {
-		c.m.applied.WithLabelValues(short(t)).Inc()
-		c.log.Info("xds update applied", "type", short(t), "version", version, "resources", len(td.received))
+		td.appliedTotal.Inc()
+		// Typed attributes: nothing is boxed when the level is off.
+		c.log.LogAttrs(context.Background(), slog.LevelInfo, "xds update applied",
+			slog.String("type", short(t)), slog.String("version", version), slog.Int("resources", len(td.received)))
 	}
 	if first && !c.synced.Load() {
 		for _, x := range c.types {
