@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -164,8 +165,12 @@ func (f *fanout) push(tb testing.TB, ctx context.Context, i int) []time.Duration
 // replica holds before (0 by default; the cost of a push should not
 // depend on it). Reports p50/p99/max over every
 // replica and iteration (goal: p99 <= 200 ms), last-ms: the p50 of the
-// time until the last ACK of a push, and cpu-ms/push: the process CPU time
-// per push (server and the 1,000 clients).
+// time until the last ACK of a push, cpu-ms/push: the process CPU time
+// per push (server and the 1,000 clients), and gc/push: the garbage
+// collection cycles per push. MANDATE_FANOUT_TRACE=1 logs each push (its
+// first, median and last ACK, and the GC cycles during it: the ACKs of
+// a push arrive together, so the p99 is the slowest pushes');
+// MANDATE_FANOUT_CPUPROFILE writes a CPU profile of the pushes only.
 func BenchmarkRevocationFanout(b *testing.B) {
 	n := fanoutStreams
 	if s := os.Getenv("MANDATE_FANOUT_STREAMS"); s != "" {
@@ -184,19 +189,39 @@ func BenchmarkRevocationFanout(b *testing.B) {
 	f := startFanout(b, n, records)
 	ctx := context.Background()
 	f.push(b, ctx, -1) // warm every stream once
+	trace := os.Getenv("MANDATE_FANOUT_TRACE") != ""
+	if path := os.Getenv("MANDATE_FANOUT_CPUPROFILE"); path != "" {
+		out, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer func() { _ = out.Close() }()
+		if err := pprof.StartCPUProfile(out); err != nil {
+			b.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var all, last []time.Duration
 	cpu0 := cpuTime(b)
 	r0, w0 := sysIO(b)
+	gc0 := gcCycles()
 	b.ResetTimer()
 	pushes := 0
 	for i := 0; b.Loop(); i++ {
+		g := gcCycles()
 		lat := f.push(b, ctx, i)
+		if trace {
+			s := slices.Sorted(slices.Values(lat))
+			b.Logf("push %d: ACKs from %v, median %v, last %v; %d GC cycles", i, s[0].Round(time.Millisecond),
+				s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond), gcCycles()-g)
+		}
 		all = append(all, lat...)
 		last = append(last, slices.Max(lat))
 		pushes++
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(time.Millisecond)/float64(pushes), "cpu-ms/push")
+	b.ReportMetric(float64(gcCycles()-gc0)/float64(pushes), "gc/push")
 	if r1, w1 := sysIO(b); r1 > 0 {
 		b.ReportMetric(float64(r1-r0)/float64(pushes*n), "reads/stream")
 		b.ReportMetric(float64(w1-w0)/float64(pushes*n), "writes/stream")
@@ -223,6 +248,16 @@ func cpuTime(tb testing.TB) time.Duration {
 		tb.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// gcCycles is the number of garbage collection cycles completed so far.
+func gcCycles() uint64 {
+	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 // sysIO returns the read and write system calls this process made so far
