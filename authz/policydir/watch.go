@@ -103,7 +103,9 @@ func (w *Watcher) Load() error {
 func (w *Watcher) Reloaded() <-chan struct{} { return w.attempts }
 
 // Run watches the directory (and its subdirectories) until ctx is done,
-// reloading after each burst of changes.
+// reloading once the watch is in place (a change made after the first
+// Load and before the watch began is seen) and after each burst of
+// changes.
 func (w *Watcher) Run(ctx context.Context) error {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -112,6 +114,11 @@ func (w *Watcher) Run(ctx context.Context) error {
 	defer fw.Close()
 	if err := addTree(fw, w.cfg.Dir); err != nil {
 		return err
+	}
+	// What changed between the first Load and the watch is in no event:
+	// load once more now that every later change is.
+	if err := w.Load(); err != nil {
+		w.cfg.Logger.Error("policy reload failed; keeping the last good set", "err", err)
 	}
 	var timer *time.Timer
 	var fire <-chan time.Time

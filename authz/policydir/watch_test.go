@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/mandate-dev/mandate/internal/testkit"
 	"github.com/mandate-dev/mandate/policies"
 )
 
@@ -99,4 +100,39 @@ func TestNewValidates(t *testing.T) {
 	if err := w.Load(); err == nil {
 		t.Error("loaded a missing directory")
 	}
+}
+
+// TestChangeBeforeRunIsSeen: a file changed after the first Load and
+// before the watch began (a replica's address file is written before its
+// parts start) is loaded when the watch begins, not at the next change.
+func TestChangeBeforeRunIsSeen(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(file, []byte(policyA), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var cur atomic.Pointer[policies.Set]
+	w, err := New(Config{Dir: dir, Apply: func(s *policies.Set) { cur.Store(s) }, Debounce: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Load(); err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(policyA, "spiffe://example.org/a", "spiffe://example.org/b", 1)
+	if err := os.WriteFile(file, []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	testkit.WaitUntil(t, "the edit made before Run applied", func() bool {
+		return cur.Load().Evaluate(&policies.Request{Subject: "spiffe://example.org/b", Method: "GET", Path: "/"}).Effect == policies.EffectAllow
+	})
 }
