@@ -209,6 +209,7 @@ func BenchmarkRevocationPropagationEtcd(b *testing.B) {
 	}
 	b.Logf("%d mandate-cp instance(s) on 3 etcd members", n)
 	propagationLoads(b, admins, replicas)
+	tracePhases(b, cps[0])
 }
 
 // everyInstanceServes reports whether this mandate-cp serves from every
