@@ -38,8 +38,9 @@ func TestMCPMemoDecidesAsFresh(t *testing.T) {
 		probes = append(probes, string(b))
 	}
 	for i, body := range probes {
-		// Remember the clean body (seen twice), then decide the probe.
-		for range 2 {
+		// Remember the clean body (seen three times in a row), then
+		// decide the probe.
+		for range 3 {
 			if res := warm.checkMCP(t, mcpReq(clean)); !res.allowed {
 				t.Fatalf("clean body denied: %s", res.body)
 			}

@@ -22,7 +22,7 @@ import (
 // remembering.
 //
 // Only bodies that parsed are remembered (a refused body is parsed again
-// each time), only from their second sighting (a stream of distinct
+// each time), only once seen repeatedly (see glance; a stream of distinct
 // bodies pays a hash, not a copy), and only those of at most
 // MaxMemoBody bytes: the memo holds at most memoSlots × MaxMemoBody
 // bytes of bodies. A Memo is safe for concurrent use.
@@ -32,10 +32,16 @@ type Memo struct {
 	// slots are direct mapped by the hash of a body's last memoTail
 	// bytes; eviction is by collision.
 	slots [memoSlots]atomic.Pointer[memoEntry]
-	// seen holds, per slot, the fingerprint of the last body parsed
-	// there that was not remembered: a body is remembered when it is
-	// seen twice in a row.
-	seen [memoSlots]atomic.Uint64
+	// glance and seen hold, per slot, fingerprints of the last body
+	// parsed there that was not remembered: glance a cheap one of every
+	// body (Memo.glance), seen a full one (Memo.fingerprint), computed
+	// only for a body whose glance equals the previous body's. A body
+	// is remembered when its full fingerprint equals seen: from its third
+	// sighting in a row, or its second when seen still holds it. A
+	// stream of distinct bodies that differ near their id or end so pays
+	// no fingerprint of the whole body.
+	glance [memoSlots]atomic.Uint64
+	seen   [memoSlots]atomic.Uint64
 }
 
 // Sizes of a Memo.
@@ -88,8 +94,11 @@ func (m *Memo) Parse(body string) (Request, error) {
 		return r, err
 	}
 	pre, post := body[:idAt], body[idAt+len(r.ID):]
+	if g := glance(pre, post); m.glance[slot].Swap(g) != g {
+		return r, nil // unlike the last body here
+	}
 	if fp := m.fingerprint(pre, post); m.seen[slot].Swap(fp) != fp {
-		return r, nil // first sighting
+		return r, nil // first full sighting
 	}
 	own := strings.Clone(body)
 	mr, _, err := parse(own, m.lim)
@@ -169,6 +178,19 @@ func plainID(id string) bool {
 // sending it twice would.
 func (m *Memo) fingerprint(pre, post string) uint64 {
 	return uint64(len(pre))<<32 | uint64(crc32.Update(crc32.Update(0, castagnoli, readOnly(pre)), castagnoli, readOnly(post)))
+}
+
+// glance is a cheap fingerprint of a body around its id, for admission
+// only: the lengths of both parts, the 64 bytes before the id and the
+// first and last 64 bytes after it. Bodies of one stream of distinct
+// calls usually differ there (tool name, first arguments, lengths);
+// bodies that differ elsewhere only pay the full fingerprint as well.
+func glance(pre, post string) uint64 {
+	const w = 64
+	c := crc32.Update(0, castagnoli, readOnly(pre[max(0, len(pre)-w):]))
+	c = crc32.Update(c, castagnoli, readOnly(post[:min(w, len(post))]))
+	c = crc32.Update(c, castagnoli, readOnly(post[max(0, len(post)-w):]))
+	return uint64(len(pre))<<48 | uint64(len(post))<<32 | uint64(c)
 }
 
 // readOnly is s's bytes, for a function that only reads them (a
