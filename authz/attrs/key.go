@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/mandate-dev/mandate/authz/decisioncache"
+	"github.com/mandate-dev/mandate/authz/mcp"
 	"github.com/mandate-dev/mandate/policies"
 )
 
@@ -40,17 +41,20 @@ func NewKeySelection(set *policies.Set) KeySelection {
 // A new input group of policies.Request gets a section of its own here;
 // TestKeyCoversRequest fails until it does.
 func WriteKey(k *decisioncache.Key, epoch uint64, r *policies.Request, sel *KeySelection) {
-	writeKey(k, epoch, r, sel, nil)
+	writeKey(k, epoch, r, sel, nil, nil)
 }
 
 // WriteKey writes the cache key of a.Request (see WriteKey): the same
 // bytes, with what the MCP memo shares between requests (the arguments'
-// part of the key) computed once.
+// part of the key) computed once, and argument values found where the
+// parse noted them.
 func (a *Attributes) WriteKey(k *decisioncache.Key, epoch uint64, sel *KeySelection) {
-	writeKey(k, epoch, &a.Request, sel, a.mcpShared)
+	writeKey(k, epoch, &a.Request, sel, a.mcpShared, &a.MCP)
 }
 
-func writeKey(k *decisioncache.Key, epoch uint64, r *policies.Request, sel *KeySelection, ms *mcpShared) {
+// writeKey is WriteKey; src, when not nil, is the parsed MCP request
+// r.MCP was made from.
+func writeKey(k *decisioncache.Key, epoch uint64, r *policies.Request, sel *KeySelection, ms *mcpShared, src *mcp.Request) {
 	k.Reset()
 	k.Uint(epoch)
 	k.String(r.Subject)
@@ -63,7 +67,7 @@ func writeKey(k *decisioncache.Key, epoch uint64, r *policies.Request, sel *KeyS
 	k.String(r.Intent)
 	k.String(r.Task)
 	writeMandate(k, r.Mandate)
-	writeMCP(k, r.MCP, sel, ms)
+	writeMCP(k, r.MCP, sel, ms, src)
 	writeSorted(k, r.Labels)
 	if sel.AllHeaders {
 		writeSorted(k, r.Headers)

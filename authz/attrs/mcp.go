@@ -103,7 +103,7 @@ func (ms *mcpShared) argKeyOf(c *policies.MCPCall, sel *KeySelection) *argKey {
 		ak.sums = [2]uint64{maphash.String(sel.ArgSeeds[0], c.Arguments), maphash.String(sel.ArgSeeds[1], c.Arguments)}
 	} else {
 		ak.vals = make([]string, len(sel.Arguments))
-		argValues(sel.Arguments, c.Arguments, ak.vals)
+		mcp.MemberValues(c.Arguments, sel.Arguments, ak.vals)
 	}
 	ms.args.Store(ak)
 	return ak
@@ -127,8 +127,10 @@ func rawBodyString(raw []byte) string {
 // them when some condition reads them otherwise.
 //
 // ms, when the call is the shared one of a remembered body, holds what
-// the arguments write as (computed once per key selection).
-func writeMCP(k *decisioncache.Key, c *policies.MCPCall, sel *KeySelection, ms *mcpShared) {
+// the arguments write as (computed once per key selection); src, when not
+// nil, is the parsed request c was made from, whose noted members spare
+// reading the arguments again.
+func writeMCP(k *decisioncache.Key, c *policies.MCPCall, sel *KeySelection, ms *mcpShared, src *mcp.Request) {
 	if c == nil {
 		k.Uint(0)
 		return
@@ -152,51 +154,25 @@ func writeMCP(k *decisioncache.Key, c *policies.MCPCall, sel *KeySelection, ms *
 		k.Uint(maphash.String(sel.ArgSeeds[1], c.Arguments))
 		return
 	}
-	appendArgValues(k, sel.Arguments, c.Arguments)
-}
-
-// keyWriter is what argument values are written to.
-type keyWriter interface {
-	Uint(uint64)
-	String(string)
-}
-
-// appendArgValues writes, for each name in keys (sorted), whether args
-// has it and its raw JSON value, in one pass over args.
-func appendArgValues(k keyWriter, keys []string, args string) {
-	if len(keys) == 0 {
+	if len(sel.Arguments) == 0 {
 		return
 	}
 	var stack [8]string
 	vals := stack[:0]
-	if len(keys) > len(stack) {
-		vals = make([]string, 0, len(keys))
+	if len(sel.Arguments) > len(stack) {
+		vals = make([]string, 0, len(sel.Arguments))
 	}
-	vals = vals[:len(keys)]
-	argValues(keys, args, vals)
+	vals = vals[:len(sel.Arguments)]
+	if src != nil && src.Arguments == c.Arguments {
+		src.ArgumentValues(sel.Arguments, vals)
+	} else {
+		mcp.MemberValues(c.Arguments, sel.Arguments, vals)
+	}
 	writeArgValues(k, vals)
 }
 
-// argValues sets vals[i] to the raw JSON value of keys[i] in args, ""
-// when args has none.
-func argValues(keys []string, args string, vals []string) {
-	if len(keys) == 0 {
-		return
-	}
-	found := 0
-	mcp.Members(args, func(name, value string) bool {
-		for i, key := range keys {
-			if key == name {
-				vals[i] = value
-				found++
-			}
-		}
-		return found < len(keys)
-	})
-}
-
-// writeArgValues writes argument values (argValues) to k.
-func writeArgValues(k keyWriter, vals []string) {
+// writeArgValues writes argument values (mcp.MemberValues) to k.
+func writeArgValues(k *decisioncache.Key, vals []string) {
 	for _, v := range vals {
 		if v == "" {
 			k.Uint(0)

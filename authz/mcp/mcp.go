@@ -10,6 +10,7 @@ package mcp
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"sync/atomic"
 )
@@ -99,9 +100,60 @@ type Request struct {
 	// written: a JSON object, validated. "" when absent.
 	Arguments string
 
+	// args locates the members of Arguments (ArgumentValues).
+	args argIndex
+
 	// shared is the slot of the memo entry that answered, nil for a
 	// request parsed afresh.
 	shared *Shared
+}
+
+// argIndex locates the members of a request's arguments object as the
+// parser read them: the offsets in Arguments of the name and value of up
+// to maxIndexed members whose names have no escapes. complete says it
+// holds every member; otherwise ArgumentValues reads Arguments again.
+type argIndex struct {
+	complete bool
+	n        uint8
+	m        [maxIndexed]argSpan
+}
+
+// argSpan is a member: Arguments[name:nameEnd] is its name (without
+// quotes), Arguments[val:valEnd] its value as written.
+type argSpan struct{ name, nameEnd, val, valEnd uint32 }
+
+const maxIndexed = 8
+
+// add records a member whose name is body[name:nameEnd] (escaped: it has
+// escapes) and value body[val:valEnd], for arguments starting at
+// body[base].
+func (ix *argIndex) add(base, name, nameEnd, val, valEnd int, escaped bool) {
+	if escaped || int(ix.n) == len(ix.m) || uint64(valEnd-base) > math.MaxUint32 {
+		ix.complete = false
+		return
+	}
+	ix.m[ix.n] = argSpan{uint32(name - base), uint32(nameEnd - base), uint32(val - base), uint32(valEnd - base)}
+	ix.n++
+}
+
+// ArgumentValues sets vals[i] to the raw JSON value of the member keys[i]
+// of r.Arguments, leaving it alone when there is none: what
+// MemberValues(r.Arguments, keys, vals) does, from the members the parse
+// noted where it could (without reading the arguments again).
+func (r *Request) ArgumentValues(keys, vals []string) {
+	ix := &r.args
+	if !ix.complete {
+		MemberValues(r.Arguments, keys, vals)
+		return
+	}
+	for i, key := range keys {
+		for _, sp := range ix.m[:ix.n] {
+			if r.Arguments[sp.name:sp.nameEnd] == key {
+				vals[i] = r.Arguments[sp.val:sp.valEnd]
+				break
+			}
+		}
+	}
 }
 
 // Shared returns the slot shared by the requests a Memo answered from
@@ -198,7 +250,9 @@ type field struct {
 // parsed collects the members Parse reads.
 type parsed struct {
 	jsonrpc, id, method, params, name, uri, args field
-	idAt                                         int // offset of id's value
+	argsAt                                       int      // offset of args' value
+	argIx                                        argIndex // args' members
+	idAt                                         int      // offset of id's value
 }
 
 // topMember scans a member of the request object.
@@ -234,7 +288,17 @@ func (sc *scanner) paramsMember(name string, depth int) error {
 	case "uri":
 		return sc.field(&p.uri, depth)
 	case "arguments":
-		return sc.field(&p.args, depth)
+		if sc.s[sc.i] != '{' {
+			return sc.field(&p.args, depth) // refused by request
+		}
+		// The members of arguments are noted in p.argIx as scanned.
+		start := sc.i
+		p.args.set, p.argsAt, p.argIx.complete = true, start, true
+		if err := sc.members(depth+1, memberArgs); err != nil {
+			return err
+		}
+		p.args.raw = sc.s[start:sc.i]
+		return nil
 	}
 	return sc.value(depth)
 }
@@ -290,7 +354,7 @@ func (p *parsed) request() (Request, error) {
 		if !p.name.str || !validName(p.name.value) {
 			return Request{}, &Error{Reason: ReasonBadParams}
 		}
-		r.Name, r.Arguments = p.name.value, p.args.raw
+		r.Name, r.Arguments, r.args = p.name.value, p.args.raw, p.argIx
 	case MethodResourcesRead, MethodResourcesSubscribe, MethodResourcesUnsubscribe:
 		if !p.uri.str || !validURI(p.uri.value) {
 			return Request{}, &Error{Reason: ReasonBadParams}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -38,6 +39,8 @@ func TestParseAccepts(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
+			checkArgumentValues(t, &got)
+			got.args = argIndex{} // what it notes is checked just above
 			if got != tt.want {
 				t.Fatalf("got %+v, want %+v", got, tt.want)
 			}
@@ -261,8 +264,56 @@ func FuzzParse(f *testing.F) {
 		}
 		if r.Arguments != "" {
 			checkMembers(t, r.Arguments)
+			checkArgumentValues(t, &r)
 		}
 	})
+}
+
+// checkArgumentValues compares ArgumentValues (from the members the
+// parse noted) with MemberValues (reading the arguments again) for every
+// member name, its upper case and names that are absent.
+func checkArgumentValues(t *testing.T, r *Request) {
+	t.Helper()
+	keys := []string{"", "absent"}
+	Members(r.Arguments, func(name, _ string) bool {
+		keys = append(keys, name, strings.ToUpper(name))
+		return true
+	})
+	got, want := make([]string, len(keys)), make([]string, len(keys))
+	r.ArgumentValues(keys, got)
+	MemberValues(r.Arguments, keys, want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("arguments %s: ArgumentValues(%q) = %q, MemberValues %q", r.Arguments, keys, got, want)
+	}
+}
+
+// TestArgumentValues: the noted members answer as MemberValues does, and
+// arguments the index cannot hold (escaped names, more than maxIndexed
+// members) are read again.
+func TestArgumentValues(t *testing.T) {
+	nine := `{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":{"j":9}}`
+	tests := []struct {
+		args     string
+		complete bool
+	}{
+		{`{}`, true},
+		{`{"owner":"acme","repo":"w","n":[1,{"x":"}"}],"o":{"owner":"evil"}}`, true},
+		{` { "owner" : "acme" , "b" : -1.5e3 , "c" : null } `, true},
+		{nine[:strings.LastIndex(nine, `,"i"`)] + `}`, true},
+		{nine, false},
+		{`{"own\u0065r":"acme","repo":"w"}`, false},
+		{`{"repo":"w","\u00e9":"x"}`, false},
+	}
+	for _, tt := range tests {
+		r, err := Parse(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":`+tt.args+`}}`, Limits{})
+		if err != nil {
+			t.Fatalf("%s: %v", tt.args, err)
+		}
+		if r.args.complete != tt.complete {
+			t.Errorf("%s: index complete %v, want %v", tt.args, r.args.complete, tt.complete)
+		}
+		checkArgumentValues(t, &r)
+	}
 }
 
 // Body4K is a tools/call of about 4 KiB, as the benchmarks use.

@@ -34,6 +34,25 @@ func Members(obj string, yield func(name, value string) bool) {
 	}
 }
 
+// MemberValues sets vals[i] to the raw JSON value of the member keys[i]
+// of the object obj, leaving it alone when obj has none, in one pass
+// over obj.
+func MemberValues(obj string, keys, vals []string) {
+	if len(keys) == 0 {
+		return
+	}
+	found := 0
+	Members(obj, func(name, value string) bool {
+		for i, key := range keys {
+			if key == name {
+				vals[i] = value
+				found++
+			}
+		}
+		return found < len(keys)
+	})
+}
+
 // Elements calls yield with the raw text of each element of the array
 // arr, in order, until yield returns false.
 func Elements(arr string, yield func(value string) bool) {

@@ -445,6 +445,7 @@ const (
 	memberAny    memberMode = iota // generically
 	memberTop                      // the request object's (Parse)
 	memberParams                   // params' (Parse)
+	memberArgs                     // params.arguments' (generically, noted in p.argIx)
 )
 
 // members scans an object; member values are scanned as mode says.
@@ -520,6 +521,11 @@ func (sc *scanner) members(depth int, mode memberMode) error {
 			err = sc.topMember(name, depth)
 		case memberParams:
 			err = sc.paramsMember(name, depth)
+		case memberArgs:
+			val := sc.i
+			if err = sc.value(depth); err == nil {
+				sc.p.argIx.add(sc.p.argsAt, start, end, val, sc.i, esc)
+			}
 		default:
 			err = sc.value(depth)
 		}
