@@ -181,14 +181,15 @@ func (m *Memo) fingerprint(pre, post string) uint64 {
 }
 
 // glance is a cheap fingerprint of a body around its id, for admission
-// only: the lengths of both parts, the 64 bytes before the id and the
-// first and last 64 bytes after it. Bodies of one stream of distinct
-// calls usually differ there (tool name, first arguments, lengths);
-// bodies that differ elsewhere only pay the full fingerprint as well.
+// only: the lengths of both parts, the 64 bytes before the id, the first
+// 256 bytes after it and the last 64. Calls in a stream of distinct ones
+// usually differ there (method, tool, the first and short arguments,
+// lengths); bodies that differ elsewhere only pay the full fingerprint as
+// well.
 func glance(pre, post string) uint64 {
-	const w = 64
+	const w, head = 64, 256
 	c := crc32.Update(0, castagnoli, readOnly(pre[max(0, len(pre)-w):]))
-	c = crc32.Update(c, castagnoli, readOnly(post[:min(w, len(post))]))
+	c = crc32.Update(c, castagnoli, readOnly(post[:min(head, len(post))]))
 	c = crc32.Update(c, castagnoli, readOnly(post[max(0, len(post)-w):]))
 	return uint64(len(pre))<<48 | uint64(len(post))<<32 | uint64(c)
 }
