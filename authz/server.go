@@ -284,10 +284,8 @@ func (s *Server) memoOf(out *outcome, task string) *hitMemo {
 	mm := &hitMemo{metrics: s.cfg.Metrics, result: result, reason: out.reason, policy: out.policy, rule: out.rule,
 		task: strings.Clone(task)}
 	if m := s.cfg.Metrics; m != nil {
-		mm.decisions = m.decisions.WithLabelValues(result, out.reason)
-		if out.rule != "" {
-			mm.ruleHits = m.ruleHits.WithLabelValues(out.policy, out.rule, result)
-		}
+		c := m.countersOf(out.policy, out.rule, result, out.reason)
+		mm.decisions, mm.ruleHits = c.decisions, c.ruleHits
 	}
 	if out.effect == policies.EffectAllow && task != "" {
 		mm.taskHdr = overwrite(HeaderTask, mm.task)
@@ -307,9 +305,10 @@ func (s *Server) finish(rec *decisionlog.Record, out *outcome, memo *hitMemo, st
 				memo.ruleHits.Inc()
 			}
 		} else {
-			m.decisions.WithLabelValues(result, out.reason).Inc()
-			if out.rule != "" {
-				m.ruleHits.WithLabelValues(out.policy, out.rule, result).Inc()
+			c := m.countersOf(out.policy, out.rule, result, out.reason)
+			c.decisions.Inc()
+			if c.ruleHits != nil {
+				c.ruleHits.Inc()
 			}
 		}
 		if out.cacheHit {
