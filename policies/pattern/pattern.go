@@ -20,6 +20,7 @@ type Pattern struct {
 	raw      string
 	segs     []segment
 	trailing bool // ends in "**"
+	literal  bool // IsLiteral: matches raw only
 }
 
 type segKind uint8
@@ -66,6 +67,7 @@ func Compile(p string) (Pattern, error) {
 			out.segs = append(out.segs, segment{kind: segLiteral, lit: s})
 		}
 	}
+	out.literal = out.IsLiteral()
 	return out, nil
 }
 
@@ -109,8 +111,18 @@ func (p Pattern) LiteralPrefix() []string {
 	return out
 }
 
-// Match reports whether name matches the pattern.
+// Match reports whether name matches the pattern. A literal pattern
+// matches its own text only (one compare instead of a walk over the
+// segments: FuzzMatch checks they agree).
 func (p Pattern) Match(name string) bool {
+	if p.literal {
+		return name == p.raw
+	}
+	return p.matchSegments(name)
+}
+
+// matchSegments matches name against the pattern segment by segment.
+func (p Pattern) matchSegments(name string) bool {
 	if p.raw == "" {
 		return false
 	}

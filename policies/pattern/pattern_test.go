@@ -97,5 +97,9 @@ func FuzzMatch(f *testing.F) {
 		if p.IsLiteral() && got != (pat == name) {
 			t.Fatalf("literal %q.Match(%q) = %v", pat, name, got)
 		}
+		// Match's literal shortcut agrees with the segment walk.
+		if walk := p.matchSegments(name); got != walk {
+			t.Fatalf("%q.Match(%q) = %v, segment by segment %v", pat, name, got, walk)
+		}
 	})
 }
