@@ -146,13 +146,14 @@ func (f *fanout) push(tb testing.TB, ctx context.Context, i int) []time.Duration
 	}
 	want, _ := strconv.ParseUint(v, 10, 64)
 	out := make([]time.Duration, 0, f.n)
-	for _, r := range f.srv.Status() {
-		ts := r.Types[mandatev1.RevocationTypeURL]
-		got, _ := strconv.ParseUint(ts.AckedVersion, 10, 64)
+	xdsserver.AckTimes(f.srv, mandatev1.RevocationTypeURL, func(node string, got uint64, at time.Time) {
 		if got != want {
-			tb.Fatalf("replica %s acked version %s, want %s", r.NodeID, ts.AckedVersion, v)
+			tb.Fatalf("replica %s acked version %d, want %s", node, got, v)
 		}
-		out = append(out, ts.AckedAt.Sub(t0))
+		out = append(out, at.Sub(t0))
+	})
+	if len(out) != f.n {
+		tb.Fatalf("push %d: %d replicas connected, want %d", i, len(out), f.n)
 	}
 	return out
 }

@@ -787,7 +787,7 @@ func (s *Server) wait(ctx context.Context, typeURL, version string, stopOnNack b
 		s.mu.Lock()
 		// A node counts as acked only when every stream open with its
 		// node id ACKed: one stream cannot vouch for another.
-		lag := map[string]bool{}
+		lag := make(map[string]bool, len(s.nodes))
 		var rejected *RejectedError
 		var behind []*streamState
 		for _, st := range s.streams {
