@@ -107,6 +107,13 @@ func writeSorted(k *decisioncache.Key, m map[string]string) {
 	if len(m) == 0 {
 		return
 	}
+	if len(m) == 1 { // route labels often hold one: no sort, no second lookup
+		for name, v := range m {
+			k.String(name)
+			k.String(v)
+		}
+		return
+	}
 	var stack [8]string
 	keys := stack[:0]
 	for name := range m {
