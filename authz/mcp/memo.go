@@ -3,6 +3,7 @@ package mcp
 import (
 	"hash/crc32"
 	"hash/maphash"
+	"math/bits"
 	"strings"
 	"sync/atomic"
 	"unsafe"
@@ -22,7 +23,7 @@ import (
 // remembering.
 //
 // Only bodies that parsed are remembered (a refused body is parsed again
-// each time), only once seen repeatedly (see glance; a stream of distinct
+// each time), only once seen repeatedly (see Memo.glanceAt; a stream of distinct
 // bodies pays a hash, not a copy), and only those of at most
 // MaxMemoBody bytes: the memo holds at most memoSlots × MaxMemoBody
 // bytes of bodies. A Memo is safe for concurrent use.
@@ -34,7 +35,7 @@ type Memo struct {
 	slots [memoSlots]atomic.Pointer[memoEntry]
 	// glance and seen hold, per slot, fingerprints of the last body
 	// parsed there that was not remembered: glance a cheap one of every
-	// body (Memo.glance), seen a full one (Memo.fingerprint), computed
+	// body (Memo.glanceAt), seen a full one (Memo.fingerprint), computed
 	// only for a body whose glance equals the previous body's. A body
 	// is remembered when its full fingerprint equals seen: from its third
 	// sighting in a row, or its second when seen still holds it. A
@@ -94,7 +95,7 @@ func (m *Memo) Parse(body string) (Request, error) {
 		return r, err
 	}
 	pre, post := body[:idAt], body[idAt+len(r.ID):]
-	if g := glance(pre, post); m.glance[slot].Swap(g) != g {
+	if g := m.glanceAt(pre, post); m.glance[slot].Swap(g) != g {
 		return r, nil // unlike the last body here
 	}
 	if fp := m.fingerprint(pre, post); m.seen[slot].Swap(fp) != fp {
@@ -180,18 +181,19 @@ func (m *Memo) fingerprint(pre, post string) uint64 {
 	return uint64(len(pre))<<32 | uint64(crc32.Update(crc32.Update(0, castagnoli, readOnly(pre)), castagnoli, readOnly(post)))
 }
 
-// glance is a cheap fingerprint of a body around its id, for admission
+// glanceAt is a cheap fingerprint of a body around its id, for admission
 // only: the lengths of both parts, the 64 bytes before the id, the first
-// 256 bytes after it and the last 64. Calls in a stream of distinct ones
-// usually differ there (method, tool, the first and short arguments,
-// lengths); bodies that differ elsewhere only pay the full fingerprint as
-// well.
-func glance(pre, post string) uint64 {
+// 256 bytes after it and the last 64, hashed with the memo's seed (AES
+// based where the CPU has it: a few times faster than CRC-32C on these
+// few hundred bytes). Calls in a stream of distinct ones usually differ
+// there (method, tool, the first and short arguments, lengths); bodies
+// that differ elsewhere only pay the full fingerprint as well.
+func (m *Memo) glanceAt(pre, post string) uint64 {
 	const w, head = 64, 256
-	c := crc32.Update(0, castagnoli, readOnly(pre[max(0, len(pre)-w):]))
-	c = crc32.Update(c, castagnoli, readOnly(post[:min(head, len(post))]))
-	c = crc32.Update(c, castagnoli, readOnly(post[max(0, len(post)-w):]))
-	return uint64(len(pre))<<48 | uint64(len(post))<<32 | uint64(c)
+	h := maphash.String(m.seed, pre[max(0, len(pre)-w):])
+	h ^= bits.RotateLeft64(maphash.String(m.seed, post[:min(head, len(post))]), 21)
+	h ^= bits.RotateLeft64(maphash.String(m.seed, post[max(0, len(post)-w):]), 42)
+	return h ^ uint64(len(pre))<<32 ^ uint64(len(post))
 }
 
 // readOnly is s's bytes, for a function that only reads them (a
