@@ -116,7 +116,14 @@ type typeData struct {
 	// The type's metrics, resolved once: a response does not look its
 	// labels up.
 	appliedTotal, decodedTotal, nackTotal prometheus.Counter
+	// scratch is the map build stages the decoded resources in, kept
+	// empty between responses (a small one is reused, not reallocated).
+	scratch map[string]any
 }
+
+// maxScratch bounds the staging map kept for the next response: one a
+// large sync grew is dropped.
+const maxScratch = 256
 
 // Client follows the control plane. Create it with New and call Run.
 type Client struct {
@@ -585,7 +592,10 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 			staged  map[string]any
 			decoded int
 		)
-		comp, staged, err = build(t, td.good, td.dec, td.received, td.dirty, &decoded)
+		if td.scratch == nil {
+			td.scratch = map[string]any{}
+		}
+		comp, staged, err = build(t, td.good, td.dec, td.received, td.dirty, td.scratch, &decoded)
 		td.decodedTotal.Add(float64(decoded))
 		if err == nil {
 			prev, prevVersion := td.good, td.version
@@ -596,6 +606,13 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 			} else {
 				td.commit(staged)
 			}
+		}
+		// Emptied whatever happened (a failed build may have staged
+		// some): the next response starts from nothing.
+		if len(td.scratch) > maxScratch {
+			td.scratch = nil
+		} else {
+			clear(td.scratch)
 		}
 	}
 	if err != nil {

@@ -59,7 +59,7 @@ func validate(typeURL string, entries map[string]entry) (compiled, error) {
 	for n := range entries {
 		dirty[n] = struct{}{}
 	}
-	comp, _, err := build(typeURL, emptyCompiled(typeURL), nil, entries, dirty, nil)
+	comp, _, err := build(typeURL, emptyCompiled(typeURL), nil, entries, dirty, nil, nil)
 	return comp, err
 }
 
@@ -69,13 +69,16 @@ func validate(typeURL string, entries map[string]entry) (compiled, error) {
 // server says we hold, and dirty names the resources that differ between
 // the two. Only the dirty ones are decoded and validated; decoded counts
 // them. It returns the decoded form of the dirty names still received
-// (for commit), and leaves its arguments unchanged.
+// (for commit), in staged when given (an empty map the caller reuses),
+// and leaves its other arguments unchanged.
 func build(typeURL string, good compiled, dec map[string]any, received map[string]entry,
-	dirty map[string]struct{}, decoded *int) (compiled, map[string]any, error) {
-	if typeURL == mandatev1.RevocationTypeURL {
-		return buildRevocations(good, dec, received, dirty, decoded)
+	dirty map[string]struct{}, staged map[string]any, decoded *int) (compiled, map[string]any, error) {
+	if staged == nil {
+		staged = make(map[string]any, len(dirty))
 	}
-	staged := make(map[string]any, len(dirty))
+	if typeURL == mandatev1.RevocationTypeURL {
+		return buildRevocations(good, dec, received, dirty, staged, decoded)
+	}
 	var gone []string
 	for name := range dirty {
 		e, ok := received[name]
@@ -142,8 +145,7 @@ func short(typeURL string) string { return resource.Short(typeURL) }
 // leave the set. decoded counts records. staged maps each dirty shard
 // still received to its record ids, sorted.
 func buildRevocations(good compiled, dec map[string]any, received map[string]entry,
-	dirty map[string]struct{}, decoded *int) (compiled, map[string]any, error) {
-	staged := make(map[string]any, len(dirty))
+	dirty map[string]struct{}, staged map[string]any, decoded *int) (compiled, map[string]any, error) {
 	ed := good.revocations.Edit()
 	for name := range dirty {
 		old, _ := dec[name].([]string)
