@@ -19,6 +19,8 @@ type Config struct {
 	// when empty, and so is MetricsAddr (/metrics, /healthz, /readyz).
 	// Port 0 picks a free port; Addrs tells which.
 	XDSListen, AdminListen, AdminSocket, MetricsAddr string
+	// Pprof serves /debug/pprof on MetricsAddr too.
+	Pprof bool
 	// AddrFile, when set, receives the bound addresses as JSON
 	// ({"xds","admin","metrics","socket"}) once the instance serves.
 	AddrFile string

@@ -126,7 +126,7 @@ func (in *Instance) serve(ctx context.Context, xs *xdsserver.Server, pl *plane.P
 			}
 			return nil
 		}
-		hsrv := &http.Server{Handler: opshttp.Handler(reg, ready, false), ReadHeaderTimeout: 5 * time.Second}
+		hsrv := &http.Server{Handler: opshttp.Handler(reg, ready, c.Pprof), ReadHeaderTimeout: 5 * time.Second}
 		in.opened.Push(func() { _ = hsrv.Close() })
 		in.addServer("metrics", func() error { return hsrv.Serve(mlis) }, func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
