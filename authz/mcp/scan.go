@@ -233,24 +233,40 @@ func (sc *scanner) strBlocks() (start, end int, escaped bool, err error) {
 			return start, i, escaped, nil
 		case c == '\\':
 			escaped = true
-			n, r := sc.escape(i)
-			if r != "" {
-				sc.i = i
-				return 0, 0, false, sc.fail(r)
+			if i, err = sc.pastEscape(i); err != nil {
+				return 0, 0, false, err
 			}
-			i += n
 		case c < 0x20:
 			sc.i = i
 			return 0, 0, false, sc.fail(ReasonMalformed)
 		default: // non-ASCII
-			r, n := utf8.DecodeRuneInString(s[i:])
-			if r == utf8.RuneError && n <= 1 {
-				sc.i = i
-				return 0, 0, false, sc.fail(ReasonBadUTF8)
+			if i, err = sc.pastRune(i); err != nil {
+				return 0, 0, false, err
 			}
-			i += n
 		}
 	}
+}
+
+// pastEscape checks the escape at sc.s[i] and returns the index after it;
+// a refusal is at i.
+func (sc *scanner) pastEscape(i int) (int, error) {
+	n, r := sc.escape(i)
+	if r != "" {
+		sc.i = i
+		return 0, sc.fail(r)
+	}
+	return i + n, nil
+}
+
+// pastRune checks the non-ASCII rune at sc.s[i] and returns the index
+// after it; invalid UTF-8 is refused at i.
+func (sc *scanner) pastRune(i int) (int, error) {
+	r, n := utf8.DecodeRuneInString(sc.s[i:])
+	if r == utf8.RuneError && n <= 1 {
+		sc.i = i
+		return 0, sc.fail(ReasonBadUTF8)
+	}
+	return i + n, nil
 }
 
 // strPortable is str without block scans: strings.IndexByte (vectorized)
@@ -285,12 +301,9 @@ func (sc *scanner) strPortable() (start, end int, escaped bool, err error) {
 			}
 			// Non-ASCII: its continuation bytes are never a quote or a
 			// backslash, so a valid rune ends before bslash.
-			r, n := utf8.DecodeRuneInString(s[i:])
-			if r == utf8.RuneError && n <= 1 {
-				sc.i = i
-				return 0, 0, false, sc.fail(ReasonBadUTF8)
+			if i, err = sc.pastRune(i); err != nil {
+				return 0, 0, false, err
 			}
-			i += n
 			continue
 		}
 		switch {
@@ -302,12 +315,9 @@ func (sc *scanner) strPortable() (start, end int, escaped bool, err error) {
 			return start, i, escaped, nil
 		}
 		escaped = true
-		n, r := sc.escape(i)
-		if r != "" {
-			sc.i = i
-			return 0, 0, false, sc.fail(r)
+		if i, err = sc.pastEscape(i); err != nil {
+			return 0, 0, false, err
 		}
-		i += n
 	}
 }
 
