@@ -67,7 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&c.Plaintext, "plaintext", false, "development only: no mTLS on xDS and admin; refused unless both listen on loopback")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug | info | warn | error")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve /debug/pprof on --metrics-addr")
-	fs.DurationVar(&o.schedSlice, "sched-slice", schedslice.Min, "Linux 6.12+: the scheduler time slice asked for every thread, so that a write woken from fdatasync, or a push, runs at once on a node whose cores are busy (its CPU share is unchanged; 0: the kernel's default)")
+	fs.DurationVar(&o.schedSlice, "sched-slice", 0, "Linux 6.12+: ask for this scheduler time slice (100µs to 100ms) on every thread, so that a thread woken from fdatasync preempts CPU-bound neighbours sooner (its CPU share is unchanged; 0: the kernel's default)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 5*time.Second, "how long a graceful shutdown waits for calls in flight")
 	fs.DurationVar(&c.RevocationRetention, "revocation-retention", plane.DefaultRevocationRetention, "how long a revocation record is kept after it expired before it is removed (0: kept forever)")
 	fs.DurationVar(&c.AuditMaxAge, "audit-max-age", plane.DefaultAuditMaxAge, "audit entries older than this are removed (0: no age limit)")
