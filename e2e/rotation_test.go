@@ -31,7 +31,8 @@ const rotationBudget = 3 * time.Minute
 // request, the test waits until every process has presented a new
 // certificate (agent: its own SVID; proxy: the certificate it serves the
 // agents; authz replicas and cp: the certificate of their listeners, read
-// with a TLS handshake by the test binary) and asserts that no request
+// with a TLS handshake by the test binary; the agent's load goes on until
+// its requests have used a second SVID) and asserts that no request
 // failed. The persistent proxy->authz and authz->cp connections keep their
 // original handshake (TLS does not re-authenticate a live connection); the
 // links are then shown to work with the new certificates: fresh mandatectl
@@ -78,7 +79,8 @@ func TestSVIDRotation(t *testing.T) {
 	go func() {
 		r, err := a.Do(ctx, agentproto.Command{ID: "load", Op: agentproto.OpLoad, Method: "GET", Path: base + "/item",
 			Mandate: tok, NewConn: true,
-			Load: &agentproto.Load{Concurrency: 2, IntervalMS: 20, MaxMS: int(rotationBudget / time.Millisecond), StopFile: stop}})
+			Load: &agentproto.Load{Concurrency: 2, IntervalMS: 20, MaxMS: int(rotationBudget / time.Millisecond), StopFile: stop,
+				MinOwnSerials: 2}})
 		if err != nil {
 			r.Error = err.Error()
 		}

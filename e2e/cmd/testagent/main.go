@@ -206,11 +206,16 @@ func (a *agent) load(ctx context.Context, cmd agentproto.Command) []agentproto.R
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(l.MaxMS)*time.Millisecond)
 	defer cancel()
+	var smu sync.Mutex
+	serials := map[string]bool{} // the agent's SVIDs the requests used
 	stopped := func() bool {
 		if ctx.Err() != nil {
 			return true
 		}
-		if l.StopFile != "" {
+		smu.Lock()
+		used := len(serials)
+		smu.Unlock()
+		if l.StopFile != "" && used >= l.MinOwnSerials {
 			if _, err := os.Stat(l.StopFile); err == nil {
 				return true
 			}
@@ -238,6 +243,11 @@ func (a *agent) load(ctx context.Context, cmd agentproto.Command) []agentproto.R
 				}
 				res.DecisionID, res.Reason = decisionOf(r)
 				results[w] = append(results[w], res)
+				if r.OwnSerial != "" {
+					smu.Lock()
+					serials[r.OwnSerial] = true
+					smu.Unlock()
+				}
 				if l.IntervalMS > 0 {
 					select {
 					case <-ctx.Done():

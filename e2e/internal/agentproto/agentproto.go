@@ -30,6 +30,10 @@ type Load struct {
 	IntervalMS  int    `json:"interval_ms,omitempty"` // pause between one worker's requests
 	MaxMS       int    `json:"max_ms"`                // hard bound on the run (required)
 	StopFile    string `json:"stop_file,omitempty"`   // the run ends once this file exists
+	// MinOwnSerials: the stop file ends the run only once the requests
+	// have used this many distinct SVIDs of the agent (it rotated);
+	// MaxMS still bounds the run.
+	MinOwnSerials int `json:"min_own_serials,omitempty"`
 }
 
 // Result is one request of a load run.
