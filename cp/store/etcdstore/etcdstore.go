@@ -99,8 +99,6 @@ type Backend struct {
 	mmu     sync.Mutex
 	mcs     map[string]*clientv3.Client
 	closed  bool
-	// leader is the leading member's client (nil: unknown), see writer.
-	leader atomic.Pointer[clientv3.Client]
 }
 
 // OpenBackend connects to etcd (Open wraps the backend in a DB).
@@ -150,9 +148,6 @@ func OpenBackend(ctx context.Context, cfg Config) (*Backend, error) {
 	pctx, stop := context.WithCancel(context.Background())
 	b.stopProbe = stop
 	go b.probe(pctx, cfg.ProbeEvery, cfg.ProbeTimeout)
-	if len(b.members) > 1 {
-		go b.followLeader(pctx, cfg.ProbeEvery, cfg.ProbeTimeout)
-	}
 	return b, nil
 }
 
@@ -307,7 +302,7 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 			}
 		}
 		cctx, cancel := b.opCtx(ctx)
-		resp, err := b.writer().Txn(cctx).If(cmps...).Then(ops...).Commit()
+		resp, err := b.c.Txn(cctx).If(cmps...).Then(ops...).Commit()
 		cancel()
 		if err != nil {
 			// The Txn was sent: etcd may have appended it to its log
