@@ -2,6 +2,7 @@ package plane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -24,8 +25,21 @@ type write struct {
 	// store.ErrConflict when another commit wrote the type since.
 	replace bool
 	base    uint64
-	audit   []store.AuditEntry
+	// repeatable: writing w twice leaves what writing it once does
+	// (records created under names chosen before the first attempt), so
+	// a write whose outcome is unknown is written again (maxRepeats
+	// attempts); the audit trail then holds its entries once for each
+	// attempt that committed.
+	repeatable bool
+	audit      []store.AuditEntry
 }
+
+// Attempts of a repeatable write whose outcome stays unknown, and the
+// pause between them.
+const (
+	maxRepeats    = 3
+	repeatBackoff = 200 * time.Millisecond
+)
 
 // commit is the one write path of every kind: the store commits w with
 // its audit entries in one transaction; the feed then applies it to the
@@ -50,10 +64,23 @@ func (p *Plane) commit(ctx context.Context, w write) (string, error) {
 		err error
 	)
 	began := time.Now()
-	if w.replace {
-		sv, err = p.st.Replace(ctx, w.typeURL, w.base, items, w.audit...)
-	} else {
-		sv, err = p.st.Update(ctx, w.typeURL, items, w.del, w.audit...)
+	for attempt := 1; ; attempt++ {
+		if w.replace {
+			sv, err = p.st.Replace(ctx, w.typeURL, w.base, items, w.audit...)
+		} else {
+			sv, err = p.st.Update(ctx, w.typeURL, items, w.del, w.audit...)
+		}
+		if !w.repeatable || !errors.Is(err, store.ErrOutcomeUnknown) || attempt == maxRepeats || ctx.Err() != nil {
+			break
+		}
+		// The answer was lost (an etcd leader that died with the write
+		// in flight): write the same records again, once the backend
+		// answers. Done twice, it stores them once.
+		p.log.Warn("store write outcome unknown; writing it again", "type", short(w.typeURL), "attempt", attempt, "error", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(repeatBackoff):
+		}
 	}
 	p.countWrite(w.typeURL, err)
 	if err != nil {

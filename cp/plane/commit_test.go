@@ -141,3 +141,51 @@ func TestWritePhasesTimed(t *testing.T) {
 		}
 	}
 }
+
+// lostAnswerBackend commits the first write it is given and then answers
+// as if the answer was lost (an etcd leader that died with the write in
+// flight); later writes go through.
+type lostAnswerBackend struct {
+	store.Backend
+	lose atomic.Bool
+}
+
+func (l *lostAnswerBackend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, error) {
+	rev, err := l.Backend.Update(ctx, fn)
+	if err == nil && l.lose.CompareAndSwap(true, false) {
+		return 0, store.OutcomeUnknown(&store.UnavailableError{Backend: "test", Err: errors.New("answer lost")})
+	}
+	return rev, err
+}
+
+// TestRevokeWrittenAgainWhenTheAnswerIsLost: a Revoke whose store write
+// committed but whose answer was lost is written again: it succeeds, the
+// record is stored and served once, under the name chosen before the
+// first attempt.
+func TestRevokeWrittenAgainWhenTheAnswerIsLost(t *testing.T) {
+	ctx := context.Background()
+	be := &lostAnswerBackend{Backend: store.NewMemoryBackend()}
+	st, err := store.New(be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := newFeedPlane(t, st)
+	be.lose.Store(true)
+	rec, _, err := revokeSubject(ctx, p, "lost-answer")
+	if err != nil {
+		t.Fatalf("revoke whose answer was lost: %v", err)
+	}
+	if be.lose.Load() {
+		t.Fatal("the backend never lost an answer")
+	}
+	items, _, err := st.List(ctx, mandatev1.RevocationTypeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != 1 || items[0].Name != rec.GetName() {
+		t.Fatalf("stored %v, want the one record %s", items, rec.GetName())
+	}
+	if rs, _ := p.Revocations(true); len(rs) != 1 {
+		t.Fatalf("%d revocations served, want 1", len(rs))
+	}
+}

@@ -101,7 +101,7 @@ func (p *Plane) RevokeMany(ctx context.Context, rs []revocation.Record, actor st
 		}
 		put[i] = rec
 	}
-	v, err := p.commit(ctx, write{typeURL: mandatev1.RevocationTypeURL, put: put, audit: audit})
+	v, err := p.commit(ctx, write{typeURL: mandatev1.RevocationTypeURL, put: put, audit: audit, repeatable: true})
 	if err != nil {
 		return nil, "", err
 	}

@@ -19,6 +19,21 @@ var ErrCompacted = errors.New("store: changes since that revision are no longer 
 // Errors wrapping it are *UnavailableError, which names the cause.
 var ErrUnavailable = errors.New("store unavailable")
 
+// ErrOutcomeUnknown: a write was sent and its answer lost (a timeout, a
+// broken connection, an etcd leader that died with it): it may be
+// committed or not. Errors that match it keep their own message.
+var ErrOutcomeUnknown = errors.New("store: commit outcome unknown")
+
+// OutcomeUnknown marks err as a write whose outcome is unknown: the
+// result matches ErrOutcomeUnknown and, through err, whatever err matches.
+func OutcomeUnknown(err error) error { return outcomeUnknownError{err} }
+
+type outcomeUnknownError struct{ err error }
+
+func (e outcomeUnknownError) Error() string        { return e.err.Error() }
+func (e outcomeUnknownError) Unwrap() error        { return e.err }
+func (e outcomeUnknownError) Is(target error) bool { return target == ErrOutcomeUnknown }
+
 // UnavailableError is a call the backend could not answer; a write that
 // fails with it was not committed (or, when the backend went away in the
 // middle of a commit, may be committed and then reaches every follower).

@@ -307,7 +307,7 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 		if err != nil {
 			// The Txn was sent: etcd may have appended it to its log
 			// and commit it once a quorum answers again. Say so.
-			return 0, b.callErr(ctx, outcomeUnknown, err)
+			return 0, store.OutcomeUnknown(b.callErr(ctx, outcomeUnknown, err))
 		}
 		if resp.Succeeded {
 			b.saw(resp.Header.Revision)
