@@ -64,11 +64,15 @@ func (p *Plane) commit(ctx context.Context, w write) (string, error) {
 		err error
 	)
 	began := time.Now()
+	var unknown error // the first attempt whose outcome is unknown
 	for attempt := 1; ; attempt++ {
 		if w.replace {
 			sv, err = p.st.Replace(ctx, w.typeURL, w.base, items, w.audit...)
 		} else {
 			sv, err = p.st.Update(ctx, w.typeURL, items, w.del, w.audit...)
+		}
+		if errors.Is(err, store.ErrOutcomeUnknown) && unknown == nil {
+			unknown = err
 		}
 		if !w.repeatable || !errors.Is(err, store.ErrOutcomeUnknown) || attempt == maxRepeats || ctx.Err() != nil {
 			break
@@ -81,6 +85,11 @@ func (p *Plane) commit(ctx context.Context, w write) (string, error) {
 		case <-ctx.Done():
 		case <-time.After(repeatBackoff):
 		}
+	}
+	if err != nil && unknown != nil && !errors.Is(err, store.ErrOutcomeUnknown) {
+		// A later attempt was refused, but an earlier one may still be
+		// applied: say that, not the refusal.
+		err = unknown
 	}
 	p.countWrite(w.typeURL, err)
 	if err != nil {

@@ -148,9 +148,14 @@ func TestWritePhasesTimed(t *testing.T) {
 type lostAnswerBackend struct {
 	store.Backend
 	lose atomic.Bool
+	// refuse: every later write is refused before it reaches the store.
+	refuse atomic.Bool
 }
 
 func (l *lostAnswerBackend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, error) {
+	if l.refuse.Load() && !l.lose.Load() {
+		return 0, &store.UnavailableError{Backend: "test", Err: errors.New("no quorum")}
+	}
 	rev, err := l.Backend.Update(ctx, fn)
 	if err == nil && l.lose.CompareAndSwap(true, false) {
 		return 0, store.OutcomeUnknown(&store.UnavailableError{Backend: "test", Err: errors.New("answer lost")})
@@ -187,5 +192,23 @@ func TestRevokeWrittenAgainWhenTheAnswerIsLost(t *testing.T) {
 	}
 	if rs, _ := p.Revocations(true); len(rs) != 1 {
 		t.Fatalf("%d revocations served, want 1", len(rs))
+	}
+}
+
+// TestRevokeRefusedAfterALostAnswerSaysSo: when the write again is refused
+// up front, the Revoke still answers that its outcome is unknown (the
+// first attempt may be applied), not the refusal.
+func TestRevokeRefusedAfterALostAnswerSaysSo(t *testing.T) {
+	ctx := context.Background()
+	be := &lostAnswerBackend{Backend: store.NewMemoryBackend()}
+	st, err := store.New(be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := newFeedPlane(t, st)
+	be.refuse.Store(true)
+	be.lose.Store(true)
+	if _, _, err := revokeSubject(ctx, p, "unknown"); !errors.Is(err, store.ErrOutcomeUnknown) {
+		t.Fatalf("revoke whose answer was lost, then refused: %v, want the outcome unknown", err)
 	}
 }
