@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -157,15 +155,10 @@ func tracePhases(b *testing.B, cp *proc) {
 	if os.Getenv("BENCH_TRACE") == "" {
 		return
 	}
-	resp, err := http.Get("http://" + cp.addrs["metrics"] + "/metrics")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if l := sc.Text(); os.Getenv("BENCH_TRACE") == "all" && strings.HasPrefix(l, "mandate_") && !strings.Contains(l, "_bucket") || strings.HasPrefix(l, "mandate_cp_write_phase_seconds") && strings.Contains(l, `type="Revocation"`) {
+	all := os.Getenv("BENCH_TRACE") == "all"
+	for _, l := range metricLines(b, cp) {
+		if all && strings.HasPrefix(l, "mandate_") && !strings.Contains(l, "_bucket") ||
+			strings.HasPrefix(l, "mandate_cp_write_phase_seconds") && strings.Contains(l, `type="Revocation"`) {
 			b.Log(l)
 		}
 	}

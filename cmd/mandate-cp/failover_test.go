@@ -16,18 +16,28 @@ import (
 	"github.com/mandate-dev/mandate/xds/mandatev1"
 )
 
-// metric reads one sample of a process's /metrics ("name{labels}").
-func metric(t *testing.T, p *proc, sample string) float64 {
+// metricLines returns the lines of a process's /metrics.
+func metricLines(t tb, p *proc) []string {
 	t.Helper()
 	resp, err := http.Get("http://" + p.addrs["metrics"] + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	var lines []string
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), sample+" "); ok {
+		lines = append(lines, sc.Text())
+	}
+	return lines
+}
+
+// metric reads one sample of a process's /metrics ("name{labels}").
+func metric(t *testing.T, p *proc, sample string) float64 {
+	t.Helper()
+	for _, l := range metricLines(t, p) {
+		if v, ok := strings.CutPrefix(l, sample+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatal(err)

@@ -163,18 +163,25 @@ func (l *lostAnswerBackend) Update(ctx context.Context, fn func(store.Tx) error)
 	return rev, err
 }
 
-// TestRevokeWrittenAgainWhenTheAnswerIsLost: a Revoke whose store write
-// committed but whose answer was lost is written again: it succeeds, the
-// record is stored and served once, under the name chosen before the
-// first attempt.
-func TestRevokeWrittenAgainWhenTheAnswerIsLost(t *testing.T) {
-	ctx := context.Background()
+// lostAnswerPlane returns a plane over a lostAnswerBackend.
+func lostAnswerPlane(t *testing.T) (*lostAnswerBackend, *store.DB, *Plane) {
+	t.Helper()
 	be := &lostAnswerBackend{Backend: store.NewMemoryBackend()}
 	st, err := store.New(be)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p, _ := newFeedPlane(t, st)
+	return be, st, p
+}
+
+// TestRevokeWrittenAgainWhenTheAnswerIsLost: a Revoke whose store write
+// committed but whose answer was lost is written again: it succeeds, the
+// record is stored and served once, under the name chosen before the
+// first attempt.
+func TestRevokeWrittenAgainWhenTheAnswerIsLost(t *testing.T) {
+	ctx := context.Background()
+	be, st, p := lostAnswerPlane(t)
 	be.lose.Store(true)
 	rec, _, err := revokeSubject(ctx, p, "lost-answer")
 	if err != nil {
@@ -200,15 +207,13 @@ func TestRevokeWrittenAgainWhenTheAnswerIsLost(t *testing.T) {
 // first attempt may be applied), not the refusal.
 func TestRevokeRefusedAfterALostAnswerSaysSo(t *testing.T) {
 	ctx := context.Background()
-	be := &lostAnswerBackend{Backend: store.NewMemoryBackend()}
-	st, err := store.New(be)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, _ := newFeedPlane(t, st)
+	be, st, p := lostAnswerPlane(t)
 	be.refuse.Store(true)
 	be.lose.Store(true)
 	if _, _, err := revokeSubject(ctx, p, "unknown"); !errors.Is(err, store.ErrOutcomeUnknown) {
 		t.Fatalf("revoke whose answer was lost, then refused: %v, want the outcome unknown", err)
+	}
+	if items, _, err := st.List(ctx, mandatev1.RevocationTypeURL); err != nil || len(items) != 1 {
+		t.Fatalf("stored %d records (%v): the first attempt committed, as the answer warns", len(items), err)
 	}
 }
