@@ -36,6 +36,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/mandate-dev/mandate/cp/store"
 )
@@ -99,6 +100,9 @@ type Backend struct {
 	mmu     sync.Mutex
 	mcs     map[string]*clientv3.Client
 	closed  bool
+	// leader is the leading member's connection (nil: unknown), see
+	// commitTxn.
+	leader atomic.Pointer[leaderKV]
 }
 
 // OpenBackend connects to etcd (Open wraps the backend in a DB).
@@ -144,10 +148,16 @@ func OpenBackend(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 	b := newBackend(c, cfg.Prefix, cfg.OpTimeout)
 	b.owned = true
+	// The member clients tell which calls were handed to their
+	// connection (see commitTxn).
+	ccfg.DialOptions = append(slices.Clip(ccfg.DialOptions), grpc.WithStatsHandler(sentTracker{}))
 	b.members, b.cfg = slices.Clone(cfg.Endpoints), ccfg
 	pctx, stop := context.WithCancel(context.Background())
 	b.stopProbe = stop
 	go b.probe(pctx, cfg.ProbeEvery, cfg.ProbeTimeout)
+	if len(b.members) > 1 {
+		go b.followLeader(pctx, cfg.ProbeEvery, cfg.ProbeTimeout)
+	}
 	return b, nil
 }
 
@@ -301,9 +311,7 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 				ops = append(ops, clientv3.OpPut(k, string(*v)))
 			}
 		}
-		cctx, cancel := b.opCtx(ctx)
-		resp, err := b.c.Txn(cctx).If(cmps...).Then(ops...).Commit()
-		cancel()
+		resp, err := b.commitTxn(ctx, cmps, ops)
 		if err != nil {
 			// The Txn was sent: etcd may have appended it to its log
 			// and commit it once a quorum answers again. Say so.
