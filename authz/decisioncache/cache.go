@@ -80,6 +80,13 @@ type Cache struct {
 	// times and a locked histogram per miss), on the goroutine that
 	// applies sets.
 	stats [statShards]counts
+	// young and doors keep decisions asked for once out of ristretto
+	// (young.go).
+	young     []youngSet               // youngSets, allocated alone: whole pages, so each set is one cache line
+	youngNext [youngSets]atomic.Uint32 // per set, the way the next insert replaces when all hold valid entries
+	doors     []doorSlot
+	doorMask  uint64
+	doorTTL   uint32 // the TTL in door clock units, rounded up
 }
 
 const (
@@ -90,6 +97,9 @@ const (
 type frontEntry struct {
 	key string
 	e   *Entry
+	// promoted: a young entry that was asked for again and set in
+	// ristretto (young.go).
+	promoted atomic.Bool
 }
 
 // counts is one shard of Cache.stats, on its own cache line.
@@ -115,7 +125,9 @@ func New(cfg Config) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decisioncache: %w", err)
 	}
-	return &Cache{c: c, ttl: cfg.TTL, seed: maphash.MakeSeed()}, nil
+	n := doorSize(cfg.MaxEntries)
+	return &Cache{c: c, ttl: cfg.TTL, seed: maphash.MakeSeed(), young: make([]youngSet, youngSets), doors: make([]doorSlot, n), doorMask: uint64(n - 1),
+		doorTTL: uint32(min((cfg.TTL+1<<doorUnit-1)>>doorUnit, 1<<31))}, nil
 }
 
 // Get returns the decision stored under key, if it was computed under
@@ -132,10 +144,23 @@ func (c *Cache) Get(key []byte, epoch uint64, now time.Time) (*Entry, bool) {
 		st.hits.Add(1)
 		return f.e, true
 	}
-	e, ok := c.c.Get(key)
-	if !ok || !e.valid(epoch, now) {
-		st.misses.Add(1)
-		return nil, false
+	var e *Entry
+	if y := c.youngGet(key, h); y != nil && y.e.valid(epoch, now) {
+		e = y.e
+		if !y.promoted.Load() && !y.promoted.Swap(true) {
+			c.setOld(key, h, e) // asked for again: worth ristretto's insert now
+		}
+	} else {
+		// Ristretto is asked only when it may hold an entry to serve.
+		if now.UnixNano() >= c.door(h).until.Load() {
+			st.misses.Add(1)
+			return nil, false
+		}
+		var ok bool
+		if e, ok = c.c.Get(key); !ok || !e.valid(epoch, now) {
+			st.misses.Add(1)
+			return nil, false
+		}
 	}
 	st.hits.Add(1)
 	if f == nil || !f.e.valid(epoch, now) {
@@ -168,13 +193,30 @@ func (c *Cache) Set(key []byte, e *Entry, notAfter, now time.Time) {
 	// Get checks Expires itself, so ristretto's own TTL bookkeeping (an
 	// expiration map updated on every Set) is not needed.
 	h := maphash.Bytes(c.seed, key)
+	slot := &c.front[h%frontSlots]
+	f := slot.Load()
+	switch {
+	case f != nil && f.key == string(key):
+		// The front table keeps no older entry of this key than
+		// ristretto.
+		c.setOld(key, h, e)
+		slot.Store(&frontEntry{key: f.key, e: e})
+	default:
+		// Young either way, so the next lookup finds it at once
+		// (ristretto applies sets on its own goroutine).
+		again := c.seenRecently(c.door(h), h, now)
+		if again {
+			c.setOld(key, h, e) // asked for again, and no longer young
+		}
+		c.youngPut(key, h, e, now, again)
+	}
+}
+
+// setOld stores e under key (hash h) in ristretto.
+func (c *Cache) setOld(key []byte, h uint64, e *Entry) {
+	raiseUntil(c.door(h), e.Expires)
 	if !c.c.Set(key, e, 1) {
 		c.stats[h%statShards].dropped.Add(1)
-	}
-	// The front table keeps no older entry of this key than ristretto.
-	slot := &c.front[h%frontSlots]
-	if f := slot.Load(); f != nil && f.key == string(key) {
-		slot.Store(&frontEntry{key: f.key, e: e})
 	}
 }
 
