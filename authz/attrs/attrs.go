@@ -185,6 +185,15 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 		return wrap(ReasonBadRequest, errors.New("no attributes.request.http"))
 	}
 	r.Labels = attrs.GetContextExtensions()
+	isMCP := IsMCPRoute(r.Labels)
+	if isMCP {
+		// The body is read last: its memory loads while the rest is read.
+		if raw := httpReq.GetRawBody(); len(raw) > 0 {
+			mcp.Prefetch(rawBodyString(raw))
+		} else {
+			mcp.Prefetch(httpReq.GetBody())
+		}
+	}
 	hdrs := httpReq.GetHeaders()
 	if len(hdrs) == 0 && len(httpReq.GetHeaderMap().GetHeaders()) > 0 {
 		// Envoy with encode_raw_headers sends header_map instead.
@@ -228,7 +237,7 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 	if svc, m, ok := reqpath.GRPC(r.Path, hs.contentType); ok {
 		r.GRPCService, r.GRPCMethod = svc, m
 	}
-	if IsMCPRoute(r.Labels) {
+	if isMCP {
 		if r.MCP, a.MCP, a.mcpShared, err = mcpRequest(attrs, r.Method, hdrs, x.mcpMemo); err != nil {
 			return err
 		}

@@ -19,3 +19,8 @@ func indexSpecialBlocks(s string) int {
 	}
 	return indexSpecialAVX2(s)
 }
+
+// prefetch is in special_amd64.s.
+//
+//go:noescape
+func prefetch(s string)

@@ -116,3 +116,16 @@ func FuzzNameKey(f *testing.F) {
 		}
 	})
 }
+
+// TestPrefetch: Prefetch reads nothing, so no body, however short, long
+// or placed, makes it fault; and it leaves the body unchanged.
+func TestPrefetch(t *testing.T) {
+	big := strings.Repeat("x", 3*maxPrefetch+17)
+	for _, s := range []string{"", "{", big[:63], big[1:65], big[5 : maxPrefetch+9], big} {
+		before := strings.Clone(s)
+		Prefetch(s)
+		if s != before {
+			t.Fatal("Prefetch changed its body")
+		}
+	}
+}
