@@ -81,9 +81,12 @@ func (b *Backend) commitTxn(ctx context.Context, cmps []clientv3.Cmp, ops []clie
 		cctx, cancel := context.WithCancel(octx)
 		go cancelUnlessReady(cctx, l.conn, cancel)
 		resp, err := l.kv.Txn(cctx).If(cmps...).Then(ops...).Commit()
+		// The call's own bounds (the caller's context, the timeout, the
+		// probe finding etcd out of reach) end the write, sent or not.
+		ended := octx.Err() != nil
 		cancel()
 		done()
-		if err == nil || sent.Load() || ctx.Err() != nil {
+		if err == nil || sent.Load() || ended {
 			return resp, err
 		}
 		// Never sent: the leader's connection failed first.
