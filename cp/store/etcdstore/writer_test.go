@@ -201,3 +201,42 @@ func TestWriteSentToTheLeaderIsNotSentAgain(t *testing.T) {
 		t.Fatalf("the write was sent again through another member: %v", items)
 	}
 }
+
+// TestWriteOutOfTimeBeforeTheLeaderIsNotSentElsewhere: a transaction whose
+// timeout passes before its request could go out to the leader (here the
+// leader's one stream is taken) ends there, as any write out of time: it is
+// not sent again through the balanced client.
+func TestWriteOutOfTimeBeforeTheLeaderIsNotSentElsewhere(t *testing.T) {
+	ctx := context.Background()
+	c := etcdtest.Start(t, 3)
+	be, d := openDB(t, c, Config{ProbeEvery: time.Hour, OpTimeout: 300 * time.Millisecond})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.MaxConcurrentStreams(1))
+	fake := &fakeLeader{}
+	pb.RegisterKVServer(srv, fake)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	pinLeader(t, be, ln.Addr().String())
+	l := be.leader.Load()
+	hold, release := context.WithCancel(ctx)
+	defer release()
+	go func() { _, _ = pb.NewKVClient(l.conn).Txn(hold, &pb.TxnRequest{}) }()
+	testkit.WaitUntil(t, "the leader's one stream taken", func() bool { return fake.txns.Load() == 1 })
+
+	if err := putRevocation(ctx, d, "out-of-time"); err == nil {
+		t.Fatal("a write out of time before reaching the leader was committed elsewhere")
+	}
+	if n := fake.txns.Load(); n != 1 {
+		t.Fatalf("the leader received %d transactions, want only the one holding its stream", n)
+	}
+	items, _, err := d.List(ctx, mandatev1.RevocationTypeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != 0 {
+		t.Fatalf("the write was sent through another member: %v", items)
+	}
+}
