@@ -1,13 +1,16 @@
 // Package boltstore is the store backend in one bbolt file
-// (<data-dir>/mandate.db): the embedded default of a single mandate-cp.
+// (<data-dir>/mandate.db) and its write-ahead log (<data-dir>/mandate.wal):
+// the embedded default of a single mandate-cp.
 //
 // Every table is a bucket; bucket "_revs" holds the global revision
-// counter and each table's revision. Every write is one bbolt
-// transaction, synced to disk before it returns (bbolt's default: the
-// pages, then the meta page, two fdatasyncs): a write that returned nil
-// survives a crash. An update that writes nothing commits nothing. A file
-// written by an earlier mandate-cp (one bucket per record kind, a version
-// counter per type) is converted in place when opened.
+// counter and each table's revision. A write is one frame appended to the
+// log and synced (one fdatasync) before it returns: a write that returned
+// nil survives a crash. The log's commits are applied to bbolt in batches
+// shortly after (bbolt's synced commits: the pages, then the meta page),
+// and applied when the file is opened if a crash came first. An update
+// that writes nothing commits nothing. A file written by an earlier
+// mandate-cp (one bucket per record kind, a version counter per type) is
+// converted in place when opened.
 package boltstore
 
 import (
@@ -17,6 +20,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -44,11 +49,52 @@ func Open(ctx context.Context, dataDir string, opts ...store.Option) (*store.DB,
 	return store.New(be, opts...)
 }
 
-// Backend is a bbolt file as a store.Backend.
-type Backend struct{ db *bolt.DB }
+// Backend is a bbolt file and its write-ahead log as a store.Backend.
+//
+// A commit is one frame appended to the log and synced (one fdatasync of
+// a few hundred bytes, where a bbolt commit syncs its pages and then its
+// meta page): it is durable, and visible, when Update returns. A
+// goroutine then applies the logged commits to bbolt in batches (a
+// normal bbolt commit, synced), after which the log starts again from
+// its beginning. Until then readers see bbolt's snapshot with the logged
+// commits above it laid over it. Opening the file applies what the log
+// holds beyond bbolt's revision (a crash between the two).
+type Backend struct {
+	db  *bolt.DB
+	log *logFile
+
+	// wmu: one commit at a time, held across the log's write and sync.
+	wmu     sync.Mutex
+	failed  error  // set when a log write failed: every later commit fails
+	buf     []byte // frame buffer
+	appends int    // frames written (for tests)
+
+	mu       sync.Mutex
+	pend     []*record     // logged, not yet in bbolt; ascending revisions
+	applied  chan struct{} // closed after each apply pass, then replaced
+	applyErr error         // the last apply pass's error
+
+	delay     time.Duration // applyDelay
+	kick      chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// applyDelay is how long logged commits wait before they are applied to
+// bbolt: the commits of that window share one bbolt commit, whose syncs
+// then rarely meet a commit's own.
+const applyDelay = 100 * time.Millisecond
 
 // OpenBackend opens the file alone (Open wraps it in a DB).
 func OpenBackend(ctx context.Context, dataDir string) (*Backend, error) {
+	return openBackend(ctx, dataDir, applyDelay)
+}
+
+// openBackend opens the backend with its commits applied to bbolt delay
+// after the first of a batch (tests hold them in the log).
+func openBackend(ctx context.Context, dataDir string, delay time.Duration) (*Backend, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("boltstore: open: %w", err)
 	}
@@ -77,7 +123,51 @@ func OpenBackend(ctx context.Context, dataDir string) (*Backend, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("boltstore: prepare %s: %w", path, err)
 	}
-	return &Backend{db: db}, nil
+	// The log is opened under bbolt's file lock: one process at a time.
+	log, recs, err := openLog(dataDir)
+	if err == nil {
+		err = recoverLog(db, recs)
+		if err != nil {
+			_ = log.close()
+		}
+	}
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("boltstore: %w", err)
+	}
+	b := &Backend{db: db, log: log, delay: delay, applied: make(chan struct{}),
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	go b.applyLoop()
+	return b, nil
+}
+
+// recoverLog applies to db the log's commits above its revision. The
+// log's chain starts at most one revision above bbolt's (it starts again
+// only once bbolt holds all of it): a chain that starts higher means
+// commits are missing (the database file replaced by an older one, or
+// deleted without its log), and the store refuses to open rather than
+// serve a history with a hole.
+func recoverLog(db *bolt.DB, recs []*record) error {
+	var top uint64
+	if err := db.View(func(tx *bolt.Tx) error {
+		top = getU64(tx.Bucket(bucketRevs).Get(keyGlobal))
+		return nil
+	}); err != nil {
+		return err
+	}
+	i := sort.Search(len(recs), func(i int) bool { return recs[i].rev > top })
+	todo := recs[i:]
+	if len(todo) == 0 {
+		return nil
+	}
+	if todo[0].rev != top+1 {
+		return fmt.Errorf("the write-ahead log %s resumes at revision %d but %s is at %d: commits are missing (was %s replaced or deleted without its log?)",
+			LogFileName, todo[0].rev, FileName, top, FileName)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return applyRecords(tx, todo) }); err != nil {
+		return fmt.Errorf("apply the write-ahead log: %w", err)
+	}
+	return nil
 }
 
 // InitialMmapSize is the address space mapped for the file when it is
@@ -97,130 +187,6 @@ const InitialMmapSize = 1 << 30
 // synced: every commit still syncs its pages, then its meta page.
 func boltOptions() *bolt.Options {
 	return &bolt.Options{Timeout: time.Second, InitialMmapSize: InitialMmapSize, FreelistType: bolt.FreelistMapType}
-}
-
-// Close closes the file.
-func (b *Backend) Close() error { return b.db.Close() }
-
-// Update implements store.Backend.
-func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
-	btx, err := b.db.Begin(true)
-	if err != nil {
-		return 0, err
-	}
-	// Rolled back unless committed, also when fn panics (a no-op after
-	// Commit).
-	defer func() { _ = btx.Rollback() }()
-	t := &tx{tx: btx, written: map[string]bool{}}
-	rev, err := runUpdate(t, fn)
-	if err != nil || len(t.written) == 0 {
-		// fn failed, or wrote nothing: no commit (bbolt would still
-		// write and sync a meta page and the freelist).
-		return rev, err
-	}
-	if err := btx.Commit(); err != nil {
-		return 0, err
-	}
-	return rev, nil
-}
-
-// runUpdate runs fn in t and raises the revisions of what it wrote.
-func runUpdate(t *tx, fn func(store.Tx) error) (uint64, error) {
-	if err := fn(t); err != nil {
-		return 0, err
-	}
-	revs := t.tx.Bucket(bucketRevs)
-	rev := getU64(revs.Get(keyGlobal))
-	if len(t.written) == 0 {
-		return rev, nil
-	}
-	rev++
-	if err := revs.Put(keyGlobal, u64(rev)); err != nil {
-		return 0, err
-	}
-	for table := range t.written {
-		if err := revs.Put([]byte(table), u64(rev)); err != nil {
-			return 0, err
-		}
-	}
-	return rev, nil
-}
-
-// View implements store.Backend.
-func (b *Backend) View(ctx context.Context, fn func(store.Tx) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return b.db.View(func(btx *bolt.Tx) error { return fn(&tx{tx: btx}) })
-}
-
-type tx struct {
-	tx      *bolt.Tx
-	written map[string]bool
-}
-
-func (t *tx) Get(table, key string) ([]byte, bool, error) {
-	bk := t.tx.Bucket(tableBucket(table))
-	if bk == nil {
-		return nil, false, nil
-	}
-	v := bk.Get([]byte(key))
-	if v == nil {
-		return nil, false, nil
-	}
-	return append([]byte{}, v...), true, nil
-}
-
-func (t *tx) bucket(table string) (*bolt.Bucket, error) {
-	if t.written == nil {
-		return nil, errors.New("write in a read-only transaction")
-	}
-	t.written[table] = true
-	return t.tx.CreateBucketIfNotExists(tableBucket(table))
-}
-
-func (t *tx) Put(table, key string, val []byte) error {
-	if key == "" {
-		return errors.New("empty key")
-	}
-	bk, err := t.bucket(table)
-	if err != nil {
-		return err
-	}
-	if val == nil {
-		val = []byte{}
-	}
-	return bk.Put([]byte(key), val)
-}
-
-func (t *tx) Delete(table, key string) error {
-	bk, err := t.bucket(table)
-	if err != nil || key == "" {
-		return err
-	}
-	return bk.Delete([]byte(key))
-}
-
-func (t *tx) Scan(table, from string, fn func(string, []byte) (bool, error)) error {
-	bk := t.tx.Bucket(tableBucket(table))
-	if bk == nil {
-		return nil
-	}
-	c := bk.Cursor()
-	for k, v := c.Seek([]byte(from)); k != nil; k, v = c.Next() {
-		more, err := fn(string(k), append([]byte{}, v...))
-		if err != nil || !more {
-			return err
-		}
-	}
-	return nil
-}
-
-func (t *tx) Rev(table string) (uint64, error) {
-	return getU64(t.tx.Bucket(bucketRevs).Get([]byte(table))), nil
 }
 
 func u64(v uint64) []byte {

@@ -109,11 +109,22 @@ func migrate(btx *bolt.Tx) error {
 type txBackend struct{ btx *bolt.Tx }
 
 func (b txBackend) Update(_ context.Context, fn func(store.Tx) error) (uint64, error) {
-	return runUpdate(&tx{tx: b.btx, written: map[string]bool{}}, fn)
+	v := b.view()
+	w := newRecord()
+	if err := fn(&tx{view: v, w: w}); err != nil || len(w.ops) == 0 {
+		return v.base, err
+	}
+	w.rev = v.base + 1
+	return w.rev, applyRecords(b.btx, []*record{w})
 }
 
 func (b txBackend) View(_ context.Context, fn func(store.Tx) error) error {
-	return fn(&tx{tx: b.btx})
+	return fn(&tx{view: b.view()})
+}
+
+// view is the enclosing transaction as it stands (never closed here).
+func (b txBackend) view() view {
+	return view{btx: b.btx, base: getU64(b.btx.Bucket(bucketRevs).Get(keyGlobal))}
 }
 
 func (b txBackend) Close() error { return nil }
