@@ -46,12 +46,14 @@ func TestKEKFileSealsSigningKeys(t *testing.T) {
 	if err != nil || len(keys) != 1 {
 		t.Fatalf("with the KEK: %d keys, %v", len(keys), err)
 	}
-	raw, err := os.ReadFile(filepath.Join(dir, boltstore.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Contains(raw, keys[0].Private[:32]) || bytes.Contains(raw, []byte(base64.StdEncoding.EncodeToString(keys[0].Private)[:40])) {
-		t.Fatal("the data file holds the signing key in the clear")
+	for _, name := range []string{boltstore.FileName, boltstore.LogFileName} {
+		raw, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(raw, keys[0].Private[:32]) || bytes.Contains(raw, []byte(base64.StdEncoding.EncodeToString(keys[0].Private)[:40])) {
+			t.Fatalf("%s holds the signing key in the clear", name)
+		}
 	}
 
 	// Rotation: kek-2 first, kek-1 still listed; a start reseals.
