@@ -208,7 +208,7 @@ func (c *Cache) Set(key []byte, e *Entry, notAfter, now time.Time) {
 		if again {
 			c.setOld(key, h, e) // asked for again, and no longer young
 		}
-		c.youngPut(key, h, e, now, again)
+		c.youngPut(key, h, e, again)
 	}
 }
 

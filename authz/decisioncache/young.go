@@ -63,21 +63,25 @@ func (c *Cache) youngGet(key []byte, h uint64) *frontEntry {
 }
 
 // youngPut stores e under key (hash h): in the way that holds key, else
-// in one whose entry can no longer be served, else in turn. promoted: e
-// is in ristretto already.
-func (c *Cache) youngPut(key []byte, h uint64, e *Entry, now time.Time, promoted bool) {
+// in an empty one, else in the ways in turn. It reads no entry of
+// another key (each would be a read from cold memory): a young entry
+// that is no longer valid is replaced in its turn. promoted: e is in
+// ristretto already.
+func (c *Cache) youngPut(key []byte, h uint64, e *Entry, promoted bool) {
 	i := (h >> 32) % youngSets
 	s := &c.young[i]
 	t := youngTag(h)
 	way := -1
 	for w := range s.entries {
-		f := s.entries[w].Load()
-		if f == nil || s.tags[w].Load() == t && f.key == string(key) {
+		if s.entries[w].Load() == nil {
 			way = w
 			break
 		}
-		if way < 0 && !f.e.valid(e.Epoch, now) {
-			way = w
+		if s.tags[w].Load() == t {
+			if f := s.entries[w].Load(); f != nil && f.key == string(key) {
+				way = w
+				break
+			}
 		}
 	}
 	if way < 0 {

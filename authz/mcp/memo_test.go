@@ -268,6 +268,23 @@ func BenchmarkMemo(b *testing.B) {
 			}
 		}
 	})
+	b.Run("memo-miss-cold", func(b *testing.B) {
+		// 4,096 distinct bodies (16 MiB), read from cold memory as in
+		// authz's BenchmarkCheckMCP/miss, each prefetched as Extract does.
+		cold := make([]string, 4096)
+		for i := range cold {
+			cold[i] = body(i, "repo-"+strconv.Itoa(i))
+		}
+		m := NewMemo(Limits{})
+		b.SetBytes(int64(len(cold[0])))
+		for i := 0; b.Loop(); i++ {
+			body := cold[i%len(cold)]
+			Prefetch(body)
+			if _, err := m.Parse(body); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("memo-hit-new-id", func(b *testing.B) {
 		m := NewMemo(Limits{})
 		for range 3 {
