@@ -72,15 +72,32 @@ func (o jsonObject) Find(key ref.Val) (ref.Val, bool) {
 	if !ok {
 		return types.MaybeNoSuchOverloadErr(key), false
 	}
+	return o.find(string(k))
+}
+
+func (o jsonObject) find(key string) (ref.Val, bool) {
 	var found ref.Val
 	mcp.Members(*o.raw, func(name, value string) bool {
-		if name == string(k) {
+		if name == key {
 			found = jsonValue(value)
 			return false
 		}
 		return true
 	})
 	return found, found != nil
+}
+
+// FindStringKey is what CEL's field selection (mcp.arguments.owner,
+// has(mcp.arguments.owner)) tries before Find: the same lookup without
+// boxing the key or converting the map again. A missing member or a value
+// that is an error returns false, and CEL then asks Find, which decides
+// them as before (an error, or false for has()).
+func (o jsonObject) FindStringKey(key string) (any, bool) {
+	v, found := o.find(key)
+	if !found || types.IsError(v) {
+		return nil, false
+	}
+	return v, true
 }
 
 func (o jsonObject) Get(key ref.Val) ref.Val      { return mapGet(o, key) }

@@ -107,6 +107,10 @@ func TestMCPArgumentValues(t *testing.T) {
 		{`has(mcp.arguments.o) && !has(mcp.arguments.zz)`, true},
 		{`mcp.arguments.size() == 8`, true},
 		{`mcp.arguments.exists(k, k == "o")`, true},
+		{`has(mcp.arguments.big)`, false}, // an out-of-range number is an error, has() included
+		{`mcp.arguments.big == 1.0`, false},
+		{`mcp.arguments.o.p.zz == 2`, false}, // missing: an error
+		{`!has(mcp.arguments.o.p.zz) && has(mcp.arguments.o.p.q)`, true},
 		{`mcp.method == "tools/call" && mcp.tool == "t" && mcp.resource_uri == ""`, true},
 	}
 	for _, tt := range tests {
