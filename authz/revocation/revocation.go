@@ -157,12 +157,12 @@ type compiled struct {
 	intents map[string]struct{}
 }
 
-func compile(r Record) (*compiled, error) {
+func compile(r Record) (compiled, error) {
 	pat, literal, err := r.check()
 	if err != nil {
-		return nil, err
+		return compiled{}, err
 	}
-	c := &compiled{rec: r, pat: pat, literal: literal}
+	c := compiled{rec: r, pat: pat, literal: literal}
 	if len(r.Intents) > 0 {
 		c.intents = make(map[string]struct{}, len(r.Intents))
 		for _, in := range r.Intents {
@@ -172,15 +172,40 @@ func compile(r Record) (*compiled, error) {
 	return c, nil
 }
 
+// bucket is the records of one key of a value index, sorted by ID. One
+// record, the common case, is held inline: no array of its own.
+type bucket struct {
+	one  [1]*compiled
+	many []*compiled // when more than one
+}
+
+func makeBucket(cs []*compiled) bucket {
+	if len(cs) == 1 {
+		return bucket{one: [1]*compiled{cs[0]}}
+	}
+	return bucket{many: cs}
+}
+
+// records returns the bucket's records (l may be nil: none).
+func records(l *tleaf[bucket]) []*compiled {
+	if l == nil {
+		return nil
+	}
+	if l.val.many != nil {
+		return l.val.many
+	}
+	return l.val.one[:]
+}
+
 // Set is an immutable, indexed set of records, keyed by record ID. Sets
 // made by With share every part they did not change with the Set they
 // came from, so they are cheap to derive and safe to read concurrently.
 type Set struct {
 	seed      maphash.Seed
-	byID      trie // ID -> the one record
-	bySubject trie // literal SPIFFE ID -> records
-	byTask    trie
-	byMandate trie
+	byID      trie[compiled] // ID -> the one record
+	bySubject trie[bucket]   // literal SPIFFE ID -> records
+	byTask    trie[bucket]
+	byMandate trie[bucket]
 	// patterns are the subject records holding '*', sorted by ID.
 	patterns []*compiled
 }
@@ -267,12 +292,13 @@ func (e *Editor) Put(r Record) error {
 	next, id := e.next, c.rec.ID
 	h := maphash.String(next.seed, id)
 	if old := next.byID.getH(h, id); old != nil {
-		if next.unindex(e.ed, old[0], e.patternsShared) {
+		if next.unindex(e.ed, &old.val, e.patternsShared) {
 			e.patternsShared = false
 		}
 	}
-	next.byID.putH(e.ed, h, id, []*compiled{c})
-	if next.index(e.ed, c, e.patternsShared) {
+	// The record lives in its ID leaf; the other indexes point there.
+	l := next.byID.putH(e.ed, h, id, c)
+	if next.index(e.ed, &l.val, e.patternsShared) {
 		e.patternsShared = false
 	}
 	return nil
@@ -286,8 +312,8 @@ func (e *Editor) Delete(id string) {
 	if old == nil {
 		return
 	}
-	next.byID.putH(e.ed, h, id, nil)
-	if next.unindex(e.ed, old[0], e.patternsShared) {
+	next.byID.deleteH(e.ed, h, id)
+	if next.unindex(e.ed, &old.val, e.patternsShared) {
 		e.patternsShared = false
 	}
 }
@@ -310,11 +336,16 @@ func (s *Set) index(ed *edit, c *compiled, patternsShared bool) (copied bool) {
 		return patternsShared
 	}
 	t := s.indexOf(c.rec.Kind)
-	old := t.get(s.seed, c.rec.Value)
+	h := maphash.String(s.seed, c.rec.Value)
+	old := records(t.getH(h, c.rec.Value))
+	if len(old) == 0 {
+		t.putH(ed, h, c.rec.Value, bucket{one: [1]*compiled{c}})
+		return false
+	}
 	i, _ := slices.BinarySearchFunc(old, c.rec.ID, byID)
-	bucket := make([]*compiled, 0, len(old)+1)
-	bucket = append(append(append(bucket, old[:i]...), c), old[i:]...)
-	t.put(ed, s.seed, c.rec.Value, bucket)
+	cs := make([]*compiled, 0, len(old)+1)
+	cs = append(append(append(cs, old[:i]...), c), old[i:]...)
+	t.putH(ed, h, c.rec.Value, makeBucket(cs))
 	return false
 }
 
@@ -330,20 +361,21 @@ func (s *Set) unindex(ed *edit, c *compiled, patternsShared bool) (copied bool) 
 		return patternsShared
 	}
 	t := s.indexOf(c.rec.Kind)
-	old := t.get(s.seed, c.rec.Value)
+	h := maphash.String(s.seed, c.rec.Value)
+	old := records(t.getH(h, c.rec.Value))
 	i, ok := slices.BinarySearchFunc(old, c.rec.ID, byID)
 	if !ok {
 		return false
 	}
-	var bucket []*compiled
-	if len(old) > 1 {
-		bucket = slices.Concat(old[:i], old[i+1:])
+	if len(old) == 1 {
+		t.deleteH(ed, h, c.rec.Value)
+		return false
 	}
-	t.put(ed, s.seed, c.rec.Value, bucket)
+	t.putH(ed, h, c.rec.Value, makeBucket(slices.Concat(old[:i], old[i+1:])))
 	return false
 }
 
-func (s *Set) indexOf(k Kind) *trie {
+func (s *Set) indexOf(k Kind) *trie[bucket] {
 	switch k {
 	case KindSubject:
 		return &s.bySubject
@@ -362,7 +394,7 @@ func (s *Set) Len() int { return s.byID.n }
 // Records returns a copy of the records, sorted by ID.
 func (s *Set) Records() []Record {
 	out := make([]Record, 0, s.byID.n)
-	s.byID.each(func(_ string, cs []*compiled) { out = append(out, cs[0].rec) })
+	s.byID.each(func(l *tleaf[compiled]) { out = append(out, l.val.rec) })
 	slices.SortFunc(out, func(a, b Record) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
@@ -374,7 +406,7 @@ func (s *Set) Records() []Record {
 // allocate.
 func (s *Set) Check(now time.Time, q Query) Verdict {
 	var down *compiled
-	if c := visit(s.bySubject.get(s.seed, q.Subject), now, q.Intent, &down); c != nil {
+	if c := visit(records(s.bySubject.get(s.seed, q.Subject)), now, q.Intent, &down); c != nil {
 		return verdict(c)
 	}
 	for _, c := range s.patterns {
@@ -388,7 +420,7 @@ func (s *Set) Check(now time.Time, q Query) Verdict {
 		if h == q.Subject {
 			continue
 		}
-		if c := visit(s.bySubject.get(s.seed, h), now, q.Intent, &down); c != nil {
+		if c := visit(records(s.bySubject.get(s.seed, h)), now, q.Intent, &down); c != nil {
 			return verdict(c)
 		}
 		for _, c := range s.patterns {
@@ -400,12 +432,12 @@ func (s *Set) Check(now time.Time, q Query) Verdict {
 		}
 	}
 	if q.Task != "" {
-		if c := visit(s.byTask.get(s.seed, q.Task), now, q.Intent, &down); c != nil {
+		if c := visit(records(s.byTask.get(s.seed, q.Task)), now, q.Intent, &down); c != nil {
 			return verdict(c)
 		}
 	}
 	for _, id := range q.Chain {
-		if c := visit(s.byMandate.get(s.seed, id), now, q.Intent, &down); c != nil {
+		if c := visit(records(s.byMandate.get(s.seed, id)), now, q.Intent, &down); c != nil {
 			return verdict(c)
 		}
 	}

@@ -6,16 +6,27 @@ import (
 )
 
 // trie is a persistent hash array mapped trie from a string key to a
-// bucket of compiled records. A trie value is never changed once a Set
-// holding it is published: an edit copies the nodes on the path to the
-// key it changes and shares every other node with the trie it came from.
-// Within one edit (one With call) nodes the edit created itself are
-// changed in place, so a batch of changes copies each node at most once.
+// value V, laid out as a CHAMP (compressed hash-array mapped prefix
+// tree): each node keeps its leaves and its children in two dense
+// arrays of pointers, 8 bytes a slot. A trie value is never changed once
+// a Set holding it is published: an edit copies the nodes on the path to
+// the key it changes and shares every other node, and every leaf, with
+// the trie it came from. Within one edit (one With call) nodes the edit
+// created itself are changed in place, so a batch of changes copies each
+// node at most once.
+//
+// A leaf holds its value inline (for the ID index, the whole compiled
+// record; for the value indexes, a bucket whose single record needs no
+// array of its own), so a record costs the garbage collector few
+// objects. Leaves are immutable: a changed key gets a new leaf, so a
+// pointer into a leaf's value stays valid for as long as it is held.
 //
 // Lookups hash the key with maphash (no allocation) and walk at most
-// thirteen levels of 32-way nodes; in practice three or four.
-type trie struct {
-	root *tnode
+// thirteen levels of 32-way nodes; in practice three or four. The shape
+// depends only on the keys held: a node left holding a single leaf
+// and no children is folded into its parent.
+type trie[V any] struct {
+	root *tnode[V]
 	n    int // number of keys
 }
 
@@ -29,35 +40,35 @@ const (
 // changed in place.
 type edit struct{ _ byte }
 
-type tnode struct {
-	owner  *edit
-	bitmap uint32
-	slots  []tslot
+type tnode[V any] struct {
+	owner    *edit
+	datamap  uint32 // the slots holding a leaf
+	nodemap  uint32 // the slots holding a child
+	leaves   []*tleaf[V]
+	children []*tnode[V]
 	// coll holds the leaves whose 64-bit hashes are all equal, in a node
 	// below the last level the hash can index.
-	coll []*tleaf
+	coll []*tleaf[V]
 }
 
-// tslot is either a child node or a leaf.
-type tslot struct {
-	child *tnode
-	leaf  *tleaf
-}
-
-type tleaf struct {
+type tleaf[V any] struct {
 	hash uint64
 	key  string
-	vals []*compiled
+	val  V
 }
 
-func (t *trie) get(seed maphash.Seed, key string) []*compiled {
+// index returns the position of bit among the set bits of m below it.
+func index(m, bit uint32) int { return bits.OnesCount32(m & (bit - 1)) }
+
+func (t *trie[V]) get(seed maphash.Seed, key string) *tleaf[V] {
 	if t.root == nil {
 		return nil
 	}
 	return t.getH(maphash.String(seed, key), key)
 }
 
-func (t *trie) getH(h uint64, key string) []*compiled {
+// getH returns key's leaf, or nil.
+func (t *trie[V]) getH(h uint64, key string) *tleaf[V] {
 	n := t.root
 	if n == nil {
 		return nil
@@ -66,62 +77,63 @@ func (t *trie) getH(h uint64, key string) []*compiled {
 		if shift >= 64 {
 			for _, l := range n.coll {
 				if l.key == key {
-					return l.vals
+					return l
 				}
 			}
 			return nil
 		}
 		bit := uint32(1) << ((h >> shift) & tmask)
-		if n.bitmap&bit == 0 {
+		if n.datamap&bit != 0 {
+			l := n.leaves[index(n.datamap, bit)]
+			if l.hash == h && l.key == key {
+				return l
+			}
 			return nil
 		}
-		s := &n.slots[bits.OnesCount32(n.bitmap&(bit-1))]
-		if s.child != nil {
-			n = s.child
-			continue
+		if n.nodemap&bit == 0 {
+			return nil
 		}
-		if s.leaf.hash == h && s.leaf.key == key {
-			return s.leaf.vals
-		}
-		return nil
+		n = n.children[index(n.nodemap, bit)]
 	}
 }
 
-// put sets key's bucket to vals in place of the old one; an empty vals
-// removes the key.
-func (t *trie) put(ed *edit, seed maphash.Seed, key string, vals []*compiled) {
-	t.putH(ed, maphash.String(seed, key), key, vals)
-}
-
-func (t *trie) putH(ed *edit, h uint64, key string, vals []*compiled) {
+// putH sets key's value to val and returns its (new) leaf.
+func (t *trie[V]) putH(ed *edit, h uint64, key string, val V) *tleaf[V] {
+	l := &tleaf[V]{hash: h, key: key, val: val}
 	var delta int
-	if len(vals) == 0 {
-		t.root = t.remove(ed, t.root, 0, h, key, &delta)
-	} else {
-		t.root = t.assoc(ed, t.root, 0, &tleaf{hash: h, key: key, vals: vals}, &delta)
-	}
+	t.root = t.assoc(ed, t.root, 0, l, &delta)
+	t.n += delta
+	return l
+}
+
+// deleteH removes key, if held.
+func (t *trie[V]) deleteH(ed *edit, h uint64, key string) {
+	var delta int
+	t.root = t.remove(ed, t.root, 0, h, key, &delta)
 	t.n += delta
 }
 
 // own returns n itself when ed created it, else a copy owned by ed.
-func own(ed *edit, n *tnode) *tnode {
+func own[V any](ed *edit, n *tnode[V]) *tnode[V] {
 	if n.owner == ed {
 		return n
 	}
-	c := &tnode{owner: ed, bitmap: n.bitmap}
-	if n.slots != nil {
-		c.slots = make([]tslot, len(n.slots), len(n.slots)+1)
-		copy(c.slots, n.slots)
+	c := &tnode[V]{owner: ed, datamap: n.datamap, nodemap: n.nodemap}
+	if n.leaves != nil {
+		c.leaves = append(make([]*tleaf[V], 0, len(n.leaves)+1), n.leaves...)
+	}
+	if n.children != nil {
+		c.children = append(make([]*tnode[V], 0, len(n.children)+1), n.children...)
 	}
 	if n.coll != nil {
-		c.coll = append(make([]*tleaf, 0, len(n.coll)+1), n.coll...)
+		c.coll = append(make([]*tleaf[V], 0, len(n.coll)+1), n.coll...)
 	}
 	return c
 }
 
-func (t *trie) assoc(ed *edit, n *tnode, shift uint, l *tleaf, delta *int) *tnode {
+func (t *trie[V]) assoc(ed *edit, n *tnode[V], shift uint, l *tleaf[V], delta *int) *tnode[V] {
 	if n == nil {
-		n = &tnode{owner: ed}
+		n = &tnode[V]{owner: ed}
 	} else {
 		n = own(ed, n)
 	}
@@ -137,33 +149,52 @@ func (t *trie) assoc(ed *edit, n *tnode, shift uint, l *tleaf, delta *int) *tnod
 		return n
 	}
 	bit := uint32(1) << ((l.hash >> shift) & tmask)
-	i := bits.OnesCount32(n.bitmap & (bit - 1))
-	if n.bitmap&bit == 0 {
-		n.slots = append(n.slots, tslot{})
-		copy(n.slots[i+1:], n.slots[i:])
-		n.slots[i] = tslot{leaf: l}
-		n.bitmap |= bit
-		*delta = 1
-		return n
-	}
-	s := n.slots[i]
 	switch {
-	case s.child != nil:
-		n.slots[i] = tslot{child: t.assoc(ed, s.child, shift+tbits, l, delta)}
-	case s.leaf.key == l.key:
-		n.slots[i] = tslot{leaf: l}
-	default:
+	case n.datamap&bit != 0:
+		i := index(n.datamap, bit)
+		old := n.leaves[i]
+		if old.hash == l.hash && old.key == l.key {
+			n.leaves[i] = l
+			return n
+		}
 		// Two keys share this slot: push both one level down.
-		child := t.assoc(ed, nil, shift+tbits, s.leaf, new(int))
+		child := t.assoc(ed, nil, shift+tbits, old, new(int))
 		child = t.assoc(ed, child, shift+tbits, l, delta)
-		n.slots[i] = tslot{child: child}
+		n.leaves = append(n.leaves[:i], n.leaves[i+1:]...)
+		n.datamap &^= bit
+		n.nodemap |= bit
+		j := index(n.nodemap, bit)
+		n.children = append(n.children, nil)
+		copy(n.children[j+1:], n.children[j:])
+		n.children[j] = child
+	case n.nodemap&bit != 0:
+		j := index(n.nodemap, bit)
+		n.children[j] = t.assoc(ed, n.children[j], shift+tbits, l, delta)
+	default:
+		i := index(n.datamap, bit)
+		n.leaves = append(n.leaves, nil)
+		copy(n.leaves[i+1:], n.leaves[i:])
+		n.leaves[i] = l
+		n.datamap |= bit
+		*delta = 1
 	}
 	return n
 }
 
+// lone returns the single leaf n holds when it holds nothing else.
+func (n *tnode[V]) lone() *tleaf[V] {
+	switch {
+	case len(n.children) == 0 && len(n.leaves) == 1 && len(n.coll) == 0:
+		return n.leaves[0]
+	case len(n.children) == 0 && len(n.leaves) == 0 && len(n.coll) == 1:
+		return n.coll[0]
+	}
+	return nil
+}
+
 // remove deletes key below n and returns the node that replaces n (nil
 // when it became empty; a lone leaf is pulled up by the caller).
-func (t *trie) remove(ed *edit, n *tnode, shift uint, h uint64, key string, delta *int) *tnode {
+func (t *trie[V]) remove(ed *edit, n *tnode[V], shift uint, h uint64, key string, delta *int) *tnode[V] {
 	if n == nil {
 		return nil
 	}
@@ -182,60 +213,70 @@ func (t *trie) remove(ed *edit, n *tnode, shift uint, h uint64, key string, delt
 		return n
 	}
 	bit := uint32(1) << ((h >> shift) & tmask)
-	if n.bitmap&bit == 0 {
-		return n
-	}
-	i := bits.OnesCount32(n.bitmap & (bit - 1))
-	s := n.slots[i]
-	var repl tslot
 	switch {
-	case s.child != nil:
-		c := t.remove(ed, s.child, shift+tbits, h, key, delta)
-		if c == s.child {
+	case n.datamap&bit != 0:
+		i := index(n.datamap, bit)
+		if l := n.leaves[i]; l.hash != h || l.key != key {
 			return n
 		}
+		*delta = -1
+		n = own(ed, n)
+		n.leaves = append(n.leaves[:i], n.leaves[i+1:]...)
+		n.datamap &^= bit
+		if n.datamap == 0 && n.nodemap == 0 {
+			return nil
+		}
+		return n
+	case n.nodemap&bit != 0:
+		j := index(n.nodemap, bit)
+		old := n.children[j]
+		c := t.remove(ed, old, shift+tbits, h, key, delta)
+		if c == old && *delta == 0 {
+			return n
+		}
+		n = own(ed, n)
+		var up *tleaf[V]
 		if c != nil {
-			repl = tslot{child: c}
+			up = c.lone()
+		}
+		if c != nil && up == nil {
+			n.children[j] = c
+			return n
+		}
+		n.children = append(n.children[:j], n.children[j+1:]...)
+		n.nodemap &^= bit
+		if up != nil {
 			// A child left holding a single leaf is replaced by it, so
 			// the trie's shape depends only on the keys it holds.
-			if len(c.slots) == 1 && c.slots[0].leaf != nil {
-				repl = tslot{leaf: c.slots[0].leaf}
-			}
+			i := index(n.datamap, bit)
+			n.leaves = append(n.leaves, nil)
+			copy(n.leaves[i+1:], n.leaves[i:])
+			n.leaves[i] = up
+			n.datamap |= bit
 		}
-	case s.leaf.hash == h && s.leaf.key == key:
-		*delta = -1
-	default:
-		return n
-	}
-	n = own(ed, n)
-	if repl.child == nil && repl.leaf == nil {
-		n.slots = append(n.slots[:i], n.slots[i+1:]...)
-		n.bitmap &^= bit
-		if len(n.slots) == 0 {
+		if n.datamap == 0 && n.nodemap == 0 {
 			return nil
 		}
 		return n
 	}
-	n.slots[i] = repl
 	return n
 }
 
-// each calls f for every key and bucket, in no particular order.
-func (t *trie) each(f func(key string, vals []*compiled)) {
-	var walk func(n *tnode)
-	walk = func(n *tnode) {
+// each calls f for every leaf, in no particular order.
+func (t *trie[V]) each(f func(l *tleaf[V])) {
+	var walk func(n *tnode[V])
+	walk = func(n *tnode[V]) {
 		if n == nil {
 			return
 		}
 		for _, l := range n.coll {
-			f(l.key, l.vals)
+			f(l)
 		}
-		for _, s := range n.slots {
-			if s.child != nil {
-				walk(s.child)
-			} else {
-				f(s.leaf.key, s.leaf.vals)
-			}
+		for _, l := range n.leaves {
+			f(l)
+		}
+		for _, c := range n.children {
+			walk(c)
 		}
 	}
 	walk(t.root)

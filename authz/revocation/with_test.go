@@ -3,6 +3,7 @@ package revocation
 import (
 	"fmt"
 	"maps"
+	"math/bits"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -241,27 +242,29 @@ func TestTrieCollisions(t *testing.T) {
 	for i := range 40 {
 		keys = append(keys, kv{hashes[i%len(hashes)], fmt.Sprintf("k%d", i)})
 	}
-	var tr trie
+	var tr trie[int]
 	model := map[string]int{}
 	type past struct {
-		tr    trie
+		tr    trie[int]
 		model map[string]int
 	}
 	var history []past
-	val := func(i int) []*compiled { return []*compiled{{rec: Record{ID: fmt.Sprint(i)}}} }
 	for step := range 400 {
 		ed := &edit{}
 		for range 1 + rng.IntN(5) {
 			k := keys[rng.IntN(len(keys))]
 			if rng.IntN(3) == 0 {
-				tr.putH(ed, k.h, k.key, nil)
+				tr.deleteH(ed, k.h, k.key)
 				delete(model, k.key)
 			} else {
 				v := rng.IntN(1000)
-				tr.putH(ed, k.h, k.key, val(v))
+				if l := tr.putH(ed, k.h, k.key, v); l.val != v || l.key != k.key {
+					t.Fatalf("step %d: putH returned leaf %v", step, l)
+				}
 				model[k.key] = v
 			}
 		}
+		checkShape(t, tr.root, 0, true)
 		history = append(history, past{tr, maps.Clone(model)})
 		for _, p := range history[max(0, len(history)-5):] {
 			if p.tr.n != len(p.model) {
@@ -270,16 +273,37 @@ func TestTrieCollisions(t *testing.T) {
 			for _, k := range keys {
 				got := p.tr.getH(k.h, k.key)
 				want, ok := p.model[k.key]
-				if ok != (got != nil) || (ok && got[0].rec.ID != fmt.Sprint(want)) {
+				if ok != (got != nil) || (ok && got.val != want) {
 					t.Fatalf("step %d: key %s: got %v, want %v %v", step, k.key, got, want, ok)
 				}
 			}
 			seen := 0
-			p.tr.each(func(string, []*compiled) { seen++ })
+			p.tr.each(func(*tleaf[int]) { seen++ })
 			if seen != len(p.model) {
 				t.Fatalf("step %d: each saw %d keys, want %d", step, seen, len(p.model))
 			}
 		}
+	}
+}
+
+// checkShape fails unless n is canonical: its maps and arrays agree,
+// and no node below the root holds a single leaf and nothing else (it
+// would have been folded into its parent).
+func checkShape[V any](t *testing.T, n *tnode[V], shift uint, root bool) {
+	t.Helper()
+	if n == nil {
+		return
+	}
+	if bits.OnesCount32(n.datamap) != len(n.leaves) || bits.OnesCount32(n.nodemap) != len(n.children) ||
+		n.datamap&n.nodemap != 0 {
+		t.Fatalf("node at shift %d: maps %b/%b for %d leaves and %d children", shift, n.datamap, n.nodemap,
+			len(n.leaves), len(n.children))
+	}
+	if !root && (n.lone() != nil || len(n.leaves)+len(n.children)+len(n.coll) == 0) {
+		t.Fatalf("node at shift %d holds a lone leaf or nothing", shift)
+	}
+	for _, c := range n.children {
+		checkShape(t, c, shift+tbits, false)
 	}
 }
 

@@ -104,9 +104,10 @@ type typeData struct {
 	received map[string]entry
 	// good is the last set that validated and was applied; dec holds the
 	// decoded, validated form of each of its resources (not kept for
-	// Revocations: their Set is that form).
+	// Revocations: their Set is that form, and rev what else is kept).
 	good compiled
 	dec  map[string]any
+	rev  revState
 	// dirty names the resources whose received form is not (or may not
 	// be) what good holds: the only ones the next build decodes.
 	dirty      map[string]struct{}
@@ -241,7 +242,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	for _, t := range mandatev1.TypeURLs() {
 		c.types[t] = &typeData{received: map[string]entry{}, good: emptyCompiled(t),
-			dec: map[string]any{}, dirty: map[string]struct{}{},
+			dec: map[string]any{}, rev: revState{shards: map[string]string{}}, dirty: map[string]struct{}{},
 			appliedTotal: c.m.applied.WithLabelValues(short(t)), decodedTotal: c.m.decoded.WithLabelValues(short(t)),
 			nackTotal: c.m.nacks.WithLabelValues(short(t))}
 	}
@@ -589,13 +590,16 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 	default:
 		var (
 			comp    compiled
-			staged  map[string]any
 			decoded int
 		)
 		if td.scratch == nil {
 			td.scratch = map[string]any{}
 		}
-		comp, staged, err = build(t, td.good, td.dec, td.received, td.dirty, td.scratch, &decoded)
+		if t == mandatev1.RevocationTypeURL {
+			comp.revocations, err = buildRevocations(td.good.revocations, &td.rev, td.received, td.dirty, &decoded)
+		} else {
+			comp, _, err = build(t, td.good, td.dec, td.received, td.dirty, td.scratch, &decoded)
+		}
 		td.decodedTotal.Add(float64(decoded))
 		if err == nil {
 			prev, prevVersion := td.good, td.version
@@ -604,7 +608,7 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 				td.good, td.version = prev, prevVersion
 				err = fmt.Errorf("apply: %w", aerr)
 			} else {
-				td.commit(staged)
+				td.commit()
 			}
 		}
 		// Emptied whatever happened (a failed build may have staged
@@ -614,6 +618,7 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 		} else {
 			clear(td.scratch)
 		}
+		td.rev.reset()
 	}
 	if err != nil {
 		td.pendingErr = err
@@ -624,13 +629,15 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 	return reply
 }
 
-// commit records that good now holds every dirty resource: staged is
-// the decoded form of those still received.
-// The raw form of those resources is dropped (only their version is
-// kept, for resuming): what good holds is never decoded again.
-func (td *typeData) commit(staged map[string]any) {
+// commit records that good now holds every dirty resource: td.scratch
+// (td.rev.staged for Revocations) holds the decoded form of those still
+// received. The raw form of those resources is dropped (only their
+// version is kept, for resuming): what good holds is never decoded
+// again.
+func (td *typeData) commit() {
+	td.rev.commit(td.dirty)
 	for name := range td.dirty {
-		if v, ok := staged[name]; ok {
+		if v, ok := td.scratch[name]; ok {
 			td.dec[name] = v
 		} else {
 			delete(td.dec, name)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -228,24 +229,26 @@ func (t timestamp) time() (time.Time, error) {
 }
 
 // decodeShard decodes the shard a replica received under name and puts
-// each of its records into ed; it returns the records' ids, in order. A
-// shard must name itself name, hold at least one record, each in this
-// shard (mandatev1.RevocationShardOf) and in strictly increasing name
-// order (so no record is held twice); each record is validated as it
-// joins the set.
-func decodeShard(name string, e entry, ed *revocation.Editor) ([]string, error) {
+// each of its records into ed; it returns the shard's bytes as one
+// string (every string of its records is a substring of it) and appends
+// the records' ids, in order, to ids. A shard must name itself name,
+// hold at least one record, each in this shard
+// (mandatev1.RevocationShardOf) and in strictly increasing name order
+// (so no record is held twice); each record is validated as it joins the
+// set.
+func decodeShard(name string, e entry, ed *revocation.Editor, ids []string) (string, []string, error) {
 	idx, ok := mandatev1.ParseRevocationShardName(name)
 	if !ok {
-		return nil, fmt.Errorf("Revocation shard %q: not a shard name", name)
+		return "", ids, fmt.Errorf("Revocation shard %q: not a shard name", name)
 	}
 	if e.res == nil {
-		return nil, fmt.Errorf("Revocation shard %q: no resource body", name)
+		return "", ids, fmt.Errorf("Revocation shard %q: no resource body", name)
 	}
 	if t := e.res.GetTypeUrl(); t != mandatev1.RevocationShardTypeURL {
-		return nil, fmt.Errorf("Revocation shard %q: resource has type %q", name, t)
+		return "", ids, fmt.Errorf("Revocation shard %q: resource has type %q", name, t)
 	}
 	d := shardDecoder{raw: e.res.GetValue(), str: string(e.res.GetValue())}
-	var ids []string
+	first := len(ids)
 	self, err := d.decode(func(r revocation.Record) error {
 		id := r.ID
 		switch {
@@ -253,7 +256,7 @@ func decodeShard(name string, e entry, ed *revocation.Editor) ([]string, error) 
 			return errors.New("a record with an empty name")
 		case mandatev1.RevocationShardOf(id) != idx:
 			return fmt.Errorf("Revocation %q: not in this shard", id)
-		case len(ids) > 0 && id <= ids[len(ids)-1]:
+		case len(ids) > first && id <= ids[len(ids)-1]:
 			return fmt.Errorf("Revocation %q: out of order or repeated", id)
 		}
 		if err := ed.Put(r); err != nil {
@@ -263,13 +266,48 @@ func decodeShard(name string, e entry, ed *revocation.Editor) ([]string, error) 
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("Revocation shard %q: %w", name, err)
+		return "", ids, fmt.Errorf("Revocation shard %q: %w", name, err)
 	}
 	if self != name {
-		return nil, fmt.Errorf("Revocation shard %q: resource names itself %q", name, self)
+		return "", ids, fmt.Errorf("Revocation shard %q: resource names itself %q", name, self)
 	}
-	if len(ids) == 0 {
-		return nil, fmt.Errorf("Revocation shard %q: no records", name)
+	if len(ids) == first {
+		return "", ids, fmt.Errorf("Revocation shard %q: no records", name)
 	}
-	return ids, nil
+	return d.str, ids, nil
+}
+
+// eachShardID calls f with the id of every record of a shard decodeShard
+// accepted before, given as the string it returned (the ids are
+// substrings of it: nothing is allocated).
+func eachShardID(name, raw string, f func(id string)) error {
+	// Read only: the bytes of raw are never written.
+	d := shardDecoder{raw: unsafe.Slice(unsafe.StringData(raw), len(raw)), str: raw}
+	b := d.raw
+	for len(b) > 0 {
+		num, typ, v, _, rest, err := nextField(b)
+		if err != nil {
+			return fmt.Errorf("Revocation shard %q: held shard: %w", name, err)
+		}
+		b = rest
+		if num != fieldShardRevocations || typ != protowire.BytesType {
+			continue
+		}
+		// The record's last name field, as proto.Unmarshal (and
+		// shardDecoder.record) would keep it.
+		var id string
+		for len(v) > 0 {
+			num, typ, fv, _, rest, err := nextField(v)
+			if err != nil {
+				return fmt.Errorf("Revocation shard %q: held shard: %w", name, err)
+			}
+			v = rest
+			if num == fieldRevName && typ == protowire.BytesType {
+				i := cap(d.raw) - cap(fv)
+				id = d.str[i : i+len(fv)]
+			}
+		}
+		f(id)
+	}
+	return nil
 }

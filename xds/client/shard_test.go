@@ -213,6 +213,19 @@ func FuzzShardDecoder(f *testing.F) {
 		if name != sh.GetName() || len(got) != len(sh.GetRevocations()) {
 			t.Fatalf("decoded %q with %d records, proto %q with %d", name, len(got), sh.GetName(), len(sh.GetRevocations()))
 		}
+		// A held shard's ids are read back from its bytes when it changes.
+		var ids []string
+		if err := eachShardID(name, string(data), func(id string) { ids = append(ids, id) }); err != nil {
+			t.Fatalf("eachShardID refused a shard the decoder accepted: %v", err)
+		}
+		if len(ids) != len(got) {
+			t.Fatalf("eachShardID gave %d ids, decoder %d records", len(ids), len(got))
+		}
+		for i := range got {
+			if ids[i] != got[i].ID {
+				t.Fatalf("id %d: eachShardID %q, decoder %q", i, ids[i], got[i].ID)
+			}
+		}
 		for i, r := range sh.GetRevocations() {
 			want, err := resource.RecordOf(r)
 			if err != nil {

@@ -64,8 +64,9 @@ func validate(typeURL string, entries map[string]entry) (compiled, error) {
 }
 
 // build validates and compiles a type's next set: good and dec (the
-// decoded form of each resource in good; for Revocations, the record ids
-// of each shard in good, whose Set is the state) are what was last applied, received is what the
+// decoded form of each resource in good) are what was last applied
+// (Revocations, built from nothing here, go through buildRevocations
+// when built on top of a held set), received is what the
 // server says we hold, and dirty names the resources that differ between
 // the two. Only the dirty ones are decoded and validated; decoded counts
 // them. It returns the decoded form of the dirty names still received
@@ -77,7 +78,8 @@ func build(typeURL string, good compiled, dec map[string]any, received map[strin
 		staged = make(map[string]any, len(dirty))
 	}
 	if typeURL == mandatev1.RevocationTypeURL {
-		return buildRevocations(good, dec, received, dirty, staged, decoded)
+		set, err := buildRevocations(good.revocations, &revState{}, received, dirty, decoded)
+		return compiled{revocations: set}, staged, err
 	}
 	var gone []string
 	for name := range dirty {
@@ -138,38 +140,86 @@ func build(typeURL string, good compiled, dec map[string]any, received map[strin
 
 func short(typeURL string) string { return resource.Short(typeURL) }
 
+// revState is what a replica keeps of the Revocation type besides its
+// Set: for each shard it holds, the shard's bytes, once, as a string.
+// The Set's records are substrings of it (shardDecoder), so keeping it
+// costs no memory of its own, and the ids of a shard's records are read
+// back from it when the shard changes: nothing a garbage collection has
+// to scan record by record.
+type revState struct {
+	shards map[string]string
+	// staged holds, during a build, the bytes of each dirty shard still
+	// received; ids is the scratch the new shard's ids are gathered in.
+	staged map[string]string
+	ids    []string
+}
+
+// maxIDScratch bounds the id scratch kept for the next shard.
+const maxIDScratch = 4096
+
 // buildRevocations is build for the Revocation type, whose resources are
 // shards of records (mandatev1.RevocationShard): each dirty shard is
 // decoded straight into the next set (its records validated and put, a
 // record of the same id replaced), and the records it no longer holds
-// leave the set. decoded counts records. staged maps each dirty shard
-// still received to its record ids, sorted.
-func buildRevocations(good compiled, dec map[string]any, received map[string]entry,
-	dirty map[string]struct{}, staged map[string]any, decoded *int) (compiled, map[string]any, error) {
-	ed := good.revocations.Edit()
+// leave the set. decoded counts records. rs.staged maps each dirty shard
+// still received to its bytes (for revState.commit); rs.shards is
+// unchanged.
+func buildRevocations(good *revocation.Set, rs *revState, received map[string]entry,
+	dirty map[string]struct{}, decoded *int) (*revocation.Set, error) {
+	if rs.staged == nil {
+		rs.staged = make(map[string]string, len(dirty))
+	}
+	ed := good.Edit()
 	for name := range dirty {
-		old, _ := dec[name].([]string)
+		old, hadOld := rs.shards[name]
 		e, ok := received[name]
 		if !ok {
-			for _, id := range old {
-				ed.Delete(id)
+			if err := eachShardID(name, old, func(id string) { ed.Delete(id) }); err != nil {
+				return nil, err
 			}
 			continue
 		}
-		ids, err := decodeShard(name, e, ed)
+		raw, ids, err := decodeShard(name, e, ed, rs.ids[:0])
+		if cap(ids) <= maxIDScratch {
+			rs.ids = ids[:0]
+		}
 		if err != nil {
-			return compiled{}, nil, err
+			return nil, err
 		}
 		if decoded != nil {
 			*decoded += len(ids)
 		}
-		// A record belongs to one shard only: what left this one is gone.
-		for _, id := range old {
-			if _, held := slices.BinarySearch(ids, id); !held {
-				ed.Delete(id)
+		if hadOld {
+			// A record belongs to one shard only: what left this one is gone.
+			if err := eachShardID(name, old, func(id string) {
+				if _, held := slices.BinarySearch(ids, id); !held {
+					ed.Delete(id)
+				}
+			}); err != nil {
+				return nil, err
 			}
 		}
-		staged[name] = ids
+		rs.staged[name] = raw
 	}
-	return compiled{revocations: ed.Set()}, staged, nil
+	return ed.Set(), nil
+}
+
+// commit records that the Set now holds every dirty shard.
+func (rs *revState) commit(dirty map[string]struct{}) {
+	for name := range dirty {
+		if raw, ok := rs.staged[name]; ok {
+			rs.shards[name] = raw
+		} else {
+			delete(rs.shards, name)
+		}
+	}
+}
+
+// reset empties the staging map (a large one is dropped).
+func (rs *revState) reset() {
+	if len(rs.staged) > maxScratch {
+		rs.staged = nil
+	} else {
+		clear(rs.staged)
+	}
 }

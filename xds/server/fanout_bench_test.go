@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
@@ -171,7 +172,11 @@ func (f *fanout) push(tb testing.TB, ctx context.Context, i int) []time.Duration
 // collection cycles per push. MANDATE_FANOUT_TRACE=1 logs each push (its
 // first, median and last ACK, and the GC cycles during it: the ACKs of
 // a push arrive together, so the p99 is the slowest pushes');
-// MANDATE_FANOUT_CPUPROFILE writes a CPU profile of the pushes only.
+// MANDATE_FANOUT_CPUPROFILE writes a CPU profile of the pushes only;
+// MANDATE_FANOUT_MEMPROFILE writes heap profiles before (path.start) and
+// after (path) the pushes, while every stream is up (go tool pprof
+// -diff_base path.start path: what the pushes allocated; -sample_index
+// inuse_space path: what the GC marks).
 func BenchmarkRevocationFanout(b *testing.B) {
 	n := fanoutStreams
 	if s := os.Getenv("MANDATE_FANOUT_STREAMS"); s != "" {
@@ -202,6 +207,10 @@ func BenchmarkRevocationFanout(b *testing.B) {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	memPath := os.Getenv("MANDATE_FANOUT_MEMPROFILE")
+	if memPath != "" {
+		writeHeap(b, memPath+".start")
+	}
 	var all, last []time.Duration
 	cpu0 := cpuTime(b)
 	r0, w0 := sysIO(b)
@@ -221,6 +230,9 @@ func BenchmarkRevocationFanout(b *testing.B) {
 		pushes++
 	}
 	b.StopTimer()
+	if memPath != "" {
+		writeHeap(b, memPath)
+	}
 	b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(time.Millisecond)/float64(pushes), "cpu-ms/push")
 	b.ReportMetric(float64(gcCycles()-gc0)/float64(pushes), "gc/push")
 	if r1, w1 := sysIO(b); r1 > 0 {
@@ -238,6 +250,20 @@ func BenchmarkRevocationFanout(b *testing.B) {
 	b.ReportMetric(ms(last, 0.50), "last-ms")
 	b.ReportMetric(float64(n), "streams")
 	b.ReportMetric(float64(records), "records")
+}
+
+// writeHeap writes a heap profile of the live streams to path (after a
+// GC, so in-use figures are current).
+func writeHeap(tb testing.TB, path string) {
+	runtime.GC()
+	out, err := os.Create(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer func() { _ = out.Close() }()
+	if err := pprof.Lookup("heap").WriteTo(out, 0); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 // cpuTime is the CPU time (user and system) this process used so far: on
