@@ -151,9 +151,11 @@ type Verdict struct {
 }
 
 type compiled struct {
-	rec     Record
-	pat     pattern.Pattern // subject patterns only
-	literal bool            // subject holds no '*'
+	rec Record
+	// pat is the compiled subject pattern of a subject holding '*'; nil
+	// for every other record (most of them: a literal subject, a task, a
+	// mandate), which so keeps its size down.
+	pat     *pattern.Pattern
 	intents map[string]struct{}
 }
 
@@ -162,7 +164,10 @@ func compile(r Record) (compiled, error) {
 	if err != nil {
 		return compiled{}, err
 	}
-	c := compiled{rec: r, pat: pat, literal: literal}
+	c := compiled{rec: r}
+	if r.Kind == KindSubject && !literal {
+		c.pat = &pat
+	}
 	if len(r.Intents) > 0 {
 		c.intents = make(map[string]struct{}, len(r.Intents))
 		for _, in := range r.Intents {
@@ -327,7 +332,7 @@ func (e *Editor) Set() *Set {
 
 // index files c; it reports whether it copied s.patterns.
 func (s *Set) index(ed *edit, c *compiled, patternsShared bool) (copied bool) {
-	if c.rec.Kind == KindSubject && !c.literal {
+	if c.pat != nil {
 		if patternsShared {
 			s.patterns = slices.Clone(s.patterns)
 		}
@@ -351,7 +356,7 @@ func (s *Set) index(ed *edit, c *compiled, patternsShared bool) (copied bool) {
 
 // unindex removes c; it reports whether it copied s.patterns.
 func (s *Set) unindex(ed *edit, c *compiled, patternsShared bool) (copied bool) {
-	if c.rec.Kind == KindSubject && !c.literal {
+	if c.pat != nil {
 		if patternsShared {
 			s.patterns = slices.Clone(s.patterns)
 		}

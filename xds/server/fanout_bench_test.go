@@ -168,8 +168,10 @@ func (f *fanout) push(tb testing.TB, ctx context.Context, i int) []time.Duration
 // depend on it). Reports p50/p99/max over every
 // replica and iteration (goal: p99 <= 200 ms), last-ms: the p50 of the
 // time until the last ACK of a push, cpu-ms/push: the process CPU time
-// per push (server and the 1,000 clients), and gc/push: the garbage
-// collection cycles per push. MANDATE_FANOUT_TRACE=1 logs each push (its
+// per push (server and the 1,000 clients), gc/push: the garbage
+// collection cycles per push, gc-cpu-ms/push: the runtime's estimate of
+// the CPU they took, alloc-KB/push: the bytes allocated per push, and
+// live-MB and scan-MB: what a cycle marks at the end, and scans. MANDATE_FANOUT_TRACE=1 logs each push (its
 // first, median and last ACK, and the GC cycles during it: the ACKs of
 // a push arrive together, so the p99 is the slowest pushes');
 // MANDATE_FANOUT_CPUPROFILE writes a CPU profile of the pushes only;
@@ -215,6 +217,8 @@ func BenchmarkRevocationFanout(b *testing.B) {
 	cpu0 := cpuTime(b)
 	r0, w0 := sysIO(b)
 	gc0 := gcCycles()
+	gcCPU0 := readMetric("/cpu/classes/gc/total:cpu-seconds")
+	alloc0 := readMetric("/gc/heap/allocs:bytes")
 	b.ResetTimer()
 	pushes := 0
 	for i := 0; b.Loop(); i++ {
@@ -235,6 +239,15 @@ func BenchmarkRevocationFanout(b *testing.B) {
 	}
 	b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(time.Millisecond)/float64(pushes), "cpu-ms/push")
 	b.ReportMetric(float64(gcCycles()-gc0)/float64(pushes), "gc/push")
+	b.ReportMetric((readMetric("/cpu/classes/gc/total:cpu-seconds")-gcCPU0)*1e3/float64(pushes), "gc-cpu-ms/push")
+	// What makes a GC cycle come (the bytes allocated per push) and what
+	// it has to do at the end: the heap the last cycle found live, and
+	// the part of it (and of the goroutine stacks) it has to scan for
+	// pointers (every replica's state included). Unlike times, these do
+	// not depend on the machine's other load.
+	b.ReportMetric((readMetric("/gc/heap/allocs:bytes")-alloc0)/1e3/float64(pushes), "alloc-KB/push")
+	b.ReportMetric(readMetric("/gc/heap/live:bytes")/1e6, "live-MB")
+	b.ReportMetric((readMetric("/gc/scan/heap:bytes")+readMetric("/gc/scan/stack:bytes"))/1e6, "scan-MB")
 	if r1, w1 := sysIO(b); r1 > 0 {
 		b.ReportMetric(float64(r1-r0)/float64(pushes*n), "reads/stream")
 		b.ReportMetric(float64(w1-w0)/float64(pushes*n), "writes/stream")
@@ -275,6 +288,19 @@ func cpuTime(tb testing.TB) time.Duration {
 		tb.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// readMetric reads one runtime metric as a float (0 if unsupported).
+func readMetric(name string) float64 {
+	s := []metrics.Sample{{Name: name}}
+	metrics.Read(s)
+	switch s[0].Value.Kind() {
+	case metrics.KindUint64:
+		return float64(s[0].Value.Uint64())
+	case metrics.KindFloat64:
+		return s[0].Value.Float64()
+	}
+	return 0
 }
 
 // gcCycles is the number of garbage collection cycles completed so far.
