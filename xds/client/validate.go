@@ -215,8 +215,11 @@ func (rs *revState) commit(dirty map[string]struct{}) {
 	}
 }
 
-// reset empties the staging map (a large one is dropped).
+// reset empties the staging map (a large one is dropped) and the id
+// scratch (which would keep the shards it points into alive).
 func (rs *revState) reset() {
+	clear(rs.ids[:cap(rs.ids)])
+	rs.ids = rs.ids[:0]
 	if len(rs.staged) > maxScratch {
 		rs.staged = nil
 	} else {

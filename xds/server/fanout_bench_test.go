@@ -246,6 +246,7 @@ func BenchmarkRevocationFanout(b *testing.B) {
 	// pointers (every replica's state included). Unlike times, these do
 	// not depend on the machine's other load.
 	b.ReportMetric((readMetric("/gc/heap/allocs:bytes")-alloc0)/1e3/float64(pushes), "alloc-KB/push")
+	runtime.GC() // after the measured pushes: the state they left, marked
 	b.ReportMetric(readMetric("/gc/heap/live:bytes")/1e6, "live-MB")
 	b.ReportMetric((readMetric("/gc/scan/heap:bytes")+readMetric("/gc/scan/stack:bytes"))/1e6, "scan-MB")
 	if r1, w1 := sysIO(b); r1 > 0 {
