@@ -173,7 +173,8 @@ func (f *fanout) push(tb testing.TB, ctx context.Context, i int) []time.Duration
 // the CPU they took, alloc-KB/push: the bytes allocated per push, and
 // live-MB and scan-MB: what a cycle marks at the end, and scans. MANDATE_FANOUT_TRACE=1 logs each push (its
 // first, median and last ACK, and the GC cycles during it: the ACKs of
-// a push arrive together, so the p99 is the slowest pushes');
+// a push arrive together, so the p99 is the slowest pushes'; run with
+// -test.v, or the testing package truncates the log after 10 lines);
 // MANDATE_FANOUT_CPUPROFILE writes a CPU profile of the pushes only;
 // MANDATE_FANOUT_MEMPROFILE writes heap profiles before (path.start) and
 // after (path) the pushes, while every stream is up (go tool pprof
