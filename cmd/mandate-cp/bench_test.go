@@ -134,7 +134,18 @@ func benchCPArgs() []string { return strings.Fields(os.Getenv("BENCH_CP_ARGS")) 
 // checkEvery is the pace of the steady load: 2,000 Checks/s per replica
 // (6,000/s on the three), half of them on the subject being revoked, so
 // a deny is seen within a millisecond of the replica enforcing it.
-const checkEvery = 500 * time.Microsecond
+// BENCH_CHECK_EVERY (a duration) sets another pace.
+func checkEvery(tb tb) time.Duration {
+	v := os.Getenv("BENCH_CHECK_EVERY")
+	if v == "" {
+		return 500 * time.Microsecond
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		tb.Fatalf("BENCH_CHECK_EVERY=%q: want a positive duration", v)
+	}
+	return d
+}
 
 // propagationLoads measures propagation under two loads, on the same
 // processes: "steady", each replica receiving Checks at a fixed rate
@@ -144,7 +155,7 @@ const checkEvery = 500 * time.Microsecond
 // for every core of the machine and each wake-up of mandate-cp (the
 // request, each fdatasync of the commit, the push) waits for a core.
 func propagationLoads(b *testing.B, admins []mandatev1.AdminClient, replicas []*proc) {
-	b.Run("steady", func(b *testing.B) { runPropagation(b, admins, replicas, checkEvery) })
+	b.Run("steady", func(b *testing.B) { runPropagation(b, admins, replicas, checkEvery(b)) })
 	b.Run("saturating", func(b *testing.B) { runPropagation(b, admins, replicas, 0) })
 }
 
