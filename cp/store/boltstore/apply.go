@@ -7,7 +7,7 @@ import (
 )
 
 // applyLoop applies logged commits to bbolt, b.delay after the first
-// of a batch, until Close.
+// of a batch (at once when a commit waits for a full log), until Close.
 func (b *Backend) applyLoop() {
 	defer close(b.done)
 	t := time.NewTimer(b.delay)
@@ -17,13 +17,16 @@ func (b *Backend) applyLoop() {
 		case <-b.stop:
 			return
 		case <-b.kick:
-		}
-		t.Reset(b.delay)
-		select {
-		case <-b.stop:
-			t.Stop()
-			return
-		case <-t.C:
+			t.Reset(b.delay)
+			select {
+			case <-b.stop:
+				t.Stop()
+				return
+			case <-t.C:
+			case <-b.urgent:
+				t.Stop()
+			}
+		case <-b.urgent:
 		}
 		if b.applyPending() != nil {
 			// Kept in the log and laid over bbolt's snapshot: tried

@@ -75,7 +75,9 @@ type Backend struct {
 	applyErr error         // the last apply pass's error
 
 	delay     time.Duration // applyDelay
+	limit     int64         // logLimit
 	kick      chan struct{}
+	urgent    chan struct{} // a commit waits for the log to be applied
 	stop      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
@@ -135,8 +137,8 @@ func openBackend(ctx context.Context, dataDir string, delay time.Duration) (*Bac
 		_ = db.Close()
 		return nil, fmt.Errorf("boltstore: %w", err)
 	}
-	b := &Backend{db: db, log: log, delay: delay, applied: make(chan struct{}),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	b := &Backend{db: db, log: log, delay: delay, limit: logLimit, applied: make(chan struct{}),
+		kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go b.applyLoop()
 	return b, nil
 }

@@ -50,16 +50,22 @@ func (b *Backend) write(ctx context.Context, w *record) error {
 	b.mu.Lock()
 	restart := len(b.pend) == 0
 	b.mu.Unlock()
-	for !restart && b.log.off > logLimit {
-		// A long log that bbolt has not caught up with: wait until it
-		// has, so the log starts again rather than grow without bound.
+	for !restart && b.log.off > b.limit {
+		// A long log that bbolt has not caught up with: have it applied
+		// now and wait, so the log starts again rather than grow
+		// without bound.
 		b.mu.Lock()
 		sig := b.applied
 		b.mu.Unlock()
-		b.nudge()
+		select {
+		case b.urgent <- struct{}{}:
+		default:
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("boltstore: the write-ahead log is full and the database is catching up: %w", ctx.Err())
+		case <-b.stop:
+			return errors.New("boltstore: closed")
 		case <-sig:
 		}
 		b.mu.Lock()

@@ -72,6 +72,17 @@ func crashCopy(t *testing.T, dir string) string {
 	return dst
 }
 
+// reopenedAfterCrash opens a crash copy of dir.
+func reopenedAfterCrash(t *testing.T, dir string) *Backend {
+	t.Helper()
+	be, err := OpenBackend(context.Background(), crashCopy(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = be.Close() })
+	return be
+}
+
 // dump is everything a backend holds: each table's keys and values, each
 // table's revision and the global one.
 func dump(t *testing.T, be store.Backend, tables ...string) string {
@@ -135,12 +146,7 @@ func TestCrashBeforeApplyKeepsEveryCommit(t *testing.T) {
 	if !strings.HasPrefix(want, "rev 40\n") {
 		t.Fatalf("before the crash:\n%s", want)
 	}
-	again, err := OpenBackend(context.Background(), crashCopy(t, dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer again.Close()
-	if got := dump(t, again, "a", "b"); got != want {
+	if got := dump(t, reopenedAfterCrash(t, dir), "a", "b"); got != want {
 		t.Fatalf("after the crash:\n%s\nwant:\n%s", got, want)
 	}
 }
@@ -199,22 +205,17 @@ func TestLogRestartsOnceApplied(t *testing.T) {
 	be.wmu.Lock()
 	off := be.log.off
 	be.wmu.Unlock()
-	if b := len(newFrame(t, be)); off >= int64(2*b) {
-		t.Fatalf("the log continued at %d after everything was applied", off)
+	if off != int64(len(frame7())) {
+		t.Fatalf("the log ends at %d after one frame written once everything was applied, want %d", off, len(frame7()))
 	}
 	want := dump(t, be, "a", "b")
-	again, err := OpenBackend(context.Background(), crashCopy(t, dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer again.Close()
-	if got := dump(t, again, "a", "b"); got != want || !strings.HasPrefix(got, "rev 7\n") {
+	if got := dump(t, reopenedAfterCrash(t, dir), "a", "b"); got != want || !strings.HasPrefix(got, "rev 7\n") {
 		t.Fatalf("after the crash:\n%s\nwant:\n%s", got, want)
 	}
 }
 
-// newFrame is the size of a frame like writeSome's.
-func newFrame(t *testing.T, be *Backend) []byte {
+// frame7 is the frame writeSome writes for its seventh commit.
+func frame7() []byte {
 	r := newRecord()
 	r.rev = 7
 	r.add(op{table: "a", key: "k007", val: []byte("v7")})
@@ -271,7 +272,34 @@ func TestFailedLogWriteStopsCommits(t *testing.T) {
 	if strings.Join(seen, ",") != "k001" {
 		t.Fatalf("keys visible after the failed writes: %v", seen)
 	}
-	be.log.f = nil // closed above; Close must not fail the test's cleanup twice
+}
+
+// TestFullLogIsAppliedAndRestarts: a commit that finds the log past its
+// limit with commits not yet in bbolt has them applied at once (not after
+// the batching delay, here an hour) and writes its frame at the start of
+// the log: the log does not grow past its limit by more than a frame.
+func TestFullLogIsAppliedAndRestarts(t *testing.T) {
+	dir := t.TempDir()
+	be := held(t, dir)
+	be.wmu.Lock()
+	be.limit = 1
+	be.wmu.Unlock()
+	for i := 1; i <= 5; i++ {
+		writeSome(t, be, i, 1)
+		be.wmu.Lock()
+		off := be.log.off
+		be.wmu.Unlock()
+		be.mu.Lock()
+		pend := len(be.pend)
+		be.mu.Unlock()
+		if off > 64 || pend != 1 {
+			t.Fatalf("after commit %d: the log ends at %d with %d commits not in bbolt, want one frame and one", i, off, pend)
+		}
+	}
+	want := dump(t, be, "a", "b")
+	if got := dump(t, reopenedAfterCrash(t, dir), "a", "b"); got != want || !strings.HasPrefix(got, "rev 5\n") {
+		t.Fatalf("after the crash:\n%s\nwant:\n%s", got, want)
+	}
 }
 
 // FuzzReadFrame: any bytes decode to a record or an error, never a
