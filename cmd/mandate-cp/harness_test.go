@@ -67,14 +67,26 @@ type proc struct {
 
 func start(t tb, bin string, args ...string) *proc {
 	t.Helper()
-	p := startNoWait(t, bin, args...)
-	p.waitAddrs(t, 20*time.Second)
-	return p
+	return startEnv(t, nil, bin, args...)
 }
 
 // startNoWait starts bin without waiting for its address file (written
 // once the process serves).
 func startNoWait(t tb, bin string, args ...string) *proc {
+	t.Helper()
+	return startNoWaitEnv(t, nil, bin, args...)
+}
+
+// startEnv is start with env ("KEY=value") added to the process's
+// environment.
+func startEnv(t tb, env []string, bin string, args ...string) *proc {
+	t.Helper()
+	p := startNoWaitEnv(t, env, bin, args...)
+	p.waitAddrs(t, 20*time.Second)
+	return p
+}
+
+func startNoWaitEnv(t tb, env []string, bin string, args ...string) *proc {
 	t.Helper()
 	dir := t.TempDir()
 	af := filepath.Join(dir, "addrs.json")
@@ -85,6 +97,9 @@ func startNoWait(t tb, bin string, args ...string) *proc {
 	}
 	cmd := exec.Command(bin, append(args, "--addr-file", af)...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +168,11 @@ func startCP(t tb, dataDir, xdsAddr, adminAddr string) *proc {
 }
 
 func startAuthz(t tb, xdsAddr, node string) *proc {
-	return start(t, binAuthz, "--xds-server", xdsAddr, "--plaintext", "--listen", "127.0.0.1:0",
+	return startAuthzEnv(t, nil, xdsAddr, node)
+}
+
+func startAuthzEnv(t tb, env []string, xdsAddr, node string) *proc {
+	return startEnv(t, env, binAuthz, "--xds-server", xdsAddr, "--plaintext", "--listen", "127.0.0.1:0",
 		"--metrics-addr", "127.0.0.1:0", "--node-id", node, "--stale-budget", "30s", "--decision-log", "off",
 		"--log-level", "warn")
 }
@@ -180,8 +199,17 @@ func newChecker(t tb, p *proc) checker {
 
 // allowed sends one Check for GET /reports/x by subject.
 func (c checker) allowed(ctx context.Context, subject string) (bool, error) {
-	resp, err := c.c.Check(ctx, envoyreq.Build(envoyreq.Params{Principal: subject, Method: "GET",
-		Path: "/reports/x", Host: "reports", Time: time.Now()}))
+	return c.check(ctx, checkRequest(subject))
+}
+
+// checkRequest is the CheckRequest of GET /reports/x by subject.
+func checkRequest(subject string) *authv3.CheckRequest {
+	return envoyreq.Build(envoyreq.Params{Principal: subject, Method: "GET", Path: "/reports/x", Host: "reports", Time: time.Now()})
+}
+
+// check sends req and reports whether it was allowed.
+func (c checker) check(ctx context.Context, req *authv3.CheckRequest) (bool, error) {
+	resp, err := c.c.Check(ctx, req)
 	if err != nil {
 		return false, err
 	}

@@ -86,16 +86,24 @@ type Cluster struct {
 	t       testing.TB
 	bin     string
 	cluster string
+	env     []string // added to each member's environment
 	Members []*Member
 }
 
 // Start starts an n-member cluster and waits until every member serves.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return StartEnv(t, n, nil)
+}
+
+// StartEnv is Start with env ("KEY=value") added to every member's
+// environment (GOMAXPROCS=1, for one).
+func StartEnv(t testing.TB, n int, env []string) *Cluster {
+	t.Helper()
 	bin := Binary(t)
 	var lastErr error
 	for range 3 { // a free port taken in between: try again
-		c, err := start(t, bin, n)
+		c, err := start(t, bin, n, env)
 		if err == nil {
 			return c
 		}
@@ -105,13 +113,13 @@ func Start(t testing.TB, n int) *Cluster {
 	return nil
 }
 
-func start(t testing.TB, bin string, n int) (*Cluster, error) {
+func start(t testing.TB, bin string, n int, env []string) (*Cluster, error) {
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
 	}
 	root := t.TempDir()
-	c := &Cluster{t: t, bin: bin}
+	c := &Cluster{t: t, bin: bin, env: env}
 	var peers []string
 	for i := range n {
 		m := &Member{Name: fmt.Sprintf("m%d", i),
@@ -147,6 +155,9 @@ func (c *Cluster) run(m *Member, ready chan<- error) error {
 	}
 	cmd := exec.Command(c.bin, "-name", m.Name, "-data-dir", m.Dir, "-client-url", m.ClientURL,
 		"-peer-url", m.PeerURL, "-initial-cluster", c.cluster, "-log-level", "error")
+	if len(c.env) > 0 {
+		cmd.Env = append(os.Environ(), c.env...)
+	}
 	cmd.Stderr = logf
 	out, err := cmd.StdoutPipe()
 	if err != nil {
