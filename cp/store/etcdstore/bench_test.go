@@ -27,15 +27,7 @@ import (
 func BenchmarkRevokeCommit(b *testing.B) {
 	ctx := context.Background()
 	c := etcdtest.Start(b, 3)
-	be, err := OpenBackend(ctx, Config{Endpoints: c.Endpoints(), Prefix: freshPrefix(), ProbeEvery: time.Hour})
-	if err != nil {
-		b.Fatal(err)
-	}
-	d, err := store.New(be)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer d.Close()
+	be, d := openDB(b, Config{Endpoints: c.Endpoints(), ProbeEvery: time.Hour})
 	testkit.WaitUntil(b, "the leader found", func() bool { return be.leader.Load() != nil })
 	leader := be.leader.Load()
 	revoke := func(i int) time.Duration {

@@ -61,7 +61,9 @@ type Config struct {
 	// etcd answers (a linearizable read, which needs a quorum), and how
 	// long it waits for the answer (defaults DefaultProbeEvery and
 	// DefaultProbeTimeout). While the last probe failed, writes fail at
-	// once with store.ErrUnavailable; Health reports the state.
+	// once with store.ErrUnavailable; Health reports the state. With
+	// several endpoints they also pace the search for the leading
+	// member, whose connection transactions go through.
 	ProbeEvery, ProbeTimeout time.Duration
 	// OpTimeout bounds every etcd call of a transaction (default
 	// DefaultOpTimeout): past it the write fails with
@@ -93,8 +95,9 @@ type Backend struct {
 	h         health
 	stopProbe context.CancelFunc
 
-	// members are the endpoints Watch follows one by one, with a client
-	// of their own (cfg, Endpoints aside) opened on first use.
+	// members are the endpoints Watch follows one by one and the leader
+	// is looked for among, with a client of their own (cfg, Endpoints
+	// aside) opened on first use.
 	members []string
 	cfg     clientv3.Config
 	mmu     sync.Mutex
@@ -180,14 +183,19 @@ func (b *Backend) Client() *clientv3.Client { return b.c }
 // Prefix returns the key prefix of the store.
 func (b *Backend) Prefix() string { return b.prefix }
 
-// memberClient returns the client of one member for Watch.
+// memberClient returns the client of one member (Watch's, and the
+// leader's way for transactions). It is made outside mmu: with a
+// username, clientv3.New asks the member for a token and can wait out
+// DialTimeout on one that is down, which must not hold up the others.
 func (b *Backend) memberClient(endpoint string) (*clientv3.Client, error) {
 	b.mmu.Lock()
-	defer b.mmu.Unlock()
-	if b.closed {
+	c, ok := b.mcs[endpoint]
+	closed := b.closed
+	b.mmu.Unlock()
+	switch {
+	case closed:
 		return nil, errors.New("closed")
-	}
-	if c, ok := b.mcs[endpoint]; ok {
+	case ok:
 		return c, nil
 	}
 	cfg := b.cfg
@@ -195,6 +203,15 @@ func (b *Backend) memberClient(endpoint string) (*clientv3.Client, error) {
 	c, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, err
+	}
+	b.mmu.Lock()
+	defer b.mmu.Unlock()
+	if other, ok := b.mcs[endpoint]; ok || b.closed {
+		_ = c.Close() // another call made one first, or the backend closed
+		if b.closed {
+			return nil, errors.New("closed")
+		}
+		return other, nil
 	}
 	if b.mcs == nil {
 		b.mcs = map[string]*clientv3.Client{}

@@ -31,6 +31,25 @@ func backend(t *testing.T, c *etcdtest.Cluster, endpoints []string, prefix strin
 
 func freshPrefix() string { return fmt.Sprintf("/test-%d/", prefixes.Add(1)) }
 
+// openDB opens a backend with cfg (a fresh prefix unless cfg names one)
+// and a DB over it, closed when the test ends.
+func openDB(tb testing.TB, cfg Config) (*Backend, *store.DB) {
+	tb.Helper()
+	if cfg.Prefix == "" {
+		cfg.Prefix = freshPrefix()
+	}
+	be, err := OpenBackend(context.Background(), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	d, err := store.New(be)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = d.Close() })
+	return be, d
+}
+
 // TestConformance runs the store conformance suite on a real 3-member
 // etcd cluster, each test under its own key prefix.
 func TestConformance(t *testing.T) {

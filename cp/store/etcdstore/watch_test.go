@@ -90,16 +90,8 @@ func TestFollowSeesOtherInstances(t *testing.T) {
 func TestNoQuorumFailsFast(t *testing.T) {
 	ctx := context.Background()
 	c := etcdtest.Start(t, 3)
-	be, err := OpenBackend(ctx, Config{Endpoints: []string{c.Members[0].ClientURL}, Prefix: freshPrefix(),
+	be, d := openDB(t, Config{Endpoints: []string{c.Members[0].ClientURL},
 		ProbeEvery: 100 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond, OpTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := store.New(be)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Close() })
 	put := func(name string) error {
 		_, err := d.Put(ctx, mandatev1.RevocationTypeURL, []store.Item{{Name: name, Value: []byte("x")}})
 		return err

@@ -127,9 +127,11 @@ func (b *Backend) followLeader(ctx context.Context, every, timeout time.Duration
 		if ep, ok := b.findLeader(ctx, ids, timeout); !ok {
 			b.leader.Store(nil)
 		} else if l := b.leader.Load(); l == nil || l.endpoint != ep {
-			if l, err := b.leaderKV(ep); err == nil {
-				b.leader.Store(l)
+			l, err := b.leaderKV(ep)
+			if err != nil {
+				l = nil // not the old member's way: it no longer leads
 			}
+			b.leader.Store(l)
 		}
 		select {
 		case <-ctx.Done():
@@ -140,9 +142,12 @@ func (b *Backend) followLeader(ctx context.Context, every, timeout time.Duration
 }
 
 // findLeader returns the endpoint of the member that leads, by the
-// status of the members (each answers its own id and the leader's).
+// status of every member (each answers its own id, the leader's and the
+// raft term): the leader named in the latest term, so that a member cut
+// off from the others, still naming the leader of an earlier term, is
+// not believed. Asking the leader too keeps its connection in use.
 func (b *Backend) findLeader(ctx context.Context, ids map[uint64]string, timeout time.Duration) (string, bool) {
-	var leader uint64
+	var leader, term uint64
 	for _, ep := range b.members {
 		c, err := b.memberClient(ep)
 		if err != nil {
@@ -155,11 +160,8 @@ func (b *Backend) findLeader(ctx context.Context, ids map[uint64]string, timeout
 			continue
 		}
 		ids[st.GetHeader().GetMemberId()] = ep
-		if st.GetLeader() != 0 {
-			leader = st.GetLeader()
-		}
-		if ep, ok := ids[leader]; ok && leader != 0 {
-			return ep, true
+		if st.GetLeader() != 0 && st.GetRaftTerm() >= term {
+			leader, term = st.GetLeader(), st.GetRaftTerm()
 		}
 	}
 	ep, ok := ids[leader]

@@ -3,7 +3,11 @@ package etcdstore
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
+	"net/http"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -40,22 +44,6 @@ func leaderEndpoint(b *Backend) string {
 	return ""
 }
 
-// openDB opens a backend on c's members and a DB over it.
-func openDB(t *testing.T, c *etcdtest.Cluster, cfg Config) (*Backend, *store.DB) {
-	t.Helper()
-	cfg.Endpoints, cfg.Prefix = c.Endpoints(), freshPrefix()
-	be, err := OpenBackend(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := store.New(be)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Close() })
-	return be, d
-}
-
 func putRevocation(ctx context.Context, d *store.DB, name string) error {
 	_, err := d.Put(ctx, mandatev1.RevocationTypeURL, []store.Item{{Name: name, Value: []byte(name)}})
 	return err
@@ -68,15 +56,17 @@ func putRevocation(ctx context.Context, d *store.DB, name string) error {
 func TestWritesGoThroughTheLeader(t *testing.T) {
 	ctx := context.Background()
 	c := etcdtest.Start(t, 3)
-	be, d := openDB(t, c, Config{ProbeEvery: 50 * time.Millisecond})
+	be, d := openDB(t, Config{Endpoints: c.Endpoints(), ProbeEvery: 50 * time.Millisecond})
 	var first string
 	testkit.WaitUntil(t, "writes through the leader", func() bool {
 		first = leaderEndpoint(be)
 		return first != "" && leads(t, be, first)
 	})
-	if err := putRevocation(ctx, d, "through-leader"); err != nil {
-		t.Fatal(err)
-	}
+	handledBy(t, c.Endpoints(), first, func() {
+		if err := putRevocation(ctx, d, "through-leader"); err != nil {
+			t.Fatal(err)
+		}
+	})
 	dead := -1
 	for i, ep := range c.Endpoints() {
 		if ep == first {
@@ -89,13 +79,68 @@ func TestWritesGoThroughTheLeader(t *testing.T) {
 	if err := etcdtest.WaitHealthy(wctx, func(ctx context.Context) error { return putRevocation(ctx, d, "leader-killed") }); err != nil {
 		t.Fatalf("write after the leader was killed: %v", err)
 	}
+	var next string
 	testkit.WaitUntil(t, "writes through the new leader", func() bool {
-		ep := leaderEndpoint(be)
-		return ep != "" && ep != first && leads(t, be, ep)
+		next = leaderEndpoint(be)
+		return next != "" && next != first && leads(t, be, next)
 	})
-	if err := putRevocation(ctx, d, "through-new-leader"); err != nil {
+	var alive []string
+	for i, ep := range c.Endpoints() {
+		if i != dead {
+			alive = append(alive, ep)
+		}
+	}
+	handledBy(t, alive, next, func() {
+		if err := putRevocation(ctx, d, "through-new-leader"); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// handledBy runs write and checks, by each member's count of the Txn
+// calls it answered (grpc_server_handled_total on its /metrics), that
+// the member at leader answered it and no other member did (a follower
+// forwards a Txn to the leader through raft, not gRPC, so it would count
+// it and the leader not).
+func handledBy(t *testing.T, endpoints []string, leader string, write func()) {
+	t.Helper()
+	before := map[string]float64{}
+	for _, ep := range endpoints {
+		before[ep] = txnsHandled(t, ep)
+	}
+	write()
+	for _, ep := range endpoints {
+		got := txnsHandled(t, ep) - before[ep]
+		if ep == leader && got < 1 || ep != leader && got != 0 {
+			t.Fatalf("member %s answered %v transactions of the write (leader %s)", ep, got, leader)
+		}
+	}
+}
+
+// txnsHandled is how many Txn calls the member at ep has answered.
+func txnsHandled(t *testing.T, ep string) float64 {
+	t.Helper()
+	resp, err := http.Get(ep + "/metrics")
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, "grpc_server_handled_total{") && strings.Contains(l, `grpc_method="Txn"`) {
+			f := strings.Fields(l)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err != nil {
+				t.Fatalf("%s: %q: %v", ep, l, err)
+			}
+			n += v
+		}
+	}
+	return n
 }
 
 // fakeLeader is a gRPC server with etcd's KV service whose Txn is
@@ -109,6 +154,23 @@ func (f *fakeLeader) Txn(ctx context.Context, _ *pb.TxnRequest) (*pb.TxnResponse
 	f.txns.Add(1)
 	<-ctx.Done()
 	return nil, ctx.Err()
+}
+
+// serveFakeLeader serves a fakeLeader on loopback and makes the backend
+// take it for the leader.
+func serveFakeLeader(t *testing.T, be *Backend, opts ...grpc.ServerOption) *fakeLeader {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(opts...)
+	f := &fakeLeader{}
+	pb.RegisterKVServer(srv, f)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	pinLeader(t, be, ln.Addr().String())
+	return f
 }
 
 // pinLeader makes the backend take addr for the leader's (the backend
@@ -131,7 +193,7 @@ func pinLeader(t *testing.T, be *Backend, addr string) {
 func TestWriteNeverSentToTheLeaderGoesElsewhere(t *testing.T) {
 	ctx := context.Background()
 	c := etcdtest.Start(t, 3)
-	be, d := openDB(t, c, Config{ProbeEvery: time.Hour, OpTimeout: time.Minute})
+	be, d := openDB(t, Config{Endpoints: c.Endpoints(), ProbeEvery: time.Hour, OpTimeout: time.Minute})
 	// A listener that accepts connections and never speaks: the
 	// connection to it never becomes ready.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -158,8 +220,13 @@ func TestWriteNeverSentToTheLeaderGoesElsewhere(t *testing.T) {
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for _, name := range []string{"first", "second"} {
+		began := time.Now()
 		if err := putRevocation(wctx, d, name); err != nil {
 			t.Fatalf("write %s with the leader's connection never ready: %v", name, err)
+		}
+		// Far below the minute a call waiting for the connection would take.
+		if took := time.Since(began); took > 10*time.Second {
+			t.Fatalf("write %s took %v with the leader's connection never ready", name, took)
 		}
 	}
 }
@@ -170,23 +237,14 @@ func TestWriteNeverSentToTheLeaderGoesElsewhere(t *testing.T) {
 func TestWriteSentToTheLeaderIsNotSentAgain(t *testing.T) {
 	ctx := context.Background()
 	c := etcdtest.Start(t, 3)
-	be, d := openDB(t, c, Config{ProbeEvery: time.Hour, OpTimeout: 300 * time.Millisecond})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	fake := &fakeLeader{}
-	pb.RegisterKVServer(srv, fake)
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(srv.Stop)
-	pinLeader(t, be, ln.Addr().String())
+	be, d := openDB(t, Config{Endpoints: c.Endpoints(), ProbeEvery: time.Hour, OpTimeout: 300 * time.Millisecond})
+	fake := serveFakeLeader(t, be)
 	// Wait for the connection to be ready, so the call is sent.
 	conn := be.leader.Load().conn
 	conn.Connect()
 	testkit.WaitUntil(t, "the leader's connection ready", func() bool { return conn.GetState() == connectivity.Ready })
 
-	err = putRevocation(ctx, d, "sent-once")
+	err := putRevocation(ctx, d, "sent-once")
 	if !errors.Is(err, store.ErrOutcomeUnknown) {
 		t.Fatalf("write sent and not answered: got %v, want %v", err, store.ErrOutcomeUnknown)
 	}
@@ -203,17 +261,8 @@ func TestWriteSentToTheLeaderIsNotSentAgain(t *testing.T) {
 func TestWriteOutOfTimeBeforeTheLeaderIsNotSentElsewhere(t *testing.T) {
 	ctx := context.Background()
 	c := etcdtest.Start(t, 3)
-	be, d := openDB(t, c, Config{ProbeEvery: time.Hour, OpTimeout: 300 * time.Millisecond})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(grpc.MaxConcurrentStreams(1))
-	fake := &fakeLeader{}
-	pb.RegisterKVServer(srv, fake)
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(srv.Stop)
-	pinLeader(t, be, ln.Addr().String())
+	be, d := openDB(t, Config{Endpoints: c.Endpoints(), ProbeEvery: time.Hour, OpTimeout: 300 * time.Millisecond})
+	fake := serveFakeLeader(t, be, grpc.MaxConcurrentStreams(1))
 	l := be.leader.Load()
 	hold, release := context.WithCancel(ctx)
 	defer release()
