@@ -91,12 +91,14 @@ const applyDelay = 100 * time.Millisecond
 
 // OpenBackend opens the file alone (Open wraps it in a DB).
 func OpenBackend(ctx context.Context, dataDir string) (*Backend, error) {
-	return openBackend(ctx, dataDir, applyDelay)
+	return openBackend(ctx, dataDir, applyDelay, InitialMmapSize)
 }
 
 // openBackend opens the backend with its commits applied to bbolt delay
 // after the first of a batch (tests hold them in the log).
-func openBackend(ctx context.Context, dataDir string, delay time.Duration) (*Backend, error) {
+// openBackend is OpenBackend with the applier's batching delay and the
+// file's initial mapping chosen (tests).
+func openBackend(ctx context.Context, dataDir string, delay time.Duration, mmapSize int) (*Backend, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("boltstore: open: %w", err)
 	}
@@ -107,7 +109,7 @@ func openBackend(ctx context.Context, dataDir string, delay time.Duration) (*Bac
 		return nil, fmt.Errorf("boltstore: create data directory: %w", err)
 	}
 	path := filepath.Join(dataDir, FileName)
-	db, err := bolt.Open(path, 0o600, boltOptions())
+	db, err := bolt.Open(path, 0o600, boltOptions(mmapSize))
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("boltstore: %s is locked by another process (another mandate-cp on the same --data-dir?): %w", path, err)
 	}
@@ -173,11 +175,12 @@ func recoverLog(db *bolt.DB, recs []*record) error {
 }
 
 // InitialMmapSize is the address space mapped for the file when it is
-// opened. A write that needs the file past the mapping remaps it (waiting
-// for every reader) and, while the mapping is below bbolt's 16 MiB
-// allocation step, grows the file by doubling, each growth a truncate and
-// a full fsync: a fresh file took five of them in its first few hundred
-// writes, each a latency spike of the write that hit it. Mapped large,
+// opened. A bbolt commit (the applier's) that needs the file past the
+// mapping remaps it, waiting for every reader, and, while the mapping is
+// below bbolt's 16 MiB allocation step, grows the file by doubling, each
+// growth a truncate and a full fsync: a fresh file took five of them in
+// its first few hundred commits, each a latency spike of the applier and
+// of the reads and full-log writes waiting on it. Mapped large,
 // the file grows in 16 MiB steps and is remapped only past 1 GiB (about
 // a million revocation records with their audit entries). Address space
 // only: memory is used as the file fills.
@@ -187,8 +190,8 @@ const InitialMmapSize = 1 << 30
 // bbolt's hash-map freelist (allocation does not scan a list of free
 // pages, which grows with a fragmented file). Neither changes what is
 // synced: every commit still syncs its pages, then its meta page.
-func boltOptions() *bolt.Options {
-	return &bolt.Options{Timeout: time.Second, InitialMmapSize: InitialMmapSize, FreelistType: bolt.FreelistMapType}
+func boltOptions(mmapSize int) *bolt.Options {
+	return &bolt.Options{Timeout: time.Second, InitialMmapSize: mmapSize, FreelistType: bolt.FreelistMapType}
 }
 
 func u64(v uint64) []byte {

@@ -38,6 +38,10 @@ func (b *Backend) Update(ctx context.Context, fn func(store.Tx) error) (uint64, 
 		return v.rev(), nil
 	}
 	w.rev = v.rev() + 1
+	// Released before the write, which may wait for the applier: bbolt
+	// grows its mapping of the file only once no read transaction is
+	// open, so an applier that must grow it would wait for this one.
+	v.close()
 	if err := b.write(ctx, w); err != nil {
 		return 0, err
 	}
@@ -79,6 +83,9 @@ func (b *Backend) write(ctx context.Context, w *record) error {
 	frame := w.appendFrame(b.buf[:0])
 	if cap(frame) <= 1<<20 {
 		b.buf = frame
+	}
+	if uint64(len(frame)-frameHeader) > maxPayload {
+		return fmt.Errorf("boltstore: a commit of %d bytes is over the write-ahead log's limit of %d", len(frame)-frameHeader, maxPayload)
 	}
 	if err := b.log.append(frame, restart); err != nil {
 		// The frame may be on disk whole (and then applied when the

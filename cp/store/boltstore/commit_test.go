@@ -25,8 +25,8 @@ func revokeLike(ctx context.Context, d *store.DB, i int) (uint64, error) {
 // TestFileGrowsInSteps: 500 revocation writes on a fresh file change its
 // size at most twice (the first growth to bbolt's 16 MiB step, and
 // perhaps one more), not at every doubling of a small mapping (each a
-// truncate, a full fsync and a remap inside some write: five of them
-// with the default mapping).
+// truncate, a full fsync and a remap in the applier's commit: five of
+// them with the default mapping).
 func TestFileGrowsInSteps(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -126,8 +126,13 @@ func TestPanicInUpdateRollsBack(t *testing.T) {
 		_, err := be.Update(ctx, func(tx store.Tx) error { return tx.Put("t", "after", []byte("v")) })
 		done <- err
 	}()
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write after the panic is still waiting: the write lock was left held")
 	}
 	var keys []string
 	_ = be.View(ctx, func(tx store.Tx) error {
@@ -140,8 +145,8 @@ func TestPanicInUpdateRollsBack(t *testing.T) {
 
 // BenchmarkRevokeCommit is one Revoke's store write on a fresh file (a
 // record and its audit entry in one synced transaction), the floor of the
-// Revoke RPC: p50 and p99 of the commits. Each commit is two fdatasyncs
-// (the pages, then the meta page), so read it against the disk's
+// Revoke RPC: p50 and p99 of the commits. Each commit is one frame of
+// the write-ahead log and one fdatasync, so read it against the disk's
 // fdatasync latency.
 func BenchmarkRevokeCommit(b *testing.B) {
 	ctx := context.Background()

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"unicode/utf8"
+	"math"
 )
 
 // op is one write of a commit: a key set to a value, or deleted.
@@ -71,9 +71,14 @@ func (r *record) wrote(table string) bool {
 //	uint64 revision | uvarint op count | per op: byte kind (0 put, 1
 //	delete), uvarint-length-prefixed table, key and (puts only) value
 //
-// all integers big-endian. A zero length marks the end (the file is
-// zero-filled ahead of its records).
+// the fixed-width integers big-endian, the others encoding/binary
+// uvarints. A zero length marks the end (the file is zero-filled ahead of
+// its records). A payload is at most maxPayload bytes: the encoder refuses
+// what the decoder would.
 const frameHeader = 8
+
+// maxPayload is the largest payload a frame's length field holds.
+const maxPayload = math.MaxUint32
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -168,7 +173,7 @@ func decodePayload(p []byte) (*record, error) {
 		if key, p, err = readBytes(p); err != nil {
 			return nil, err
 		}
-		if len(table) == 0 || len(key) == 0 || !utf8.Valid(table) {
+		if len(table) == 0 || len(key) == 0 {
 			return nil, errors.New("empty table or key")
 		}
 		o.table, o.key = string(table), string(key)

@@ -23,12 +23,14 @@ const (
 	logLimit = 64 << 20
 )
 
-// logFile is the write-ahead log: the frames of commits not yet known to
-// be in bbolt, from offset 0, each one revision after the one before.
+// logFile is the write-ahead log: from offset 0, the frames of the
+// commits since it last started again (those bbolt does not hold yet,
+// and those it has applied since), each one revision after the one
+// before. It starts again at the first commit written once bbolt holds
+// every one before.
 type logFile struct {
-	f    *os.File
-	off  int64 // where the next frame goes
-	size int64 // the file's size
+	f   *os.File
+	off int64 // where the next frame goes
 }
 
 // openLog opens (creating and zero-filling if needed) the log in dir and
@@ -56,13 +58,14 @@ func (l *logFile) load(dir string) ([]*record, error) {
 	if err != nil {
 		return nil, err
 	}
-	l.size = fi.Size()
-	if l.size < logPrealloc {
-		if err := l.zeroFill(dir); err != nil {
+	size := fi.Size()
+	if size < logPrealloc {
+		if err := l.zeroFill(dir, size); err != nil {
 			return nil, err
 		}
+		size = logPrealloc
 	}
-	b := make([]byte, l.size)
+	b := make([]byte, size)
 	if _, err := l.f.ReadAt(b, 0); err != nil {
 		return nil, err
 	}
@@ -78,17 +81,16 @@ func (l *logFile) load(dir string) ([]*record, error) {
 	return recs, nil
 }
 
-// zeroFill extends the file to logPrealloc with zeros, synced, and syncs
-// the directory (the file may be new).
-func (l *logFile) zeroFill(dir string) error {
-	zeros := make([]byte, logPrealloc-l.size)
-	if _, err := l.f.WriteAt(zeros, l.size); err != nil {
+// zeroFill extends the file from size to logPrealloc with zeros, synced,
+// and syncs the directory (the file may be new).
+func (l *logFile) zeroFill(dir string, size int64) error {
+	zeros := make([]byte, logPrealloc-size)
+	if _, err := l.f.WriteAt(zeros, size); err != nil {
 		return err
 	}
 	if err := l.f.Sync(); err != nil {
 		return err
 	}
-	l.size = logPrealloc
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -112,7 +114,6 @@ func (l *logFile) append(frame []byte, restart bool) error {
 		return err
 	}
 	l.off = off + int64(len(frame))
-	l.size = max(l.size, l.off)
 	return nil
 }
 
