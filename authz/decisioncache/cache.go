@@ -145,7 +145,8 @@ func (c *Cache) Get(key []byte, epoch uint64, now time.Time) (*Entry, bool) {
 		return f.e, true
 	}
 	var e *Entry
-	if y := c.youngGet(key, h); y != nil && y.e.valid(epoch, now) {
+	y := c.youngGet(key, h)
+	if y != nil && y.e.valid(epoch, now) {
 		e = y.e
 		if !y.promoted.Load() && !y.promoted.Swap(true) {
 			c.setOld(key, h, e) // asked for again: worth ristretto's insert now
@@ -161,10 +162,16 @@ func (c *Cache) Get(key []byte, epoch uint64, now time.Time) (*Entry, bool) {
 			st.misses.Add(1)
 			return nil, false
 		}
+		y = nil
 	}
 	st.hits.Add(1)
 	if f == nil || !f.e.valid(epoch, now) {
-		slot.Store(&frontEntry{key: string(key), e: e})
+		if y == nil {
+			y = &frontEntry{key: string(key), e: e}
+		}
+		// A young entry is immutable but for promoted, which the front
+		// does not read: it serves as the front entry as it is.
+		slot.Store(y)
 	}
 	return e, true
 }

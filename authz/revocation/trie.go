@@ -3,6 +3,7 @@ package revocation
 import (
 	"hash/maphash"
 	"math/bits"
+	"slices"
 )
 
 // trie is a persistent hash array mapped trie from a string key to a
@@ -160,7 +161,7 @@ func (t *trie[V]) assoc(ed *edit, n *tnode[V], shift uint, l *tleaf[V], delta *i
 		// Two keys share this slot: push both one level down.
 		child := t.assoc(ed, nil, shift+tbits, old, new(int))
 		child = t.assoc(ed, child, shift+tbits, l, delta)
-		n.leaves = append(n.leaves[:i], n.leaves[i+1:]...)
+		n.leaves = slices.Delete(n.leaves, i, i+1)
 		n.datamap &^= bit
 		n.nodemap |= bit
 		j := index(n.nodemap, bit)
@@ -202,7 +203,7 @@ func (t *trie[V]) remove(ed *edit, n *tnode[V], shift uint, h uint64, key string
 		for i, l := range n.coll {
 			if l.key == key {
 				n = own(ed, n)
-				n.coll = append(n.coll[:i], n.coll[i+1:]...)
+				n.coll = slices.Delete(n.coll, i, i+1)
 				*delta = -1
 				if len(n.coll) == 0 {
 					return nil
@@ -221,7 +222,7 @@ func (t *trie[V]) remove(ed *edit, n *tnode[V], shift uint, h uint64, key string
 		}
 		*delta = -1
 		n = own(ed, n)
-		n.leaves = append(n.leaves[:i], n.leaves[i+1:]...)
+		n.leaves = slices.Delete(n.leaves, i, i+1)
 		n.datamap &^= bit
 		if n.datamap == 0 && n.nodemap == 0 {
 			return nil
@@ -243,7 +244,7 @@ func (t *trie[V]) remove(ed *edit, n *tnode[V], shift uint, h uint64, key string
 			n.children[j] = c
 			return n
 		}
-		n.children = append(n.children[:j], n.children[j+1:]...)
+		n.children = slices.Delete(n.children, j, j+1)
 		n.nodemap &^= bit
 		if up != nil {
 			// A child left holding a single leaf is replaced by it, so

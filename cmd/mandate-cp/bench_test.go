@@ -202,9 +202,10 @@ type gomaxprocs struct{ load, authz, cp, etcd int }
 // keeps every core, since its commits block a thread in fdatasync. Six
 // to ten processes with two Ps each on two cores spend their CPU on the
 // Go scheduler's idle spinning and cross-thread wake-ups, which shows
-// in the tail of every hop of a revocation (measured, interleaved: bbolt
-// steady p99 8.4-10.7 ms against 10.2-14.5 ms; etcd 17-22 ms against
-// 37-39 ms). BENCH_GOMAXPROCS=all gives every process every core.
+// in the tail of every hop of a revocation (the README's "Revocation
+// propagation" has both settings, measured interleaved: the p50 about
+// 1 ms lower on bbolt and 1 to 4 ms on etcd with one P each).
+// BENCH_GOMAXPROCS=all gives every process every core.
 func benchProcs(tb tb) gomaxprocs {
 	switch v := os.Getenv("BENCH_GOMAXPROCS"); v {
 	case "":

@@ -165,16 +165,17 @@ func (f *fanout) push(tb testing.TB, ctx context.Context, i int) []time.Duration
 // replica's ACK reaching the server. MANDATE_FANOUT_STREAMS sets the
 // number of streams, MANDATE_FANOUT_RECORDS a number of records every
 // replica holds before (0 by default; the cost of a push should not
-// depend on it). Reports p50/p99/max over every
-// replica and iteration (goal: p99 <= 200 ms), last-ms: the p50 of the
-// time until the last ACK of a push, cpu-ms/push: the process CPU time
-// per push (server and the 1,000 clients), gc/push: the garbage
-// collection cycles per push, gc-cpu-ms/push: the runtime's estimate of
-// the CPU they took, alloc-KB/push: the bytes allocated per push, and
-// live-MB and scan-MB: what a cycle marks at the end, and scans. MANDATE_FANOUT_TRACE=1 logs each push (its
-// first, median and last ACK, and the GC cycles during it: the ACKs of
-// a push arrive together, so the p99 is the slowest pushes'; run with
-// -test.v, or the testing package truncates the log after 10 lines);
+// depend on it). Reports p50/p99/max over every replica and iteration
+// (goal: p99 <= 200 ms), last-ms: the p50 of the time until the last ACK
+// of a push, cpu-ms/push: the process CPU time per push (server and the
+// 1,000 clients), gc/push: the garbage collection cycles per push,
+// gc-cpu-ms/push: the runtime's estimate of the CPU they took,
+// alloc-KB/push: the bytes allocated per push, and live-MB and scan-MB:
+// what a cycle marks at the end, and scans. MANDATE_FANOUT_TRACE=1 logs
+// each push (its first, median and last ACK, and the GC cycles during
+// it: the ACKs of a push arrive together, so the p99 is the slowest
+// pushes'; run with -test.v, or the testing package truncates the log
+// after 10 lines);
 // MANDATE_FANOUT_CPUPROFILE writes a CPU profile of the pushes only;
 // MANDATE_FANOUT_MEMPROFILE writes heap profiles before (path.start) and
 // after (path) the pushes, while every stream is up (go tool pprof
@@ -306,14 +307,7 @@ func readMetric(name string) float64 {
 }
 
 // gcCycles is the number of garbage collection cycles completed so far.
-func gcCycles() uint64 {
-	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
-	metrics.Read(s)
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return 0
-	}
-	return s[0].Value.Uint64()
-}
+func gcCycles() uint64 { return uint64(readMetric("/gc/cycles/total:gc-cycles")) }
 
 // sysIO returns the read and write system calls this process made so far
 // (Linux /proc/self/io; 0, 0 elsewhere): per push and stream, what the
