@@ -188,11 +188,8 @@ func (x *Extractor) Extract(req *authv3.CheckRequest, now time.Time, a *Attribut
 	isMCP := IsMCPRoute(r.Labels)
 	if isMCP {
 		// The body is read last: its memory loads while the rest is read.
-		if raw := httpReq.GetRawBody(); len(raw) > 0 {
-			mcp.Prefetch(rawBodyString(raw))
-		} else {
-			mcp.Prefetch(httpReq.GetBody())
-		}
+		body, _ := mcpBody(httpReq)
+		mcp.Prefetch(body)
 	}
 	hdrs := httpReq.GetHeaders()
 	if len(hdrs) == 0 && len(httpReq.GetHeaderMap().GetHeaders()) > 0 {

@@ -25,19 +25,25 @@ func IsMCPRoute(labels map[string]string) bool {
 	return labels[LabelProtocol] == ProtocolMCP
 }
 
+// mcpBody returns the request's body: raw_body (Envoy's
+// pack_as_bytes) when set, else body; both reports that both were set,
+// which no Envoy sends.
+func mcpBody(h *authv3.AttributeContext_HttpRequest) (body string, both bool) {
+	if raw := h.GetRawBody(); len(raw) > 0 {
+		return rawBodyString(raw), h.GetBody() != ""
+	}
+	return h.GetBody(), false
+}
+
 // mcpRequest reads the MCP request of a request on an MCP route. A POST
 // carries one JSON-RPC request, parsed strictly and checked against the
 // MCP filter's metadata and the Mcp-* headers; GET (the server's event
 // stream) and DELETE (ending the session) carry none and get a nil call,
 // which no MCP action matches. Anything else is refused.
 func mcpRequest(attrs *authv3.AttributeContext, method string, hdrs map[string]string, memo *mcp.Memo) (*policies.MCPCall, mcp.Request, *mcpShared, error) {
-	httpReq := attrs.GetRequest().GetHttp()
-	body := httpReq.GetBody()
-	if raw := httpReq.GetRawBody(); len(raw) > 0 {
-		if body != "" {
-			return nil, mcp.Request{}, nil, &mcp.Error{Reason: mcp.ReasonMismatch}
-		}
-		body = rawBodyString(raw)
+	body, both := mcpBody(attrs.GetRequest().GetHttp())
+	if both {
+		return nil, mcp.Request{}, nil, &mcp.Error{Reason: mcp.ReasonMismatch}
 	}
 	switch method {
 	case "POST":

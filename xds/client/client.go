@@ -592,13 +592,13 @@ func (c *Client) handle(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDis
 			comp    compiled
 			decoded int
 		)
-		if td.scratch == nil {
-			td.scratch = map[string]any{}
-		}
 		if t == mandatev1.RevocationTypeURL {
 			comp.revocations, err = buildRevocations(td.good.revocations, &td.rev, td.received, td.dirty, &decoded)
 		} else {
-			comp, _, err = build(t, td.good, td.dec, td.received, td.dirty, td.scratch, &decoded)
+			if td.scratch == nil {
+				td.scratch = map[string]any{}
+			}
+			comp, err = build(t, td.good, td.dec, td.received, td.dirty, td.scratch, &decoded)
 		}
 		td.decodedTotal.Add(float64(decoded))
 		if err == nil {

@@ -50,10 +50,17 @@ type shardDecoder struct {
 	str string // the same bytes, once, as a string
 }
 
-// at returns v, a sub-slice of d.raw, as a substring of d.str.
-func (d *shardDecoder) at(v []byte) (string, error) {
+// sub returns the bytes v (a sub-slice of the shard's bytes) as the
+// substring of the shard's string that holds them.
+func (d *shardDecoder) sub(v []byte) string {
 	i := cap(d.raw) - cap(v)
-	s := d.str[i : i+len(v)]
+	return d.str[i : i+len(v)]
+}
+
+// at returns v, a sub-slice of d.raw, as a substring of d.str, checked
+// to be UTF-8.
+func (d *shardDecoder) at(v []byte) (string, error) {
+	s := d.sub(v)
 	if !utf8.ValidString(s) {
 		return "", errors.New("string field is not valid UTF-8")
 	}
@@ -303,8 +310,7 @@ func eachShardID(name, raw string, f func(id string)) error {
 			}
 			v = rest
 			if num == fieldRevName && typ == protowire.BytesType {
-				i := cap(d.raw) - cap(fv)
-				id = d.str[i : i+len(fv)]
+				id = d.sub(fv) // checked when the shard was decoded
 			}
 		}
 		f(id)

@@ -59,28 +59,23 @@ func validate(typeURL string, entries map[string]entry) (compiled, error) {
 	for n := range entries {
 		dirty[n] = struct{}{}
 	}
-	comp, _, err := build(typeURL, emptyCompiled(typeURL), nil, entries, dirty, nil, nil)
-	return comp, err
+	if typeURL == mandatev1.RevocationTypeURL {
+		set, err := buildRevocations(revocation.Empty(), &revState{}, entries, dirty, nil)
+		return compiled{revocations: set}, err
+	}
+	return build(typeURL, compiled{}, nil, entries, dirty, map[string]any{}, nil)
 }
 
-// build validates and compiles a type's next set: good and dec (the
-// decoded form of each resource in good) are what was last applied
-// (Revocations, built from nothing here, go through buildRevocations
-// when built on top of a held set), received is what the
+// build validates and compiles the next set of a type other than
+// Revocation (see buildRevocations): good and dec (the decoded form of
+// each resource in good) are what was last applied, received is what the
 // server says we hold, and dirty names the resources that differ between
 // the two. Only the dirty ones are decoded and validated; decoded counts
-// them. It returns the decoded form of the dirty names still received
-// (for commit), in staged when given (an empty map the caller reuses),
-// and leaves its other arguments unchanged.
+// them. It puts the decoded form of the dirty names still received in
+// staged (an empty map, for commit) and leaves its other arguments
+// unchanged.
 func build(typeURL string, good compiled, dec map[string]any, received map[string]entry,
-	dirty map[string]struct{}, staged map[string]any, decoded *int) (compiled, map[string]any, error) {
-	if staged == nil {
-		staged = make(map[string]any, len(dirty))
-	}
-	if typeURL == mandatev1.RevocationTypeURL {
-		set, err := buildRevocations(good.revocations, &revState{}, received, dirty, decoded)
-		return compiled{revocations: set}, staged, err
-	}
+	dirty map[string]struct{}, staged map[string]any, decoded *int) (compiled, error) {
 	var gone []string
 	for name := range dirty {
 		e, ok := received[name]
@@ -93,7 +88,7 @@ func build(typeURL string, good compiled, dec map[string]any, received map[strin
 		}
 		v, err := decodeOne(typeURL, name, e)
 		if err != nil {
-			return compiled{}, nil, err
+			return compiled{}, err
 		}
 		staged[name] = v
 	}
@@ -121,21 +116,21 @@ func build(typeURL string, good compiled, dec map[string]any, received map[strin
 			ps[i] = get(n).(*mandatev1.Policy)
 		}
 		set, err := resource.CompilePolicies(ps)
-		return compiled{policies: set}, staged, err
+		return compiled{policies: set}, err
 	case mandatev1.ApprovalTypeURL:
 		as := make([]*mandatev1.Approval, len(names))
 		for i, n := range names {
 			as[i] = get(n).(*mandatev1.Approval)
 		}
-		return compiled{approvals: as}, staged, nil
+		return compiled{approvals: as}, nil
 	case mandatev1.VerificationKeyTypeURL:
 		ks := make([]*mandatev1.VerificationKey, len(names))
 		for i, n := range names {
 			ks[i] = get(n).(*mandatev1.VerificationKey)
 		}
-		return compiled{keys: ks}, staged, nil
+		return compiled{keys: ks}, nil
 	}
-	return compiled{}, nil, fmt.Errorf("unsupported resource type %q", typeURL)
+	return compiled{}, fmt.Errorf("unsupported resource type %q", typeURL)
 }
 
 func short(typeURL string) string { return resource.Short(typeURL) }

@@ -72,28 +72,25 @@ func (sentTracker) HandleRPC(ctx context.Context, s stats.RPCStats) {
 
 // commitTxn sends one transaction through the leader when it is known,
 // and through the balanced client when it is not or when the call through
-// the leader was never sent (its connection not ready). Each call is
-// bounded by opCtx.
+// the leader was never sent (its connection not ready). Both calls share
+// one opCtx: the write's bounds, whichever way it goes.
 func (b *Backend) commitTxn(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op) (*clientv3.TxnResponse, error) {
+	octx, done := b.opCtx(ctx)
+	defer done()
 	if l := b.leader.Load(); l != nil {
 		var sent atomic.Bool
-		octx, done := b.opCtx(context.WithValue(ctx, sentKey{}, &sent))
-		cctx, cancel := context.WithCancel(octx)
+		cctx, cancel := context.WithCancel(context.WithValue(octx, sentKey{}, &sent))
 		go cancelUnlessReady(cctx, l.conn, cancel)
 		resp, err := l.kv.Txn(cctx).If(cmps...).Then(ops...).Commit()
-		// The call's own bounds (the caller's context, the timeout, the
-		// probe finding etcd out of reach) end the write, sent or not.
-		ended := octx.Err() != nil
 		cancel()
-		done()
-		if err == nil || sent.Load() || ended {
+		// The write's own bounds (the caller's context, the timeout, the
+		// probe finding etcd out of reach) end it, sent or not.
+		if err == nil || sent.Load() || octx.Err() != nil {
 			return resp, err
 		}
 		// Never sent: the leader's connection failed first.
 	}
-	cctx, cancel := b.opCtx(ctx)
-	defer cancel()
-	return b.c.Txn(cctx).If(cmps...).Then(ops...).Commit()
+	return b.c.Txn(octx).If(cmps...).Then(ops...).Commit()
 }
 
 // cancelUnlessReady cancels a call on conn as soon as conn is not ready
