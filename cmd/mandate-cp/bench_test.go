@@ -186,7 +186,7 @@ func BenchmarkRevocationPropagation(b *testing.B) {
 		replicas = append(replicas, startAuthzEnv(b, procs.env(procs.authz), cp.addrs["xds"], fmt.Sprintf("authz-%d", i)))
 	}
 	b.Logf("GOMAXPROCS: %s", procs)
-	propagationLoads(b, []mandatev1.AdminClient{adminClient(b, cp)}, replicas)
+	propagationLoads(b, []mandatev1.AdminClient{adminClient(b, cp)}, startRevoker(b, cp.addrs["admin"], procs.load, "fsync:"+b.TempDir()), replicas)
 	tracePhases(b, cp)
 }
 
@@ -274,9 +274,12 @@ func checkEvery(tb tb) time.Duration {
 // load loop, so that the load, the three replicas and mandate-cp compete
 // for every core of the machine and each wake-up of mandate-cp (the
 // request, each fdatasync of the commit, the push) waits for a core.
-func propagationLoads(b *testing.B, admins []mandatev1.AdminClient, replicas []*proc) {
-	b.Run("steady", func(b *testing.B) { runPropagation(b, admins, replicas, checkEvery(b)) })
-	b.Run("saturating", func(b *testing.B) { runPropagation(b, admins, replicas, 0) })
+//
+// The Revoke calls come from rev, a process of their own (from this one
+// when rev is nil; see revoker).
+func propagationLoads(b *testing.B, admins []mandatev1.AdminClient, rev *revoker, replicas []*proc) {
+	b.Run("steady", func(b *testing.B) { runPropagation(b, admins, rev, replicas, checkEvery(b)) })
+	b.Run("saturating", func(b *testing.B) { runPropagation(b, admins, rev, replicas, 0) })
 }
 
 // tracePhases logs the instance's write-phase histogram of revocations
@@ -336,7 +339,7 @@ func BenchmarkRevocationPropagationEtcd(b *testing.B) {
 		replicas = append(replicas, startAuthzEnv(b, procs.env(procs.authz), strings.Join(list, ","), fmt.Sprintf("authz-%d", i)))
 	}
 	b.Logf("%d mandate-cp instance(s) on 3 etcd members; GOMAXPROCS: %s", n, procs)
-	propagationLoads(b, admins, replicas)
+	propagationLoads(b, admins, startRevoker(b, cps[0].addrs["admin"], procs.load, "etcd:"+strings.Join(c.Endpoints(), ",")), replicas)
 	tracePhases(b, cps[0])
 }
 
@@ -395,10 +398,22 @@ func waitAckedEverywhere(ctx context.Context, tb tb, admins []mandatev1.AdminCli
 	return acked
 }
 
-// runPropagation measures revocations through admins[0] reaching the
-// replicas under load, one Check per replica every every (back to back
-// when zero; see BenchmarkRevocationPropagation).
-func runPropagation(b *testing.B, admins []mandatev1.AdminClient, replicas []*proc, every time.Duration) {
+// revoke revokes subject through rev, or through c when rev is nil, and
+// returns when the call began, how long it took and the version.
+func revoke(ctx context.Context, c mandatev1.AdminClient, rev *revoker, subject string) (time.Time, time.Duration, string, error) {
+	if rev != nil {
+		return rev.revoke(subject)
+	}
+	t0 := time.Now()
+	r, err := c.Revoke(ctx, &mandatev1.RevokeRequest{Kind: "subject", Value: subject, Ttl: durationpb.New(time.Hour)})
+	return t0, time.Since(t0), r.GetVersion(), err
+}
+
+// runPropagation measures revocations through admins[0] (sent by rev,
+// or from this process when nil) reaching the replicas under load, one
+// Check per replica every every (back to back when zero; see
+// BenchmarkRevocationPropagation).
+func runPropagation(b *testing.B, admins []mandatev1.AdminClient, rev *revoker, replicas []*proc, every time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c := admins[0]
@@ -418,7 +433,8 @@ func runPropagation(b *testing.B, admins []mandatev1.AdminClient, replicas []*pr
 	}
 	defer func() { cancel(); wg.Wait() }()
 
-	var lat, acks, rpcs, rtts []time.Duration
+	var lat, acks, rpcs, rtts, writes []time.Duration
+	byNode := map[string][]time.Duration{}
 	stale := 0
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -438,13 +454,12 @@ func runPropagation(b *testing.B, admins []mandatev1.AdminClient, replicas []*pr
 			}
 			return true
 		})
-		t0 := time.Now()
-		r, err := c.Revoke(ctx, &mandatev1.RevokeRequest{Kind: "subject", Value: subject, Ttl: durationpb.New(time.Hour)})
+		t0, rpc, version, err := revoke(ctx, c, rev, subject)
 		if err != nil {
 			b.Fatal(err)
 		}
-		rpcs = append(rpcs, time.Since(t0))
-		ackedAt := waitAckedEverywhere(ctx, b, admins, mandatev1.RevocationTypeURL, r.GetVersion())
+		rpcs = append(rpcs, rpc)
+		ackedAt := waitAckedEverywhere(ctx, b, admins, mandatev1.RevocationTypeURL, version)
 		for _, l := range loads {
 			var first time.Time
 			var n int
@@ -455,11 +470,21 @@ func runPropagation(b *testing.B, admins []mandatev1.AdminClient, replicas []*pr
 			})
 			lat = append(lat, first.Sub(t0))
 			acks = append(acks, ackedAt[l.node].Sub(t0))
+			byNode[l.node] = append(byNode[l.node], first.Sub(t0))
 			if os.Getenv("BENCH_TRACE") != "" && first.Sub(t0) > 20*time.Millisecond {
 				b.Logf("iteration %d %s: deny after %v, ack after %v", i, l.node, first.Sub(t0), ackedAt[l.node].Sub(t0))
 			}
 			stale += n
 			rtts = append(rtts, l.roundTrips()...)
+		}
+		if rev != nil {
+			// The store's own write under the same load, between two
+			// revocations: the floor under a Revoke's commit.
+			d, err := rev.storeWrite()
+			if err != nil {
+				b.Fatal(err)
+			}
+			writes = append(writes, d)
 		}
 	}
 	b.StopTimer()
@@ -475,6 +500,13 @@ func runPropagation(b *testing.B, admins []mandatev1.AdminClient, replicas []*pr
 	pct := func(d []time.Duration, p float64) float64 {
 		return float64(d[min(len(d)-1, int(p*float64(len(d))))]) / float64(time.Millisecond)
 	}
+	if os.Getenv("BENCH_TRACE") != "" {
+		for _, l := range loads {
+			d := byNode[l.node]
+			slices.Sort(d)
+			b.Logf("%s: deny p50 %.2f ms, p99 %.2f ms", l.node, pct(d, 0.5), pct(d, 0.99))
+		}
+	}
 	b.ReportMetric(pct(lat, 0.50), "p50-ms")
 	b.ReportMetric(pct(lat, 0.99), "p99-ms")
 	b.ReportMetric(pct(acks, 0.99), "ack-p99-ms")
@@ -485,6 +517,13 @@ func runPropagation(b *testing.B, admins []mandatev1.AdminClient, replicas []*pr
 	// What a deny's measured time includes besides the propagation: the
 	// probe's Check round trip (half a tick passes before it on average).
 	b.ReportMetric(pct(rtts, 0.99), "check-rtt-p99-ms")
+	if len(writes) > 0 {
+		// A bare write of the store (see newStoreWrite), timed between
+		// revocations: what every revocation's commit costs at least.
+		slices.Sort(writes)
+		b.ReportMetric(pct(writes, 0.50), "store-write-p50-ms")
+		b.ReportMetric(pct(writes, 0.99), "store-write-p99-ms")
+	}
 	b.ReportMetric(float64(stale), "stale-allows")
 	b.ReportMetric(float64(ctrl), "control-denies")
 	if stale != 0 {

@@ -26,6 +26,13 @@ import (
 var binCP, binAuthz string
 
 func TestMain(m *testing.M) {
+	if addr := os.Getenv(revokerEnv); addr != "" {
+		if err := runRevoker(context.Background(), addr, os.Getenv(storeWriteEnv), os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "revoker:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "mandate-cp-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
