@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -241,11 +242,45 @@ func etcdLeader(ctx context.Context, endpoints []string) (*clientv3.Client, erro
 		if err != nil {
 			return nil, err
 		}
-		st, err := c.Status(ctx, ep)
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := c.Status(sctx, ep)
+		cancel()
 		if err == nil && st.Leader == st.Header.GetMemberId() {
 			return c, nil
 		}
 		_ = c.Close()
 	}
 	return nil, fmt.Errorf("no leader among %v", endpoints)
+}
+
+// TestRevoker runs the propagation benchmarks' revoker process against a
+// real mandate-cp, so the ordinary test run keeps it working: a revoke
+// stores the record at the version it answers, the bare store write is
+// timed, and an unknown command is an error, not an answer.
+func TestRevoker(t *testing.T) {
+	t.Setenv("BENCH_REVOKE_FROM", "own")
+	cp := startCP(t, t.TempDir(), "127.0.0.1:0", "127.0.0.1:0")
+	rev := startRevoker(t, cp.addrs["admin"], 1, "fsync:"+t.TempDir())
+	const subject = "spiffe://example.org/agent/revoker-test"
+	before := time.Now()
+	t0, rpc, version, err := rev.revoke(subject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if t0.Before(before.Add(-time.Second)) || rpc <= 0 || version == "" {
+		t.Fatalf("revoke answered began %v (test at %v), took %v, version %q", t0, before, rpc, version)
+	}
+	resp, err := adminClient(t, cp).ListRevocations(context.Background(), &mandatev1.ListRevocationsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetVersion() != version || len(resp.GetRevocations()) != 1 || resp.GetRevocations()[0].GetValue() != subject {
+		t.Fatalf("after the revoker's revoke at version %s: version %s, records %v", version, resp.GetVersion(), resp.GetRevocations())
+	}
+	if d, err := rev.storeWrite(); err != nil || d <= 0 {
+		t.Fatalf("store write: %v, %v", d, err)
+	}
+	if _, err := rev.ask("nonsense"); err == nil || !strings.Contains(err.Error(), "unknown command") {
+		t.Fatalf("unknown command: %v", err)
+	}
 }

@@ -94,10 +94,9 @@ func OpenBackend(ctx context.Context, dataDir string) (*Backend, error) {
 	return openBackend(ctx, dataDir, applyDelay, InitialMmapSize)
 }
 
-// openBackend opens the backend with its commits applied to bbolt delay
-// after the first of a batch (tests hold them in the log).
-// openBackend is OpenBackend with the applier's batching delay and the
-// file's initial mapping chosen (tests).
+// openBackend is OpenBackend with the applier's batching delay (commits
+// are applied to bbolt delay after the first of a batch; tests hold them
+// in the log) and the file's initial mapping chosen.
 func openBackend(ctx context.Context, dataDir string, delay time.Duration, mmapSize int) (*Backend, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("boltstore: open: %w", err)
